@@ -1,0 +1,371 @@
+//! The one enum every refusal goes through: its status, its stable reason and its JSON body.
+//!
+//! ```
+//! use hookgate::core::Rejection;
+//!
+//! let r = Rejection::IpNotAllowed;
+//! assert_eq!(r.status(), http::StatusCode::FORBIDDEN);
+//! assert_eq!(r.reason().as_str(), "ip_not_allowed");
+//! let body: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+//! assert_eq!(body["error"], "ip_not_allowed");
+//! ```
+
+use http::StatusCode;
+use serde::Serialize;
+
+/// One field of a payload that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Where the failing value is, as a JSON pointer (`/video_url`; `` for the whole body).
+    pub field: String,
+    /// What is wrong with it, for a human.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error at `field` (a JSON pointer) with `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a request was refused. Each variant maps to one status code and one stable [`Reason`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The method is not `POST` (405, with `Allow: POST`).
+    MethodNotAllowed,
+    /// The client address is outside the allowlist (403).
+    IpNotAllowed,
+    /// The server did not record the peer address, so the allowlist cannot be applied (500).
+    /// A setup error: the layer fails closed rather than guessing.
+    PeerAddressUnknown,
+    /// The declared or streamed body is larger than `limit` bytes (413).
+    PayloadTooLarge {
+        /// The configured limit in bytes.
+        limit: u64,
+    },
+    /// The `Content-Type` is missing or not JSON (415).
+    UnsupportedMediaType {
+        /// The `Content-Type` that was sent, if any.
+        content_type: Option<String>,
+    },
+    /// The body did not arrive within the read timeout (408).
+    RequestTimeout,
+    /// The connection failed while the body was read (400).
+    BodyReadFailed,
+    /// The body is not well-formed JSON (400).
+    MalformedJson {
+        /// Where parsing stopped, from the JSON parser.
+        detail: String,
+    },
+    /// The payload is well-formed but invalid for the route's profile or schema (422).
+    InvalidPayload {
+        /// Every failing field, not just the first.
+        fields: Vec<FieldError>,
+    },
+    /// The dedup key is absent from the request (422).
+    MissingDedupKey {
+        /// The configured key (`/generation_id`, `header:X-Id`, ...).
+        key: String,
+    },
+    /// The same key is being processed by another request right now (409, with `Retry-After`).
+    DuplicateInFlight,
+    /// The dedup store failed to answer (503, with `Retry-After`).
+    DedupUnavailable,
+    /// The dedup key needs the parsed payload and no `ValidateLayer` ran before the dedup layer (500).
+    PayloadNotParsed,
+}
+
+/// The stable, machine-readable name of a [`Rejection`]: used in the JSON error body, the log line
+/// and the `reason` metric label. These strings never change once released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// `method_not_allowed`
+    MethodNotAllowed,
+    /// `ip_not_allowed`
+    IpNotAllowed,
+    /// `peer_address_unknown`
+    PeerAddressUnknown,
+    /// `payload_too_large`
+    PayloadTooLarge,
+    /// `unsupported_media_type`
+    UnsupportedMediaType,
+    /// `request_timeout`
+    RequestTimeout,
+    /// `body_read_failed`
+    BodyReadFailed,
+    /// `malformed_json`
+    MalformedJson,
+    /// `invalid_payload`
+    InvalidPayload,
+    /// `missing_dedup_key`
+    MissingDedupKey,
+    /// `duplicate_in_flight`
+    DuplicateInFlight,
+    /// `dedup_unavailable`
+    DedupUnavailable,
+    /// `payload_not_parsed`
+    PayloadNotParsed,
+}
+
+impl Reason {
+    /// Every reason, in a fixed order (`ALL[r.index()] == r`).
+    pub const ALL: [Reason; 13] = [
+        Reason::MethodNotAllowed,
+        Reason::IpNotAllowed,
+        Reason::PeerAddressUnknown,
+        Reason::PayloadTooLarge,
+        Reason::UnsupportedMediaType,
+        Reason::RequestTimeout,
+        Reason::BodyReadFailed,
+        Reason::MalformedJson,
+        Reason::InvalidPayload,
+        Reason::MissingDedupKey,
+        Reason::DuplicateInFlight,
+        Reason::DedupUnavailable,
+        Reason::PayloadNotParsed,
+    ];
+
+    /// The stable string form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::IpNotAllowed => "ip_not_allowed",
+            Reason::PeerAddressUnknown => "peer_address_unknown",
+            Reason::PayloadTooLarge => "payload_too_large",
+            Reason::UnsupportedMediaType => "unsupported_media_type",
+            Reason::RequestTimeout => "request_timeout",
+            Reason::BodyReadFailed => "body_read_failed",
+            Reason::MalformedJson => "malformed_json",
+            Reason::InvalidPayload => "invalid_payload",
+            Reason::MissingDedupKey => "missing_dedup_key",
+            Reason::DuplicateInFlight => "duplicate_in_flight",
+            Reason::DedupUnavailable => "dedup_unavailable",
+            Reason::PayloadNotParsed => "payload_not_parsed",
+        }
+    }
+
+    /// Position in [`Reason::ALL`], for per-reason tables.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How long a sender is asked to wait before retrying a 409 or 503, in seconds.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a [FieldError]>,
+}
+
+impl Rejection {
+    /// The stable reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Rejection::MethodNotAllowed => Reason::MethodNotAllowed,
+            Rejection::IpNotAllowed => Reason::IpNotAllowed,
+            Rejection::PeerAddressUnknown => Reason::PeerAddressUnknown,
+            Rejection::PayloadTooLarge { .. } => Reason::PayloadTooLarge,
+            Rejection::UnsupportedMediaType { .. } => Reason::UnsupportedMediaType,
+            Rejection::RequestTimeout => Reason::RequestTimeout,
+            Rejection::BodyReadFailed => Reason::BodyReadFailed,
+            Rejection::MalformedJson { .. } => Reason::MalformedJson,
+            Rejection::InvalidPayload { .. } => Reason::InvalidPayload,
+            Rejection::MissingDedupKey { .. } => Reason::MissingDedupKey,
+            Rejection::DuplicateInFlight => Reason::DuplicateInFlight,
+            Rejection::DedupUnavailable => Reason::DedupUnavailable,
+            Rejection::PayloadNotParsed => Reason::PayloadNotParsed,
+        }
+    }
+
+    /// The HTTP status this rejection is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::IpNotAllowed => StatusCode::FORBIDDEN,
+            Rejection::PeerAddressUnknown | Rejection::PayloadNotParsed => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::BodyReadFailed | Rejection::MalformedJson { .. } => StatusCode::BAD_REQUEST,
+            Rejection::InvalidPayload { .. } | Rejection::MissingDedupKey { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Rejection::DuplicateInFlight => StatusCode::CONFLICT,
+            Rejection::DedupUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// `Retry-After` seconds to send with the answer, if any.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Rejection::DuplicateInFlight | Rejection::DedupUnavailable => Some(RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
+
+    /// `Allow` header value to send with the answer, if any.
+    pub fn allow(&self) -> Option<&'static str> {
+        matches!(self, Rejection::MethodNotAllowed).then_some("POST")
+    }
+
+    /// A sentence for humans; part of the JSON body.
+    pub fn detail(&self) -> String {
+        match self {
+            Rejection::MethodNotAllowed => "webhooks are delivered with POST".into(),
+            Rejection::IpNotAllowed => "the client address is not in the allowlist".into(),
+            Rejection::PeerAddressUnknown => {
+                "the server did not record the peer address (serve with connect info, or insert hookgate::tower::PeerAddr)".into()
+            }
+            Rejection::PayloadTooLarge { limit } => {
+                format!("the body is larger than the limit of {limit} bytes")
+            }
+            Rejection::UnsupportedMediaType { content_type: Some(ct) } => {
+                format!("Content-Type must be application/json, got {ct:?}")
+            }
+            Rejection::UnsupportedMediaType { content_type: None } => {
+                "Content-Type must be application/json, none was sent".into()
+            }
+            Rejection::RequestTimeout => "the body did not arrive within the read timeout".into(),
+            Rejection::BodyReadFailed => "the connection failed while the body was read".into(),
+            Rejection::MalformedJson { detail } => format!("the body is not valid JSON: {detail}"),
+            Rejection::InvalidPayload { fields } => match fields.len() {
+                1 => "1 field is invalid".into(),
+                n => format!("{n} fields are invalid"),
+            },
+            Rejection::MissingDedupKey { key } => format!("the dedup key {key} is missing"),
+            Rejection::DuplicateInFlight => {
+                "the same event is being processed right now; retry later".into()
+            }
+            Rejection::DedupUnavailable => "the dedup store is unavailable; retry later".into(),
+            Rejection::PayloadNotParsed => {
+                "the dedup layer needs the payload parsed by ValidateLayer in front of it".into()
+            }
+        }
+    }
+
+    /// The JSON error body: `{"error": reason, "detail": "...", "fields": [...]}` (`fields` only
+    /// for `invalid_payload`).
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            error: self.reason().as_str(),
+            detail: self.detail(),
+            fields: match self {
+                Rejection::InvalidPayload { fields } => Some(fields),
+                _ => None,
+            },
+        };
+        // Serialising a struct of strings cannot fail; fall back to the reason alone regardless.
+        serde_json::to_vec(&body).unwrap_or_else(|_| {
+            format!("{{\"error\":\"{}\"}}", self.reason().as_str()).into_bytes()
+        })
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason().as_str(), self.detail())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{}", r.as_str());
+        }
+    }
+
+    #[test]
+    fn statuses_and_bodies() {
+        struct Case {
+            input: Rejection,
+            status: u16,
+            reason: &'static str,
+        }
+        let cases = [
+            Case {
+                input: Rejection::MethodNotAllowed,
+                status: 405,
+                reason: "method_not_allowed",
+            },
+            Case {
+                input: Rejection::IpNotAllowed,
+                status: 403,
+                reason: "ip_not_allowed",
+            },
+            Case {
+                input: Rejection::PayloadTooLarge { limit: 10 },
+                status: 413,
+                reason: "payload_too_large",
+            },
+            Case {
+                input: Rejection::UnsupportedMediaType { content_type: None },
+                status: 415,
+                reason: "unsupported_media_type",
+            },
+            Case {
+                input: Rejection::RequestTimeout,
+                status: 408,
+                reason: "request_timeout",
+            },
+            Case {
+                input: Rejection::MalformedJson { detail: "x".into() },
+                status: 400,
+                reason: "malformed_json",
+            },
+            Case {
+                input: Rejection::InvalidPayload {
+                    fields: vec![FieldError::new("/a", "b")],
+                },
+                status: 422,
+                reason: "invalid_payload",
+            },
+            Case {
+                input: Rejection::DuplicateInFlight,
+                status: 409,
+                reason: "duplicate_in_flight",
+            },
+            Case {
+                input: Rejection::DedupUnavailable,
+                status: 503,
+                reason: "dedup_unavailable",
+            },
+        ];
+        for c in cases {
+            assert_eq!(c.input.status().as_u16(), c.status, "{}", c.reason);
+            let v: serde_json::Value = serde_json::from_slice(&c.input.to_json()).unwrap();
+            assert_eq!(v["error"], c.reason);
+            assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        }
+    }
+
+    #[test]
+    fn invalid_payload_lists_fields() {
+        let r = Rejection::InvalidPayload {
+            fields: vec![
+                FieldError::new("/status", "bad"),
+                FieldError::new("/model", "missing"),
+            ],
+        };
+        let v: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(v["fields"][1]["field"], "/model");
+        assert_eq!(v["detail"], "2 fields are invalid");
+    }
+}

@@ -1,0 +1,194 @@
+//! Checks on the request head, before any body byte is read: method, declared size, media type.
+//!
+//! ```
+//! use hookgate::core::request_head;
+//! use http::{HeaderMap, HeaderValue, Method, header};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+//! headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
+//! assert!(request_head::check_method(&Method::POST).is_ok());
+//! assert!(request_head::check_content_type(&headers).is_ok());
+//! assert_eq!(request_head::check_content_length(&headers, 1024).unwrap_err().status(), 413);
+//! ```
+
+use http::{header, HeaderMap, Method};
+
+use super::Rejection;
+
+/// Step 2: webhooks are `POST`.
+#[inline]
+pub fn check_method(method: &Method) -> Result<(), Rejection> {
+    if method == Method::POST {
+        Ok(())
+    } else {
+        Err(Rejection::MethodNotAllowed)
+    }
+}
+
+/// Step 6 (declared part): a `Content-Length` above `limit` is refused before reading.
+/// Returns the declared length, if any. The streamed size is checked while the body is read.
+#[inline]
+pub fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<Option<u64>, Rejection> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    // HTTP servers reject malformed lengths before we see them; an unreadable one is treated as
+    // absent and the streamed count enforces the limit. All digits but past u64 is just too large.
+    let Ok(text) = value.to_str() else {
+        return Ok(None);
+    };
+    let text = text.trim();
+    match text.parse::<u64>() {
+        Ok(n) if n > limit => Err(Rejection::PayloadTooLarge { limit }),
+        Ok(n) => Ok(Some(n)),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(Rejection::PayloadTooLarge { limit })
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Step 7: `Content-Type` is `application/json` or `application/*+json`, with an optional UTF-8
+/// (or US-ASCII) charset.
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(Rejection::UnsupportedMediaType { content_type: None });
+    };
+    let refuse = || Rejection::UnsupportedMediaType {
+        content_type: Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+    };
+    let mime: mime::Mime = value
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(refuse)?;
+    let is_json = mime.type_() == mime::APPLICATION
+        && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON));
+    let charset_ok = match mime.get_param(mime::CHARSET) {
+        None => true,
+        Some(cs) => cs == mime::UTF_8 || cs.as_str().eq_ignore_ascii_case("us-ascii"),
+    };
+    if is_json && charset_ok {
+        Ok(())
+    } else {
+        Err(refuse())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn content_types() {
+        struct Case {
+            input: Option<&'static str>,
+            want: bool,
+        }
+        let cases = [
+            Case {
+                input: Some("application/json"),
+                want: true,
+            },
+            Case {
+                input: Some("application/json; charset=utf-8"),
+                want: true,
+            },
+            Case {
+                input: Some("Application/JSON; charset=UTF-8"),
+                want: true,
+            },
+            Case {
+                input: Some("application/cloudevents+json"),
+                want: true,
+            },
+            Case {
+                input: Some("application/json; charset=latin1"),
+                want: false,
+            },
+            Case {
+                input: Some("text/plain"),
+                want: false,
+            },
+            Case {
+                input: Some("application/x-www-form-urlencoded"),
+                want: false,
+            },
+            Case {
+                input: Some("json"),
+                want: false,
+            },
+            Case {
+                input: Some(""),
+                want: false,
+            },
+            Case {
+                input: None,
+                want: false,
+            },
+        ];
+        for c in cases {
+            let mut h = HeaderMap::new();
+            if let Some(v) = c.input {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            }
+            let got = check_content_type(&h);
+            assert_eq!(got.is_ok(), c.want, "{:?}", c.input);
+            if let Err(r) = got {
+                assert_eq!(r.status(), 415);
+            }
+        }
+    }
+
+    #[test]
+    fn content_lengths() {
+        struct Case {
+            input: Option<&'static str>,
+            want: Result<Option<u64>, u16>,
+        }
+        let cases = [
+            Case {
+                input: None,
+                want: Ok(None),
+            },
+            Case {
+                input: Some("10"),
+                want: Ok(Some(10)),
+            },
+            Case {
+                input: Some("100"),
+                want: Ok(Some(100)),
+            },
+            Case {
+                input: Some("101"),
+                want: Err(413),
+            },
+            Case {
+                input: Some("99999999999999999999999"),
+                want: Err(413),
+            },
+            Case {
+                input: Some("ten"),
+                want: Ok(None),
+            },
+        ];
+        for c in cases {
+            let mut h = HeaderMap::new();
+            if let Some(v) = c.input {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            let got = check_content_length(&h, 100).map_err(|r| r.status().as_u16());
+            assert_eq!(got, c.want, "{:?}", c.input);
+        }
+    }
+
+    #[test]
+    fn methods() {
+        assert!(check_method(&Method::POST).is_ok());
+        for m in [Method::GET, Method::PUT, Method::DELETE, Method::HEAD] {
+            assert_eq!(check_method(&m).unwrap_err().allow(), Some("POST"));
+        }
+    }
+}

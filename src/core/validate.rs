@@ -1,0 +1,550 @@
+//! Steps 10 and 11: the body is well-formed JSON, and valid for the route's profile.
+//!
+//! Profiles: `runblob` (the reference sender's contract, DESIGN §1), `json` (any JSON object),
+//! `schema` (a JSON Schema, draft 2020-12, compiled once) and a user-supplied [`PayloadValidator`].
+//! Every failing field is reported at once.
+//!
+//! ```
+//! use hookgate::core::Validator;
+//!
+//! let v = Validator::runblob();
+//! let ok = br#"{"generation_id":"550e8400-e29b-41d4-a716-446655440000","status":"completed",
+//!              "video_url":"https://cdn.example.com/v.mp4","model":"kling-o3-video-10s-pro","message":null}"#;
+//! let payload = v.check(ok).unwrap();
+//! assert_eq!(payload.class.unwrap().code.as_str(), "none");
+//!
+//! let bad = br#"{"generation_id":"nope","status":"completed","model":""}"#;
+//! let err = v.check(bad).unwrap_err();
+//! assert_eq!(err.status(), 422);
+//! assert!(err.to_string().contains("3 fields"));
+//! ```
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{ConfigError, FieldError, Rejection};
+
+/// Checks a parsed payload; returns every failing field. Implemented for closures.
+pub trait PayloadValidator: Send + Sync + 'static {
+    /// `Ok(())` when `payload` is acceptable, else every failing field.
+    fn validate(&self, payload: &Value) -> Result<(), Vec<FieldError>>;
+}
+
+impl<F> PayloadValidator for F
+where
+    F: Fn(&Value) -> Result<(), Vec<FieldError>> + Send + Sync + 'static,
+{
+    fn validate(&self, payload: &Value) -> Result<(), Vec<FieldError>> {
+        self(payload)
+    }
+}
+
+/// The payload's own outcome, as the runblob profile reads it (`status` and error code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventClass {
+    /// `completed` or `failed`.
+    pub status: EventStatus,
+    /// The error code of a failed event; [`ErrorCode::None`] for a completed one.
+    pub code: ErrorCode,
+}
+
+/// The `status` field of a runblob payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventStatus {
+    /// `"completed"`
+    Completed,
+    /// `"failed"`
+    Failed,
+}
+
+impl EventStatus {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Completed => "completed",
+            EventStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The error code of a failed runblob event, bounded: unknown codes are [`ErrorCode::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum ErrorCode {
+    None,
+    ContentPolicyViolation,
+    ImageInaccessible,
+    InvalidImage,
+    Timeout,
+    TaskFailed,
+    Maintenance,
+    Other,
+}
+
+impl ErrorCode {
+    /// The codes a failed event can carry, `Other` last.
+    pub const FAILED: [ErrorCode; 7] = [
+        ErrorCode::ContentPolicyViolation,
+        ErrorCode::ImageInaccessible,
+        ErrorCode::InvalidImage,
+        ErrorCode::Timeout,
+        ErrorCode::TaskFailed,
+        ErrorCode::Maintenance,
+        ErrorCode::Other,
+    ];
+
+    /// The label value (the code itself, `none` or `other`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::None => "none",
+            ErrorCode::ContentPolicyViolation => "CONTENT_POLICY_VIOLATION",
+            ErrorCode::ImageInaccessible => "IMAGE_INACCESSIBLE",
+            ErrorCode::InvalidImage => "INVALID_IMAGE",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::TaskFailed => "TASK_FAILED",
+            ErrorCode::Maintenance => "MAINTENANCE",
+            ErrorCode::Other => "other",
+        }
+    }
+
+    /// Parses a failure code; unknown codes are `Other`.
+    pub fn from_code(code: &str) -> Self {
+        ErrorCode::FAILED
+            .into_iter()
+            .find(|c| c.as_str() == code && *c != ErrorCode::Other)
+            .unwrap_or(ErrorCode::Other)
+    }
+}
+
+/// A body that passed steps 10 and 11.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// The parsed body.
+    pub value: Value,
+    /// The event's status and code, for profiles that know them (runblob).
+    pub class: Option<EventClass>,
+}
+
+#[derive(Clone)]
+enum Profile {
+    Runblob { strict_codes: bool },
+    Json,
+    Schema(Arc<jsonschema::Validator>),
+    Custom(Arc<dyn PayloadValidator>),
+}
+
+/// Parses and validates a body for one route. Cheap to clone.
+#[derive(Clone)]
+pub struct Validator {
+    profile: Profile,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match &self.profile {
+            Profile::Runblob {
+                strict_codes: false,
+            } => "runblob",
+            Profile::Runblob { strict_codes: true } => "runblob (strict codes)",
+            Profile::Json => "json",
+            Profile::Schema(_) => "schema",
+            Profile::Custom(_) => "custom",
+        };
+        f.debug_tuple("Validator").field(&name).finish()
+    }
+}
+
+impl Validator {
+    /// The reference sender's contract (DESIGN §1). Unknown error codes are accepted (counted as `other`).
+    pub fn runblob() -> Self {
+        Self {
+            profile: Profile::Runblob {
+                strict_codes: false,
+            },
+        }
+    }
+
+    /// The runblob contract, refusing error codes outside the documented six.
+    pub fn runblob_strict() -> Self {
+        Self {
+            profile: Profile::Runblob { strict_codes: true },
+        }
+    }
+
+    /// Any well-formed JSON object.
+    pub fn json() -> Self {
+        Self {
+            profile: Profile::Json,
+        }
+    }
+
+    /// A JSON Schema, compiled once here (draft 2020-12 unless the schema's `$schema` says
+    /// otherwise). `key` names the setting in errors.
+    pub fn schema(key: &str, schema: &Value) -> Result<Self, ConfigError> {
+        let compiled =
+            jsonschema::draft202012::new(schema).map_err(|e| ConfigError::InvalidSchema {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            profile: Profile::Schema(Arc::new(compiled)),
+        })
+    }
+
+    /// A user-supplied check, run on the parsed body after the JSON-object check.
+    pub fn custom(check: impl PayloadValidator) -> Self {
+        Self {
+            profile: Profile::Custom(Arc::new(check)),
+        }
+    }
+
+    /// Steps 10 and 11 on a complete body.
+    pub fn check(&self, body: &[u8]) -> Result<Payload, Rejection> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::MalformedJson {
+            detail: e.to_string(),
+        })?;
+        let mut fields = Vec::new();
+        let class = match &self.profile {
+            Profile::Runblob { strict_codes } => runblob(&value, *strict_codes, &mut fields),
+            Profile::Json => {
+                require_object(&value, &mut fields);
+                None
+            }
+            Profile::Schema(schema) => {
+                fields.extend(
+                    schema
+                        .iter_errors(&value)
+                        .map(|e| FieldError::new(e.instance_path().as_str(), e.to_string())),
+                );
+                None
+            }
+            Profile::Custom(check) => {
+                if require_object(&value, &mut fields) {
+                    if let Err(errs) = check.validate(&value) {
+                        fields.extend(errs);
+                    }
+                }
+                None
+            }
+        };
+        if fields.is_empty() {
+            Ok(Payload { value, class })
+        } else {
+            Err(Rejection::InvalidPayload { fields })
+        }
+    }
+}
+
+fn require_object(value: &Value, fields: &mut Vec<FieldError>) -> bool {
+    let ok = value.is_object();
+    if !ok {
+        fields.push(FieldError::new("", "the body must be a JSON object"));
+    }
+    ok
+}
+
+/// DESIGN §1, field by field; returns the event's class when `status` is readable.
+fn runblob(value: &Value, strict_codes: bool, fields: &mut Vec<FieldError>) -> Option<EventClass> {
+    let Some(obj) = value.as_object() else {
+        require_object(value, fields);
+        return None;
+    };
+    match obj.get("generation_id") {
+        None | Some(Value::Null) => fields.push(FieldError::new("/generation_id", "is required")),
+        Some(Value::String(s)) if is_canonical_uuid(s) => {}
+        Some(Value::String(_)) => fields.push(FieldError::new(
+            "/generation_id",
+            "must be a UUID in canonical hyphenated form",
+        )),
+        Some(_) => fields.push(FieldError::new("/generation_id", "must be a string")),
+    }
+    match obj.get("model") {
+        Some(Value::String(s)) if !s.is_empty() => {}
+        None | Some(Value::Null) => fields.push(FieldError::new("/model", "is required")),
+        Some(_) => fields.push(FieldError::new("/model", "must be a non-empty string")),
+    }
+    let status = match obj.get("status") {
+        Some(Value::String(s)) if s == "completed" => Some(EventStatus::Completed),
+        Some(Value::String(s)) if s == "failed" => Some(EventStatus::Failed),
+        None | Some(Value::Null) => {
+            fields.push(FieldError::new("/status", "is required"));
+            None
+        }
+        Some(_) => {
+            fields.push(FieldError::new(
+                "/status",
+                "must be \"completed\" or \"failed\"",
+            ));
+            None
+        }
+    };
+    let video_url = obj.get("video_url").filter(|v| !v.is_null());
+    let message = obj.get("message").filter(|v| !v.is_null());
+    match status? {
+        EventStatus::Completed => {
+            match video_url {
+                None => fields.push(FieldError::new(
+                    "/video_url",
+                    "is required when status is completed",
+                )),
+                Some(Value::String(u)) if is_http_url(u) => {}
+                Some(_) => fields.push(FieldError::new(
+                    "/video_url",
+                    "must be an absolute http or https URL",
+                )),
+            }
+            if message.is_some() {
+                fields.push(FieldError::new(
+                    "/message",
+                    "must be null when status is completed",
+                ));
+            }
+            Some(EventClass {
+                status: EventStatus::Completed,
+                code: ErrorCode::None,
+            })
+        }
+        EventStatus::Failed => {
+            if video_url.is_some() {
+                fields.push(FieldError::new(
+                    "/video_url",
+                    "must be null when status is failed",
+                ));
+            }
+            let code = match message {
+                Some(Value::String(m)) if !m.is_empty() => ErrorCode::from_code(m),
+                None => {
+                    fields.push(FieldError::new(
+                        "/message",
+                        "is required when status is failed",
+                    ));
+                    ErrorCode::Other
+                }
+                Some(_) => {
+                    fields.push(FieldError::new(
+                        "/message",
+                        "must be a non-empty error code",
+                    ));
+                    ErrorCode::Other
+                }
+            };
+            if strict_codes && code == ErrorCode::Other && fields.is_empty() {
+                fields.push(FieldError::new("/message", "is not a known error code"));
+            }
+            Some(EventClass {
+                status: EventStatus::Failed,
+                code,
+            })
+        }
+    }
+}
+
+fn is_canonical_uuid(s: &str) -> bool {
+    // Only the 36-character hyphenated form: uuid also parses simple, braced and URN forms.
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
+}
+
+fn is_http_url(s: &str) -> bool {
+    url::Url::parse(s)
+        .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const GID: &str = "550e8400-e29b-41d4-a716-446655440000";
+
+    fn fields_of(r: Rejection) -> Vec<String> {
+        match r {
+            Rejection::InvalidPayload { fields } => fields.into_iter().map(|f| f.field).collect(),
+            other => panic!("not invalid_payload: {other}"),
+        }
+    }
+
+    #[test]
+    fn runblob_cases() {
+        struct Case {
+            name: &'static str,
+            input: Value,
+            want: Result<(&'static str, &'static str), &'static [&'static str]>,
+        }
+        let cases = [
+            Case {
+                name: "completed",
+                input: json!({"generation_id": GID, "status": "completed", "video_url": "https://cdn.example.com/a.mp4", "model": "m", "message": null}),
+                want: Ok(("completed", "none")),
+            },
+            Case {
+                name: "failed",
+                input: json!({"generation_id": GID, "status": "failed", "video_url": null, "model": "m", "message": "CONTENT_POLICY_VIOLATION"}),
+                want: Ok(("failed", "CONTENT_POLICY_VIOLATION")),
+            },
+            Case {
+                name: "timeout",
+                input: json!({"generation_id": GID, "status": "failed", "model": "m", "message": "TIMEOUT"}),
+                want: Ok(("failed", "TIMEOUT")),
+            },
+            Case {
+                name: "unknown code is other",
+                input: json!({"generation_id": GID, "status": "failed", "model": "m", "message": "NEW_CODE"}),
+                want: Ok(("failed", "other")),
+            },
+            Case {
+                name: "uppercase uuid",
+                input: json!({"generation_id": GID.to_uppercase(), "status": "failed", "model": "m", "message": "TIMEOUT"}),
+                want: Ok(("failed", "TIMEOUT")),
+            },
+            Case {
+                name: "extra fields allowed",
+                input: json!({"generation_id": GID, "status": "failed", "model": "m", "message": "TIMEOUT", "extra": [1]}),
+                want: Ok(("failed", "TIMEOUT")),
+            },
+            Case {
+                name: "empty object",
+                input: json!({}),
+                want: Err(&["/generation_id", "/model", "/status"]),
+            },
+            Case {
+                name: "not an object",
+                input: json!([1, 2]),
+                want: Err(&[""]),
+            },
+            Case {
+                name: "simple uuid form",
+                input: json!({"generation_id": GID.replace('-', ""), "status": "failed", "model": "m", "message": "TIMEOUT"}),
+                want: Err(&["/generation_id"]),
+            },
+            Case {
+                name: "uuid is number",
+                input: json!({"generation_id": 7, "status": "failed", "model": "m", "message": "TIMEOUT"}),
+                want: Err(&["/generation_id"]),
+            },
+            Case {
+                name: "bad status",
+                input: json!({"generation_id": GID, "status": "done", "model": "m"}),
+                want: Err(&["/status"]),
+            },
+            Case {
+                name: "completed without url",
+                input: json!({"generation_id": GID, "status": "completed", "model": "m"}),
+                want: Err(&["/video_url"]),
+            },
+            Case {
+                name: "completed with ftp url and message",
+                input: json!({"generation_id": GID, "status": "completed", "video_url": "ftp://x/y", "model": "m", "message": "X"}),
+                want: Err(&["/video_url", "/message"]),
+            },
+            Case {
+                name: "relative url",
+                input: json!({"generation_id": GID, "status": "completed", "video_url": "/a.mp4", "model": "m"}),
+                want: Err(&["/video_url"]),
+            },
+            Case {
+                name: "failed with url, no message",
+                input: json!({"generation_id": GID, "status": "failed", "video_url": "https://a/b", "model": "m"}),
+                want: Err(&["/video_url", "/message"]),
+            },
+            Case {
+                name: "failed with empty message",
+                input: json!({"generation_id": GID, "status": "failed", "model": "m", "message": ""}),
+                want: Err(&["/message"]),
+            },
+            Case {
+                name: "empty model",
+                input: json!({"generation_id": GID, "status": "failed", "model": "", "message": "TIMEOUT"}),
+                want: Err(&["/model"]),
+            },
+        ];
+        let v = Validator::runblob();
+        for c in cases {
+            let got = v.check(&serde_json::to_vec(&c.input).unwrap());
+            match c.want {
+                Ok((status, code)) => {
+                    let p = got.unwrap_or_else(|e| panic!("{}: {e}", c.name));
+                    let class = p.class.unwrap();
+                    assert_eq!(
+                        (class.status.as_str(), class.code.as_str()),
+                        (status, code),
+                        "{}",
+                        c.name
+                    );
+                }
+                Err(want) => assert_eq!(fields_of(got.unwrap_err()), want, "{}", c.name),
+            }
+        }
+    }
+
+    #[test]
+    fn strict_codes_refuse_unknown() {
+        let body =
+            json!({"generation_id": GID, "status": "failed", "model": "m", "message": "NEW_CODE"});
+        let err = Validator::runblob_strict()
+            .check(&serde_json::to_vec(&body).unwrap())
+            .unwrap_err();
+        assert_eq!(fields_of(err), ["/message"]);
+    }
+
+    #[test]
+    fn malformed_json() {
+        for input in [&b"{"[..], b"", b"{\"a\":1}x", b"\xff\xfe", b"nul"] {
+            let err = Validator::json().check(input).unwrap_err();
+            assert_eq!(err.status(), 400, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let body = "[".repeat(100_000);
+        assert_eq!(
+            Validator::json()
+                .check(body.as_bytes())
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn json_profile_wants_an_object() {
+        assert!(Validator::json().check(b"{\"a\":1}").is_ok());
+        assert_eq!(Validator::json().check(b"[1]").unwrap_err().status(), 422);
+    }
+
+    #[test]
+    fn schema_profile_reports_each_field() {
+        let schema = json!({
+            "type": "object",
+            "required": ["id"],
+            "properties": {"id": {"type": "string"}, "n": {"type": "integer", "minimum": 1}}
+        });
+        let v = Validator::schema("schema", &schema).unwrap();
+        assert!(v.check(br#"{"id":"a","n":2}"#).is_ok());
+        let fields = fields_of(v.check(br#"{"id":5,"n":0}"#).unwrap_err());
+        assert_eq!(fields.len(), 2);
+        assert!(fields.contains(&"/id".to_string()) && fields.contains(&"/n".to_string()));
+    }
+
+    #[test]
+    fn bad_schema_is_a_config_error() {
+        let err = Validator::schema("route[0].schema", &json!({"type": 12})).unwrap_err();
+        assert!(err.to_string().contains("route[0].schema"), "{err}");
+    }
+
+    #[test]
+    fn custom_validator() {
+        let v = Validator::custom(|p: &Value| {
+            if p.get("id").is_some() {
+                Ok(())
+            } else {
+                Err(vec![FieldError::new("/id", "is required")])
+            }
+        });
+        assert!(v.check(br#"{"id":1}"#).is_ok());
+        assert_eq!(fields_of(v.check(br#"{}"#).unwrap_err()), ["/id"]);
+        assert_eq!(fields_of(v.check(br#"3"#).unwrap_err()), [""]);
+    }
+}

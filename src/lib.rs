@@ -1,0 +1,22 @@
+//! # hookgate
+//!
+//! A webhook gateway: everything a webhook receiver is told to do, done once and correctly in
+//! front of any handler. Accept only the sender's IP ranges, validate the payload, drop
+//! duplicates, and show it all as Prometheus metrics.
+//!
+//! - [`core`]: the sans-IO admission pipeline (client IP, allowlist, request head, validation,
+//!   dedup key, [`Rejection`](core::Rejection)), shared by every face.
+//! - [`tower`]: layers for servers that receive webhooks themselves; [`tower::WebhookLayer`]
+//!   stacks them all.
+//! - [`store`]: the [`DedupStore`](store::DedupStore) trait and the in-memory store.
+//! - [`metrics`]: the Prometheus families, registered into a registry you pass.
+//!
+//! ```
+//! use hookgate::core::Rejection;
+//! assert_eq!(Rejection::IpNotAllowed.reason().as_str(), "ip_not_allowed");
+//! ```
+
+pub mod core;
+pub mod metrics;
+pub mod store;
+pub mod tower;

@@ -1,0 +1,223 @@
+//! Prometheus metrics (DESIGN §6), registered into a registry the caller passes.
+//!
+//! Label values are bounded: routes are configured names, reasons are [`Reason`]s, and event codes
+//! are the documented six plus `none` and `other`. Per-route series are resolved once by
+//! [`Metrics::route`], so the request path does no label lookup.
+//!
+//! ```
+//! use hookgate::metrics::Metrics;
+//! use prometheus::{Encoder, Registry, TextEncoder};
+//!
+//! let registry = Registry::new();
+//! let metrics = Metrics::new(&registry).unwrap();
+//! let route = metrics.route("o3-video");
+//! route.record_accepted(None);
+//! let mut text = Vec::new();
+//! TextEncoder::new().encode(&registry.gather(), &mut text).unwrap();
+//! let text = String::from_utf8(text).unwrap();
+//! assert!(text.contains(r#"hookgate_requests_total{outcome="accepted",route="o3-video"} 1"#));
+//! ```
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use crate::core::{ErrorCode, EventClass, EventStatus, Reason};
+
+/// Buckets for the time from first byte to acknowledgement: 50 µs to 10 s.
+const ACK_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// The metric families. Cheap to clone; register once per registry.
+#[derive(Clone)]
+pub struct Metrics {
+    requests: IntCounterVec,
+    rejections: IntCounterVec,
+    ack_duration: HistogramVec,
+    events: IntCounterVec,
+    forwarded_invalid: IntCounterVec,
+    dedup_entries: IntGauge,
+    dedup_evictions: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Creates the families and registers them into `registry`. Fails if they are registered
+    /// there already: share one `Metrics` across routes.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("hookgate_requests_total", "webhook requests by outcome (accepted, duplicate, rejected, failed)"),
+                &["route", "outcome"],
+            )?,
+            rejections: IntCounterVec::new(
+                Opts::new("hookgate_rejections_total", "rejected webhook requests by reason"),
+                &["route", "reason"],
+            )?,
+            ack_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "hookgate_ack_duration_seconds",
+                    "time from the request reaching hookgate to its answer",
+                )
+                .buckets(ACK_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+            events: IntCounterVec::new(
+                Opts::new("hookgate_events_total", "accepted events by the payload's own status and error code"),
+                &["route", "status", "code"],
+            )?,
+            forwarded_invalid: IntCounterVec::new(
+                Opts::new(
+                    "hookgate_forwarded_for_invalid_total",
+                    "X-Forwarded-For headers from trusted proxies that did not parse (the peer address was used)",
+                ),
+                &["route"],
+            )?,
+            dedup_entries: IntGauge::new("hookgate_dedup_entries", "keys in the dedup store")?,
+            dedup_evictions: IntCounter::new(
+                "hookgate_dedup_evictions_total",
+                "keys evicted because the dedup store was full",
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.rejections.clone()))?;
+        registry.register(Box::new(m.ack_duration.clone()))?;
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.forwarded_invalid.clone()))?;
+        registry.register(Box::new(m.dedup_entries.clone()))?;
+        registry.register(Box::new(m.dedup_evictions.clone()))?;
+        Ok(m)
+    }
+
+    /// The families registered in `prometheus::default_registry()`, created on first use.
+    pub fn global() -> &'static Metrics {
+        static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            Metrics::new(prometheus::default_registry())
+                .expect("hookgate metrics are registered in the default registry only here")
+        })
+    }
+
+    /// The series of one route, resolved once. Every series starts at zero so dashboards see it.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let events = EventCounters {
+            completed: self.events.with_label_values(&[
+                route,
+                EventStatus::Completed.as_str(),
+                ErrorCode::None.as_str(),
+            ]),
+            failed: ErrorCode::FAILED.map(|code| {
+                self.events
+                    .with_label_values(&[route, EventStatus::Failed.as_str(), code.as_str()])
+            }),
+        };
+        RouteMetrics(Arc::new(RouteInner {
+            accepted: self.requests.with_label_values(&[route, "accepted"]),
+            duplicate: self.requests.with_label_values(&[route, "duplicate"]),
+            rejected: self.requests.with_label_values(&[route, "rejected"]),
+            failed: self.requests.with_label_values(&[route, "failed"]),
+            rejections: Reason::ALL
+                .map(|r| self.rejections.with_label_values(&[route, r.as_str()])),
+            ack_duration: self.ack_duration.with_label_values(&[route]),
+            events,
+            forwarded_invalid: self.forwarded_invalid.with_label_values(&[route]),
+        }))
+    }
+
+    /// `hookgate_dedup_entries`.
+    pub fn dedup_entries(&self) -> &IntGauge {
+        &self.dedup_entries
+    }
+
+    /// `hookgate_dedup_evictions_total`.
+    pub fn dedup_evictions(&self) -> &IntCounter {
+        &self.dedup_evictions
+    }
+}
+
+struct EventCounters {
+    completed: IntCounter,
+    failed: [IntCounter; 7],
+}
+
+struct RouteInner {
+    accepted: IntCounter,
+    duplicate: IntCounter,
+    rejected: IntCounter,
+    failed: IntCounter,
+    rejections: [IntCounter; Reason::ALL.len()],
+    ack_duration: Histogram,
+    events: EventCounters,
+    forwarded_invalid: IntCounter,
+}
+
+/// One route's series. Cheap to clone.
+#[derive(Clone)]
+pub struct RouteMetrics(Arc<RouteInner>);
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").finish_non_exhaustive()
+    }
+}
+
+impl RouteMetrics {
+    /// An accepted request, with the payload's class when the profile knows it.
+    #[inline]
+    pub fn record_accepted(&self, class: Option<EventClass>) {
+        self.0.accepted.inc();
+        if let Some(class) = class {
+            match class.status {
+                EventStatus::Completed => self.0.events.completed.inc(),
+                EventStatus::Failed => {
+                    let i = ErrorCode::FAILED
+                        .iter()
+                        .position(|c| *c == class.code)
+                        .unwrap_or(ErrorCode::FAILED.len() - 1);
+                    self.0.events.failed[i].inc();
+                }
+            }
+        }
+    }
+
+    /// A duplicate answered without forwarding.
+    #[inline]
+    pub fn record_duplicate(&self) {
+        self.0.duplicate.inc();
+    }
+
+    /// A rejection.
+    #[inline]
+    pub fn record_rejected(&self, reason: Reason) {
+        self.0.rejected.inc();
+        self.0.rejections[reason.index()].inc();
+    }
+
+    /// The handler behind the layers answered non-2xx or failed.
+    #[inline]
+    pub fn record_failed(&self) {
+        self.0.failed.inc();
+    }
+
+    /// Time from the request reaching hookgate to its answer.
+    #[inline]
+    pub fn observe_ack(&self, elapsed: Duration) {
+        self.0.ack_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A trusted proxy's `X-Forwarded-For` did not parse.
+    #[inline]
+    pub fn record_forwarded_invalid(&self) {
+        self.0.forwarded_invalid.inc();
+    }
+}

@@ -1,0 +1,74 @@
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::IpAllowlist;
+use crate::core::{Allowlist, ClientIpResolver};
+use crate::metrics::RouteMetrics;
+use crate::tower::{default_peer_ip, PeerIpFn};
+
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) allow: Allowlist,
+    pub(crate) resolver: ClientIpResolver,
+    pub(crate) peer_ip: PeerIpFn,
+    pub(crate) metrics: Option<RouteMetrics>,
+}
+
+/// Builds [`IpAllowlist`] services.
+#[derive(Clone)]
+#[must_use]
+pub struct IpAllowlistLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for IpAllowlistLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpAllowlistLayer")
+            .field("allow", &self.shared.allow)
+            .field("trusted_proxies", &self.shared.resolver)
+            .finish()
+    }
+}
+
+impl IpAllowlistLayer {
+    /// Admits clients inside `allow`; trusts no proxy.
+    pub fn new(allow: Allowlist) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                allow,
+                resolver: ClientIpResolver::default(),
+                peer_ip: default_peer_ip,
+                metrics: None,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// Believes `X-Forwarded-For` from peers inside `proxies`.
+    pub fn with_trusted_proxies(self, proxies: Allowlist) -> Self {
+        self.edit(|s| s.resolver = ClientIpResolver::new(proxies))
+    }
+
+    /// Reads the peer address with `f` instead of [`default_peer_ip`].
+    pub fn with_peer_ip(self, f: PeerIpFn) -> Self {
+        self.edit(|s| s.peer_ip = f)
+    }
+
+    /// Counts unparseable `X-Forwarded-For` headers from trusted proxies.
+    pub fn with_metrics(self, metrics: RouteMetrics) -> Self {
+        self.edit(|s| s.metrics = Some(metrics))
+    }
+}
+
+impl<S> Layer<S> for IpAllowlistLayer {
+    type Service = IpAllowlist<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IpAllowlist::new(inner, self.shared.clone())
+    }
+}

@@ -1,0 +1,57 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::core::{EventClass, Rejection};
+use crate::metrics::RouteMetrics;
+use crate::tower::Duplicate;
+
+pin_project! {
+    /// Response future of [`RecordMetrics`](super::RecordMetrics).
+    pub struct ResponseFuture<F> {
+        #[pin]
+        fut: F,
+        route: RouteMetrics,
+        start: Instant,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(fut: F, route: RouteMetrics, start: Instant) -> Self {
+        Self { fut, route, start }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.fut.poll(cx));
+        let route = &*this.route;
+        match &result {
+            Ok(res) => {
+                let ext = res.extensions();
+                if let Some(rejection) = ext.get::<Rejection>() {
+                    route.record_rejected(rejection.reason());
+                } else if ext.get::<Duplicate>().is_some() {
+                    route.record_duplicate();
+                } else if res.status().is_success() {
+                    route.record_accepted(ext.get::<EventClass>().copied());
+                } else {
+                    route.record_failed();
+                }
+            }
+            Err(_) => route.record_failed(),
+        }
+        route.observe_ack(this.start.elapsed());
+        Poll::Ready(result)
+    }
+}

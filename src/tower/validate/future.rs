@@ -1,0 +1,176 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::combinators::Collect;
+use http_body_util::{LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::layer::Shared;
+use super::ParsedPayload;
+use crate::core::{EventClass, Rejection};
+use crate::tower::rejection_response;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// Response future of [`Validate`](super::Validate).
+    pub struct ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+        ReqBody: Body,
+        ReqBody::Error: Into<BoxError>,
+    {
+        #[pin]
+        state: State<S, S::Future, ReqBody, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, F, ReqBody, ResBody>
+    where
+        ReqBody: Body,
+        ReqBody::Error: Into<BoxError>,
+    {
+        Reading {
+            #[pin]
+            collect: Collect<Limited<ReqBody>>,
+            #[pin]
+            deadline: Sleep,
+            parts: Option<Parts>,
+            inner: Option<S>,
+            shared: Arc<Shared>,
+        },
+        Calling {
+            #[pin]
+            fut: F,
+            class: Option<EventClass>,
+        },
+        Done {
+            response: Option<Response<ResBody>>,
+        },
+    }
+}
+
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+{
+    pub(crate) fn rejected(response: Response<ResBody>) -> Self {
+        Self {
+            state: State::Done {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn reading(
+        collect: Collect<Limited<ReqBody>>,
+        deadline: Sleep,
+        parts: Parts,
+        inner: S,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            state: State::Reading {
+                collect,
+                deadline,
+                parts: Some(parts),
+                inner: Some(inner),
+                shared,
+            },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Reading {
+                    collect,
+                    deadline,
+                    parts,
+                    inner,
+                    shared,
+                } => {
+                    let collected = match collect.poll(cx) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => {
+                            if deadline.poll(cx).is_ready() {
+                                let response = rejection_response(Rejection::RequestTimeout);
+                                state.set(State::Done {
+                                    response: Some(response),
+                                });
+                                continue;
+                            }
+                            return Poll::Pending;
+                        }
+                    };
+                    let checked = match collected {
+                        Ok(c) => {
+                            let raw = c.to_bytes();
+                            shared.validator.check(&raw).map(|p| (p, raw))
+                        }
+                        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                            Err(Rejection::PayloadTooLarge {
+                                limit: shared.max_body,
+                            })
+                        }
+                        Err(_) => Err(Rejection::BodyReadFailed),
+                    };
+                    let next = match checked {
+                        Ok((payload, raw)) => {
+                            let (Some(mut parts), Some(mut svc)) = (parts.take(), inner.take())
+                            else {
+                                unreachable!("Reading state is left once, right here");
+                            };
+                            parts.extensions.insert(ParsedPayload {
+                                value: Arc::new(payload.value),
+                                raw: raw.clone(),
+                            });
+                            let req = Request::from_parts(parts, ReqBody::from(raw));
+                            State::Calling {
+                                fut: svc.call(req),
+                                class: payload.class,
+                            }
+                        }
+                        Err(rejection) => State::Done {
+                            response: Some(rejection_response(rejection)),
+                        },
+                    };
+                    state.set(next);
+                }
+                StateProj::Calling { fut, class } => {
+                    let mut response = std::task::ready!(fut.poll(cx))?;
+                    if let Some(class) = *class {
+                        response.extensions_mut().insert(class);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Done { response } => {
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! [`WebhookLayer`]: the whole admission stack from one configuration.
+
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::{DedupLayer, IpAllowlistLayer, MetricsLayer, PeerIpFn, ValidateLayer};
+use crate::core::{Allowlist, ConfigError, DedupKeySpec, Validator};
+use crate::metrics::Metrics;
+use crate::store::{DedupStore, MemoryDedupStore};
+use crate::tower::validate::{DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
+use crate::tower::{Dedup, IpAllowlist, RecordMetrics, Validate};
+
+/// The default dedup window: 24 h, far beyond the reference sender's 5 × 30 s retry span.
+pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The default capacity of the in-memory dedup store.
+pub const DEFAULT_DEDUP_CAPACITY: usize = 1_000_000;
+
+/// IP allowlist, validation, dedup and metrics for one route, stacked in pipeline order:
+/// `RecordMetrics<IpAllowlist<Validate<Dedup<S>>>>`. See the [module docs](super) for an example.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct WebhookLayer<D = MemoryDedupStore> {
+    metrics: MetricsLayer,
+    allowlist: IpAllowlistLayer,
+    validate: ValidateLayer,
+    dedup: DedupLayer<D>,
+}
+
+impl WebhookLayer {
+    /// Starts configuring the stack for the route named `route` (used in metric labels and to
+    /// keep routes' dedup keys apart).
+    pub fn builder(route: impl Into<String>) -> WebhookLayerBuilder {
+        WebhookLayerBuilder {
+            route: route.into(),
+            allow: None,
+            trusted_proxies: Allowlist::default(),
+            peer_ip: None,
+            validator: Validator::runblob(),
+            max_body: DEFAULT_MAX_BODY,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            dedup_key: DedupKeySpec::default(),
+            dedup_ttl: DEFAULT_DEDUP_TTL,
+            dedup_capacity: DEFAULT_DEDUP_CAPACITY,
+            metrics: None,
+        }
+    }
+}
+
+impl<S, D> Layer<S> for WebhookLayer<D> {
+    type Service = RecordMetrics<IpAllowlist<Validate<Dedup<S, D>>>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.metrics.layer(
+            self.allowlist
+                .layer(self.validate.layer(self.dedup.layer(inner))),
+        )
+    }
+}
+
+/// Configures a [`WebhookLayer`]. Defaults: `runblob` profile, 1 MiB body limit, 10 s read
+/// timeout, dedup by `/generation_id` for 24 h, metrics in the default registry. The allowlist has
+/// no default: it must be set.
+#[must_use]
+pub struct WebhookLayerBuilder {
+    route: String,
+    allow: Option<Allowlist>,
+    trusted_proxies: Allowlist,
+    peer_ip: Option<PeerIpFn>,
+    validator: Validator,
+    max_body: u64,
+    read_timeout: Duration,
+    dedup_key: DedupKeySpec,
+    dedup_ttl: Duration,
+    dedup_capacity: usize,
+    metrics: Option<Metrics>,
+}
+
+impl WebhookLayerBuilder {
+    /// Admits clients inside these CIDRs (`"0.0.0.0/0"` and `"::/0"` must be written out to allow all).
+    pub fn with_allow<I, S>(mut self, cidrs: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.allow = Some(Allowlist::new("allow", cidrs)?);
+        Ok(self)
+    }
+
+    /// Believes `X-Forwarded-For` from peers inside these CIDRs.
+    pub fn with_trusted_proxies<I, S>(mut self, cidrs: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.trusted_proxies = Allowlist::new("trusted_proxies", cidrs)?;
+        Ok(self)
+    }
+
+    /// Reads the peer address with `f` (default: [`PeerAddr`](super::PeerAddr), then axum's
+    /// `ConnectInfo<SocketAddr>` with the `axum` feature).
+    pub fn with_peer_ip(mut self, f: PeerIpFn) -> Self {
+        self.peer_ip = Some(f);
+        self
+    }
+
+    /// Validates with `validator` (default: `runblob`).
+    pub fn with_validator(mut self, validator: Validator) -> Self {
+        self.validator = validator;
+        self
+    }
+
+    /// Refuses bodies over `bytes` (default 1 MiB).
+    pub fn with_max_body(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Refuses bodies not received within `timeout` (default 10 s).
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Dedups by `key` (default `/generation_id`).
+    pub fn with_dedup_key(mut self, key: DedupKeySpec) -> Self {
+        self.dedup_key = key;
+        self
+    }
+
+    /// Keeps accepted keys for `ttl` (default 24 h; at least one second).
+    pub fn with_dedup_ttl(mut self, ttl: Duration) -> Self {
+        self.dedup_ttl = ttl;
+        self
+    }
+
+    /// Bounds the in-memory dedup store [`build`](Self::build) makes (default 1,000,000 keys).
+    pub fn with_dedup_capacity(mut self, keys: usize) -> Self {
+        self.dedup_capacity = keys;
+        self
+    }
+
+    /// Records into `metrics` (default: [`Metrics::global`], the default registry).
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Builds the layer with a new [`MemoryDedupStore`] reporting to the metrics. Inside a tokio
+    /// runtime a sweeper removes its expired keys every 30 s; outside one, expired keys are still
+    /// treated as absent and the capacity bound still holds.
+    pub fn build(mut self) -> Result<WebhookLayer<MemoryDedupStore>, ConfigError> {
+        let metrics = self
+            .metrics
+            .get_or_insert_with(|| Metrics::global().clone());
+        let store = MemoryDedupStore::with_metrics(self.dedup_capacity, metrics);
+        let layer = self.build_with_store(store.clone())?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            store.spawn_sweeper(Duration::from_secs(30));
+        }
+        Ok(layer)
+    }
+
+    /// Builds the layer around the dedup `store` given.
+    pub fn build_with_store<D: DedupStore>(self, store: D) -> Result<WebhookLayer<D>, ConfigError> {
+        let allow = self.allow.ok_or_else(|| ConfigError::InvalidValue {
+            key: "allow".into(),
+            reason:
+                "no allowlist set; list the sender's CIDRs (write 0.0.0.0/0 and ::/0 to allow all)"
+                    .into(),
+        })?;
+        if self.dedup_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::InvalidValue {
+                key: "dedup.ttl".into(),
+                reason: "must be at least 1s".into(),
+            });
+        }
+        let metrics = self.metrics.unwrap_or_else(|| Metrics::global().clone());
+        let route = metrics.route(&self.route);
+        let mut allowlist = IpAllowlistLayer::new(allow)
+            .with_trusted_proxies(self.trusted_proxies)
+            .with_metrics(route.clone());
+        if let Some(f) = self.peer_ip {
+            allowlist = allowlist.with_peer_ip(f);
+        }
+        Ok(WebhookLayer {
+            metrics: MetricsLayer::new(route),
+            allowlist,
+            validate: ValidateLayer::new(self.validator)
+                .with_max_body(self.max_body)
+                .with_read_timeout(self.read_timeout),
+            dedup: DedupLayer::new(store, self.route, self.dedup_key, self.dedup_ttl),
+        })
+    }
+}
