@@ -21,9 +21,9 @@
 //! }));
 //! svc.oneshot(Request::new(Full::<Bytes>::default())).await.unwrap();
 //! let families = registry.gather();
-//! let requests = families.iter().find(|f| f.get_name() == "hookgate_requests_total").unwrap();
+//! let requests = families.iter().find(|f| f.name() == "hookgate_requests_total").unwrap();
 //! let accepted = requests.get_metric().iter()
-//!     .find(|m| m.get_label().iter().any(|l| l.get_value() == "accepted")).unwrap();
+//!     .find(|m| m.get_label().iter().any(|l| l.value() == "accepted")).unwrap();
 //! assert_eq!(accepted.get_counter().get_value(), 1.0);
 //! # });
 //! ```
