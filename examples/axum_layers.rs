@@ -33,9 +33,15 @@ use serde_json::{json, Value};
 /// The provider's Flask example, in Rust: print what arrived, answer 200.
 async fn handle_webhook(Json(data): Json<Value>) -> Json<Value> {
     if data["status"] == "completed" {
-        println!("Video ready: {}", data["video_url"].as_str().unwrap_or_default());
+        println!(
+            "Video ready: {}",
+            data["video_url"].as_str().unwrap_or_default()
+        );
     } else {
-        println!("Generation failed: {}", data["message"].as_str().unwrap_or_default());
+        println!(
+            "Generation failed: {}",
+            data["message"].as_str().unwrap_or_default()
+        );
     }
     Json(json!({"status": "received"}))
 }
@@ -59,23 +65,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut text = Vec::new();
                     let encoder = TextEncoder::new();
                     match encoder.encode(&registry.gather(), &mut text) {
-                        Ok(()) => ([(header::CONTENT_TYPE, encoder.format_type().to_owned())], text).into_response(),
-                        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                        Ok(()) => (
+                            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+                            text,
+                        )
+                            .into_response(),
+                        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                            .into_response(),
                     }
                 }
             }),
         );
 
     let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p.parse().map_err(|_| format!("PORT={p:?} is not a port number"))?,
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT={p:?} is not a port number"))?,
         Err(_) => 3000,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on http://{}/webhook/o3-video (metrics at /metrics)", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    println!(
+        "listening on http://{}/webhook/o3-video (metrics at /metrics)",
+        listener.local_addr()?
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }

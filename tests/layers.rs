@@ -106,7 +106,10 @@ fn builder() -> WebhookLayerBuilder {
         .unwrap()
 }
 
-async fn serve_on(listener: TcpListener, configure: impl FnOnce(WebhookLayerBuilder) -> WebhookLayerBuilder) -> Server {
+async fn serve_on(
+    listener: TcpListener,
+    configure: impl FnOnce(WebhookLayerBuilder) -> WebhookLayerBuilder,
+) -> Server {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
     let layer = configure(builder()).with_metrics(&metrics).build().unwrap();
@@ -116,11 +119,19 @@ async fn serve_on(listener: TcpListener, configure: impl FnOnce(WebhookLayerBuil
         .with_state(handler.clone());
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
-    Server { addr, handler, registry, task }
+    Server {
+        addr,
+        handler,
+        registry,
+        task,
+    }
 }
 
 async fn serve(configure: impl FnOnce(WebhookLayerBuilder) -> WebhookLayerBuilder) -> Server {
@@ -135,7 +146,13 @@ fn client() -> reqwest::Client {
 }
 
 async fn post_json(url: &str, body: String) -> (u16, Value) {
-    send(client().post(url).header("content-type", "application/json").body(body)).await
+    send(
+        client()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await
 }
 
 async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
@@ -163,7 +180,10 @@ async fn raw_status(addr: SocketAddr, raw: &[u8]) -> u16 {
         }
     }
     let text = String::from_utf8_lossy(&got);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -173,7 +193,10 @@ async fn accepted_body_reaches_handler_unchanged() {
     let body = format!("{{ \"model\":\"kling-o3-video-10s-pro\",  \"status\":\"failed\",\"generation_id\":\"{}\",\"message\":\"TIMEOUT\",\"video_url\":null }}", uuid(1));
     let (status, v) = post_json(&s.url(), body.clone()).await;
     assert_eq!((status, v), (200, json!({"status": "received"})));
-    assert_eq!(s.handler.bodies.lock().unwrap().as_slice(), [Bytes::from(body)]);
+    assert_eq!(
+        s.handler.bodies.lock().unwrap().as_slice(),
+        [Bytes::from(body)]
+    );
 }
 
 #[tokio::test]
@@ -335,7 +358,14 @@ async fn trusted_proxy_forwarded_for_is_used() {
     assert_eq!(post("203.0.113.5, 198.51.100.1", 8).await.0, 403);
     // Garbage from a trusted proxy falls back to the proxy's own address: refused, and counted.
     assert_eq!(post("203.0.113.5, garbage", 9).await.0, 403);
-    assert_eq!(metric(&s.registry, "hookgate_forwarded_for_invalid_total", &[("route", "o3-video")]), 1.0);
+    assert_eq!(
+        metric(
+            &s.registry,
+            "hookgate_forwarded_for_invalid_total",
+            &[("route", "o3-video")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -350,7 +380,11 @@ async fn ipv4_mapped_ipv6_peer_is_normalised() {
     let url = format!("http://127.0.0.1:{port}{PATH}");
     assert_eq!(post_json(&url, completed(&uuid(10))).await.0, 200);
     let (peer, client_ip) = s.handler.peers.lock().unwrap()[0];
-    assert_eq!(peer.ip(), "::ffff:127.0.0.1".parse::<IpAddr>().unwrap(), "the peer really is mapped");
+    assert_eq!(
+        peer.ip(),
+        "::ffff:127.0.0.1".parse::<IpAddr>().unwrap(),
+        "the peer really is mapped"
+    );
     assert_eq!(client_ip.ip, "127.0.0.1".parse::<IpAddr>().unwrap());
 }
 
@@ -394,11 +428,20 @@ async fn failed_handler_releases_key_for_retry() {
 #[tokio::test]
 async fn key_is_accepted_again_after_ttl() {
     let s = serve(|b| b.with_dedup_ttl(Duration::from_secs(1))).await;
-    assert_eq!(post_json(&s.url(), completed(&uuid(13))).await.1["status"], "received");
-    assert_eq!(post_json(&s.url(), completed(&uuid(13))).await.1["status"], "duplicate");
+    assert_eq!(
+        post_json(&s.url(), completed(&uuid(13))).await.1["status"],
+        "received"
+    );
+    assert_eq!(
+        post_json(&s.url(), completed(&uuid(13))).await.1["status"],
+        "duplicate"
+    );
     // TTLs have one-second resolution: an entry lives between ttl and ttl + 1 s.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(post_json(&s.url(), completed(&uuid(13))).await.1["status"], "received");
+    assert_eq!(
+        post_json(&s.url(), completed(&uuid(13))).await.1["status"],
+        "received"
+    );
     assert_eq!(s.handler.calls.load(Ordering::SeqCst), 2);
 }
 
@@ -431,7 +474,10 @@ async fn metrics_count_a_known_sequence_and_pass_promtool() {
     let url = s.url();
     assert_eq!(post_json(&url, completed(&uuid(20))).await.0, 200);
     assert_eq!(post_json(&url, failed(&uuid(21), "TIMEOUT")).await.0, 200);
-    assert_eq!(post_json(&url, failed(&uuid(22), "SOMETHING_NEW")).await.0, 200);
+    assert_eq!(
+        post_json(&url, failed(&uuid(22), "SOMETHING_NEW")).await.0,
+        200
+    );
     assert_eq!(post_json(&url, completed(&uuid(20))).await.0, 200); // duplicate
     assert_eq!(post_json(&url, "{".into()).await.0, 400);
     assert_eq!(post_json(&url, "{}".into()).await.0, 422);
@@ -439,16 +485,86 @@ async fn metrics_count_a_known_sequence_and_pass_promtool() {
 
     let r = &s.registry;
     let route = ("route", "o3-video");
-    assert_eq!(metric(r, "hookgate_requests_total", &[route, ("outcome", "accepted")]), 3.0);
-    assert_eq!(metric(r, "hookgate_requests_total", &[route, ("outcome", "duplicate")]), 1.0);
-    assert_eq!(metric(r, "hookgate_requests_total", &[route, ("outcome", "rejected")]), 3.0);
-    assert_eq!(metric(r, "hookgate_rejections_total", &[route, ("reason", "malformed_json")]), 1.0);
-    assert_eq!(metric(r, "hookgate_rejections_total", &[route, ("reason", "invalid_payload")]), 1.0);
-    assert_eq!(metric(r, "hookgate_rejections_total", &[route, ("reason", "method_not_allowed")]), 1.0);
-    assert_eq!(metric(r, "hookgate_rejections_total", &[route, ("reason", "ip_not_allowed")]), 0.0);
-    assert_eq!(metric(r, "hookgate_events_total", &[route, ("status", "completed"), ("code", "none")]), 1.0);
-    assert_eq!(metric(r, "hookgate_events_total", &[route, ("status", "failed"), ("code", "TIMEOUT")]), 1.0);
-    assert_eq!(metric(r, "hookgate_events_total", &[route, ("status", "failed"), ("code", "other")]), 1.0);
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_requests_total",
+            &[route, ("outcome", "accepted")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_requests_total",
+            &[route, ("outcome", "duplicate")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_requests_total",
+            &[route, ("outcome", "rejected")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_rejections_total",
+            &[route, ("reason", "malformed_json")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_rejections_total",
+            &[route, ("reason", "invalid_payload")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_rejections_total",
+            &[route, ("reason", "method_not_allowed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_rejections_total",
+            &[route, ("reason", "ip_not_allowed")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_events_total",
+            &[route, ("status", "completed"), ("code", "none")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_events_total",
+            &[route, ("status", "failed"), ("code", "TIMEOUT")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            r,
+            "hookgate_events_total",
+            &[route, ("status", "failed"), ("code", "other")]
+        ),
+        1.0
+    );
     assert_eq!(metric(r, "hookgate_ack_duration_seconds", &[route]), 7.0);
     assert_eq!(metric(r, "hookgate_dedup_entries", &[]), 3.0);
 
@@ -467,7 +583,11 @@ fn promtool_check(text: &[u8]) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("promtool not runnable ({e}); scripts/test installs it (Debian package prometheus)"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool not runnable ({e}); scripts/test installs it (Debian package prometheus)"
+            )
+        });
     child.stdin.take().unwrap().write_all(text).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(

@@ -26,7 +26,7 @@ use std::str::FromStr;
 
 use http::{HeaderMap, HeaderName};
 use serde_json::Value;
-use xxhash_rust::xxh3::Xxh3Default;
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
 use super::{ConfigError, Rejection};
 
@@ -65,7 +65,7 @@ impl std::hash::Hash for DedupKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DedupKeySpec {
     /// One or more JSON pointers into the payload; all must be present and non-null.
-    Pointers(Vec<String>),
+    Pointers(Vec<JsonPointer>),
     /// A request header.
     Header(HeaderName),
     /// The raw body bytes.
@@ -74,7 +74,7 @@ pub enum DedupKeySpec {
 
 impl Default for DedupKeySpec {
     fn default() -> Self {
-        DedupKeySpec::Pointers(vec!["/generation_id".to_owned()])
+        DedupKeySpec::Pointers(vec![JsonPointer::parse("/generation_id")])
     }
 }
 
@@ -90,7 +90,7 @@ impl FromStr for DedupKeySpec {
                 .map(DedupKeySpec::Header)
                 .map_err(|_| format!("{name:?} is not a valid header name"))
         } else if s.starts_with('/') {
-            Ok(DedupKeySpec::Pointers(vec![s.to_owned()]))
+            Ok(DedupKeySpec::Pointers(vec![JsonPointer::parse(s)]))
         } else {
             Err(format!(
                 "{s:?} is not a dedup key: use a JSON pointer (\"/generation_id\"), \"header:NAME\" or \"body\""
@@ -102,7 +102,15 @@ impl FromStr for DedupKeySpec {
 impl std::fmt::Display for DedupKeySpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DedupKeySpec::Pointers(p) => f.write_str(&p.join(",")),
+            DedupKeySpec::Pointers(p) => {
+                for (i, p) in p.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(&p.text)?;
+                }
+                Ok(())
+            }
             DedupKeySpec::Header(h) => write!(f, "header:{h}"),
             DedupKeySpec::Body => f.write_str("body"),
         }
@@ -137,7 +145,9 @@ impl DedupKeySpec {
                 reason: format!("{bad:?} is not a JSON pointer (must start with '/')"),
             });
         }
-        Ok(DedupKeySpec::Pointers(pointers))
+        Ok(DedupKeySpec::Pointers(
+            pointers.iter().map(|p| JsonPointer::parse(p)).collect(),
+        ))
     }
 
     /// Whether extraction needs the parsed payload.
@@ -154,43 +164,101 @@ impl DedupKeySpec {
         raw: Option<&[u8]>,
         payload: Option<&Value>,
     ) -> Result<DedupKey, Rejection> {
-        let mut h = Xxh3Default::new();
-        h.update(&(scope.len() as u64).to_le_bytes());
-        h.update(scope.as_bytes());
+        let seed = xxh3_64(scope.as_bytes());
         let missing = || Rejection::MissingDedupKey {
             key: self.to_string(),
         };
-        match self {
+        let hash = match self {
             DedupKeySpec::Pointers(pointers) => {
                 let payload = payload.ok_or(Rejection::PayloadNotParsed)?;
-                for p in pointers {
-                    match payload.pointer(p) {
+                match pointers.as_slice() {
+                    // The common case, one string id: hashed in place, no allocation.
+                    [p] => match p.lookup(payload) {
                         None | Some(Value::Null) => return Err(missing()),
                         Some(Value::String(s)) => {
-                            h.update(b"s");
-                            h.update(&(s.len() as u64).to_le_bytes());
-                            h.update(s.as_bytes());
+                            xxh3_128_with_seed(s.as_bytes(), seed ^ KIND_STRING)
                         }
                         Some(other) => {
-                            let bytes = other.to_string();
-                            h.update(b"j");
-                            h.update(&(bytes.len() as u64).to_le_bytes());
-                            h.update(bytes.as_bytes());
+                            xxh3_128_with_seed(other.to_string().as_bytes(), seed ^ KIND_JSON)
                         }
+                    },
+                    _ => {
+                        // Each part length-prefixed and typed, so ("ab","c") != ("a","bc").
+                        let mut buf = Vec::with_capacity(64 * pointers.len());
+                        for p in pointers {
+                            let (tag, text) = match p.lookup(payload) {
+                                None | Some(Value::Null) => return Err(missing()),
+                                Some(Value::String(s)) => {
+                                    (b's', std::borrow::Cow::Borrowed(s.as_str()))
+                                }
+                                Some(other) => (b'j', std::borrow::Cow::Owned(other.to_string())),
+                            };
+                            buf.push(tag);
+                            buf.extend_from_slice(&(text.len() as u64).to_le_bytes());
+                            buf.extend_from_slice(text.as_bytes());
+                        }
+                        xxh3_128_with_seed(&buf, seed ^ KIND_COMPOSITE)
                     }
                 }
             }
             DedupKeySpec::Header(name) => {
                 let value = headers.get(name).ok_or_else(missing)?;
-                h.update(b"h");
-                h.update(value.as_bytes());
+                xxh3_128_with_seed(value.as_bytes(), seed ^ KIND_HEADER)
             }
             DedupKeySpec::Body => {
-                h.update(b"b");
-                h.update(raw.ok_or(Rejection::PayloadNotParsed)?);
+                xxh3_128_with_seed(raw.ok_or(Rejection::PayloadNotParsed)?, seed ^ KIND_BODY)
             }
+        };
+        Ok(DedupKey::from_u128(hash))
+    }
+}
+
+// Seed tweaks per key kind, so a header value and a body with the same bytes never share a key.
+const KIND_STRING: u64 = 0x7374_7269_6e67_0001;
+const KIND_JSON: u64 = 0x6a73_6f6e_0000_0002;
+const KIND_COMPOSITE: u64 = 0x636f_6d70_0000_0003;
+const KIND_HEADER: u64 = 0x6865_6164_0000_0004;
+const KIND_BODY: u64 = 0x626f_6479_0000_0005;
+
+/// A JSON pointer (RFC 6901), split into unescaped tokens once, at configuration time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPointer {
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl JsonPointer {
+    /// Parses `/a/b~1c` into tokens `a`, `b/c`. The caller checks the leading `/`.
+    pub fn parse(text: &str) -> Self {
+        let tokens = text
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        Self {
+            text: text.to_owned(),
+            tokens,
         }
-        Ok(DedupKey::from_u128(h.digest128()))
+    }
+
+    /// The pointer as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The value the pointer designates, like `Value::pointer` without re-parsing the pointer.
+    pub fn lookup<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+        self.tokens.iter().try_fold(value, |v, token| match v {
+            Value::Object(map) => map.get(token),
+            Value::Array(items) => {
+                // RFC 6901: decimal index without leading zeros.
+                if token.len() > 1 && token.starts_with('0') {
+                    return None;
+                }
+                token.parse::<usize>().ok().and_then(|i| items.get(i))
+            }
+            _ => None,
+        })
     }
 }
 
@@ -272,6 +340,42 @@ mod tests {
             422
         );
         assert_eq!(spec.extract("r", &h, None, None).unwrap_err().status(), 500);
+    }
+
+    #[test]
+    fn pointer_lookup_matches_serde_json() {
+        let v = json!({"a": {"b/c": [10, {"~k": 3}]}, "": 1});
+        for p in [
+            "/a",
+            "/a/b~1c",
+            "/a/b~1c/0",
+            "/a/b~1c/1/~0k",
+            "/a/b~1c/01",
+            "/a/b~1c/9",
+            "/",
+            "/x/y",
+        ] {
+            assert_eq!(JsonPointer::parse(p).lookup(&v), v.pointer(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn kinds_do_not_alias() {
+        let mut h = HeaderMap::new();
+        h.insert("x-id", HeaderValue::from_static("abc"));
+        let header = DedupKeySpec::parse("k", "header:X-Id")
+            .unwrap()
+            .extract("r", &h, None, None)
+            .unwrap();
+        let body = DedupKeySpec::Body
+            .extract("r", &h, Some(b"abc"), None)
+            .unwrap();
+        let pointer = DedupKeySpec::default()
+            .extract("r", &h, None, Some(&json!({"generation_id": "abc"})))
+            .unwrap();
+        assert_ne!(header, body);
+        assert_ne!(header, pointer);
+        assert_ne!(body, pointer);
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod validate;
 
 pub use allowlist::Allowlist;
 pub use client_ip::{ClientIp, ClientIpResolver};
-pub use dedup_key::{DedupKey, DedupKeySpec};
+pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
 pub use rejection::{FieldError, Reason, Rejection, RETRY_AFTER_SECS};
 pub use validate::{ErrorCode, EventClass, EventStatus, Payload, PayloadValidator, Validator};
 

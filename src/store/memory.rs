@@ -97,8 +97,10 @@ impl MemoryDedupStore {
         Self {
             inner: Arc::new(Inner {
                 map: DashMap::with_hasher(BuildHasherDefault::default()),
+                // Reserved whole up front: pages are only resident once written, and the ring
+                // never reallocates (a doubling copy would briefly hold both).
                 ring: Mutex::new(Ring {
-                    slots: Vec::new(),
+                    slots: Vec::with_capacity(capacity),
                     head: 0,
                     capacity,
                 }),
@@ -172,11 +174,6 @@ impl MemoryDedupStore {
         })
     }
 
-    /// Inserts a committed key expiring at `expires_at` (used to refill the store after a restart).
-    pub fn insert_committed(&self, key: DedupKey, ttl: Duration) {
-        self.set(key, self.expiry(ttl) | COMMITTED);
-    }
-
     fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
         // The ring holds no invariant a panicking holder could break half-way: keep using it.
         self.inner.ring.lock().unwrap_or_else(|e| e.into_inner())
@@ -191,26 +188,25 @@ impl MemoryDedupStore {
     }
 
     #[inline]
-    fn expiry(&self, ttl: Duration) -> u32 {
+    fn expiry(now: u32, ttl: Duration) -> u32 {
         let ttl = ttl.as_secs().max(1).min(u64::from(EXPIRY_MASK) / 2) as u32;
-        (self.now() + ttl).min(EXPIRY_MASK)
+        (now + ttl).min(EXPIRY_MASK)
     }
 
     /// Inserts or overwrites `key`; a new key takes a ring slot, which may evict the oldest.
-    fn set(&self, key: DedupKey, value: u32) {
+    fn set(&self, key: DedupKey, value: u32, now: u32) {
         let fresh = self.inner.map.insert(key, value).is_none();
         if fresh {
-            self.admit(key);
+            self.admit(key, now);
         }
     }
 
     /// Counts a new key and records it in the ring. Called with no map lock held: the evicted key
     /// may live in the same shard.
-    fn admit(&self, key: DedupKey) {
+    fn admit(&self, key: DedupKey, now: u32) {
         self.inner.entries.inc();
         let evicted = self.lock_ring().push(key);
         if let Some(old) = evicted {
-            let now = self.now();
             if let Some((_, v)) = self.inner.map.remove(&old) {
                 self.inner.entries.dec();
                 if v & EXPIRY_MASK > now {
@@ -223,7 +219,7 @@ impl MemoryDedupStore {
     fn reserve_now(&self, key: DedupKey, ttl: Duration) -> Reservation {
         use dashmap::mapref::entry::Entry;
         let now = self.now();
-        let expiry = self.expiry(ttl);
+        let expiry = Self::expiry(now, ttl);
         match self.inner.map.entry(key) {
             Entry::Occupied(mut e) => {
                 let v = *e.get();
@@ -243,7 +239,7 @@ impl MemoryDedupStore {
                 e.insert(expiry);
             }
         }
-        self.admit(key);
+        self.admit(key, now);
         Reservation::Reserved
     }
 }
@@ -257,7 +253,8 @@ impl DedupStore for MemoryDedupStore {
     }
 
     fn commit(&self, key: DedupKey, ttl: Duration) {
-        self.set(key, self.expiry(ttl) | COMMITTED);
+        let now = self.now();
+        self.set(key, Self::expiry(now, ttl) | COMMITTED, now);
     }
 
     fn release(&self, key: DedupKey) {
@@ -328,14 +325,14 @@ mod tests {
     #[test]
     fn expired_keys_are_free_and_swept() {
         let s = MemoryDedupStore::new(10);
-        s.inner.map.insert(k(9), 0 | COMMITTED); // expired at the epoch
+        s.inner.map.insert(k(9), COMMITTED); // expiry 0: expired at the epoch
         s.inner.entries.inc();
         s.inner.map.insert(k(8), 1000);
         s.inner.entries.inc();
         assert_eq!(s.sweep(), 1);
         assert_eq!(s.len(), 1);
         assert_eq!(s.inner.entries.get(), 1);
-        s.inner.map.insert(k(7), 0 | COMMITTED);
+        s.inner.map.insert(k(7), COMMITTED);
         assert_eq!(reserve(&s, 7), Reservation::Reserved);
     }
 
