@@ -99,13 +99,14 @@ impl Metrics {
         Ok(m)
     }
 
-    /// The families registered in `prometheus::default_registry()`, created on first use.
-    pub fn global() -> &'static Metrics {
-        static GLOBAL: OnceLock<Metrics> = OnceLock::new();
-        GLOBAL.get_or_init(|| {
-            Metrics::new(prometheus::default_registry())
-                .expect("hookgate metrics are registered in the default registry only here")
-        })
+    /// The families registered in `prometheus::default_registry()`, created on first use. Fails
+    /// (every time) if something else registered the same names there first.
+    pub fn global() -> Result<&'static Metrics, prometheus::Error> {
+        static GLOBAL: OnceLock<Result<Metrics, String>> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| Metrics::new(prometheus::default_registry()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| prometheus::Error::Msg(format!("default registry: {e}")))
     }
 
     /// The series of one route, resolved once. Every series starts at zero so dashboards see it.

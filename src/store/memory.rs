@@ -336,6 +336,25 @@ mod tests {
         assert_eq!(reserve(&s, 7), Reservation::Reserved);
     }
 
+    #[tokio::test]
+    async fn sweeper_removes_expired_keys_and_stops_with_the_store() {
+        let s = MemoryDedupStore::new(10);
+        s.commit(k(1), Duration::from_secs(1));
+        let task = s.spawn_sweeper(Duration::from_millis(100));
+        // TTLs have one-second resolution: gone after at most two seconds plus one sweep.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !s.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(s.is_empty(), "the sweeper removed the expired key");
+        assert_eq!(s.inner.entries.get(), 0);
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     #[test]
     fn concurrent_reservations_admit_one() {
         let s = MemoryDedupStore::new(1000);

@@ -146,14 +146,22 @@ impl WebhookLayerBuilder {
         self
     }
 
+    /// The metrics given, or the default registry's, remembered for the next call.
+    fn resolve_metrics(&mut self) -> Result<Metrics, ConfigError> {
+        let metrics = match &self.metrics {
+            Some(m) => m.clone(),
+            None => Metrics::global()?.clone(),
+        };
+        self.metrics = Some(metrics.clone());
+        Ok(metrics)
+    }
+
     /// Builds the layer with a new [`MemoryDedupStore`] reporting to the metrics. Inside a tokio
     /// runtime a sweeper removes its expired keys every 30 s; outside one, expired keys are still
     /// treated as absent and the capacity bound still holds.
     pub fn build(mut self) -> Result<WebhookLayer<MemoryDedupStore>, ConfigError> {
-        let metrics = self
-            .metrics
-            .get_or_insert_with(|| Metrics::global().clone());
-        let store = MemoryDedupStore::with_metrics(self.dedup_capacity, metrics);
+        let metrics = self.resolve_metrics()?;
+        let store = MemoryDedupStore::with_metrics(self.dedup_capacity, &metrics);
         let layer = self.build_with_store(store.clone())?;
         if tokio::runtime::Handle::try_current().is_ok() {
             store.spawn_sweeper(Duration::from_secs(30));
@@ -162,7 +170,11 @@ impl WebhookLayerBuilder {
     }
 
     /// Builds the layer around the dedup `store` given.
-    pub fn build_with_store<D: DedupStore>(self, store: D) -> Result<WebhookLayer<D>, ConfigError> {
+    pub fn build_with_store<D: DedupStore>(
+        mut self,
+        store: D,
+    ) -> Result<WebhookLayer<D>, ConfigError> {
+        let metrics = self.resolve_metrics()?;
         let allow = self.allow.ok_or_else(|| ConfigError::InvalidValue {
             key: "allow".into(),
             reason:
@@ -175,7 +187,6 @@ impl WebhookLayerBuilder {
                 reason: "must be at least 1s".into(),
             });
         }
-        let metrics = self.metrics.unwrap_or_else(|| Metrics::global().clone());
         let route = metrics.route(&self.route);
         let mut allowlist = IpAllowlistLayer::new(allow)
             .with_trusted_proxies(self.trusted_proxies)
@@ -191,5 +202,76 @@ impl WebhookLayerBuilder {
                 .with_read_timeout(self.read_timeout),
             dedup: DedupLayer::new(store, self.route, self.dedup_key, self.dedup_ttl),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new(&prometheus::Registry::new()).unwrap()
+    }
+
+    #[test]
+    fn configuration_errors_name_the_setting() {
+        struct Case {
+            name: &'static str,
+            build: fn(Metrics) -> Result<WebhookLayer, ConfigError>,
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "no allowlist",
+                build: |m| WebhookLayer::builder("r").with_metrics(&m).build(),
+                want: "allow: no allowlist set",
+            },
+            Case {
+                name: "bad cidr",
+                build: |m| {
+                    WebhookLayer::builder("r")
+                        .with_metrics(&m)
+                        .with_allow(["10.0.0.0/8", "x"])?
+                        .build()
+                },
+                want: "allow[1]",
+            },
+            Case {
+                name: "bad proxy",
+                build: |m| {
+                    WebhookLayer::builder("r")
+                        .with_metrics(&m)
+                        .with_allow(["10.0.0.0/8"])?
+                        .with_trusted_proxies(["10.0.0.1/8"])?
+                        .build()
+                },
+                want: "trusted_proxies[0]",
+            },
+            Case {
+                name: "ttl below resolution",
+                build: |m| {
+                    WebhookLayer::builder("r")
+                        .with_metrics(&m)
+                        .with_allow(["10.0.0.0/8"])?
+                        .with_dedup_ttl(Duration::from_millis(10))
+                        .build()
+                },
+                want: "dedup.ttl",
+            },
+        ];
+        for c in cases {
+            let err = (c.build)(metrics()).unwrap_err().to_string();
+            assert!(err.contains(c.want), "{}: {err}", c.name);
+        }
+    }
+
+    #[test]
+    fn builds_outside_a_runtime() {
+        let layer = WebhookLayer::builder("r")
+            .with_metrics(&metrics())
+            .with_allow(["127.0.0.1"])
+            .unwrap()
+            .build();
+        assert!(layer.is_ok());
     }
 }

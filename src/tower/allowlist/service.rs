@@ -2,13 +2,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, Request, Response};
+use http::header::HeaderName;
+use http::{Request, Response};
 use tower_service::Service;
 
 use super::layer::Shared;
 use super::ResponseFuture;
 use crate::core::Rejection;
 use crate::tower::rejection_response;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Refuses requests from outside the allowlist. Built by [`IpAllowlistLayer`](super::IpAllowlistLayer).
 #[derive(Clone)]
@@ -57,7 +60,7 @@ where
         let client = shared.resolver.resolve(
             peer,
             req.headers()
-                .get_all(header::HeaderName::from_static("x-forwarded-for"))
+                .get_all(X_FORWARDED_FOR)
                 .iter()
                 .map(|v| v.as_bytes()),
         );
@@ -71,5 +74,32 @@ where
         }
         req.extensions_mut().insert(client);
         ResponseFuture::inner(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Allowlist;
+    use crate::tower::IpAllowlistLayer;
+    use http_body_util::Full;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    #[tokio::test]
+    async fn missing_peer_address_fails_closed() {
+        let called = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = called.clone();
+        let svc = IpAllowlistLayer::new(Allowlist::new("allow", ["0.0.0.0/0", "::/0"]).unwrap())
+            .layer(service_fn(move |_req: Request<Full<Bytes>>| {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                async { Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default())) }
+            }));
+        let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+        assert_eq!(res.status(), 500);
+        assert_eq!(
+            res.extensions().get::<Rejection>(),
+            Some(&Rejection::PeerAddressUnknown)
+        );
+        assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
     }
 }
