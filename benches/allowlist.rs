@@ -27,7 +27,7 @@ impl Rng {
 fn prefixes(n: usize, rng: &mut Rng) -> Vec<String> {
     (0..n)
         .map(|_| {
-            if rng.next() % 5 != 0 {
+            if !rng.next().is_multiple_of(5) {
                 let len = 8 + (rng.next() % 25) as u8;
                 let addr = (rng.next() as u32) & (u32::MAX << (32 - len));
                 format!("{}/{len}", Ipv4Addr::from(addr))

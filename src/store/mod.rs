@@ -1,4 +1,5 @@
-//! Storage behind the pipeline: the [`DedupStore`] trait and its in-memory implementation.
+//! Storage behind the pipeline: the [`DedupStore`] trait and its in-memory implementation, and
+//! the [`Spool`] trait and the embedded spool.
 //!
 //! ```
 //! use hookgate::store::{DedupStore, MemoryDedupStore, Reservation};
@@ -22,8 +23,13 @@ use std::time::Duration;
 use crate::core::DedupKey;
 
 mod memory;
+mod spool;
 
 pub use memory::MemoryDedupStore;
+pub use spool::{
+    now_ms, AttemptRecord, Completion, DedupRecord, Durability, EmbeddedSpool, Event, Spool,
+    SpoolConfig, SpoolError, SpoolStats, HISTORY_LEN,
+};
 
 /// The answer to [`DedupStore::reserve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

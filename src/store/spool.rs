@@ -1,0 +1,935 @@
+//! The durable spool: where an event is written before it is acknowledged, and kept until it is
+//! delivered or dead-lettered.
+//!
+//! [`EmbeddedSpool`] stores events in `fjall` (an LSM tree with a write-ahead journal) under a
+//! data directory. One writer thread group-commits: concurrent appends are batched into one
+//! journal write and one sync, and each caller's [`Completion`] resolves only after the commit
+//! holding its event. `fjall` was chosen over `redb` by `benches/spool_backends.rs` (twice the
+//! group-commit throughput) and because its journal can be flushed to the OS without a sync,
+//! which is the `os` mode; `redb`'s non-durable commits do not survive a process crash.
+//!
+//! ```
+//! use hookgate::store::{Durability, EmbeddedSpool, Event, Spool, SpoolConfig};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+//! let event = Event::new("o3-video", "127.0.0.1".parse().unwrap(), "POST", "/webhook", vec![], "{}".into());
+//! spool.append(&event).await.unwrap();           // durable once this resolves
+//! assert_eq!(spool.pending().unwrap().len(), 1);
+//! spool.delivered(&event).await.unwrap();
+//! assert!(spool.pending().unwrap().is_empty());
+//! # });
+//! ```
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::core::DedupKey;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How much an acknowledged event survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Synced to disk before the acknowledgement: survives power loss (the default).
+    Fsync,
+    /// Written to the operating system before the acknowledgement: survives a crash or kill of
+    /// the process, not of the machine.
+    Os,
+    /// Kept in a temporary directory deleted on exit: survives nothing. For tests and benchmarks.
+    Memory,
+}
+
+impl Durability {
+    fn persist_mode(self) -> Option<fjall::PersistMode> {
+        match self {
+            Durability::Fsync => Some(fjall::PersistMode::SyncAll),
+            Durability::Os => Some(fjall::PersistMode::Buffer),
+            Durability::Memory => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "os" => Ok(Durability::Os),
+            "memory" => Ok(Durability::Memory),
+            other => Err(format!(
+                "{other:?} is not a durability: use fsync, os or memory"
+            )),
+        }
+    }
+}
+
+/// A dedup key persisted with its event, to refill the dedup store after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRecord {
+    /// The key's 16 bytes.
+    pub key: [u8; 16],
+    /// When the key stops answering `duplicate`, in Unix milliseconds.
+    pub expires_ms: u64,
+}
+
+/// One delivery attempt, kept in the event's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When it ended, in Unix milliseconds.
+    pub at_ms: u64,
+    /// What happened: `status 503`, `connect error: ...`, `timeout`.
+    pub outcome: String,
+}
+
+/// How many attempts an event's history keeps (the newest).
+pub const HISTORY_LEN: usize = 16;
+
+/// An acknowledged webhook request, as stored until delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// A UUIDv7: time-ordered, so the oldest event sorts first.
+    pub id: Uuid,
+    /// The route it arrived on.
+    pub route: String,
+    /// When it was acknowledged, in Unix milliseconds.
+    pub received_ms: u64,
+    /// The resolved client address.
+    pub client_ip: IpAddr,
+    /// The request method.
+    pub method: String,
+    /// The request URI (path and query).
+    pub uri: String,
+    /// The headers to forward (hop-by-hop headers and `Host` already removed).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, byte for byte.
+    pub body: Bytes,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// Attempts made before the last replay from the dead letters (retry limits count from there).
+    pub attempts_before_replay: u32,
+    /// When the next attempt is due, in Unix milliseconds.
+    pub next_attempt_ms: u64,
+    /// The dedup key to restore after a restart, if the route dedups.
+    pub dedup: Option<DedupRecord>,
+    /// The newest attempts' outcomes.
+    pub history: Vec<AttemptRecord>,
+}
+
+impl Event {
+    /// A new event received now, due at once.
+    pub fn new(
+        route: impl Into<String>,
+        client_ip: IpAddr,
+        method: impl Into<String>,
+        uri: impl Into<String>,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Bytes,
+    ) -> Self {
+        let now = now_ms();
+        Self {
+            id: Uuid::now_v7(),
+            route: route.into(),
+            received_ms: now,
+            client_ip,
+            method: method.into(),
+            uri: uri.into(),
+            headers,
+            body,
+            attempts: 0,
+            attempts_before_replay: 0,
+            next_attempt_ms: now,
+            dedup: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// Attaches the dedup key and its expiry.
+    #[must_use]
+    pub fn with_dedup(mut self, key: DedupKey, expires_ms: u64) -> Self {
+        self.dedup = Some(DedupRecord {
+            key: key.to_bytes(),
+            expires_ms,
+        });
+        self
+    }
+
+    /// Records an attempt's outcome, keeping the newest [`HISTORY_LEN`].
+    pub fn record_attempt(&mut self, outcome: String) {
+        self.attempts += 1;
+        if self.history.len() == HISTORY_LEN {
+            self.history.remove(0);
+        }
+        self.history.push(AttemptRecord {
+            at_ms: now_ms(),
+            outcome,
+        });
+    }
+
+    fn pending_key(&self) -> Vec<u8> {
+        pending_key(&self.route, self.id)
+    }
+
+    /// Approximate stored size, for the spool's byte bound.
+    pub fn stored_size(&self) -> u64 {
+        (self.body.len()
+            + self.uri.len()
+            + self.route.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + 128) as u64
+    }
+}
+
+fn pending_key(route: &str, id: Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(route.len() + 17);
+    key.extend_from_slice(route.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// A spool operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// The spool holds its maximum number of events or bytes.
+    #[error("the spool is full ({0})")]
+    Full(String),
+    /// The store failed to read or commit.
+    #[error("spool storage: {0}")]
+    Storage(String),
+    /// A stored event could not be decoded.
+    #[error("spool record {0}: {1}")]
+    Corrupt(String, String),
+    /// No such event.
+    #[error("no event {0}")]
+    NotFound(Uuid),
+    /// The spool is shut down.
+    #[error("the spool is closed")]
+    Closed,
+}
+
+impl From<fjall::Error> for SpoolError {
+    fn from(e: fjall::Error) -> Self {
+        SpoolError::Storage(e.to_string())
+    }
+}
+
+/// Resolves when a spool write has reached the configured durability (or failed).
+#[derive(Debug)]
+#[must_use = "the write is only durable once this resolves"]
+pub struct Completion<T = ()>(CompletionInner<T>);
+
+#[derive(Debug)]
+enum CompletionInner<T> {
+    Waiting(tokio::sync::oneshot::Receiver<Result<T, SpoolError>>),
+    Ready(Option<Result<T, SpoolError>>),
+}
+
+impl<T> Completion<T> {
+    fn ready(result: Result<T, SpoolError>) -> Self {
+        Completion(CompletionInner::Ready(Some(result)))
+    }
+}
+
+// Completion never pins its result: it only moves it out.
+impl<T> Unpin for Completion<T> {}
+
+impl<T> std::future::Future for Completion<T> {
+    type Output = Result<T, SpoolError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            CompletionInner::Waiting(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(SpoolError::Closed))),
+            CompletionInner::Ready(r) => {
+                std::task::Poll::Ready(r.take().unwrap_or(Err(SpoolError::Closed)))
+            }
+        }
+    }
+}
+
+/// Counts of what the spool holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolStats {
+    /// Events awaiting delivery.
+    pub pending: u64,
+    /// Events in the dead letters.
+    pub dead: u64,
+    /// Approximate bytes of pending and dead events.
+    pub bytes: u64,
+}
+
+/// Where acknowledged events wait for delivery. Writes resolve at the configured durability.
+pub trait Spool: Send + Sync + 'static {
+    /// Stores a new event (and its dedup key). Fails when full or when the commit fails.
+    fn append(&self, event: &Event) -> Completion;
+    /// The pending event `id` of `route`.
+    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
+    /// Removes a delivered event.
+    fn delivered(&self, event: &Event) -> Completion;
+    /// Stores an event's new attempt count, history and next attempt time.
+    fn reschedule(&self, event: &Event) -> Completion;
+    /// Moves an event to the dead letters.
+    fn dead_letter(&self, event: &Event) -> Completion;
+    /// Every pending event (for recovery at start).
+    fn pending(&self) -> Result<Vec<Event>, SpoolError>;
+    /// The persisted dedup keys still inside their TTL.
+    fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError>;
+    /// Dead letters, oldest first, at most `limit`.
+    fn dead_letters(&self, limit: usize) -> Result<Vec<Event>, SpoolError>;
+    /// Moves dead letter `id` back to pending, due now; returns it.
+    fn revive(&self, id: Uuid) -> Completion<Event>;
+    /// Deletes dead letter `id`.
+    fn purge(&self, id: Uuid) -> Completion;
+    /// What the spool holds.
+    fn stats(&self) -> SpoolStats;
+    /// The receive time of the oldest pending event of `route`, in Unix milliseconds.
+    fn oldest_pending_ms(&self, route: &str) -> Option<u64>;
+}
+
+/// Settings of an [`EmbeddedSpool`].
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// The data directory (unused with [`Durability::Memory`]).
+    pub path: PathBuf,
+    /// What an acknowledgement survives.
+    pub durability: Durability,
+    /// The most events (pending and dead) held; appends beyond fail.
+    pub max_events: u64,
+    /// The most bytes (approximate) held; appends beyond fail.
+    pub max_bytes: u64,
+}
+
+impl SpoolConfig {
+    /// A spool in `path` with `durability`, bounded at 1,000,000 events and 1 GiB.
+    pub fn new(path: impl AsRef<Path>, durability: Durability) -> Self {
+        Self {
+            path: path.as_ref().to_owned(),
+            durability,
+            max_events: 1_000_000,
+            max_bytes: 1 << 30,
+        }
+    }
+
+    /// Bounds the spool at `events` events.
+    #[must_use]
+    pub fn with_max_events(mut self, events: u64) -> Self {
+        self.max_events = events;
+        self
+    }
+
+    /// Bounds the spool at `bytes` bytes.
+    #[must_use]
+    pub fn with_max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+}
+
+enum Space {
+    Pending,
+    Dead,
+}
+
+enum Op {
+    Append {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        dedup: Option<DedupRecord>,
+        size: u64,
+        reply: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
+    },
+    Put {
+        space: Space,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
+    },
+    Move {
+        from: (Space, Vec<u8>),
+        to: (Space, Vec<u8>),
+        value: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
+    },
+    Delete {
+        space: Space,
+        key: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
+    },
+}
+
+struct Shared {
+    db: fjall::Database,
+    pending: fjall::Keyspace,
+    dead: fjall::Keyspace,
+    dedup: fjall::Keyspace,
+    pending_count: AtomicU64,
+    dead_count: AtomicU64,
+    bytes: AtomicU64,
+    config: SpoolConfig,
+}
+
+/// The embedded spool on `fjall`. Cheap to clone; the writer thread stops when the last clone is
+/// dropped, after committing what was queued.
+#[derive(Clone)]
+pub struct EmbeddedSpool {
+    shared: Arc<Shared>,
+    tx: mpsc::SyncSender<Op>,
+    _writer: Arc<WriterGuard>,
+}
+
+struct WriterGuard {
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        // The sender side is dropped with the last EmbeddedSpool clone before this guard (field
+        // order), so the writer drains its queue and exits.
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for EmbeddedSpool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedSpool")
+            .field("path", &self.shared.config.path)
+            .field("durability", &self.shared.config.durability)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The most operations committed together.
+const MAX_GROUP: usize = 4096;
+
+impl EmbeddedSpool {
+    /// Opens (or creates) the spool and counts what it holds. Expired dedup keys are dropped.
+    pub fn open(config: SpoolConfig) -> Result<Self, SpoolError> {
+        let (path, tempdir) = match config.durability {
+            Durability::Memory => {
+                let dir = tempfile::Builder::new()
+                    .prefix("hookgate-spool-")
+                    .tempdir()
+                    .map_err(|e| SpoolError::Storage(e.to_string()))?;
+                (dir.path().to_owned(), Some(dir))
+            }
+            _ => (config.path.clone(), None),
+        };
+        let db = fjall::Database::builder(&path)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
+        let pending = db.keyspace("pending", fjall::KeyspaceCreateOptions::default)?;
+        let dead = db.keyspace("dead", fjall::KeyspaceCreateOptions::default)?;
+        let dedup = db.keyspace("dedup", fjall::KeyspaceCreateOptions::default)?;
+
+        let (mut pending_count, mut dead_count, mut bytes) = (0u64, 0u64, 0u64);
+        for kv in pending.iter() {
+            let (_, v) = kv.into_inner()?;
+            pending_count += 1;
+            bytes += decode(&v)?.stored_size();
+        }
+        for kv in dead.iter() {
+            let (_, v) = kv.into_inner()?;
+            dead_count += 1;
+            bytes += decode(&v)?.stored_size();
+        }
+        let shared = Arc::new(Shared {
+            db,
+            pending,
+            dead,
+            dedup,
+            pending_count: AtomicU64::new(pending_count),
+            dead_count: AtomicU64::new(dead_count),
+            bytes: AtomicU64::new(bytes),
+            config,
+        });
+        // Bounded so a stalled disk pushes back on appends instead of growing memory.
+        let (tx, rx) = mpsc::sync_channel(MAX_GROUP * 4);
+        let writer_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("hookgate-spool".into())
+            .spawn(move || writer(writer_shared, rx))
+            .map_err(|e| SpoolError::Storage(format!("cannot start the spool writer: {e}")))?;
+        Ok(Self {
+            shared,
+            tx,
+            _writer: Arc::new(WriterGuard {
+                thread: Mutex::new(Some(thread)),
+                _tempdir: tempdir,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SpoolConfig {
+        &self.shared.config
+    }
+
+    fn send<T>(
+        &self,
+        op: Op,
+        rx: tokio::sync::oneshot::Receiver<Result<T, SpoolError>>,
+    ) -> Completion<T> {
+        match self.tx.send(op) {
+            Ok(()) => Completion(CompletionInner::Waiting(rx)),
+            Err(_) => Completion::ready(Err(SpoolError::Closed)),
+        }
+    }
+
+    fn put(&self, space: Space, key: Vec<u8>, event: &Event) -> Completion {
+        let value = match encode(event) {
+            Ok(v) => v,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Put {
+                space,
+                key,
+                value,
+                reply,
+            },
+            rx,
+        )
+    }
+}
+
+fn encode(event: &Event) -> Result<Vec<u8>, SpoolError> {
+    postcard::to_stdvec(event).map_err(|e| SpoolError::Corrupt(event.id.to_string(), e.to_string()))
+}
+
+fn decode(bytes: &[u8]) -> Result<Event, SpoolError> {
+    postcard::from_bytes(bytes).map_err(|e| SpoolError::Corrupt("?".into(), e.to_string()))
+}
+
+impl Spool for EmbeddedSpool {
+    fn append(&self, event: &Event) -> Completion {
+        let s = &*self.shared;
+        let size = event.stored_size();
+        let held = s.pending_count.load(Ordering::Relaxed) + s.dead_count.load(Ordering::Relaxed);
+        if held >= s.config.max_events {
+            return Completion::ready(Err(SpoolError::Full(format!("{held} events"))));
+        }
+        // Reserve the bytes now so concurrent appends cannot overshoot together.
+        let before = s.bytes.fetch_add(size, Ordering::AcqRel);
+        if before + size > s.config.max_bytes {
+            s.bytes.fetch_sub(size, Ordering::AcqRel);
+            return Completion::ready(Err(SpoolError::Full(format!("{before} bytes"))));
+        }
+        s.pending_count.fetch_add(1, Ordering::AcqRel);
+        let value = match encode(event) {
+            Ok(v) => v,
+            Err(e) => {
+                s.bytes.fetch_sub(size, Ordering::AcqRel);
+                s.pending_count.fetch_sub(1, Ordering::AcqRel);
+                return Completion::ready(Err(e));
+            }
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Append {
+                key: event.pending_key(),
+                value,
+                dedup: event.dedup,
+                size,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        match self.shared.pending.get(pending_key(route, id))? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn delivered(&self, event: &Event) -> Completion {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let s = &self.shared;
+        s.pending_count.fetch_sub(1, Ordering::AcqRel);
+        s.bytes.fetch_sub(
+            event.stored_size().min(s.bytes.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        self.send(
+            Op::Delete {
+                space: Space::Pending,
+                key: event.pending_key(),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn reschedule(&self, event: &Event) -> Completion {
+        self.put(Space::Pending, event.pending_key(), event)
+    }
+
+    fn dead_letter(&self, event: &Event) -> Completion {
+        let value = match encode(event) {
+            Ok(v) => v,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        self.shared.pending_count.fetch_sub(1, Ordering::AcqRel);
+        self.shared.dead_count.fetch_add(1, Ordering::AcqRel);
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Move {
+                from: (Space::Pending, event.pending_key()),
+                to: (Space::Dead, event.id.as_bytes().to_vec()),
+                value,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn pending(&self) -> Result<Vec<Event>, SpoolError> {
+        self.shared
+            .pending
+            .iter()
+            .map(|kv| decode(&kv.into_inner()?.1))
+            .collect()
+    }
+
+    fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError> {
+        let now = now_ms();
+        let mut keys = Vec::new();
+        for kv in self.shared.dedup.iter() {
+            let (k, v) = kv.into_inner()?;
+            let (Ok(key), Ok(exp)) = (<[u8; 16]>::try_from(&*k), <[u8; 8]>::try_from(&*v)) else {
+                continue;
+            };
+            let expires_ms = u64::from_be_bytes(exp);
+            if expires_ms > now {
+                keys.push(DedupRecord { key, expires_ms });
+            }
+        }
+        Ok(keys)
+    }
+
+    fn dead_letters(&self, limit: usize) -> Result<Vec<Event>, SpoolError> {
+        self.shared
+            .dead
+            .iter()
+            .take(limit)
+            .map(|kv| decode(&kv.into_inner()?.1))
+            .collect()
+    }
+
+    fn revive(&self, id: Uuid) -> Completion<Event> {
+        let mut event = match self.shared.dead.get(id.as_bytes()) {
+            Ok(Some(v)) => match decode(&v) {
+                Ok(e) => e,
+                Err(e) => return Completion::ready(Err(e)),
+            },
+            Ok(None) => return Completion::ready(Err(SpoolError::NotFound(id))),
+            Err(e) => return Completion::ready(Err(e.into())),
+        };
+        event.attempts_before_replay = event.attempts;
+        event.next_attempt_ms = now_ms();
+        let value = match encode(&event) {
+            Ok(v) => v,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        self.shared.dead_count.fetch_sub(1, Ordering::AcqRel);
+        self.shared.pending_count.fetch_add(1, Ordering::AcqRel);
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let done = self.send(
+            Op::Move {
+                from: (Space::Dead, id.as_bytes().to_vec()),
+                to: (Space::Pending, event.pending_key()),
+                value,
+                reply,
+            },
+            rx,
+        );
+        let (tx, out) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(done.await.map(|()| event));
+        });
+        Completion(CompletionInner::Waiting(out))
+    }
+
+    fn purge(&self, id: Uuid) -> Completion {
+        let size = match self.shared.dead.get(id.as_bytes()) {
+            Ok(Some(v)) => decode(&v).map(|e| e.stored_size()).unwrap_or(0),
+            Ok(None) => return Completion::ready(Err(SpoolError::NotFound(id))),
+            Err(e) => return Completion::ready(Err(e.into())),
+        };
+        self.shared.dead_count.fetch_sub(1, Ordering::AcqRel);
+        self.shared.bytes.fetch_sub(
+            size.min(self.shared.bytes.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Delete {
+                space: Space::Dead,
+                key: id.as_bytes().to_vec(),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let s = &self.shared;
+        SpoolStats {
+            pending: s.pending_count.load(Ordering::Acquire),
+            dead: s.dead_count.load(Ordering::Acquire),
+            bytes: s.bytes.load(Ordering::Acquire),
+        }
+    }
+
+    fn oldest_pending_ms(&self, route: &str) -> Option<u64> {
+        let mut prefix = route.as_bytes().to_vec();
+        prefix.push(0);
+        let (key, _) = self
+            .shared
+            .pending
+            .prefix(&prefix)
+            .next()?
+            .into_inner()
+            .ok()?;
+        let id = Uuid::from_slice(key.get(prefix.len()..)?).ok()?;
+        let (secs, nanos) = id.get_timestamp()?.to_unix();
+        Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+    }
+}
+
+/// The group-commit loop: take what is queued, write it as one batch, sync once, answer everyone.
+fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
+    let mut ops = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = rx.recv() {
+        ops.push(first);
+        while ops.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let has_append = ops.iter().any(|op| matches!(op, Op::Append { .. }));
+        // Appends wait for the configured durability; bookkeeping (deliveries, retries) only
+        // reaches the OS: losing it in a power cut means a repeat delivery, never a lost event.
+        let mode = if has_append {
+            s.config.durability.persist_mode()
+        } else if s.config.durability == Durability::Memory {
+            None
+        } else {
+            Some(fjall::PersistMode::Buffer)
+        };
+        let mut batch = s.db.batch().durability(mode);
+        for op in &ops {
+            match op {
+                Op::Append {
+                    key, value, dedup, ..
+                } => {
+                    batch.insert(&s.pending, key.as_slice(), value.as_slice());
+                    if let Some(d) = dedup {
+                        batch.insert(
+                            &s.dedup,
+                            d.key.as_slice(),
+                            d.expires_ms.to_be_bytes().as_slice(),
+                        );
+                    }
+                }
+                Op::Put {
+                    space, key, value, ..
+                } => {
+                    batch.insert(keyspace(&s, space), key.as_slice(), value.as_slice());
+                }
+                Op::Move {
+                    from, to, value, ..
+                } => {
+                    batch.remove(keyspace(&s, &from.0), from.1.as_slice());
+                    batch.insert(keyspace(&s, &to.0), to.1.as_slice(), value.as_slice());
+                }
+                Op::Delete { space, key, .. } => batch.remove(keyspace(&s, space), key.as_slice()),
+            }
+        }
+        let result = batch.commit().map_err(SpoolError::from);
+        for op in ops.drain(..) {
+            let reply = match op {
+                Op::Append { reply, size, .. } => {
+                    if result.is_err() {
+                        s.bytes.fetch_sub(size, Ordering::AcqRel);
+                        s.pending_count.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    reply
+                }
+                Op::Put { reply, .. } | Op::Move { reply, .. } | Op::Delete { reply, .. } => reply,
+            };
+            let _ = reply.send(result.clone());
+        }
+    }
+    // Queue closed: make everything written so far durable before exiting.
+    if let Some(mode) = s.config.durability.persist_mode() {
+        let _ = s.db.persist(mode);
+    }
+}
+
+fn keyspace<'a>(s: &'a Shared, space: &Space) -> &'a fjall::Keyspace {
+    match space {
+        Space::Pending => &s.pending,
+        Space::Dead => &s.dead,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(route: &str) -> Event {
+        Event::new(
+            route,
+            "127.0.0.1".parse().unwrap(),
+            "POST",
+            "/w",
+            vec![("x-a".into(), b"1".to_vec())],
+            Bytes::from_static(b"{\"a\":1}"),
+        )
+    }
+
+    #[tokio::test]
+    async fn events_survive_reopen_in_every_persistent_mode() {
+        for durability in [Durability::Fsync, Durability::Os] {
+            let dir = tempfile::tempdir().unwrap();
+            let e = event("r").with_dedup(DedupKey::from_u128(9), now_ms() + 60_000);
+            {
+                let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), durability)).unwrap();
+                spool.append(&e).await.unwrap();
+            }
+            let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), durability)).unwrap();
+            assert_eq!(spool.pending().unwrap(), vec![e.clone()], "{durability:?}");
+            assert_eq!(spool.dedup_keys().unwrap(), vec![e.dedup.unwrap()]);
+            assert_eq!(spool.stats().pending, 1);
+            assert_eq!(spool.get("r", e.id).unwrap(), Some(e));
+        }
+    }
+
+    #[tokio::test]
+    async fn bounds_refuse_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool =
+            EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Os).with_max_events(2))
+                .unwrap();
+        spool.append(&event("r")).await.unwrap();
+        spool.append(&event("r")).await.unwrap();
+        assert!(matches!(
+            spool.append(&event("r")).await,
+            Err(SpoolError::Full(_))
+        ));
+        let spool = EmbeddedSpool::open(
+            SpoolConfig::new(tempfile::tempdir().unwrap().path(), Durability::Memory)
+                .with_max_bytes(100),
+        )
+        .unwrap();
+        assert!(matches!(
+            spool.append(&event("r")).await,
+            Err(SpoolError::Full(_))
+        ));
+        assert_eq!(spool.stats().bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_id_and_history_and_revive() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+        let mut e = event("r");
+        spool.append(&e).await.unwrap();
+        e.record_attempt("status 400".into());
+        spool.dead_letter(&e).await.unwrap();
+        assert!(spool.pending().unwrap().is_empty());
+        let dead = spool.dead_letters(10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].id, dead[0].history[0].outcome.as_str()),
+            (e.id, "status 400")
+        );
+        assert_eq!(
+            spool.stats(),
+            SpoolStats {
+                pending: 0,
+                dead: 1,
+                bytes: e.stored_size()
+            }
+        );
+        let revived = spool.revive(e.id).await.unwrap();
+        assert_eq!(
+            (revived.id, revived.attempts, revived.attempts_before_replay),
+            (e.id, 1, 1)
+        );
+        assert_eq!(spool.pending().unwrap().len(), 1);
+        assert!(spool.dead_letters(10).unwrap().is_empty());
+        assert!(matches!(
+            spool.purge(e.id).await,
+            Err(SpoolError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn oldest_pending_is_per_route() {
+        let spool = EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap();
+        assert_eq!(spool.oldest_pending_ms("a"), None);
+        let a = event("a");
+        spool.append(&a).await.unwrap();
+        spool.append(&event("b")).await.unwrap();
+        let oldest = spool.oldest_pending_ms("a").unwrap();
+        assert!(
+            oldest.abs_diff(a.received_ms) < 5,
+            "{oldest} vs {}",
+            a.received_ms
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_are_grouped_and_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+        let tasks: Vec<_> = (0..500)
+            .map(|_| {
+                let spool = spool.clone();
+                tokio::spawn(async move { spool.append(&event("r")).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        drop(spool);
+        let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+        assert_eq!(spool.pending().unwrap().len(), 500);
+    }
+}
