@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
                     n += 1;
                     batch.insert(&ks, n.to_be_bytes(), value.as_slice());
                 }
-                black_box(batch.commit().unwrap());
+                batch.commit().unwrap();
             },
             BatchSize::SmallInput,
         )
@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
                     t.insert(m, value.as_slice()).unwrap();
                 }
             }
-            black_box(tx.commit().unwrap());
+            tx.commit().unwrap();
         })
     });
     g.finish();
