@@ -4,7 +4,6 @@
 //! Each iteration commits a batch of 64 events of 300 bytes under fresh keys; criterion reports
 //! time per batch (divide by 64 for per event).
 
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 const BATCH: usize = 64;

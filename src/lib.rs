@@ -17,6 +17,7 @@
 //! ```
 
 pub mod core;
+pub mod deliver;
 pub mod metrics;
 pub mod store;
 pub mod tower;

@@ -22,7 +22,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::core::{ErrorCode, EventClass, EventStatus, Reason};
@@ -43,7 +44,21 @@ pub struct Metrics {
     forwarded_invalid: IntCounterVec,
     dedup_entries: IntGauge,
     dedup_evictions: IntCounter,
+    deliveries: IntCounterVec,
+    delivery_duration: HistogramVec,
+    delivery_attempts: HistogramVec,
+    spool_depth: IntGaugeVec,
+    spool_oldest_age: GaugeVec,
+    dead_letters: IntGaugeVec,
 }
+
+/// Buckets for one delivery attempt: 1 ms to 60 s.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Buckets for the attempts an event took until delivered or dead-lettered.
+const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +103,38 @@ impl Metrics {
                 "hookgate_dedup_evictions_total",
                 "keys evicted because the dedup store was full",
             )?,
+            deliveries: IntCounterVec::new(
+                Opts::new("hookgate_deliveries_total", "delivery attempts by result (success, retry, dead_letter)"),
+                &["route", "result"],
+            )?,
+            delivery_duration: HistogramVec::new(
+                HistogramOpts::new("hookgate_delivery_duration_seconds", "duration of one delivery attempt")
+                    .buckets(DELIVERY_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+            delivery_attempts: HistogramVec::new(
+                HistogramOpts::new(
+                    "hookgate_delivery_attempts",
+                    "attempts an event took until delivered or dead-lettered",
+                )
+                .buckets(ATTEMPT_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+            spool_depth: IntGaugeVec::new(
+                Opts::new("hookgate_spool_depth", "events in the spool awaiting delivery"),
+                &["route"],
+            )?,
+            spool_oldest_age: GaugeVec::new(
+                Opts::new(
+                    "hookgate_spool_oldest_age_seconds",
+                    "age of the oldest event awaiting delivery (0 when none)",
+                ),
+                &["route"],
+            )?,
+            dead_letters: IntGaugeVec::new(
+                Opts::new("hookgate_dead_letters", "events in the dead letters"),
+                &["route"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.rejections.clone()))?;
@@ -96,6 +143,12 @@ impl Metrics {
         registry.register(Box::new(m.forwarded_invalid.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
         registry.register(Box::new(m.dedup_evictions.clone()))?;
+        registry.register(Box::new(m.deliveries.clone()))?;
+        registry.register(Box::new(m.delivery_duration.clone()))?;
+        registry.register(Box::new(m.delivery_attempts.clone()))?;
+        registry.register(Box::new(m.spool_depth.clone()))?;
+        registry.register(Box::new(m.spool_oldest_age.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
         Ok(m)
     }
 
@@ -132,6 +185,16 @@ impl Metrics {
             ack_duration: self.ack_duration.with_label_values(&[route]),
             events,
             forwarded_invalid: self.forwarded_invalid.with_label_values(&[route]),
+            delivery: DeliveryMetrics {
+                success: self.deliveries.with_label_values(&[route, "success"]),
+                retry: self.deliveries.with_label_values(&[route, "retry"]),
+                dead_letter: self.deliveries.with_label_values(&[route, "dead_letter"]),
+                duration: self.delivery_duration.with_label_values(&[route]),
+                attempts: self.delivery_attempts.with_label_values(&[route]),
+                spool_depth: self.spool_depth.with_label_values(&[route]),
+                oldest_age: self.spool_oldest_age.with_label_values(&[route]),
+                dead_letters: self.dead_letters.with_label_values(&[route]),
+            },
         }))
     }
 
@@ -160,6 +223,34 @@ struct RouteInner {
     ack_duration: Histogram,
     events: EventCounters,
     forwarded_invalid: IntCounter,
+    delivery: DeliveryMetrics,
+}
+
+/// One route's delivery series (from [`RouteMetrics::delivery`]).
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    /// `hookgate_deliveries_total{result="success"}`
+    pub success: IntCounter,
+    /// `hookgate_deliveries_total{result="retry"}`
+    pub retry: IntCounter,
+    /// `hookgate_deliveries_total{result="dead_letter"}`
+    pub dead_letter: IntCounter,
+    /// `hookgate_delivery_duration_seconds`
+    pub duration: Histogram,
+    /// `hookgate_delivery_attempts`
+    pub attempts: Histogram,
+    /// `hookgate_spool_depth`
+    pub spool_depth: IntGauge,
+    /// `hookgate_spool_oldest_age_seconds`
+    pub oldest_age: Gauge,
+    /// `hookgate_dead_letters`
+    pub dead_letters: IntGauge,
+}
+
+impl std::fmt::Debug for DeliveryMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryMetrics").finish_non_exhaustive()
+    }
 }
 
 /// One route's series. Cheap to clone.
@@ -214,6 +305,11 @@ impl RouteMetrics {
     #[inline]
     pub fn observe_ack(&self, elapsed: Duration) {
         self.0.ack_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The route's delivery series.
+    pub fn delivery(&self) -> &DeliveryMetrics {
+        &self.0.delivery
     }
 
     /// A trusted proxy's `X-Forwarded-For` did not parse.

@@ -45,6 +45,11 @@ impl DedupKey {
         u128::from_le_bytes(self.0)
     }
 
+    /// From the 16 bytes [`to_bytes`](Self::to_bytes) gave.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     /// The 16 bytes (little endian), e.g. to persist the key.
     pub const fn to_bytes(self) -> [u8; 16] {
         self.0

@@ -26,7 +26,7 @@ mod validate;
 pub use allowlist::Allowlist;
 pub use client_ip::{ClientIp, ClientIpResolver};
 pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
-pub use rejection::{FieldError, Reason, Rejection, RETRY_AFTER_SECS};
+pub use rejection::{FieldError, Reason, Rejection, RETRY_AFTER_SECS, SPOOL_RETRY_AFTER_SECS};
 pub use validate::{ErrorCode, EventClass, EventStatus, Payload, PayloadValidator, Validator};
 
 /// A configuration mistake, naming the setting at fault.

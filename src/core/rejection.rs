@@ -76,8 +76,12 @@ pub enum Rejection {
     DuplicateInFlight,
     /// The dedup store failed to answer (503, with `Retry-After`).
     DedupUnavailable,
-    /// The dedup key needs the parsed payload and no `ValidateLayer` ran before the dedup layer (500).
+    /// The dedup key or the spool needs the parsed payload and no `ValidateLayer` ran first (500).
     PayloadNotParsed,
+    /// The spool holds its maximum (503, with `Retry-After`).
+    SpoolFull,
+    /// The spool failed to commit the event (503, with `Retry-After`).
+    SpoolUnavailable,
 }
 
 /// The stable, machine-readable name of a [`Rejection`]: used in the JSON error body, the log line
@@ -111,11 +115,15 @@ pub enum Reason {
     DedupUnavailable,
     /// `payload_not_parsed`
     PayloadNotParsed,
+    /// `spool_full`
+    SpoolFull,
+    /// `spool_unavailable`
+    SpoolUnavailable,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (`ALL[r.index()] == r`).
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
         Reason::PeerAddressUnknown,
@@ -129,6 +137,8 @@ impl Reason {
         Reason::DuplicateInFlight,
         Reason::DedupUnavailable,
         Reason::PayloadNotParsed,
+        Reason::SpoolFull,
+        Reason::SpoolUnavailable,
     ];
 
     /// The stable string form.
@@ -147,6 +157,8 @@ impl Reason {
             Reason::DuplicateInFlight => "duplicate_in_flight",
             Reason::DedupUnavailable => "dedup_unavailable",
             Reason::PayloadNotParsed => "payload_not_parsed",
+            Reason::SpoolFull => "spool_full",
+            Reason::SpoolUnavailable => "spool_unavailable",
         }
     }
 
@@ -156,8 +168,10 @@ impl Reason {
     }
 }
 
-/// How long a sender is asked to wait before retrying a 409 or 503, in seconds.
+/// How long a sender is asked to wait before retrying a 409 or a dedup 503, in seconds.
 pub const RETRY_AFTER_SECS: u32 = 1;
+/// How long a sender is asked to wait before retrying when the spool is full or failing, in seconds.
+pub const SPOOL_RETRY_AFTER_SECS: u32 = 5;
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -184,6 +198,8 @@ impl Rejection {
             Rejection::DuplicateInFlight => Reason::DuplicateInFlight,
             Rejection::DedupUnavailable => Reason::DedupUnavailable,
             Rejection::PayloadNotParsed => Reason::PayloadNotParsed,
+            Rejection::SpoolFull => Reason::SpoolFull,
+            Rejection::SpoolUnavailable => Reason::SpoolUnavailable,
         }
     }
 
@@ -203,7 +219,9 @@ impl Rejection {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Rejection::DuplicateInFlight => StatusCode::CONFLICT,
-            Rejection::DedupUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::DedupUnavailable | Rejection::SpoolFull | Rejection::SpoolUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -211,6 +229,8 @@ impl Rejection {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             Rejection::DuplicateInFlight | Rejection::DedupUnavailable => Some(RETRY_AFTER_SECS),
+            // A full or failing disk takes longer than a race to clear.
+            Rejection::SpoolFull | Rejection::SpoolUnavailable => Some(SPOOL_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -250,8 +270,10 @@ impl Rejection {
             }
             Rejection::DedupUnavailable => "the dedup store is unavailable; retry later".into(),
             Rejection::PayloadNotParsed => {
-                "the dedup layer needs the payload parsed by ValidateLayer in front of it".into()
+                "this layer needs the payload parsed by ValidateLayer in front of it".into()
             }
+            Rejection::SpoolFull => "the spool is full; retry later".into(),
+            Rejection::SpoolUnavailable => "the event could not be stored; retry later".into(),
         }
     }
 

@@ -124,6 +124,8 @@ pub struct Event {
     pub attempts: u32,
     /// Attempts made before the last replay from the dead letters (retry limits count from there).
     pub attempts_before_replay: u32,
+    /// Receipt or last replay, in Unix milliseconds: `max_age` counts from here.
+    pub window_start_ms: u64,
     /// When the next attempt is due, in Unix milliseconds.
     pub next_attempt_ms: u64,
     /// The dedup key to restore after a restart, if the route dedups.
@@ -154,6 +156,7 @@ impl Event {
             body,
             attempts: 0,
             attempts_before_replay: 0,
+            window_start_ms: now,
             next_attempt_ms: now,
             dedup: None,
             history: Vec::new(),
@@ -170,9 +173,9 @@ impl Event {
         self
     }
 
-    /// Records an attempt's outcome, keeping the newest [`HISTORY_LEN`].
-    pub fn record_attempt(&mut self, outcome: String) {
-        self.attempts += 1;
+    /// Records the outcome of the attempt numbered `self.attempts`, keeping the newest
+    /// [`HISTORY_LEN`].
+    pub fn record_outcome(&mut self, outcome: String) {
         if self.history.len() == HISTORY_LEN {
             self.history.remove(0);
         }
@@ -296,8 +299,10 @@ pub trait Spool: Send + Sync + 'static {
     fn reschedule(&self, event: &Event) -> Completion;
     /// Moves an event to the dead letters.
     fn dead_letter(&self, event: &Event) -> Completion;
-    /// Every pending event (for recovery at start).
+    /// Every pending event.
     fn pending(&self) -> Result<Vec<Event>, SpoolError>;
+    /// The id and next attempt time of every pending event of `route` (for recovery at start).
+    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError>;
     /// The persisted dedup keys still inside their TTL.
     fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError>;
     /// Dead letters, oldest first, at most `limit`.
@@ -624,6 +629,19 @@ impl Spool for EmbeddedSpool {
             .collect()
     }
 
+    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
+        let mut prefix = route.as_bytes().to_vec();
+        prefix.push(0);
+        self.shared
+            .pending
+            .prefix(&prefix)
+            .map(|kv| {
+                let e = decode(&kv.into_inner()?.1)?;
+                Ok((e.id, e.next_attempt_ms))
+            })
+            .collect()
+    }
+
     fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError> {
         let now = now_ms();
         let mut keys = Vec::new();
@@ -660,6 +678,7 @@ impl Spool for EmbeddedSpool {
         };
         event.attempts_before_replay = event.attempts;
         event.next_attempt_ms = now_ms();
+        event.window_start_ms = event.next_attempt_ms;
         let value = match encode(&event) {
             Ok(v) => v,
             Err(e) => return Completion::ready(Err(e)),
@@ -870,7 +889,8 @@ mod tests {
         let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
         let mut e = event("r");
         spool.append(&e).await.unwrap();
-        e.record_attempt("status 400".into());
+        e.attempts += 1;
+        e.record_outcome("status 400".into());
         spool.dead_letter(&e).await.unwrap();
         assert!(spool.pending().unwrap().is_empty());
         let dead = spool.dead_letters(10).unwrap();

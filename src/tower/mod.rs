@@ -52,15 +52,17 @@ use crate::core::Rejection;
 
 mod allowlist;
 mod dedup;
+mod fast_ack;
 mod metrics;
 pub(crate) mod validate;
 mod webhook;
 
 pub use allowlist::{IpAllowlist, IpAllowlistLayer};
-pub use dedup::{Dedup, DedupLayer, Duplicate};
+pub use dedup::{Dedup, DedupLayer, DedupReservation, Duplicate};
+pub use fast_ack::{FastAck, FastAckLayer};
 pub use metrics::{MetricsLayer, RecordMetrics};
 pub use validate::{ParsedPayload, Validate, ValidateLayer};
-pub use webhook::{WebhookLayer, WebhookLayerBuilder};
+pub use webhook::{AckMode, DirectAck, FastAckMode, WebhookLayer, WebhookLayerBuilder};
 
 /// The TCP peer address, for servers that do not use axum's `ConnectInfo`: insert it into each
 /// request's extensions (hyper: in the `service_fn` given to `serve_connection`).

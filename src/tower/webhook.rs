@@ -1,14 +1,18 @@
 //! [`WebhookLayer`]: the whole admission stack from one configuration.
 
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tower_layer::Layer;
+use tower_layer::{Identity, Layer};
 
 use super::{DedupLayer, IpAllowlistLayer, MetricsLayer, PeerIpFn, ValidateLayer};
-use crate::core::{Allowlist, ConfigError, DedupKeySpec, Validator};
-use crate::metrics::Metrics;
-use crate::store::{DedupStore, MemoryDedupStore};
+use crate::core::{Allowlist, ConfigError, DedupKey, DedupKeySpec, Validator};
+use crate::deliver::{Deliverer, DeliveryPolicy};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::store::{now_ms, DedupStore, MemoryDedupStore, Spool, SpoolError};
 use crate::tower::validate::{DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
+use crate::tower::FastAckLayer;
 use crate::tower::{Dedup, IpAllowlist, RecordMetrics, Validate};
 
 /// The default dedup window: 24 h, far beyond the reference sender's 5 × 30 s retry span.
@@ -17,14 +21,93 @@ pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_DEDUP_CAPACITY: usize = 1_000_000;
 
 /// IP allowlist, validation, dedup and metrics for one route, stacked in pipeline order:
-/// `RecordMetrics<IpAllowlist<Validate<Dedup<S>>>>`. See the [module docs](super) for an example.
+/// `RecordMetrics<IpAllowlist<Validate<Dedup<A::Service>>>>`, where `A` is
+/// [`Identity`] (the handler's answer is the acknowledgement) or, after
+/// [`with_fast_ack`](WebhookLayerBuilder::with_fast_ack), a [`FastAckLayer`]. See the
+/// [module docs](super) for an example.
 #[derive(Clone, Debug)]
 #[must_use]
-pub struct WebhookLayer<D = MemoryDedupStore> {
+pub struct WebhookLayer<D = MemoryDedupStore, A = Identity> {
     metrics: MetricsLayer,
     allowlist: IpAllowlistLayer,
     validate: ValidateLayer,
     dedup: DedupLayer<D>,
+    ack: A,
+}
+
+impl<D, B> WebhookLayer<D, FastAckLayer<B>> {
+    /// The delivery worker behind the fast acknowledgement: dead letters, replay, shutdown.
+    pub fn deliverer(&self) -> &Deliverer {
+        self.ack.deliverer()
+    }
+}
+
+/// How a [`WebhookLayer`] acknowledges: builds the innermost layer once the route is known.
+pub trait AckMode {
+    /// The layer between dedup and the handler.
+    type Layer;
+
+    /// Builds the layer for `route`, and refills `store` with the keys it persisted.
+    fn build<D: DedupStore>(
+        self,
+        route: &str,
+        metrics: &RouteMetrics,
+        store: &D,
+    ) -> Result<Self::Layer, ConfigError>;
+}
+
+/// The handler's own answer is the acknowledgement (no spool).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectAck;
+
+impl AckMode for DirectAck {
+    type Layer = Identity;
+
+    fn build<D: DedupStore>(
+        self,
+        _: &str,
+        _: &RouteMetrics,
+        _: &D,
+    ) -> Result<Identity, ConfigError> {
+        Ok(Identity::new())
+    }
+}
+
+/// Spool, answer 200 at once, deliver to the handler later (see [`FastAckLayer`]). `B` is the
+/// handler's request body type.
+pub struct FastAckMode<B> {
+    spool: Arc<dyn Spool>,
+    policy: DeliveryPolicy,
+    _body: PhantomData<fn() -> B>,
+}
+
+impl<B> AckMode for FastAckMode<B> {
+    type Layer = FastAckLayer<B>;
+
+    fn build<D: DedupStore>(
+        self,
+        route: &str,
+        metrics: &RouteMetrics,
+        store: &D,
+    ) -> Result<FastAckLayer<B>, ConfigError> {
+        let spool_error = |e: SpoolError| ConfigError::InvalidValue {
+            key: "spool".into(),
+            reason: e.to_string(),
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::InvalidValue {
+                key: "fast_ack".into(),
+                reason: "build inside a tokio runtime: the delivery worker runs on it".into(),
+            });
+        }
+        // Keys accepted before a restart answer `duplicate` again for the rest of their TTL.
+        let now = now_ms();
+        for record in self.spool.dedup_keys().map_err(spool_error)? {
+            let left = Duration::from_millis(record.expires_ms.saturating_sub(now));
+            store.commit(DedupKey::from_bytes(record.key), left);
+        }
+        FastAckLayer::new(route, self.spool, self.policy, metrics).map_err(spool_error)
+    }
 }
 
 impl WebhookLayer {
@@ -32,6 +115,7 @@ impl WebhookLayer {
     /// keep routes' dedup keys apart).
     pub fn builder(route: impl Into<String>) -> WebhookLayerBuilder {
         WebhookLayerBuilder {
+            ack: DirectAck,
             route: route.into(),
             allow: None,
             trusted_proxies: Allowlist::default(),
@@ -47,13 +131,14 @@ impl WebhookLayer {
     }
 }
 
-impl<S, D> Layer<S> for WebhookLayer<D> {
-    type Service = RecordMetrics<IpAllowlist<Validate<Dedup<S, D>>>>;
+impl<S, D, A: Layer<S>> Layer<S> for WebhookLayer<D, A> {
+    type Service = RecordMetrics<IpAllowlist<Validate<Dedup<A::Service, D>>>>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let acked = self.ack.layer(inner);
         self.metrics.layer(
             self.allowlist
-                .layer(self.validate.layer(self.dedup.layer(inner))),
+                .layer(self.validate.layer(self.dedup.layer(acked))),
         )
     }
 }
@@ -62,7 +147,8 @@ impl<S, D> Layer<S> for WebhookLayer<D> {
 /// timeout, dedup by `/generation_id` for 24 h, metrics in the default registry. The allowlist has
 /// no default: it must be set.
 #[must_use]
-pub struct WebhookLayerBuilder {
+pub struct WebhookLayerBuilder<M = DirectAck> {
+    ack: M,
     route: String,
     allow: Option<Allowlist>,
     trusted_proxies: Allowlist,
@@ -76,7 +162,36 @@ pub struct WebhookLayerBuilder {
     metrics: Option<Metrics>,
 }
 
-impl WebhookLayerBuilder {
+impl<M: AckMode> WebhookLayerBuilder<M> {
+    /// Acknowledges from the spool: each accepted request is stored in `spool` and answered 200
+    /// `{"status":"received","event_id":...}` at once, then delivered to the handler by `policy`.
+    /// `B` is the handler's request body type (`axum::body::Body` behind axum). The dedup store
+    /// is refilled from the spool at build, which must run inside a tokio runtime.
+    pub fn with_fast_ack<B>(
+        self,
+        spool: Arc<dyn Spool>,
+        policy: DeliveryPolicy,
+    ) -> WebhookLayerBuilder<FastAckMode<B>> {
+        WebhookLayerBuilder {
+            ack: FastAckMode {
+                spool,
+                policy,
+                _body: PhantomData,
+            },
+            route: self.route,
+            allow: self.allow,
+            trusted_proxies: self.trusted_proxies,
+            peer_ip: self.peer_ip,
+            validator: self.validator,
+            max_body: self.max_body,
+            read_timeout: self.read_timeout,
+            dedup_key: self.dedup_key,
+            dedup_ttl: self.dedup_ttl,
+            dedup_capacity: self.dedup_capacity,
+            metrics: self.metrics,
+        }
+    }
+
     /// Admits clients inside these CIDRs (`"0.0.0.0/0"` and `"::/0"` must be written out to allow all).
     pub fn with_allow<I, S>(mut self, cidrs: I) -> Result<Self, ConfigError>
     where
@@ -159,7 +274,7 @@ impl WebhookLayerBuilder {
     /// Builds the layer with a new [`MemoryDedupStore`] reporting to the metrics. Inside a tokio
     /// runtime a sweeper removes its expired keys every 30 s; outside one, expired keys are still
     /// treated as absent and the capacity bound still holds.
-    pub fn build(mut self) -> Result<WebhookLayer<MemoryDedupStore>, ConfigError> {
+    pub fn build(mut self) -> Result<WebhookLayer<MemoryDedupStore, M::Layer>, ConfigError> {
         let metrics = self.resolve_metrics()?;
         let store = MemoryDedupStore::with_metrics(self.dedup_capacity, &metrics);
         let layer = self.build_with_store(store.clone())?;
@@ -173,7 +288,7 @@ impl WebhookLayerBuilder {
     pub fn build_with_store<D: DedupStore>(
         mut self,
         store: D,
-    ) -> Result<WebhookLayer<D>, ConfigError> {
+    ) -> Result<WebhookLayer<D, M::Layer>, ConfigError> {
         let metrics = self.resolve_metrics()?;
         let allow = self.allow.ok_or_else(|| ConfigError::InvalidValue {
             key: "allow".into(),
@@ -188,6 +303,7 @@ impl WebhookLayerBuilder {
             });
         }
         let route = metrics.route(&self.route);
+        let ack = self.ack.build(&self.route, &route, &store)?;
         let mut allowlist = IpAllowlistLayer::new(allow)
             .with_trusted_proxies(self.trusted_proxies)
             .with_metrics(route.clone());
@@ -201,6 +317,7 @@ impl WebhookLayerBuilder {
                 .with_max_body(self.max_body)
                 .with_read_timeout(self.read_timeout),
             dedup: DedupLayer::new(store, self.route, self.dedup_key, self.dedup_ttl),
+            ack,
         })
     }
 }

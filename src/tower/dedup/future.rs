@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::layer::Shared;
-use super::Duplicate;
+use super::{DedupReservation, Duplicate};
 use crate::core::{DedupKey, Rejection};
 use crate::store::{DedupStore, Reservation};
 use crate::tower::{json_response, rejection_response};
@@ -139,9 +139,13 @@ where
                     let answer = std::task::ready!(reserve.poll(cx));
                     let next = match answer {
                         Ok(Reservation::Reserved) => {
-                            let (Some(req), Some(mut svc)) = (req.take(), inner.take()) else {
+                            let (Some(mut req), Some(mut svc)) = (req.take(), inner.take()) else {
                                 unreachable!("Reserving state is left once, right here");
                             };
+                            req.extensions_mut().insert(DedupReservation {
+                                key: *key,
+                                ttl: shared.ttl,
+                            });
                             // Armed before the call, so a panic or drop inside still releases.
                             let reserved = Reserved {
                                 shared: shared.clone(),

@@ -41,6 +41,16 @@ pub use future::ResponseFuture;
 pub use layer::DedupLayer;
 pub use service::Dedup;
 
+/// The key a request holds while the inner service runs (in the request extensions), so a
+/// spooling layer can persist it with the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupReservation {
+    /// The key.
+    pub key: crate::core::DedupKey,
+    /// How long it answers `duplicate` once committed.
+    pub ttl: std::time::Duration,
+}
+
 /// Marks a response as the answer to a duplicate (in the response extensions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duplicate;

@@ -1,0 +1,22 @@
+//! The delivery engine: takes events from the spool to their target, with retries, backoff and
+//! dead letters (DESIGN §3).
+//!
+//! - [`policy`]: the outcome rules ([`classify`]) and the backoff ([`retry_delay`]), as plain functions.
+//! - [`target`]: an HTTP upstream ([`HttpTarget`]) or a tower service ([`ServiceTarget`]).
+//! - [`Deliverer`]: one route's worker: schedule, dispatcher, concurrency limit, graceful stop.
+//!
+//! ```
+//! use hookgate::deliver::{classify, AttemptResult, Verdict};
+//!
+//! let answer = AttemptResult::Status { code: 503, retry_after: None };
+//! assert_eq!(classify(&answer), Verdict::Retry { not_before: None });
+//! assert_eq!(classify(&AttemptResult::Status { code: 400, retry_after: None }), Verdict::Reject);
+//! ```
+
+pub mod policy;
+pub mod target;
+mod worker;
+
+pub use policy::{classify, retry_delay, retry_floor, AttemptResult, DeliveryPolicy, Verdict};
+pub use target::{forwardable_headers, HttpTarget, ServiceTarget, Target};
+pub use worker::Deliverer;

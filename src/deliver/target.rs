@@ -1,0 +1,319 @@
+//! Where events are delivered: an HTTP upstream, or a tower service (the handler behind
+//! `FastAckLayer`). Both send the stored request byte for byte with the headers of DESIGN §3.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use tower_service::Service;
+
+use super::policy::{parse_retry_after, AttemptResult, DeliveryPolicy};
+use crate::core::{ClientIp, ConfigError};
+use crate::store::Event;
+
+/// A boxed attempt, as targets return it (one allocation per delivery attempt, off the ack path).
+pub type AttemptFuture = Pin<Box<dyn Future<Output = AttemptResult> + Send>>;
+
+/// Somewhere events can be delivered.
+pub trait Target: Send + Sync + 'static {
+    /// Makes one attempt to deliver `event` (its `attempts` already counts this one).
+    fn deliver(&self, event: &Event) -> AttemptFuture;
+}
+
+/// `X-Hookgate-Event-Id`
+pub const EVENT_ID: HeaderName = HeaderName::from_static("x-hookgate-event-id");
+/// `X-Hookgate-Attempt`: 1 for the first attempt.
+pub const ATTEMPT: HeaderName = HeaderName::from_static("x-hookgate-attempt");
+/// `X-Hookgate-Received-At`: when hookgate acknowledged the event, RFC 3339 UTC.
+pub const RECEIVED_AT: HeaderName = HeaderName::from_static("x-hookgate-received-at");
+/// `X-Forwarded-For`
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), those the connection itself
+/// sets (`Host`, `Content-Length`), and hookgate's own, which are set fresh on each attempt.
+const DROPPED: [HeaderName; 13] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    X_FORWARDED_FOR,
+    EVENT_ID,
+    ATTEMPT,
+];
+
+/// The headers of `headers` to store with an event and forward: everything but the hop-by-hop
+/// headers (including those named in `Connection`), `Host`, `Content-Length` and the ones
+/// hookgate sets itself.
+pub fn forwardable_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    let named_in_connection: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !DROPPED.contains(name)
+                && *name != RECEIVED_AT
+                && !named_in_connection
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(name.as_str()))
+        })
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The headers one attempt carries: the stored ones plus `X-Forwarded-For` (the resolved client
+/// address), `X-Hookgate-Event-Id`, `X-Hookgate-Attempt` and `X-Hookgate-Received-At`.
+pub fn attempt_headers(event: &Event) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(event.headers.len() + 4);
+    for (name, value) in &event.headers {
+        // Stored headers were valid when received; skip any that somehow are not.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_bytes(value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    let set = |map: &mut HeaderMap, name: HeaderName, value: String| {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            map.insert(name, v);
+        }
+    };
+    set(&mut map, X_FORWARDED_FOR, event.client_ip.to_string());
+    set(&mut map, EVENT_ID, event.id.to_string());
+    set(&mut map, ATTEMPT, event.attempts.to_string());
+    let received = UNIX_EPOCH + Duration::from_millis(event.received_ms);
+    set(
+        &mut map,
+        RECEIVED_AT,
+        humantime::format_rfc3339_millis(received).to_string(),
+    );
+    map
+}
+
+/// Delivers to an HTTP upstream with a pooled keep-alive HTTP/1.1 client.
+#[derive(Clone, Debug)]
+pub struct HttpTarget {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    timeout: Duration,
+}
+
+impl HttpTarget {
+    /// A target POSTing (with the event's own method) to `url`. `key` names the setting in errors.
+    /// Only `http://` upstreams are supported in this version.
+    pub fn new(key: &str, url: &str, policy: &DeliveryPolicy) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::InvalidValue {
+            key: key.to_owned(),
+            reason,
+        };
+        let url =
+            reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+        if url.scheme() != "http" {
+            return Err(invalid(format!(
+                "{url} is not an http:// URL (https upstreams are not supported yet)"
+            )));
+        }
+        if url.host().is_none() {
+            return Err(invalid(format!("{url} has no host")));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(policy.connect_timeout)
+            .timeout(policy.timeout)
+            .pool_max_idle_per_host(policy.concurrency.max(1))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            url,
+            timeout: policy.timeout,
+        })
+    }
+}
+
+impl Target for HttpTarget {
+    fn deliver(&self, event: &Event) -> AttemptFuture {
+        let method =
+            reqwest::Method::from_bytes(event.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let request = self
+            .client
+            .request(method, self.url.clone())
+            .headers(attempt_headers(event))
+            .timeout(self.timeout)
+            .body(event.body.clone());
+        Box::pin(async move {
+            match request.send().await {
+                Ok(res) => {
+                    let retry_after = res
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_retry_after);
+                    let code = res.status().as_u16();
+                    // Read the body so the connection goes back to the pool.
+                    let _ = res.bytes().await;
+                    AttemptResult::Status { code, retry_after }
+                }
+                Err(e) if e.is_timeout() => AttemptResult::Timeout,
+                Err(e) if e.is_connect() => AttemptResult::Connect(error_chain(&e)),
+                Err(e) => AttemptResult::Failed(error_chain(&e)),
+            }
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Delivers to a tower service: the stored method, URI, headers and body, with the client address
+/// as [`ClientIp`] (and, with the `axum` feature, `ConnectInfo<SocketAddr>`) in the extensions.
+pub struct ServiceTarget<S, B> {
+    service: S,
+    timeout: Duration,
+    _body: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<S, B> ServiceTarget<S, B> {
+    /// Delivers to `service`, allowing `timeout` per attempt.
+    pub fn new(service: S, timeout: Duration) -> Self {
+        Self {
+            service,
+            timeout,
+            _body: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S, B, ResBody> Target for ServiceTarget<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Display,
+    B: From<Bytes> + Send + 'static,
+    ResBody: Send + 'static,
+{
+    fn deliver(&self, event: &Event) -> AttemptFuture {
+        let mut request = Request::new(B::from(event.body.clone()));
+        *request.method_mut() =
+            http::Method::from_bytes(event.method.as_bytes()).unwrap_or(http::Method::POST);
+        *request.uri_mut() = event
+            .uri
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        *request.headers_mut() = attempt_headers(event);
+        request.extensions_mut().insert(ClientIp {
+            ip: event.client_ip,
+            forwarded: false,
+            forwarded_invalid: false,
+        });
+        #[cfg(feature = "axum")]
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(
+                event.client_ip,
+                0,
+            )));
+        let mut service = self.service.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let call = async {
+                std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                service.call(request).await
+            };
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(res)) => AttemptResult::Status {
+                    code: res.status().as_u16(),
+                    retry_after: res
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_retry_after),
+                },
+                Ok(Err(e)) => AttemptResult::Failed(e.to_string()),
+                Err(_) => AttemptResult::Timeout,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("host", "example.com"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "10"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-hookgate-attempt", "9"),
+            ("x-signature", "abc"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let kept: Vec<String> = forwardable_headers(&h)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(kept, ["content-type", "x-signature"]);
+    }
+
+    #[test]
+    fn attempt_headers_carry_the_event() {
+        let mut e = Event::new(
+            "r",
+            "203.0.113.9".parse().unwrap(),
+            "POST",
+            "/w",
+            vec![("content-type".into(), b"application/json".to_vec())],
+            Bytes::new(),
+        );
+        e.attempts = 3;
+        e.received_ms = 1_700_000_000_123;
+        let h = attempt_headers(&e);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(h["x-hookgate-attempt"], "3");
+        assert_eq!(h["x-hookgate-event-id"], e.id.to_string().as_str());
+        assert_eq!(h["x-hookgate-received-at"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(h["content-type"], "application/json");
+    }
+
+    #[test]
+    fn only_http_upstreams() {
+        let p = DeliveryPolicy::default();
+        assert!(HttpTarget::new("upstream", "http://127.0.0.1:3000/w", &p).is_ok());
+        for bad in ["https://x/w", "nope", "ftp://x"] {
+            let err = HttpTarget::new("route[0].upstream", bad, &p)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("route[0].upstream"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! One route's delivery worker: a schedule of due events, a dispatcher, and at most
+//! `concurrency` attempts in flight.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::policy::{classify, retry_delay, DeliveryPolicy, Verdict};
+use super::target::Target;
+use crate::metrics::DeliveryMetrics;
+use crate::store::{now_ms, Event, Spool, SpoolError};
+
+/// Delivers one route's events from the spool to its target, retrying by the policy. Cheap to
+/// clone; all clones drive one worker.
+#[derive(Clone)]
+pub struct Deliverer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    route: String,
+    spool: Arc<dyn Spool>,
+    target: OnceLock<Arc<dyn Target>>,
+    target_set: Notify,
+    policy: DeliveryPolicy,
+    metrics: DeliveryMetrics,
+    queue: Mutex<BinaryHeap<Reverse<(u64, Uuid)>>>,
+    wake: Notify,
+    stop: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("route", &self.inner.route)
+            .field("policy", &self.inner.policy)
+            .field("scheduled", &self.scheduled())
+            .finish()
+    }
+}
+
+impl Deliverer {
+    /// Starts the worker for `route` on the current tokio runtime: every pending event of the
+    /// route in `spool` is scheduled again at its next attempt time. Attempts begin once a target
+    /// is set ([`with_target`](Self::with_target) or [`set_target`](Self::set_target)).
+    pub fn start(
+        route: impl Into<String>,
+        spool: Arc<dyn Spool>,
+        policy: DeliveryPolicy,
+        metrics: DeliveryMetrics,
+    ) -> Result<Self, SpoolError> {
+        let route = route.into();
+        let schedule = spool.pending_schedule(&route)?;
+        let dead = spool
+            .dead_letters(usize::MAX)?
+            .iter()
+            .filter(|e| e.route == route)
+            .count();
+        metrics.spool_depth.set(schedule.len() as i64);
+        metrics.dead_letters.set(dead as i64);
+        let queue = schedule
+            .into_iter()
+            .map(|(id, due)| Reverse((due, id)))
+            .collect();
+        let (stop, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            permits: Arc::new(Semaphore::new(policy.concurrency.max(1))),
+            route,
+            spool,
+            target: OnceLock::new(),
+            target_set: Notify::new(),
+            policy,
+            metrics,
+            queue: Mutex::new(queue),
+            wake: Notify::new(),
+            stop,
+        });
+        tokio::spawn(dispatch(inner.clone()));
+        tokio::spawn(track_oldest(inner.clone()));
+        Ok(Self { inner })
+    }
+
+    /// Sets the target; returns `false` (and changes nothing) if one is set already.
+    pub fn set_target(&self, target: Arc<dyn Target>) -> bool {
+        let set = self.inner.target.set(target).is_ok();
+        if set {
+            self.inner.target_set.notify_one();
+        }
+        set
+    }
+
+    /// [`set_target`](Self::set_target), builder style.
+    #[must_use]
+    pub fn with_target(self, target: Arc<dyn Target>) -> Self {
+        self.set_target(target);
+        self
+    }
+
+    /// The route.
+    pub fn route(&self) -> &str {
+        &self.inner.route
+    }
+
+    /// The spool.
+    pub fn spool(&self) -> &Arc<dyn Spool> {
+        &self.inner.spool
+    }
+
+    /// Schedules a newly appended event for an attempt now.
+    pub fn schedule_new(&self, id: Uuid) {
+        self.inner.metrics.spool_depth.inc();
+        self.inner.push(now_ms(), id);
+    }
+
+    /// Events waiting for an attempt (not counting those in flight).
+    pub fn scheduled(&self) -> usize {
+        self.inner.lock_queue().len()
+    }
+
+    /// This route's dead letters, oldest first, at most `limit`.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<Event>, SpoolError> {
+        Ok(self
+            .inner
+            .spool
+            .dead_letters(usize::MAX)?
+            .into_iter()
+            .filter(|e| e.route == self.inner.route)
+            .take(limit)
+            .collect())
+    }
+
+    /// Moves dead letter `id` back to the spool and schedules it now (its attempt limit counts
+    /// afresh; its id and history are kept).
+    pub async fn replay(&self, id: Uuid) -> Result<(), SpoolError> {
+        self.owned_dead_letter(id)?;
+        let event = self.inner.spool.revive(id).await?;
+        self.inner.metrics.dead_letters.dec();
+        self.inner.metrics.spool_depth.inc();
+        self.inner.push(event.next_attempt_ms, id);
+        tracing::info!(route = %self.inner.route, event_id = %id, "dead letter replayed");
+        Ok(())
+    }
+
+    /// Replays every dead letter of the route; returns how many.
+    pub async fn replay_all(&self) -> Result<usize, SpoolError> {
+        let ids: Vec<Uuid> = self
+            .dead_letters(usize::MAX)?
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        for id in &ids {
+            self.replay(*id).await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Deletes dead letter `id` for good.
+    pub async fn purge(&self, id: Uuid) -> Result<(), SpoolError> {
+        self.owned_dead_letter(id)?;
+        self.inner.spool.purge(id).await?;
+        self.inner.metrics.dead_letters.dec();
+        tracing::info!(route = %self.inner.route, event_id = %id, "dead letter purged");
+        Ok(())
+    }
+
+    /// Deletes every dead letter of the route; returns how many.
+    pub async fn purge_all(&self) -> Result<usize, SpoolError> {
+        let ids: Vec<Uuid> = self
+            .dead_letters(usize::MAX)?
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        for id in &ids {
+            self.purge(*id).await?;
+        }
+        Ok(ids.len())
+    }
+
+    fn owned_dead_letter(&self, id: Uuid) -> Result<(), SpoolError> {
+        match self.dead_letters(usize::MAX)?.iter().any(|e| e.id == id) {
+            true => Ok(()),
+            false => Err(SpoolError::NotFound(id)),
+        }
+    }
+
+    /// Stops dispatching and waits up to `grace` for attempts in flight to finish. Events not
+    /// delivered stay in the spool for the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stop.send_replace(true);
+        let all = u32::try_from(self.inner.policy.concurrency.max(1)).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(grace, self.inner.permits.acquire_many(all)).await;
+    }
+}
+
+impl Inner {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Reverse<(u64, Uuid)>>> {
+        // The heap stays a valid heap whatever a panicking holder did between operations.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, due_ms: u64, id: Uuid) {
+        self.lock_queue().push(Reverse((due_ms, id)));
+        self.wake.notify_one();
+    }
+
+    /// Removes and returns the earliest event if due; otherwise how long until it is.
+    fn pop_due(&self) -> Result<Uuid, Option<Duration>> {
+        let mut queue = self.lock_queue();
+        let now = now_ms();
+        match queue.peek() {
+            Some(Reverse((due, _))) if *due <= now => {
+                Ok(queue.pop().map(|Reverse((_, id))| id).unwrap_or_default())
+            }
+            Some(Reverse((due, _))) => Err(Some(Duration::from_millis(due - now))),
+            None => Err(None),
+        }
+    }
+}
+
+async fn dispatch(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let target = loop {
+        if let Some(t) = inner.target.get() {
+            break t.clone();
+        }
+        tokio::select! {
+            _ = inner.target_set.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    };
+    loop {
+        let permit = tokio::select! {
+            p = inner.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let id = loop {
+            match inner.pop_due() {
+                Ok(id) => break id,
+                Err(wait) => {
+                    let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
+                    tokio::select! {
+                        _ = sleep => {}
+                        _ = inner.wake.notified() => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        };
+        tokio::spawn(attempt(inner.clone(), target.clone(), id, permit));
+    }
+}
+
+async fn attempt(
+    inner: Arc<Inner>,
+    target: Arc<dyn Target>,
+    id: Uuid,
+    _permit: OwnedSemaphorePermit,
+) {
+    let route = &inner.route;
+    let mut event = match inner.spool.get(route, id) {
+        Ok(Some(e)) => e,
+        // Delivered or dead-lettered meanwhile (a replayed duplicate schedule): nothing to do.
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(%route, event_id = %id, error = %e, "cannot read event from the spool; retrying in 1s");
+            inner.push(now_ms() + 1000, id);
+            return;
+        }
+    };
+    event.attempts += 1;
+    let started = Instant::now();
+    let result = target.deliver(&event).await;
+    let m = &inner.metrics;
+    m.duration.observe(started.elapsed().as_secs_f64());
+    event.record_outcome(result.to_string());
+    let dead_letter = |reason: &str| {
+        m.dead_letter.inc();
+        m.attempts.observe(f64::from(event.attempts));
+        m.spool_depth.dec();
+        m.dead_letters.inc();
+        tracing::warn!(%route, event_id = %id, attempt = event.attempts, outcome = %result, reason, "event dead-lettered");
+    };
+    match classify(&result) {
+        Verdict::Success => {
+            m.success.inc();
+            m.attempts.observe(f64::from(event.attempts));
+            m.spool_depth.dec();
+            tracing::debug!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
+            if let Err(e) = inner.spool.delivered(&event).await {
+                tracing::warn!(%route, event_id = %id, error = %e, "delivered, but the spool did not record it: it may be delivered again after a restart");
+            }
+        }
+        Verdict::Reject => {
+            dead_letter("rejected by the target");
+            if let Err(e) = inner.spool.dead_letter(&event).await {
+                tracing::error!(%route, event_id = %id, error = %e, "cannot move the event to the dead letters");
+            }
+        }
+        Verdict::Retry { not_before } => {
+            let tries = event.attempts - event.attempts_before_replay;
+            let now = now_ms();
+            let age = Duration::from_millis(now.saturating_sub(event.window_start_ms));
+            if tries >= inner.policy.max_attempts || age >= inner.policy.max_age {
+                dead_letter(if tries >= inner.policy.max_attempts {
+                    "max_attempts reached"
+                } else {
+                    "max_age reached"
+                });
+                if let Err(e) = inner.spool.dead_letter(&event).await {
+                    tracing::error!(%route, event_id = %id, error = %e, "cannot move the event to the dead letters");
+                }
+                return;
+            }
+            let delay = retry_delay(&inner.policy, tries, fastrand::f64(), not_before);
+            event.next_attempt_ms = now + delay.as_millis() as u64;
+            m.retry.inc();
+            tracing::info!(%route, event_id = %id, attempt = event.attempts, outcome = %result, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
+            if let Err(e) = inner.spool.reschedule(&event).await {
+                tracing::warn!(%route, event_id = %id, error = %e, "cannot store the retry schedule; retrying from memory");
+            }
+            inner.push(event.next_attempt_ms, id);
+        }
+    }
+}
+
+/// Keeps `hookgate_spool_oldest_age_seconds` current, once a second.
+async fn track_oldest(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let age = inner
+            .spool
+            .oldest_pending_ms(&inner.route)
+            .map(|oldest| now_ms().saturating_sub(oldest) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        inner.metrics.oldest_age.set(age);
+    }
+}

@@ -1,0 +1,95 @@
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::FastAck;
+use crate::deliver::{Deliverer, DeliveryPolicy, ServiceTarget};
+use crate::metrics::RouteMetrics;
+use crate::store::{Spool, SpoolError};
+
+pub(crate) struct Shared {
+    pub(crate) route: String,
+    pub(crate) spool: Arc<dyn Spool>,
+    pub(crate) deliverer: Deliverer,
+    pub(crate) policy: DeliveryPolicy,
+}
+
+/// Builds [`FastAck`] services. `B` is the request body type the wrapped service takes
+/// (`axum::body::Body` behind axum, `Full<Bytes>` for a plain tower service).
+#[must_use]
+pub struct FastAckLayer<B> {
+    pub(crate) shared: Arc<Shared>,
+    _body: PhantomData<fn() -> B>,
+}
+
+impl<B> Clone for FastAckLayer<B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for FastAckLayer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastAckLayer")
+            .field("route", &self.shared.route)
+            .field("deliverer", &self.shared.deliverer)
+            .finish()
+    }
+}
+
+impl<B> FastAckLayer<B> {
+    /// Spools the route's requests in `spool` and starts its delivery worker on the current tokio
+    /// runtime (events left in the spool by an earlier run are scheduled again).
+    pub fn new(
+        route: impl Into<String>,
+        spool: Arc<dyn Spool>,
+        policy: DeliveryPolicy,
+        metrics: &RouteMetrics,
+    ) -> Result<Self, SpoolError> {
+        let route = route.into();
+        let deliverer = Deliverer::start(
+            route.clone(),
+            spool.clone(),
+            policy.clone(),
+            metrics.delivery().clone(),
+        )?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                route,
+                spool,
+                deliverer,
+                policy,
+            }),
+            _body: PhantomData,
+        })
+    }
+
+    /// The delivery worker: dead letters, replay, graceful shutdown.
+    pub fn deliverer(&self) -> &Deliverer {
+        &self.shared.deliverer
+    }
+}
+
+impl<S, B, ResBody> Layer<S> for FastAckLayer<B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Display,
+    B: From<Bytes> + Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Service = FastAck<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let target = ServiceTarget::<S, B>::new(inner.clone(), self.shared.policy.timeout);
+        self.shared.deliverer.set_target(Arc::new(target));
+        FastAck::new(inner, self.shared.clone())
+    }
+}
