@@ -78,6 +78,10 @@ pub enum Rejection {
     DedupUnavailable,
     /// The dedup key or the spool needs the parsed payload and no `ValidateLayer` ran first (500).
     PayloadNotParsed,
+    /// `FastAckLayer` wraps more than one service, so it cannot tell which to deliver to (500).
+    /// With axum, wrap the method router once (`route_service`): `MethodRouter::layer` also wraps
+    /// the 405 fallback.
+    AmbiguousDeliveryTarget,
     /// The spool holds its maximum (503, with `Retry-After`).
     SpoolFull,
     /// The spool failed to commit the event (503, with `Retry-After`).
@@ -115,6 +119,8 @@ pub enum Reason {
     DedupUnavailable,
     /// `payload_not_parsed`
     PayloadNotParsed,
+    /// `ambiguous_delivery_target`
+    AmbiguousDeliveryTarget,
     /// `spool_full`
     SpoolFull,
     /// `spool_unavailable`
@@ -123,7 +129,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in a fixed order (`ALL[r.index()] == r`).
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
         Reason::PeerAddressUnknown,
@@ -137,6 +143,7 @@ impl Reason {
         Reason::DuplicateInFlight,
         Reason::DedupUnavailable,
         Reason::PayloadNotParsed,
+        Reason::AmbiguousDeliveryTarget,
         Reason::SpoolFull,
         Reason::SpoolUnavailable,
     ];
@@ -157,6 +164,7 @@ impl Reason {
             Reason::DuplicateInFlight => "duplicate_in_flight",
             Reason::DedupUnavailable => "dedup_unavailable",
             Reason::PayloadNotParsed => "payload_not_parsed",
+            Reason::AmbiguousDeliveryTarget => "ambiguous_delivery_target",
             Reason::SpoolFull => "spool_full",
             Reason::SpoolUnavailable => "spool_unavailable",
         }
@@ -198,6 +206,7 @@ impl Rejection {
             Rejection::DuplicateInFlight => Reason::DuplicateInFlight,
             Rejection::DedupUnavailable => Reason::DedupUnavailable,
             Rejection::PayloadNotParsed => Reason::PayloadNotParsed,
+            Rejection::AmbiguousDeliveryTarget => Reason::AmbiguousDeliveryTarget,
             Rejection::SpoolFull => Reason::SpoolFull,
             Rejection::SpoolUnavailable => Reason::SpoolUnavailable,
         }
@@ -208,9 +217,9 @@ impl Rejection {
         match self {
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::IpNotAllowed => StatusCode::FORBIDDEN,
-            Rejection::PeerAddressUnknown | Rejection::PayloadNotParsed => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Rejection::PeerAddressUnknown
+            | Rejection::PayloadNotParsed
+            | Rejection::AmbiguousDeliveryTarget => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -271,6 +280,9 @@ impl Rejection {
             Rejection::DedupUnavailable => "the dedup store is unavailable; retry later".into(),
             Rejection::PayloadNotParsed => {
                 "this layer needs the payload parsed by ValidateLayer in front of it".into()
+            }
+            Rejection::AmbiguousDeliveryTarget => {
+                "FastAckLayer wraps more than one service and cannot tell which to deliver to; with axum, use Router::route_service(path, layer.layer(method_router))".into()
             }
             Rejection::SpoolFull => "the spool is full; retry later".into(),
             Rejection::SpoolUnavailable => "the event could not be stored; retry later".into(),

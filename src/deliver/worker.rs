@@ -188,6 +188,12 @@ impl Deliverer {
         }
     }
 
+    /// Stops dispatching at once, leaving every event in the spool (for a misconfiguration that
+    /// makes delivering unsafe).
+    pub fn halt(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
     /// Stops dispatching and waits up to `grace` for attempts in flight to finish. Events not
     /// delivered stay in the spool for the next start.
     pub async fn shutdown(&self, grace: Duration) {

@@ -1,4 +1,5 @@
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +17,8 @@ pub(crate) struct Shared {
     pub(crate) spool: Arc<dyn Spool>,
     pub(crate) deliverer: Deliverer,
     pub(crate) policy: DeliveryPolicy,
+    /// How many services this layer wrapped; more than one is refused (see `layer`).
+    pub(crate) wrapped: AtomicUsize,
 }
 
 /// Builds [`FastAck`] services. `B` is the request body type the wrapped service takes
@@ -66,6 +69,7 @@ impl<B> FastAckLayer<B> {
                 spool,
                 deliverer,
                 policy,
+                wrapped: AtomicUsize::new(0),
             }),
             _body: PhantomData,
         })
@@ -87,9 +91,21 @@ where
 {
     type Service = FastAck<S>;
 
+    /// Makes `inner` the delivery target. Wrapping a second service makes the target ambiguous
+    /// (axum's `MethodRouter::layer` also wraps the 405 fallback, and in no fixed order): the
+    /// worker then stops and every request is refused with 500 `ambiguous_delivery_target`,
+    /// rather than delivering events to the wrong service.
     fn layer(&self, inner: S) -> Self::Service {
-        let target = ServiceTarget::<S, B>::new(inner.clone(), self.shared.policy.timeout);
-        self.shared.deliverer.set_target(Arc::new(target));
+        if self.shared.wrapped.fetch_add(1, Ordering::AcqRel) == 0 {
+            let target = ServiceTarget::<S, B>::new(inner.clone(), self.shared.policy.timeout);
+            self.shared.deliverer.set_target(Arc::new(target));
+        } else {
+            tracing::error!(
+                route = %self.shared.route,
+                "FastAckLayer wrapped a second service; refusing requests (with axum, use Router::route_service(path, layer.layer(method_router)))"
+            );
+            self.shared.deliverer.halt();
+        }
         FastAck::new(inner, self.shared.clone())
     }
 }

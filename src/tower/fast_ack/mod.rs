@@ -7,9 +7,12 @@
 //! front, the dedup key is stored with the event, and [`WebhookLayerBuilder::with_fast_ack`]
 //! refills the dedup store from the spool after a restart.
 //!
-//! The first service this layer wraps becomes the delivery target (axum's
-//! `post(handler).layer(..)` wraps the handler first); use one `FastAckLayer` per route. It reads
-//! the body [`ValidateLayer`](super::ValidateLayer) buffered, so put that layer in front.
+//! The service this layer wraps is the delivery target, so it must wrap exactly one: with axum,
+//! `Router::new().route_service(path, layer.layer(post(handler).with_state(state)))`. Axum's
+//! `MethodRouter::layer` and `Router::route_layer` also wrap the 405 fallback, in no fixed order;
+//! wrapping a second service stops delivery and refuses requests with 500
+//! `ambiguous_delivery_target` instead of guessing. It reads the body
+//! [`ValidateLayer`](super::ValidateLayer) buffered, so put that layer in front.
 //!
 //! [`WebhookLayerBuilder::with_fast_ack`]: super::WebhookLayerBuilder::with_fast_ack
 //!

@@ -1,4 +1,5 @@
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -64,6 +65,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if self.shared.wrapped.load(Ordering::Acquire) > 1 {
+            return ResponseFuture::done(rejection_response(Rejection::AmbiguousDeliveryTarget));
+        }
         let ext = req.extensions();
         let Some(payload) = ext.get::<ParsedPayload>() else {
             return ResponseFuture::done(rejection_response(Rejection::PayloadNotParsed));

@@ -1,0 +1,547 @@
+//! Fast acknowledgement and delivery over real sockets: an axum server with the FastAck stack, a
+//! real embedded spool in a temporary directory, and real upstreams on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use hookgate::deliver::{retry_floor, Deliverer, DeliveryPolicy, HttpTarget};
+use hookgate::metrics::Metrics;
+use hookgate::store::{now_ms, Durability, EmbeddedSpool, Event, Spool, SpoolConfig};
+use hookgate::tower::{FastAckLayer, WebhookLayer};
+use prometheus::Registry;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tower::Layer;
+
+const PATH: &str = "/webhook/o3-video";
+
+fn payload(n: u32) -> String {
+    json!({
+        "generation_id": format!("550e8400-e29b-41d4-a716-{n:012}"),
+        "status": "failed",
+        "video_url": null,
+        "model": "kling-o3-video-10s-pro",
+        "message": "TIMEOUT"
+    })
+    .to_string()
+}
+
+/// One request as an upstream saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    event_id: String,
+    attempt: u32,
+    received_at_ms: u64,
+    at_ms: u64,
+    status: u16,
+    body: Bytes,
+}
+
+/// An upstream that records every request and answers with `status` (or, when `script` has
+/// entries, pops its answer from there first).
+#[derive(Default)]
+struct Upstream {
+    status: AtomicU16,
+    script: Mutex<Vec<(u16, Option<&'static str>)>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl Upstream {
+    fn new(status: u16) -> Arc<Self> {
+        let u = Arc::new(Upstream::default());
+        u.status.store(status, Ordering::SeqCst);
+        u
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn delivered(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| (200..300).contains(&s.status))
+            .collect()
+    }
+}
+
+async fn upstream_handler(
+    State(u): State<Arc<Upstream>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let scripted = {
+        let mut script = u.script.lock().unwrap();
+        (!script.is_empty()).then(|| script.remove(0))
+    };
+    let (status, retry_after) = scripted.unwrap_or((u.status.load(Ordering::SeqCst), None));
+    let received_at = header("x-hookgate-received-at");
+    u.seen.lock().unwrap().push(Seen {
+        event_id: header("x-hookgate-event-id"),
+        attempt: header("x-hookgate-attempt").parse().unwrap_or(0),
+        received_at_ms: humantime::parse_rfc3339(&received_at)
+            .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64)
+            .unwrap_or(0),
+        at_ms: now_ms(),
+        status,
+        body,
+    });
+    let mut res = (StatusCode::from_u16(status).unwrap(), "upstream").into_response();
+    if let Some(ra) = retry_after {
+        res.headers_mut().insert("retry-after", ra.parse().unwrap());
+    }
+    res
+}
+
+fn upstream_app(u: Arc<Upstream>) -> Router {
+    Router::new()
+        .route(PATH, post(upstream_handler))
+        .with_state(u)
+}
+
+async fn serve(listener: TcpListener, app: Router) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    })
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fast_policy() -> DeliveryPolicy {
+    DeliveryPolicy {
+        max_attempts: 50,
+        backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(400),
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        concurrency: 4,
+        ..DeliveryPolicy::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_then_up_gets_every_event_with_backoff() {
+    // A port with nothing listening: connections are refused until the upstream starts.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
+    let metrics = Metrics::new(&Registry::new()).unwrap();
+    let policy = fast_policy();
+    let target = HttpTarget::new(
+        "upstream",
+        &format!("http://127.0.0.1:{port}{PATH}"),
+        &policy,
+    )
+    .unwrap();
+    let deliverer = Deliverer::start(
+        "r",
+        spool.clone(),
+        policy.clone(),
+        metrics.route("r").delivery().clone(),
+    )
+    .unwrap()
+    .with_target(Arc::new(target));
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let e = Event::new(
+            "r",
+            "203.0.113.9".parse().unwrap(),
+            "POST",
+            PATH,
+            vec![("content-type".into(), b"application/json".to_vec())],
+            payload(n).into(),
+        );
+        spool.append(&e).await.unwrap();
+        deliverer.schedule_new(e.id);
+        ids.push(e.id.to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let upstream = Upstream::new(200);
+    let _server = serve(
+        TcpListener::bind(("127.0.0.1", port)).await.unwrap(),
+        upstream_app(upstream.clone()),
+    )
+    .await;
+    wait_for("all 20 events", Duration::from_secs(20), || {
+        upstream.delivered().len() >= 20
+    })
+    .await;
+
+    let delivered = upstream.delivered();
+    let mut got: Vec<String> = delivered.iter().map(|s| s.event_id.clone()).collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "every event delivered exactly once");
+    for s in &delivered {
+        assert!(
+            s.attempt > 1,
+            "attempts grew while the upstream was down: {s:?}"
+        );
+        // Attempt n cannot come before the sum of the first n-1 backoff floors.
+        let floor: u64 = (1..s.attempt)
+            .map(|k| retry_floor(&policy, k).as_millis() as u64)
+            .sum();
+        let waited = s.at_ms - s.received_at_ms;
+        assert!(
+            waited + 5 >= floor,
+            "attempt {} after {waited} ms, floor {floor} ms",
+            s.attempt
+        );
+    }
+    assert_eq!(spool.stats().pending, 0);
+    deliverer.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_wait_for_backoff_and_retry_after() {
+    let upstream = Upstream::new(200);
+    *upstream.script.lock().unwrap() =
+        vec![(503, None), (500, None), (429, Some("1")), (200, None)];
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
+    let _server = serve(listener, upstream_app(upstream.clone())).await;
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).unwrap();
+    // Retry-After is honoured up to max_backoff: leave room for the 1 s asked.
+    let policy = DeliveryPolicy {
+        max_backoff: Duration::from_secs(2),
+        ..fast_policy()
+    };
+    let deliverer = Deliverer::start(
+        "r",
+        spool.clone(),
+        policy.clone(),
+        metrics.route("r").delivery().clone(),
+    )
+    .unwrap()
+    .with_target(Arc::new(
+        HttpTarget::new("upstream", &url, &policy).unwrap(),
+    ));
+    let e = Event::new(
+        "r",
+        "127.0.0.1".parse().unwrap(),
+        "POST",
+        PATH,
+        vec![],
+        payload(1).into(),
+    );
+    spool.append(&e).await.unwrap();
+    deliverer.schedule_new(e.id);
+    wait_for("delivery", Duration::from_secs(10), || {
+        !upstream.delivered().is_empty()
+    })
+    .await;
+
+    let seen = upstream.seen();
+    let attempts: Vec<u32> = seen.iter().map(|s| s.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3, 4]);
+    let gap = |i: usize| seen[i + 1].at_ms - seen[i].at_ms;
+    assert!(
+        gap(0) + 2 >= retry_floor(&policy, 1).as_millis() as u64,
+        "gap after 503: {}",
+        gap(0)
+    );
+    assert!(
+        gap(1) + 2 >= retry_floor(&policy, 2).as_millis() as u64,
+        "gap after 500: {}",
+        gap(1)
+    );
+    assert!(
+        gap(2) + 2 >= 1000,
+        "Retry-After: 1 honoured (gap {} ms)",
+        gap(2)
+    );
+    let d = metrics.route("r");
+    assert_eq!(d.delivery().retry.get(), 3);
+    assert_eq!(d.delivery().success.get(), 1);
+    assert_eq!(d.delivery().spool_depth.get(), 0);
+    deliverer.shutdown(Duration::from_secs(2)).await;
+}
+
+/// The FastAck stack in an axum server, whose handler is a scripted upstream.
+struct Stack {
+    url: String,
+    upstream: Arc<Upstream>,
+    deliverer: Deliverer,
+    registry: Registry,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn stack(spool: Arc<dyn Spool>, upstream: Arc<Upstream>) -> Stack {
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).unwrap();
+    let layer = WebhookLayer::builder("o3-video")
+        .with_allow(["127.0.0.1/32"])
+        .unwrap()
+        .with_metrics(&metrics)
+        .with_fast_ack::<Body>(spool, fast_policy())
+        .build()
+        .unwrap();
+    let deliverer = layer.deliverer().clone();
+    // One wrapped service: the method router itself (see FastAckLayer's docs).
+    let app = Router::new().route_service(
+        PATH,
+        layer.layer(post(upstream_handler).with_state(upstream.clone())),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
+    let server = serve(listener, app).await;
+    Stack {
+        url,
+        upstream,
+        deliverer,
+        registry,
+        server,
+    }
+}
+
+async fn send(url: &str, body: String) -> (u16, Option<String>, Value) {
+    let res = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry_after, res.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_event_is_dead_lettered_then_replayed_once() {
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let s = stack(spool, Upstream::new(400)).await;
+    let body = payload(7);
+    let (status, _, ack) = send(&s.url, body.clone()).await;
+    assert_eq!((status, ack["status"].as_str()), (200, Some("received")));
+    let id = ack["event_id"].as_str().unwrap().to_owned();
+    wait_for("the dead letter", Duration::from_secs(10), || {
+        s.deliverer.dead_letters(10).unwrap().len() == 1
+    })
+    .await;
+    let dead = &s.deliverer.dead_letters(10).unwrap()[0];
+    assert_eq!(dead.id.to_string(), id);
+    assert_eq!(dead.history.last().unwrap().outcome, "status 400");
+    assert_eq!(s.upstream.seen().len(), 1, "a 400 is not retried");
+
+    s.upstream.status.store(200, Ordering::SeqCst);
+    s.deliverer.replay(dead.id).await.unwrap();
+    wait_for("the replayed delivery", Duration::from_secs(10), || {
+        s.upstream.delivered().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delivered = s.upstream.delivered();
+    assert_eq!(delivered.len(), 1, "delivered once");
+    assert_eq!(
+        (delivered[0].event_id.as_str(), delivered[0].attempt),
+        (id.as_str(), 2),
+        "same id, history kept"
+    );
+    assert_eq!(delivered[0].body, body.as_bytes(), "byte for byte");
+    assert!(s.deliverer.dead_letters(10).unwrap().is_empty());
+    let m = Metrics::new(&Registry::new()).unwrap(); // a fresh family set must not see s's values
+    assert_eq!(m.route("o3-video").delivery().success.get(), 0);
+    let text = render(&s.registry);
+    assert!(
+        text.contains(r#"hookgate_deliveries_total{result="dead_letter",route="o3-video"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"hookgate_deliveries_total{result="success",route="o3-video"} 1"#));
+    assert!(text.contains(r#"hookgate_dead_letters{route="o3-video"} 0"#));
+    s.server.abort();
+}
+
+fn render(registry: &Registry) -> String {
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .unwrap();
+    String::from_utf8(text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_answers_503_and_the_retry_is_accepted_once_space_frees() {
+    let spool: Arc<dyn Spool> = Arc::new(
+        EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory).with_max_events(2)).unwrap(),
+    );
+    let s = stack(spool.clone(), Upstream::new(503)).await;
+    assert_eq!(send(&s.url, payload(1)).await.0, 200);
+    assert_eq!(send(&s.url, payload(2)).await.0, 200);
+    let (status, retry_after, body) = send(&s.url, payload(3)).await;
+    assert_eq!(
+        (status, retry_after.as_deref(), body["error"].as_str()),
+        (503, Some("5"), Some("spool_full"))
+    );
+
+    s.upstream.status.store(200, Ordering::SeqCst);
+    wait_for("the spool to drain", Duration::from_secs(10), || {
+        spool.stats().pending == 0
+    })
+    .await;
+    let (status, _, body) = send(&s.url, payload(3)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("received")),
+        "the retry is not a duplicate"
+    );
+    wait_for("event 3", Duration::from_secs(10), || {
+        s.upstream.delivered().len() == 3
+    })
+    .await;
+    s.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        // The previous instance releases the directory once its last task ends.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)) {
+                Ok(s) => return Arc::new(s) as Arc<dyn Spool>,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot reopen the spool: {e}"),
+            }
+        }
+    };
+    let first = stack(open().await, Upstream::new(200)).await;
+    assert_eq!(send(&first.url, payload(1)).await.2["status"], "received");
+    wait_for("delivery", Duration::from_secs(10), || {
+        first.upstream.delivered().len() == 1
+    })
+    .await;
+    first.deliverer.shutdown(Duration::from_secs(2)).await;
+    // Everything holding the spool goes: the server (and its connections) and the deliverer.
+    let Stack {
+        server, deliverer, ..
+    } = first;
+    server.abort();
+    let _ = server.await;
+    drop(deliverer);
+
+    let second = stack(open().await, Upstream::new(200)).await;
+    let (status, _, body) = send(&second.url, payload(1)).await;
+    assert_eq!((status, body), (200, json!({"status": "duplicate"})));
+    assert_eq!(send(&second.url, payload(2)).await.2["status"], "received");
+    wait_for("event 2", Duration::from_secs(10), || {
+        second.upstream.delivered().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        second.upstream.delivered().len(),
+        1,
+        "the duplicate was not delivered"
+    );
+    second.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_ack_layer_alone_forwards_the_stored_request() {
+    // FastAckLayer used directly (no WebhookLayer), delivering to a tower service.
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let metrics = Metrics::new(&Registry::new()).unwrap();
+    let layer =
+        FastAckLayer::<Body>::new("plain", spool, fast_policy(), &metrics.route("plain")).unwrap();
+    let upstream = Upstream::new(200);
+    let app = Router::new().route_service(
+        PATH,
+        tower::ServiceBuilder::new()
+            .layer(hookgate::tower::ValidateLayer::new(
+                hookgate::core::Validator::json(),
+            ))
+            .layer(layer.clone())
+            .service(post(upstream_handler).with_state(upstream.clone())),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
+    let server = serve(listener, app).await;
+    let (status, _, ack) = send(&url, r#"{"any":"json"}"#.into()).await;
+    assert_eq!(status, 200);
+    wait_for("delivery", Duration::from_secs(10), || {
+        upstream.delivered().len() == 1
+    })
+    .await;
+    assert_eq!(
+        upstream.delivered()[0].event_id,
+        ack["event_id"].as_str().unwrap()
+    );
+    assert_eq!(upstream.delivered()[0].body, r#"{"any":"json"}"#.as_bytes());
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapping_two_services_refuses_instead_of_guessing() {
+    // axum's MethodRouter::layer wraps the handler and the 405 fallback: refused loudly.
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let layer = WebhookLayer::builder("o3-video")
+        .with_allow(["127.0.0.1/32"])
+        .unwrap()
+        .with_metrics(&Metrics::new(&Registry::new()).unwrap())
+        .with_fast_ack::<Body>(spool.clone(), fast_policy())
+        .build()
+        .unwrap();
+    let upstream = Upstream::new(200);
+    let app = Router::new()
+        .route(PATH, post(upstream_handler).layer(layer))
+        .with_state(upstream.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
+    let server = serve(listener, app).await;
+    let (status, _, body) = send(&url, payload(1)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("ambiguous_delivery_target"))
+    );
+    assert_eq!(spool.stats().pending, 0, "nothing was acknowledged");
+    server.abort();
+}
