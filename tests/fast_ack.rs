@@ -184,8 +184,8 @@ async fn upstream_down_then_up_gets_every_event_with_backoff() {
             payload(n).into(),
         );
         spool.append(&e).await.unwrap();
-        deliverer.schedule_new(e.id);
         ids.push(e.id.to_string());
+        deliverer.schedule_new(e);
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let upstream = Upstream::new(200);
@@ -260,7 +260,7 @@ async fn retries_wait_for_backoff_and_retry_after() {
         payload(1).into(),
     );
     spool.append(&e).await.unwrap();
-    deliverer.schedule_new(e.id);
+    deliverer.schedule_new(e);
     wait_for("delivery", Duration::from_secs(10), || {
         !upstream.delivered().is_empty()
     })

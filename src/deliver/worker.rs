@@ -2,7 +2,7 @@
 //! `concurrency` attempts in flight.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,9 @@ use super::policy::{classify, retry_delay, DeliveryPolicy, Verdict};
 use super::target::Target;
 use crate::metrics::DeliveryMetrics;
 use crate::store::{now_ms, Event, Spool, SpoolError};
+
+/// Events kept in memory for their next attempt, at most (about 4 MiB of webhook payloads).
+const HOT_EVENTS: usize = 4096;
 
 /// Delivers one route's events from the spool to its target, retrying by the policy. Cheap to
 /// clone; all clones drive one worker.
@@ -29,6 +32,9 @@ struct Inner {
     policy: DeliveryPolicy,
     metrics: DeliveryMetrics,
     queue: Mutex<BinaryHeap<Reverse<(u64, Uuid)>>>,
+    /// Events handed over in memory (fresh appends, retries), so an attempt need not read them
+    /// back from the spool; bounded by [`HOT_EVENTS`], beyond which attempts read the spool.
+    hot: Mutex<HashMap<Uuid, Event>>,
     wake: Notify,
     stop: watch::Sender<bool>,
     permits: Arc<Semaphore>,
@@ -77,6 +83,7 @@ impl Deliverer {
             policy,
             metrics,
             queue: Mutex::new(queue),
+            hot: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stop,
         });
@@ -111,9 +118,11 @@ impl Deliverer {
         &self.inner.spool
     }
 
-    /// Schedules a newly appended event for an attempt now.
-    pub fn schedule_new(&self, id: Uuid) {
+    /// Schedules a newly appended event (already durable in the spool) for an attempt now.
+    pub fn schedule_new(&self, event: Event) {
         self.inner.metrics.spool_depth.inc();
+        let id = event.id;
+        self.inner.keep_hot(event);
         self.inner.push(now_ms(), id);
     }
 
@@ -209,6 +218,20 @@ impl Inner {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn keep_hot(&self, event: Event) {
+        let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        if hot.len() < HOT_EVENTS {
+            hot.insert(event.id, event);
+        }
+    }
+
+    fn take_hot(&self, id: Uuid) -> Option<Event> {
+        self.hot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+    }
+
     fn push(&self, due_ms: u64, id: Uuid) {
         self.lock_queue().push(Reverse((due_ms, id)));
         self.wake.notify_one();
@@ -271,7 +294,11 @@ async fn attempt(
     _permit: OwnedSemaphorePermit,
 ) {
     let route = &inner.route;
-    let mut event = match inner.spool.get(route, id) {
+    let stored = match inner.take_hot(id) {
+        Some(e) => Ok(Some(e)),
+        None => inner.spool.get(route, id),
+    };
+    let mut event = match stored {
         Ok(Some(e)) => e,
         // Delivered or dead-lettered meanwhile (a replayed duplicate schedule): nothing to do.
         Ok(None) => return,
@@ -332,7 +359,9 @@ async fn attempt(
             if let Err(e) = inner.spool.reschedule(&event).await {
                 tracing::warn!(%route, event_id = %id, error = %e, "cannot store the retry schedule; retrying from memory");
             }
-            inner.push(event.next_attempt_ms, id);
+            let due = event.next_attempt_ms;
+            inner.keep_hot(event);
+            inner.push(due, id);
         }
     }
 }

@@ -6,11 +6,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use uuid::Uuid;
 
 use super::layer::Shared;
 use crate::core::Rejection;
-use crate::store::{Completion, SpoolError};
+use crate::store::{Completion, Event, SpoolError};
 use crate::tower::{json_response, rejection_response};
 
 /// Response future of [`FastAck`](super::FastAck): resolves when the event is in the spool.
@@ -22,7 +21,7 @@ pub struct ResponseFuture<B, E> {
 enum State<B> {
     Appending {
         completion: Completion,
-        id: Uuid,
+        event: Option<Event>,
         shared: Arc<Shared>,
     },
     Done(Option<Response<B>>),
@@ -36,11 +35,11 @@ impl<B, E> ResponseFuture<B, E> {
         }
     }
 
-    pub(crate) fn appending(completion: Completion, id: Uuid, shared: Arc<Shared>) -> Self {
+    pub(crate) fn appending(completion: Completion, event: Event, shared: Arc<Shared>) -> Self {
         Self {
             state: State::Appending {
                 completion,
-                id,
+                event: Some(event),
                 shared,
             },
             _error: PhantomData,
@@ -59,21 +58,23 @@ impl<B: From<Bytes>, E> Future for ResponseFuture<B, E> {
         match &mut this.state {
             State::Appending {
                 completion,
-                id,
+                event,
                 shared,
             } => {
                 let stored = std::task::ready!(Pin::new(completion).poll(cx));
-                let response = match stored {
-                    Ok(()) => {
-                        shared.deliverer.schedule_new(*id);
+                let response = match (stored, event.take()) {
+                    (Ok(()), Some(event)) => {
+                        let id = event.id;
+                        shared.deliverer.schedule_new(event);
                         let body = format!(r#"{{"status":"received","event_id":"{id}"}}"#);
                         json_response(StatusCode::OK, Bytes::from(body))
                     }
-                    Err(SpoolError::Full(why)) => {
+                    (Ok(()), None) => unreachable!("the event is taken once, with the answer"),
+                    (Err(SpoolError::Full(why)), _) => {
                         tracing::warn!(route = %shared.route, %why, "spool full: answering 503");
                         rejection_response(Rejection::SpoolFull)
                     }
-                    Err(e) => {
+                    (Err(e), _) => {
                         tracing::error!(route = %shared.route, error = %e, "spool append failed: answering 503");
                         rejection_response(Rejection::SpoolUnavailable)
                     }

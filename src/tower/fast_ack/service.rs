@@ -96,6 +96,6 @@ where
             event = event.with_dedup(r.key, expires);
         }
         let completion = self.shared.spool.append(&event);
-        ResponseFuture::appending(completion, event.id, self.shared.clone())
+        ResponseFuture::appending(completion, event, self.shared.clone())
     }
 }
