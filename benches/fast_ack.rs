@@ -124,6 +124,9 @@ fn main() {
     } else {
         (200, 200, 1)
     };
+    if !full {
+        println!("test mode (cargo test): tiny counts on a debug build, a smoke run, not a measurement");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
