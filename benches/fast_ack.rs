@@ -125,7 +125,9 @@ fn main() {
         (200, 200, 1)
     };
     if !full {
-        println!("test mode (cargo test): tiny counts on a debug build, a smoke run, not a measurement");
+        println!(
+            "test mode (cargo test): tiny counts on a debug build, a smoke run, not a measurement"
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

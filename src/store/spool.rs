@@ -363,27 +363,27 @@ enum Space {
 
 enum Op {
     Append {
-        key: Vec<u8>,
-        value: Vec<u8>,
+        key: fjall::Slice,
+        value: fjall::Slice,
         dedup: Option<DedupRecord>,
         size: u64,
         reply: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
     },
     Put {
         space: Space,
-        key: Vec<u8>,
-        value: Vec<u8>,
+        key: fjall::Slice,
+        value: fjall::Slice,
         reply: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
     },
     Move {
-        from: (Space, Vec<u8>),
-        to: (Space, Vec<u8>),
-        value: Vec<u8>,
+        from: (Space, fjall::Slice),
+        to: (Space, fjall::Slice),
+        value: fjall::Slice,
         reply: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
     },
     Delete {
         space: Space,
-        key: Vec<u8>,
+        key: fjall::Slice,
         reply: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
     },
 }
@@ -520,8 +520,8 @@ impl EmbeddedSpool {
         self.send(
             Op::Put {
                 space,
-                key,
-                value,
+                key: key.into(),
+                value: value.into(),
                 reply,
             },
             rx,
@@ -562,9 +562,11 @@ impl Spool for EmbeddedSpool {
         };
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
+            // Built as fjall's own buffer here, in the caller's thread: the writer only moves it
+            // into the batch, with no copy and no cross-thread free.
             Op::Append {
-                key: event.pending_key(),
-                value,
+                key: event.pending_key().into(),
+                value: value.into(),
                 dedup: event.dedup,
                 size,
                 reply,
@@ -591,7 +593,7 @@ impl Spool for EmbeddedSpool {
         self.send(
             Op::Delete {
                 space: Space::Pending,
-                key: event.pending_key(),
+                key: event.pending_key().into(),
                 reply,
             },
             rx,
@@ -612,9 +614,9 @@ impl Spool for EmbeddedSpool {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
             Op::Move {
-                from: (Space::Pending, event.pending_key()),
-                to: (Space::Dead, event.id.as_bytes().to_vec()),
-                value,
+                from: (Space::Pending, event.pending_key().into()),
+                to: (Space::Dead, event.id.as_bytes().to_vec().into()),
+                value: value.into(),
                 reply,
             },
             rx,
@@ -688,9 +690,9 @@ impl Spool for EmbeddedSpool {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let done = self.send(
             Op::Move {
-                from: (Space::Dead, id.as_bytes().to_vec()),
-                to: (Space::Pending, event.pending_key()),
-                value,
+                from: (Space::Dead, id.as_bytes().to_vec().into()),
+                to: (Space::Pending, event.pending_key().into()),
+                value: value.into(),
                 reply,
             },
             rx,
@@ -717,7 +719,7 @@ impl Spool for EmbeddedSpool {
         self.send(
             Op::Delete {
                 space: Space::Dead,
-                key: id.as_bytes().to_vec(),
+                key: id.as_bytes().to_vec().into(),
                 reply,
             },
             rx,
@@ -776,7 +778,7 @@ fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
                 Op::Append {
                     key, value, dedup, ..
                 } => {
-                    batch.insert(&s.pending, key.as_slice(), value.as_slice());
+                    batch.insert(&s.pending, key.clone(), value.clone());
                     if let Some(d) = dedup {
                         batch.insert(
                             &s.dedup,
@@ -788,15 +790,15 @@ fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
                 Op::Put {
                     space, key, value, ..
                 } => {
-                    batch.insert(keyspace(&s, space), key.as_slice(), value.as_slice());
+                    batch.insert(keyspace(&s, space), key.clone(), value.clone());
                 }
                 Op::Move {
                     from, to, value, ..
                 } => {
-                    batch.remove(keyspace(&s, &from.0), from.1.as_slice());
-                    batch.insert(keyspace(&s, &to.0), to.1.as_slice(), value.as_slice());
+                    batch.remove(keyspace(&s, &from.0), from.1.clone());
+                    batch.insert(keyspace(&s, &to.0), to.1.clone(), value.clone());
                 }
-                Op::Delete { space, key, .. } => batch.remove(keyspace(&s, space), key.as_slice()),
+                Op::Delete { space, key, .. } => batch.remove(keyspace(&s, space), key.clone()),
             }
         }
         let result = batch.commit().map_err(SpoolError::from);
