@@ -505,9 +505,14 @@ impl EmbeddedSpool {
         op: Op,
         rx: tokio::sync::oneshot::Receiver<Result<T, SpoolError>>,
     ) -> Completion<T> {
-        match self.tx.send(op) {
+        // Never blocks the caller (a runtime thread): a queue full because the disk stalls is
+        // refused, which the fast-ack path answers with 503 and the sender retries.
+        match self.tx.try_send(op) {
             Ok(()) => Completion(CompletionInner::Waiting(rx)),
-            Err(_) => Completion::ready(Err(SpoolError::Closed)),
+            Err(mpsc::TrySendError::Full(_)) => {
+                Completion::ready(Err(SpoolError::Full("the write queue is full".into())))
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => Completion::ready(Err(SpoolError::Closed)),
         }
     }
 
@@ -561,18 +566,22 @@ impl Spool for EmbeddedSpool {
             }
         };
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(
-            // Built as fjall's own buffer here, in the caller's thread: the writer only moves it
-            // into the batch, with no copy and no cross-thread free.
-            Op::Append {
-                key: event.pending_key().into(),
-                value: value.into(),
-                dedup: event.dedup,
-                size,
-                reply,
-            },
-            rx,
-        )
+        // Built as fjall's own buffer here, in the caller's thread: the writer only moves it
+        // into the batch, with no copy and no cross-thread free.
+        let op = Op::Append {
+            key: event.pending_key().into(),
+            value: value.into(),
+            dedup: event.dedup,
+            size,
+            reply,
+        };
+        let completion = self.send(op, rx);
+        if matches!(completion.0, CompletionInner::Ready(_)) {
+            // Not queued: give back what was reserved.
+            s.bytes.fetch_sub(size, Ordering::AcqRel);
+            s.pending_count.fetch_sub(1, Ordering::AcqRel);
+        }
+        completion
     }
 
     fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
