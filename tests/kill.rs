@@ -227,7 +227,11 @@ async fn sigkill_loses_no_acknowledged_event() {
         "no kill hit a backlog of undelivered events: the test proved nothing"
     );
     let unacked_delivered = seen.keys().filter(|id| !acked.contains(*id)).count();
-    println!(
+    // Written to the real stderr, not through the test harness's capture: the report shows in
+    // every run's output, passing or not.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "kill test: {EVENTS} sent, {} acknowledged, {kills} SIGKILLs in {send_time:?}; every acknowledged event delivered; \
          {twice} delivered twice; {unacked_delivered} delivered without an acknowledgement (killed between commit and answer); \
          {backlog_at_kills} acknowledged events were undelivered at the kills (summed)",
