@@ -327,9 +327,9 @@ async fn attempt(
             m.attempts.observe(f64::from(event.attempts));
             m.spool_depth.dec();
             tracing::debug!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
-            if let Err(e) = inner.spool.delivered(&event).await {
-                tracing::warn!(%route, event_id = %id, error = %e, "delivered, but the spool did not record it: it may be delivered again after a restart");
-            }
+            // Queued, not awaited: nobody waits on this record (the writer logs a failed commit),
+            // and losing it only means one repeat after a restart.
+            drop(inner.spool.delivered(&event));
         }
         Verdict::Reject => {
             dead_letter("rejected by the target");

@@ -811,6 +811,9 @@ fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
             }
         }
         let result = batch.commit().map_err(SpoolError::from);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, operations = ops.len(), "spool commit failed");
+        }
         for op in ops.drain(..) {
             let reply = match op {
                 Op::Append { reply, size, .. } => {
