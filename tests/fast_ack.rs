@@ -557,3 +557,60 @@ async fn wrapping_two_services_refuses_instead_of_guessing() {
     assert_eq!(spool.stats().pending, 0, "nothing was acknowledged");
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_all_and_purge_all() {
+    let upstream = Upstream::new(400);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
+    let _server = serve(listener, upstream_app(upstream.clone())).await;
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let metrics = Metrics::new(&Registry::new()).unwrap();
+    let policy = fast_policy();
+    let deliverer = Deliverer::start(
+        "r",
+        spool.clone(),
+        policy.clone(),
+        metrics.route("r").delivery().clone(),
+    )
+    .unwrap()
+    .with_target(Arc::new(
+        HttpTarget::new("upstream", &url, &policy).unwrap(),
+    ));
+    for n in 0..4 {
+        let e = Event::new(
+            "r",
+            "127.0.0.1".parse().unwrap(),
+            "POST",
+            PATH,
+            vec![],
+            payload(n).into(),
+        );
+        spool.append(&e).await.unwrap();
+        deliverer.schedule_new(e);
+    }
+    wait_for("4 dead letters", Duration::from_secs(10), || {
+        deliverer.dead_letters(10).unwrap().len() == 4
+    })
+    .await;
+    // Purge one, replay the rest once the upstream is fixed.
+    let first = deliverer.dead_letters(1).unwrap()[0].id;
+    deliverer.purge(first).await.unwrap();
+    assert!(deliverer.purge(first).await.is_err(), "purged twice");
+    upstream.status.store(200, Ordering::SeqCst);
+    assert_eq!(deliverer.replay_all().await.unwrap(), 3);
+    wait_for("3 deliveries", Duration::from_secs(10), || {
+        upstream.delivered().len() == 3
+    })
+    .await;
+    assert!(deliverer.dead_letters(10).unwrap().is_empty());
+    assert_eq!(deliverer.purge_all().await.unwrap(), 0);
+    let d = metrics.route("r");
+    wait_for("the gauges", Duration::from_secs(5), || {
+        d.delivery().spool_depth.get() == 0
+    })
+    .await;
+    assert_eq!(d.delivery().dead_letters.get(), 0);
+    deliverer.shutdown(Duration::from_secs(2)).await;
+}

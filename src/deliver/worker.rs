@@ -147,6 +147,42 @@ impl Deliverer {
     /// afresh; its id and history are kept).
     pub async fn replay(&self, id: Uuid) -> Result<(), SpoolError> {
         self.owned_dead_letter(id)?;
+        self.revive(id).await
+    }
+
+    /// Replays every dead letter of the route; returns how many.
+    pub async fn replay_all(&self) -> Result<usize, SpoolError> {
+        let ids = self.dead_letter_ids()?;
+        for id in &ids {
+            self.revive(*id).await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Deletes dead letter `id` for good.
+    pub async fn purge(&self, id: Uuid) -> Result<(), SpoolError> {
+        self.owned_dead_letter(id)?;
+        self.delete_dead_letter(id).await
+    }
+
+    /// Deletes every dead letter of the route; returns how many.
+    pub async fn purge_all(&self) -> Result<usize, SpoolError> {
+        let ids = self.dead_letter_ids()?;
+        for id in &ids {
+            self.delete_dead_letter(*id).await?;
+        }
+        Ok(ids.len())
+    }
+
+    fn dead_letter_ids(&self) -> Result<Vec<Uuid>, SpoolError> {
+        Ok(self
+            .dead_letters(usize::MAX)?
+            .iter()
+            .map(|e| e.id)
+            .collect())
+    }
+
+    async fn revive(&self, id: Uuid) -> Result<(), SpoolError> {
         let event = self.inner.spool.revive(id).await?;
         self.inner.metrics.dead_letters.dec();
         self.inner.metrics.spool_depth.inc();
@@ -155,39 +191,11 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Replays every dead letter of the route; returns how many.
-    pub async fn replay_all(&self) -> Result<usize, SpoolError> {
-        let ids: Vec<Uuid> = self
-            .dead_letters(usize::MAX)?
-            .iter()
-            .map(|e| e.id)
-            .collect();
-        for id in &ids {
-            self.replay(*id).await?;
-        }
-        Ok(ids.len())
-    }
-
-    /// Deletes dead letter `id` for good.
-    pub async fn purge(&self, id: Uuid) -> Result<(), SpoolError> {
-        self.owned_dead_letter(id)?;
+    async fn delete_dead_letter(&self, id: Uuid) -> Result<(), SpoolError> {
         self.inner.spool.purge(id).await?;
         self.inner.metrics.dead_letters.dec();
         tracing::info!(route = %self.inner.route, event_id = %id, "dead letter purged");
         Ok(())
-    }
-
-    /// Deletes every dead letter of the route; returns how many.
-    pub async fn purge_all(&self) -> Result<usize, SpoolError> {
-        let ids: Vec<Uuid> = self
-            .dead_letters(usize::MAX)?
-            .iter()
-            .map(|e| e.id)
-            .collect();
-        for id in &ids {
-            self.purge(*id).await?;
-        }
-        Ok(ids.len())
     }
 
     fn owned_dead_letter(&self, id: Uuid) -> Result<(), SpoolError> {
