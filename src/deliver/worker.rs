@@ -374,14 +374,22 @@ async fn attempt(
     }
 }
 
-/// Keeps `hookgate_spool_oldest_age_seconds` current, once a second.
+/// Keeps `hookgate_spool_oldest_age_seconds` current, once a second, and every ten minutes
+/// deletes the spool's expired dedup keys.
 async fn track_oldest(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(600) {
+            if let Err(e) = inner.spool.sweep_expired_keys() {
+                tracing::warn!(route = %inner.route, error = %e, "cannot sweep expired dedup keys");
+            }
         }
         let age = inner
             .spool
