@@ -658,19 +658,15 @@ impl Spool for EmbeddedSpool {
     }
 
     fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError> {
-        let now = now_ms();
-        let mut keys = Vec::new();
-        for kv in self.shared.dedup.iter() {
-            let (k, v) = kv.into_inner()?;
-            let (Ok(key), Ok(exp)) = (<[u8; 16]>::try_from(&*k), <[u8; 8]>::try_from(&*v)) else {
-                continue;
-            };
-            let expires_ms = u64::from_be_bytes(exp);
-            if expires_ms > now {
-                keys.push(DedupRecord { key, expires_ms });
-            }
-        }
-        Ok(keys)
+        let from = now_ms().saturating_add(1).to_be_bytes();
+        self.shared
+            .dedup
+            .range(from..)
+            .filter_map(|kv| match kv.into_inner() {
+                Ok((k, _)) => decode_dedup_key(&k).map(Ok),
+                Err(e) => Some(Err(e.into())),
+            })
+            .collect()
     }
 
     fn dead_letters(&self, limit: usize) -> Result<Vec<Event>, SpoolError> {
@@ -749,23 +745,16 @@ impl Spool for EmbeddedSpool {
     }
 
     fn sweep_expired_keys(&self) -> Result<usize, SpoolError> {
-        let now = now_ms();
+        // Keys lead with their expiry: the expired ones are one range at the front.
+        let until = now_ms().saturating_add(1).to_be_bytes();
         let mut expired = Vec::new();
-        for kv in self.shared.dedup.iter() {
-            let (k, v) = kv.into_inner()?;
-            let expires = <[u8; 8]>::try_from(&*v)
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            if expires <= now {
-                expired.push(k);
-            }
+        for kv in self.shared.dedup.range(..until) {
+            expired.push(kv.key()?);
         }
         if expired.is_empty() {
             return Ok(0);
         }
-        // Not synced: a key that reappears after a power cut is expired and ignored anyway. A key
-        // re-accepted between the scan and this delete loses its record, which at worst lets one
-        // duplicate through after a restart; never an event.
+        // Not synced: a key that reappears after a power cut is expired and ignored anyway.
         let mut batch = self.shared.db.batch().durability(
             self.shared
                 .config
@@ -825,11 +814,7 @@ fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
                 } => {
                     batch.insert(&s.pending, key.clone(), value.clone());
                     if let Some(d) = dedup {
-                        batch.insert(
-                            &s.dedup,
-                            d.key.as_slice(),
-                            d.expires_ms.to_be_bytes().as_slice(),
-                        );
+                        batch.insert(&s.dedup, dedup_key(d).as_slice(), b"".as_slice());
                     }
                 }
                 Op::Put {
@@ -868,6 +853,21 @@ fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
     if let Some(mode) = s.config.durability.persist_mode() {
         let _ = s.db.persist(mode);
     }
+}
+
+/// A persisted dedup key: the expiry (big endian) then the key, so records sort by expiry. New
+/// records land near the end of the tree, and expired ones are one range at its front.
+fn dedup_key(d: &DedupRecord) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&d.expires_ms.to_be_bytes());
+    k[8..].copy_from_slice(&d.key);
+    k
+}
+
+fn decode_dedup_key(k: &[u8]) -> Option<DedupRecord> {
+    let expires_ms = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let key = k.get(8..24)?.try_into().ok()?;
+    Some(DedupRecord { key, expires_ms })
 }
 
 fn keyspace<'a>(s: &'a Shared, space: &Space) -> &'a fjall::Keyspace {
