@@ -133,6 +133,24 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// A worker for route `r` delivering to `url`.
+fn http_deliverer(
+    spool: &Arc<dyn Spool>,
+    policy: &DeliveryPolicy,
+    metrics: &Metrics,
+    url: &str,
+) -> Deliverer {
+    let target = HttpTarget::new("upstream", url, policy).unwrap();
+    Deliverer::start(
+        "r",
+        spool.clone(),
+        policy.clone(),
+        metrics.route("r").delivery().clone(),
+    )
+    .unwrap()
+    .with_target(Arc::new(target))
+}
+
 fn fast_policy() -> DeliveryPolicy {
     DeliveryPolicy {
         max_attempts: 50,
@@ -159,20 +177,8 @@ async fn upstream_down_then_up_gets_every_event_with_backoff() {
         Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
     let metrics = Metrics::new(&Registry::new()).unwrap();
     let policy = fast_policy();
-    let target = HttpTarget::new(
-        "upstream",
-        &format!("http://127.0.0.1:{port}{PATH}"),
-        &policy,
-    )
-    .unwrap();
-    let deliverer = Deliverer::start(
-        "r",
-        spool.clone(),
-        policy.clone(),
-        metrics.route("r").delivery().clone(),
-    )
-    .unwrap()
-    .with_target(Arc::new(target));
+    let url = format!("http://127.0.0.1:{port}{PATH}");
+    let deliverer = http_deliverer(&spool, &policy, &metrics, &url);
     let mut ids = Vec::new();
     for n in 0..20 {
         let e = Event::new(
@@ -245,16 +251,7 @@ async fn retries_wait_for_backoff_and_retry_after() {
         max_backoff: Duration::from_secs(2),
         ..fast_policy()
     };
-    let deliverer = Deliverer::start(
-        "r",
-        spool.clone(),
-        policy.clone(),
-        metrics.route("r").delivery().clone(),
-    )
-    .unwrap()
-    .with_target(Arc::new(
-        HttpTarget::new("upstream", &url, &policy).unwrap(),
-    ));
+    let deliverer = http_deliverer(&spool, &policy, &metrics, &url);
     let e = Event::new(
         "r",
         "127.0.0.1".parse().unwrap(),
@@ -568,16 +565,7 @@ async fn replay_all_and_purge_all() {
         Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
     let metrics = Metrics::new(&Registry::new()).unwrap();
     let policy = fast_policy();
-    let deliverer = Deliverer::start(
-        "r",
-        spool.clone(),
-        policy.clone(),
-        metrics.route("r").delivery().clone(),
-    )
-    .unwrap()
-    .with_target(Arc::new(
-        HttpTarget::new("upstream", &url, &policy).unwrap(),
-    ));
+    let deliverer = http_deliverer(&spool, &policy, &metrics, &url);
     for n in 0..4 {
         let e = Event::new(
             "r",
