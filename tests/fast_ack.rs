@@ -602,3 +602,27 @@ async fn replay_all_and_purge_all() {
     assert_eq!(d.delivery().dead_letters.get(), 0);
     deliverer.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_stops_the_worker_and_frees_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = fast_policy();
+    let metrics = Metrics::new(&Registry::new()).unwrap();
+    {
+        let spool: Arc<dyn Spool> =
+            Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
+        let deliverer = http_deliverer(&spool, &policy, &metrics, "http://127.0.0.1:9/unused");
+        drop(deliverer);
+    }
+    // The worker's tasks held the spool; once they stop, the directory can be opened again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)) {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the spool is still held: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -18,10 +18,21 @@ use crate::store::{now_ms, Event, Spool, SpoolError};
 const HOT_EVENTS: usize = 4096;
 
 /// Delivers one route's events from the spool to its target, retrying by the policy. Cheap to
-/// clone; all clones drive one worker.
+/// clone; all clones drive one worker, which stops (leaving undelivered events in the spool)
+/// when the last clone is dropped, if [`shutdown`](Deliverer::shutdown) was not called first.
 #[derive(Clone)]
 pub struct Deliverer {
     inner: Arc<Inner>,
+    _running: Arc<StopOnDrop>,
+}
+
+/// Held by the handles, not by the worker's own tasks: its drop stops them.
+struct StopOnDrop(Arc<Inner>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.send_replace(true);
+    }
 }
 
 struct Inner {
@@ -89,7 +100,10 @@ impl Deliverer {
         });
         tokio::spawn(dispatch(inner.clone()));
         tokio::spawn(track_oldest(inner.clone()));
-        Ok(Self { inner })
+        Ok(Self {
+            _running: Arc::new(StopOnDrop(inner.clone())),
+            inner,
+        })
     }
 
     /// Sets the target; returns `false` (and changes nothing) if one is set already.
@@ -212,7 +226,8 @@ impl Deliverer {
     }
 
     /// Stops dispatching and waits up to `grace` for attempts in flight to finish. Events not
-    /// delivered stay in the spool for the next start.
+    /// delivered stay in the spool for the next start. Dropping every handle stops the worker
+    /// too, without waiting.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stop.send_replace(true);
         let all = u32::try_from(self.inner.policy.concurrency.max(1)).unwrap_or(u32::MAX);
