@@ -1,4 +1,5 @@
-//! A webhook receiver answering 200 as soon as each event is in the embedded spool (fsync), and
+//! A webhook receiver answering 200 as soon as each event is in the embedded spool (fsync unless
+//! `--durability os|memory`), and
 //! forwarding it to an upstream afterwards, with retries. Used by `tests/kill.rs`, which SIGKILLs
 //! it mid-load; handy to watch the guarantee by hand too:
 //!
@@ -65,13 +66,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen: SocketAddr = arg("--listen")?.parse()?;
     let data = arg("--data")?;
     let upstream = arg("--upstream")?;
+    // fsync (the default), os or memory.
+    let durability: Durability = match arg("--durability") {
+        Ok(d) => d.parse()?,
+        Err(_) => Durability::Fsync,
+    };
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
-    let spool = Arc::new(EmbeddedSpool::open(SpoolConfig::new(
-        &data,
-        Durability::Fsync,
-    ))?);
+    let spool = Arc::new(EmbeddedSpool::open(SpoolConfig::new(&data, durability))?);
     // Quick, persistent retries: an upstream that refuses often still gets everything soon.
     let policy = DeliveryPolicy {
         max_attempts: 1000,
