@@ -2,13 +2,10 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, Response};
 use tower_layer::Layer;
-use tower_service::Service;
 
 use super::FastAck;
-use crate::deliver::{Deliverer, DeliveryPolicy, ServiceTarget};
+use crate::deliver::{Deliverer, DeliveryPolicy, ServiceTarget, Target};
 use crate::metrics::RouteMetrics;
 use crate::store::{Spool, SpoolError};
 
@@ -81,13 +78,10 @@ impl<B> FastAckLayer<B> {
     }
 }
 
-impl<S, B, ResBody> Layer<S> for FastAckLayer<B>
+// Whatever `ServiceTarget` can deliver to, this layer can wrap: the bounds live there once.
+impl<S: Clone, B> Layer<S> for FastAckLayer<B>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Display,
-    B: From<Bytes> + Send + 'static,
-    ResBody: Send + 'static,
+    ServiceTarget<S, B>: Target,
 {
     type Service = FastAck<S>;
 
