@@ -133,6 +133,19 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// Event `n` of route `r`, as the fast-ack layer would store it.
+fn event(n: u32) -> Event {
+    let headers = vec![("content-type".into(), b"application/json".to_vec())];
+    Event::new(
+        "r",
+        "203.0.113.9".parse().unwrap(),
+        "POST",
+        PATH,
+        headers,
+        payload(n).into(),
+    )
+}
+
 /// A worker for route `r` delivering to `url`.
 fn http_deliverer(
     spool: &Arc<dyn Spool>,
@@ -181,14 +194,7 @@ async fn upstream_down_then_up_gets_every_event_with_backoff() {
     let deliverer = http_deliverer(&spool, &policy, &metrics, &url);
     let mut ids = Vec::new();
     for n in 0..20 {
-        let e = Event::new(
-            "r",
-            "203.0.113.9".parse().unwrap(),
-            "POST",
-            PATH,
-            vec![("content-type".into(), b"application/json".to_vec())],
-            payload(n).into(),
-        );
+        let e = event(n);
         spool.append(&e).await.unwrap();
         ids.push(e.id.to_string());
         deliverer.schedule_new(e);
@@ -252,14 +258,7 @@ async fn retries_wait_for_backoff_and_retry_after() {
         ..fast_policy()
     };
     let deliverer = http_deliverer(&spool, &policy, &metrics, &url);
-    let e = Event::new(
-        "r",
-        "127.0.0.1".parse().unwrap(),
-        "POST",
-        PATH,
-        vec![],
-        payload(1).into(),
-    );
+    let e = event(1);
     spool.append(&e).await.unwrap();
     deliverer.schedule_new(e);
     wait_for("delivery", Duration::from_secs(10), || {
@@ -567,14 +566,7 @@ async fn replay_all_and_purge_all() {
     let policy = fast_policy();
     let deliverer = http_deliverer(&spool, &policy, &metrics, &url);
     for n in 0..4 {
-        let e = Event::new(
-            "r",
-            "127.0.0.1".parse().unwrap(),
-            "POST",
-            PATH,
-            vec![],
-            payload(n).into(),
-        );
+        let e = event(n);
         spool.append(&e).await.unwrap();
         deliverer.schedule_new(e);
     }
