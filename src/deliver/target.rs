@@ -87,21 +87,53 @@ pub fn attempt_headers(event: &Event) -> HeaderMap {
             map.append(n, v);
         }
     }
-    let set = |map: &mut HeaderMap, name: HeaderName, value: String| {
-        if let Ok(v) = HeaderValue::try_from(value) {
+    let received = UNIX_EPOCH + Duration::from_millis(event.received_ms);
+    let mut id = uuid::Uuid::encode_buffer();
+    for (name, value) in [
+        (X_FORWARDED_FOR, formatted(format_args!("{}", event.client_ip))),
+        (
+            EVENT_ID,
+            HeaderValue::from_str(event.id.hyphenated().encode_lower(&mut id)).ok(),
+        ),
+        (ATTEMPT, Some(HeaderValue::from(event.attempts))),
+        (
+            RECEIVED_AT,
+            formatted(format_args!(
+                "{}",
+                humantime::format_rfc3339_millis(received)
+            )),
+        ),
+    ] {
+        if let Some(v) = value {
             map.insert(name, v);
         }
-    };
-    set(&mut map, X_FORWARDED_FOR, event.client_ip.to_string());
-    set(&mut map, EVENT_ID, event.id.to_string());
-    set(&mut map, ATTEMPT, event.attempts.to_string());
-    let received = UNIX_EPOCH + Duration::from_millis(event.received_ms);
-    set(
-        &mut map,
-        RECEIVED_AT,
-        humantime::format_rfc3339_millis(received).to_string(),
-    );
+    }
     map
+}
+
+/// A header value formatted on the stack (these are short): one allocation, for the value.
+fn formatted(args: std::fmt::Arguments<'_>) -> Option<HeaderValue> {
+    struct Buf {
+        bytes: [u8; 64],
+        len: usize,
+    }
+    impl std::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.len + s.len();
+            self.bytes
+                .get_mut(self.len..end)
+                .ok_or(std::fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut buf = Buf {
+        bytes: [0; 64],
+        len: 0,
+    };
+    std::fmt::write(&mut buf, args).ok()?;
+    HeaderValue::from_bytes(&buf.bytes[..buf.len]).ok()
 }
 
 /// Delivers to an HTTP upstream with a pooled keep-alive HTTP/1.1 client.

@@ -134,10 +134,20 @@ impl Deliverer {
 
     /// Schedules a newly appended event (already durable in the spool) for an attempt now.
     pub fn schedule_new(&self, event: Event) {
-        self.inner.metrics.spool_depth.inc();
+        let inner = &self.inner;
+        inner.metrics.spool_depth.inc();
+        // The common case, straight to an attempt: a target, a free slot, nobody due before it.
+        if let Some(target) = inner.target.get() {
+            if !*inner.stop.borrow() && inner.lock_queue().is_empty() {
+                if let Ok(permit) = inner.permits.clone().try_acquire_owned() {
+                    tokio::spawn(attempt(inner.clone(), target.clone(), event, permit));
+                    return;
+                }
+            }
+        }
         let id = event.id;
-        self.inner.keep_hot(event);
-        self.inner.push(now_ms(), id);
+        inner.keep_hot(event);
+        inner.push(now_ms(), id);
     }
 
     /// Events waiting for an attempt (not counting those in flight).
@@ -306,37 +316,42 @@ async fn dispatch(inner: Arc<Inner>) {
                 }
             }
         };
-        tokio::spawn(attempt(inner.clone(), target.clone(), id, permit));
+        let stored = match inner.take_hot(id) {
+            Some(e) => Ok(Some(e)),
+            None => inner.spool.get(&inner.route, id),
+        };
+        match stored {
+            Ok(Some(event)) => {
+                tokio::spawn(attempt(inner.clone(), target.clone(), event, permit));
+            }
+            // Delivered or dead-lettered meanwhile (a replayed duplicate schedule): nothing to do.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(route = %inner.route, event_id = %id, error = %e, "cannot read event from the spool; retrying in 1s");
+                inner.push(now_ms() + 1000, id);
+            }
+        }
     }
 }
 
 async fn attempt(
     inner: Arc<Inner>,
     target: Arc<dyn Target>,
-    id: Uuid,
+    mut event: Event,
     _permit: OwnedSemaphorePermit,
 ) {
     let route = &inner.route;
-    let stored = match inner.take_hot(id) {
-        Some(e) => Ok(Some(e)),
-        None => inner.spool.get(route, id),
-    };
-    let mut event = match stored {
-        Ok(Some(e)) => e,
-        // Delivered or dead-lettered meanwhile (a replayed duplicate schedule): nothing to do.
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(%route, event_id = %id, error = %e, "cannot read event from the spool; retrying in 1s");
-            inner.push(now_ms() + 1000, id);
-            return;
-        }
-    };
+    let id = event.id;
     event.attempts += 1;
     let started = Instant::now();
     let result = target.deliver(&event).await;
     let m = &inner.metrics;
     m.duration.observe(started.elapsed().as_secs_f64());
-    event.record_outcome(result.to_string());
+    let verdict = classify(&result);
+    if !matches!(verdict, Verdict::Success) {
+        // A delivered event's history goes with it: only failures are worth the formatting.
+        event.record_outcome(result.to_string());
+    }
     let dead_letter = |reason: &str| {
         m.dead_letter.inc();
         m.attempts.observe(f64::from(event.attempts));
@@ -344,15 +359,15 @@ async fn attempt(
         m.dead_letters.inc();
         tracing::warn!(%route, event_id = %id, attempt = event.attempts, outcome = %result, reason, "event dead-lettered");
     };
-    match classify(&result) {
+    match verdict {
         Verdict::Success => {
             m.success.inc();
             m.attempts.observe(f64::from(event.attempts));
             m.spool_depth.dec();
             tracing::debug!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
-            // Queued, not awaited: nobody waits on this record (the writer logs a failed commit),
-            // and losing it only means one repeat after a restart.
-            drop(inner.spool.delivered(&event));
+            // Not awaited: nobody waits on this record (the writer logs a failed commit), and
+            // losing it only means one repeat after a restart.
+            inner.spool.forget_delivered(&event);
         }
         Verdict::Reject => {
             dead_letter("rejected by the target");
