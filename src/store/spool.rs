@@ -58,8 +58,8 @@ pub enum Durability {
 impl Durability {
     fn persist_mode(self) -> Option<fjall::PersistMode> {
         match self {
-            // fdatasync: the journal is preallocated, so its size (metadata needed to read the data
-            // back) is written with the data; fsync would add the modification times.
+            // fdatasync: it writes the data and the metadata needed to read it back (size, block
+            // allocation); fsync would also write the modification time, which recovery ignores.
             Durability::Fsync => Some(fjall::PersistMode::SyncData),
             Durability::Os => Some(fjall::PersistMode::Buffer),
             Durability::Memory => None,
