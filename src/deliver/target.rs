@@ -90,7 +90,10 @@ pub fn attempt_headers(event: &Event) -> HeaderMap {
     let received = UNIX_EPOCH + Duration::from_millis(event.received_ms);
     let mut id = uuid::Uuid::encode_buffer();
     for (name, value) in [
-        (X_FORWARDED_FOR, formatted(format_args!("{}", event.client_ip))),
+        (
+            X_FORWARDED_FOR,
+            formatted(format_args!("{}", event.client_ip)),
+        ),
         (
             EVENT_ID,
             HeaderValue::from_str(event.id.hyphenated().encode_lower(&mut id)).ok(),
