@@ -618,3 +618,30 @@ async fn dropping_every_handle_stops_the_worker_and_frees_the_spool() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_scheduled_from_outside_the_runtime_are_delivered() {
+    // schedule_new takes a shortcut straight to an attempt; a thread without a runtime must
+    // fall back to the worker's dispatcher instead of panicking.
+    let upstream = Upstream::new(200);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
+    let _server = serve(listener, upstream_app(upstream.clone())).await;
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let metrics = Metrics::new(&Registry::new()).unwrap();
+    let deliverer = http_deliverer(&spool, &fast_policy(), &metrics, &url);
+    let (inside, outside) = (event(1), event(2));
+    spool.append(&inside).await.unwrap();
+    spool.append(&outside).await.unwrap();
+    deliverer.schedule_new(inside);
+    let handle = deliverer.clone();
+    std::thread::spawn(move || handle.schedule_new(outside))
+        .join()
+        .expect("schedule_new panicked outside the runtime");
+    wait_for("both events", Duration::from_secs(20), || {
+        upstream.delivered().len() >= 2
+    })
+    .await;
+    assert_eq!(upstream.delivered().len(), 2);
+}

@@ -136,11 +136,14 @@ impl Deliverer {
     pub fn schedule_new(&self, event: Event) {
         let inner = &self.inner;
         inner.metrics.spool_depth.inc();
-        // The common case, straight to an attempt: a target, a free slot, nobody due before it.
-        if let Some(target) = inner.target.get() {
+        // The common case, straight to an attempt: a target, a free slot, nobody due before it
+        // (and a runtime to run it on: outside one, the worker's dispatcher takes it).
+        if let (Some(target), Ok(runtime)) =
+            (inner.target.get(), tokio::runtime::Handle::try_current())
+        {
             if !*inner.stop.borrow() && inner.lock_queue().is_empty() {
                 if let Ok(permit) = inner.permits.clone().try_acquire_owned() {
-                    tokio::spawn(attempt(inner.clone(), target.clone(), event, permit));
+                    runtime.spawn(attempt(inner.clone(), target.clone(), event, permit));
                     return;
                 }
             }
