@@ -125,6 +125,17 @@ async fn serve(listener: TcpListener, app: Router) -> tokio::task::JoinHandle<()
     })
 }
 
+/// Serves `app` on a free loopback port; returns the URL of [`PATH`] there.
+async fn serve_local(app: Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
+    (url, serve(listener, app).await)
+}
+
+fn memory_spool() -> Arc<dyn Spool> {
+    Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap())
+}
+
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -245,11 +256,8 @@ async fn retries_wait_for_backoff_and_retry_after() {
     let upstream = Upstream::new(200);
     *upstream.script.lock().unwrap() =
         vec![(503, None), (500, None), (429, Some("1")), (200, None)];
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
-    let _server = serve(listener, upstream_app(upstream.clone())).await;
-    let spool: Arc<dyn Spool> =
-        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let (url, _server) = serve_local(upstream_app(upstream.clone())).await;
+    let spool = memory_spool();
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
     // Retry-After is honoured up to max_backoff: leave room for the 1 s asked.
@@ -320,9 +328,7 @@ async fn stack(spool: Arc<dyn Spool>, upstream: Arc<Upstream>) -> Stack {
         PATH,
         layer.layer(post(upstream_handler).with_state(upstream.clone())),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
-    let server = serve(listener, app).await;
+    let (url, server) = serve_local(app).await;
     Stack {
         url,
         upstream,
@@ -350,8 +356,7 @@ async fn send(url: &str, body: String) -> (u16, Option<String>, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_event_is_dead_lettered_then_replayed_once() {
-    let spool: Arc<dyn Spool> =
-        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let spool = memory_spool();
     let s = stack(spool, Upstream::new(400)).await;
     let body = payload(7);
     let (status, _, ack) = send(&s.url, body.clone()).await;
@@ -494,8 +499,7 @@ async fn dedup_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_ack_layer_alone_forwards_the_stored_request() {
     // FastAckLayer used directly (no WebhookLayer), delivering to a tower service.
-    let spool: Arc<dyn Spool> =
-        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let spool = memory_spool();
     let metrics = Metrics::new(&Registry::new()).unwrap();
     let layer =
         FastAckLayer::<Body>::new("plain", spool, fast_policy(), &metrics.route("plain")).unwrap();
@@ -509,9 +513,7 @@ async fn fast_ack_layer_alone_forwards_the_stored_request() {
             .layer(layer.clone())
             .service(post(upstream_handler).with_state(upstream.clone())),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
-    let server = serve(listener, app).await;
+    let (url, server) = serve_local(app).await;
     let (status, _, ack) = send(&url, r#"{"any":"json"}"#.into()).await;
     assert_eq!(status, 200);
     wait_for("delivery", Duration::from_secs(10), || {
@@ -529,8 +531,7 @@ async fn fast_ack_layer_alone_forwards_the_stored_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrapping_two_services_refuses_instead_of_guessing() {
     // axum's MethodRouter::layer wraps the handler and the 405 fallback: refused loudly.
-    let spool: Arc<dyn Spool> =
-        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let spool = memory_spool();
     let layer = WebhookLayer::builder("o3-video")
         .with_allow(["127.0.0.1/32"])
         .unwrap()
@@ -542,9 +543,7 @@ async fn wrapping_two_services_refuses_instead_of_guessing() {
     let app = Router::new()
         .route(PATH, post(upstream_handler).layer(layer))
         .with_state(upstream.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
-    let server = serve(listener, app).await;
+    let (url, server) = serve_local(app).await;
     let (status, _, body) = send(&url, payload(1)).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -557,11 +556,8 @@ async fn wrapping_two_services_refuses_instead_of_guessing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_all_and_purge_all() {
     let upstream = Upstream::new(400);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
-    let _server = serve(listener, upstream_app(upstream.clone())).await;
-    let spool: Arc<dyn Spool> =
-        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let (url, _server) = serve_local(upstream_app(upstream.clone())).await;
+    let spool = memory_spool();
     let metrics = Metrics::new(&Registry::new()).unwrap();
     let policy = fast_policy();
     let deliverer = http_deliverer(&spool, &policy, &metrics, &url);
@@ -624,11 +620,8 @@ async fn events_scheduled_from_outside_the_runtime_are_delivered() {
     // schedule_new takes a shortcut straight to an attempt; a thread without a runtime must
     // fall back to the worker's dispatcher instead of panicking.
     let upstream = Upstream::new(200);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}{PATH}", listener.local_addr().unwrap());
-    let _server = serve(listener, upstream_app(upstream.clone())).await;
-    let spool: Arc<dyn Spool> =
-        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let (url, _server) = serve_local(upstream_app(upstream.clone())).await;
+    let spool = memory_spool();
     let metrics = Metrics::new(&Registry::new()).unwrap();
     let deliverer = http_deliverer(&spool, &fast_policy(), &metrics, &url);
     let (inside, outside) = (event(1), event(2));

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -341,7 +341,7 @@ pub struct SpoolConfig {
     /// batch to come back and share its sync (only when appends come concurrently; an append
     /// alone never waits). Trades up to this much latency for fewer syncs: each costs tens of
     /// microseconds of CPU. Zero turns it off.
-    pub linger: std::time::Duration,
+    pub linger: Duration,
 }
 
 impl SpoolConfig {
@@ -353,7 +353,7 @@ impl SpoolConfig {
             durability,
             max_events: 1_000_000,
             max_bytes: 1 << 30,
-            linger: std::time::Duration::from_micros(100),
+            linger: Duration::from_micros(100),
         }
     }
 
@@ -366,7 +366,7 @@ impl SpoolConfig {
 
     /// Sets [`linger`](Self::linger).
     #[must_use]
-    pub fn with_linger(mut self, linger: std::time::Duration) -> Self {
+    pub fn with_linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
     }
@@ -875,7 +875,7 @@ fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
     let linger = match s.config.durability {
         Durability::Fsync => s.config.linger,
         // Without a sync there is nothing to share.
-        _ => std::time::Duration::ZERO,
+        _ => Duration::ZERO,
     };
     while open {
         let next = if !lock(&s.deferred).is_empty() {
@@ -900,44 +900,24 @@ fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
             next
         };
         ops.extend(next);
-        if !linger.is_zero() && last_appends > 1 && matches!(ops.first(), Some(Op::Append { .. })) {
+        drain(&rx, &mut ops);
+        if !linger.is_zero() && last_appends > 1 && count_appends(&ops) > 0 {
             // Concurrent appends: wait (a little) for as many as the last sync carried, so they
             // share this one. A sync costs tens of microseconds of CPU; an alone append never
             // waits, and senders that are all here already do not wait either.
-            let deadline = std::time::Instant::now() + linger;
-            loop {
-                while ops.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(op) => ops.push(op),
-                        Err(_) => break,
-                    }
-                }
-                let here = ops
-                    .iter()
-                    .filter(|op| matches!(op, Op::Append { .. }))
-                    .count();
-                if here >= last_appends || std::time::Instant::now() >= deadline {
-                    break;
-                }
+            let deadline = Instant::now() + linger;
+            while count_appends(&ops) < last_appends && Instant::now() < deadline {
                 std::thread::sleep(linger / 4);
-            }
-        }
-        while ops.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+                drain(&rx, &mut ops);
             }
         }
         std::mem::swap(&mut deletes, &mut *lock(&s.deferred));
-        let appends = ops
-            .iter()
-            .filter(|op| matches!(op, Op::Append { .. }))
-            .count();
+        let appends = count_appends(&ops);
         if appends > 0 {
             last_appends = appends;
         }
         if !ops.is_empty() || !deletes.is_empty() {
-            commit(&s, &mut ops, &mut deletes);
+            commit(&s, &mut ops, &mut deletes, appends > 0);
         }
     }
     // Queue closed: make everything written so far durable before exiting.
@@ -947,11 +927,26 @@ fn writer(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
 }
 
 /// How long removals of delivered events wait for a batch of appends to join.
-const DEFER_FOR: std::time::Duration = std::time::Duration::from_millis(5);
+const DEFER_FOR: Duration = Duration::from_millis(5);
+
+/// Moves what is queued into `ops`, up to a group.
+fn drain(rx: &mpsc::Receiver<Op>, ops: &mut Vec<Op>) {
+    while ops.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
+fn count_appends(ops: &[Op]) -> usize {
+    ops.iter()
+        .filter(|op| matches!(op, Op::Append { .. }))
+        .count()
+}
 
 /// Writes `ops` and `deletes` as one batch and answers their callers.
-fn commit(s: &Shared, ops: &mut Vec<Op>, deletes: &mut Vec<DeferredDelete>) {
-    let appends = ops.iter().any(|op| matches!(op, Op::Append { .. }));
+fn commit(s: &Shared, ops: &mut Vec<Op>, deletes: &mut Vec<DeferredDelete>, appends: bool) {
     let bookkeeping = ops
         .iter()
         .any(|op| matches!(op, Op::Put { .. } | Op::Move { .. } | Op::Delete { .. }));
@@ -1194,9 +1189,9 @@ mod tests {
         let e = event("r");
         spool.append(&e).await.unwrap();
         // Let the writer go idle first.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         // A guard against hanging, not a timing check.
-        tokio::time::timeout(std::time::Duration::from_secs(30), spool.delivered(&e))
+        tokio::time::timeout(Duration::from_secs(30), spool.delivered(&e))
             .await
             .expect("the removal was never written: the idle writer was not woken")
             .unwrap();
@@ -1237,7 +1232,7 @@ mod tests {
             .collect();
         for e in &events {
             spool.append(e).await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
         }
         let id_ms = |e: &Event| {
             let (secs, nanos) = e.id.get_timestamp().unwrap().to_unix();
