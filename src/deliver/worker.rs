@@ -226,9 +226,9 @@ impl Deliverer {
     }
 
     fn owned_dead_letter(&self, id: Uuid) -> Result<(), SpoolError> {
-        match self.dead_letters(usize::MAX)?.iter().any(|e| e.id == id) {
-            true => Ok(()),
-            false => Err(SpoolError::NotFound(id)),
+        match self.inner.spool.get_dead(id)? {
+            Some(e) if e.route == self.inner.route => Ok(()),
+            _ => Err(SpoolError::NotFound(id)),
         }
     }
 

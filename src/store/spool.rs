@@ -295,6 +295,8 @@ pub trait Spool: Send + Sync + 'static {
     fn append(&self, event: &Event) -> Completion;
     /// The pending event `id` of `route`.
     fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
+    /// The dead letter `id`.
+    fn get_dead(&self, id: Uuid) -> Result<Option<Event>, SpoolError>;
     /// Removes a delivered event.
     fn delivered(&self, event: &Event) -> Completion;
     /// Removes a delivered event without waiting for the record (a crash before it is written
@@ -670,6 +672,13 @@ impl Spool for EmbeddedSpool {
         }
     }
 
+    fn get_dead(&self, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        match self.shared.dead.get(id.as_bytes())? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn delivered(&self, event: &Event) -> Completion {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.defer_delete(event, Some(reply));
@@ -746,13 +755,10 @@ impl Spool for EmbeddedSpool {
     }
 
     fn revive(&self, id: Uuid) -> Completion<Event> {
-        let mut event = match self.shared.dead.get(id.as_bytes()) {
-            Ok(Some(v)) => match decode(&v) {
-                Ok(e) => e,
-                Err(e) => return Completion::ready(Err(e)),
-            },
+        let mut event = match self.get_dead(id) {
+            Ok(Some(e)) => e,
             Ok(None) => return Completion::ready(Err(SpoolError::NotFound(id))),
-            Err(e) => return Completion::ready(Err(e.into())),
+            Err(e) => return Completion::ready(Err(e)),
         };
         event.attempts_before_replay = event.attempts;
         event.next_attempt_ms = now_ms();
