@@ -82,6 +82,62 @@ async fn received() -> &'static str {
     r#"{"status":"received"}"#
 }
 
+// Two floors under any spool of this design, for the table's reading: the round trip to another
+// thread (how group commit gathers appends), and one fjall insert with no I/O at all.
+
+type Reply = tokio::sync::oneshot::Sender<()>;
+
+/// A thread that answers every message at once; ends when its sender drops.
+fn echo_thread() -> std::sync::mpsc::SyncSender<(Bytes, Reply)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Bytes, Reply)>(4096);
+    std::thread::spawn(move || {
+        while let Ok((_, reply)) = rx.recv() {
+            let _ = reply.send(());
+        }
+    });
+    tx
+}
+
+/// A handler that hands the body to `thread` and answers once it replied.
+fn handed_off(
+    thread: std::sync::mpsc::SyncSender<(Bytes, Reply)>,
+) -> impl Fn(Bytes) -> std::pin::Pin<Box<dyn std::future::Future<Output = &'static str> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |body: Bytes| {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        thread.try_send((body, reply)).unwrap();
+        Box::pin(async move {
+            rx.await.unwrap();
+            r#"{"status":"received"}"#
+        })
+    }
+}
+
+/// A handler that inserts the body into a fjall keyspace in `dir` (journal buffer and memtable:
+/// no write, no sync) and answers.
+fn stored(
+    dir: &std::path::Path,
+) -> impl Fn(Bytes) -> std::future::Ready<&'static str> + Clone + Send + Sync + 'static {
+    let db = fjall::Database::builder(dir)
+        .manual_journal_persist(true)
+        .open()
+        .unwrap();
+    let keyspace = db
+        .keyspace("floor", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    move |body: Bytes| {
+        let key = next.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+        let mut batch = db.batch().durability(None);
+        batch.insert(&keyspace, key.as_slice(), &body[..]);
+        batch.commit().unwrap();
+        std::future::ready(r#"{"status":"received"}"#)
+    }
+}
+
 async fn serve(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -183,7 +239,8 @@ fn main() {
                 .build()
                 .unwrap()
         };
-        let (dir, paused_dir, alone_dir) = (
+        let (dir, paused_dir, alone_dir, fjall_dir) = (
+            tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
@@ -220,7 +277,15 @@ fn main() {
             ),
             (
                 "WebhookLayer, handler answers (no spool)",
-                serve(Router::new().route(PATH, post(received).layer(direct))).await,
+                serve(Router::new().route(PATH, post(received).layer(direct.clone()))).await,
+            ),
+            (
+                "WebhookLayer, handler hands the body to a thread, awaits its reply (no storage)",
+                serve(Router::new().route(PATH, post(handed_off(echo_thread())).layer(direct.clone()))).await,
+            ),
+            (
+                "WebhookLayer, handler inserts the body into fjall, unsynced (no event, no delivery)",
+                serve(Router::new().route(PATH, post(stored(fjall_dir.path())).layer(direct.clone()))).await,
             ),
             (
                 "JSON check + FastAckLayer alone, fsync spool, delivering",
