@@ -10,6 +10,10 @@
 //!    handler answers 200 (bare), against the same handler behind the whole `WebhookLayer` with
 //!    fast acknowledgement (fsync spool, deliveries running meanwhile). Target: ≥ 0.7× bare.
 //!    Client and server share the machine's cores, as they do for any loopback benchmark.
+//!    Three "floor" rows are not hookgate: under the same `WebhookLayer`, a handler that only
+//!    hands the body to a thread and awaits the reply, one that only inserts it into fjall
+//!    (unsynced), and one whose thread inserts what is queued in one batch — the least any
+//!    group-committing fjall spool does per event, before syncing, encoding or delivering.
 //!
 //! Every row runs with mimalloc as the global allocator, the one the gateway binary is to use: under glibc's malloc the spool's cross-thread hand-offs contend on malloc's arenas
 //! (measured: the fast-ack ratio fell from 0.54 to 0.41). An application using the layers
@@ -82,17 +86,53 @@ async fn received() -> &'static str {
     r#"{"status":"received"}"#
 }
 
-// Two floors under any spool of this design, for the table's reading: the round trip to another
-// thread (how group commit gathers appends), and one fjall insert with no I/O at all.
+// Floors under any spool of this design, for the table's reading: the round trip to another
+// thread (how group commit gathers appends), one fjall insert with no I/O at all, and the two
+// together (a group commit with nothing else: no sync, no event, no delivery).
 
 type Reply = tokio::sync::oneshot::Sender<()>;
 
-/// A thread that answers every message at once; ends when its sender drops.
-fn echo_thread() -> std::sync::mpsc::SyncSender<(Bytes, Reply)> {
+/// Inserts bodies into a fjall keyspace in `dir` as one batch, unsynced: journal buffer and
+/// memtable, no write, no sync.
+fn fjall_inserter(dir: &std::path::Path) -> impl Fn(&[Bytes]) + Clone + Send + Sync + 'static {
+    let db = fjall::Database::builder(dir)
+        .manual_journal_persist(true)
+        .open()
+        .unwrap();
+    let keyspace = db
+        .keyspace("floor", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    move |bodies: &[Bytes]| {
+        let mut batch = db.batch().durability(None);
+        for body in bodies {
+            let key = next.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+            batch.insert(&keyspace, key.as_slice(), &body[..]);
+        }
+        batch.commit().unwrap();
+    }
+}
+
+/// A thread that takes what is queued, inserts it with `insert` if given, and answers; ends when
+/// its sender drops.
+fn group_thread(
+    insert: Option<impl Fn(&[Bytes]) + Send + 'static>,
+) -> std::sync::mpsc::SyncSender<(Bytes, Reply)> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(Bytes, Reply)>(4096);
     std::thread::spawn(move || {
-        while let Ok((_, reply)) = rx.recv() {
-            let _ = reply.send(());
+        let (mut bodies, mut replies) = (Vec::new(), Vec::new());
+        while let Ok(first) = rx.recv() {
+            for (body, reply) in std::iter::once(first).chain(rx.try_iter()) {
+                bodies.push(body);
+                replies.push(reply);
+            }
+            if let Some(insert) = &insert {
+                insert(&bodies);
+            }
+            bodies.clear();
+            for reply in replies.drain(..) {
+                let _ = reply.send(());
+            }
         }
     });
     tx
@@ -116,24 +156,12 @@ fn handed_off(
     }
 }
 
-/// A handler that inserts the body into a fjall keyspace in `dir` (journal buffer and memtable:
-/// no write, no sync) and answers.
+/// A handler that inserts the body with `insert` and answers.
 fn stored(
-    dir: &std::path::Path,
+    insert: impl Fn(&[Bytes]) + Clone + Send + Sync + 'static,
 ) -> impl Fn(Bytes) -> std::future::Ready<&'static str> + Clone + Send + Sync + 'static {
-    let db = fjall::Database::builder(dir)
-        .manual_journal_persist(true)
-        .open()
-        .unwrap();
-    let keyspace = db
-        .keyspace("floor", fjall::KeyspaceCreateOptions::default)
-        .unwrap();
-    let next = Arc::new(AtomicU64::new(0));
     move |body: Bytes| {
-        let key = next.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-        let mut batch = db.batch().durability(None);
-        batch.insert(&keyspace, key.as_slice(), &body[..]);
-        batch.commit().unwrap();
+        insert(std::slice::from_ref(&body));
         std::future::ready(r#"{"status":"received"}"#)
     }
 }
@@ -152,16 +180,44 @@ async fn serve(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
-/// Requests/s of `total` POSTs with distinct ids from `concurrency` keep-alive clients; every
-/// answer must be 200.
-async fn load(addr: SocketAddr, concurrency: usize, total: usize, offset: u64) -> f64 {
+/// This process's CPU time (user + system) in seconds, from `/proc/self/stat` (in the kernel's
+/// USER_HZ, 100 on Linux); `None` elsewhere.
+fn process_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let (user, system): (f64, f64) = (fields.next()?.parse().ok()?, fields.next()?.parse().ok()?);
+    Some((user + system) / 100.0)
+}
+
+/// The machine's CPU time stolen by the hypervisor and its total, in ticks, from `/proc/stat`.
+fn machine_steal() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    Some((*ticks.get(7)?, ticks.iter().take(8).sum()))
+}
+
+/// Requests/s of `total` POSTs with distinct ids from `concurrency` keep-alive clients (every
+/// answer must be 200), and the CPU this process spent per request meanwhile, in µs.
+async fn load(
+    addr: SocketAddr,
+    concurrency: usize,
+    total: usize,
+    offset: u64,
+) -> (f64, Option<f64>) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
         .unwrap();
     let url = format!("http://{addr}{PATH}");
     let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), process_cpu());
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (client, url, next) = (client.clone(), url.clone(), next.clone());
@@ -185,7 +241,11 @@ async fn load(addr: SocketAddr, concurrency: usize, total: usize, offset: u64) -
     for w in workers {
         w.await.unwrap();
     }
-    total as f64 / start.elapsed().as_secs_f64()
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let cpu = process_cpu()
+        .zip(cpu)
+        .map(|(end, begin)| (end - begin) * 1e6 / total as f64);
+    (rate, cpu)
 }
 
 fn main() {
@@ -280,12 +340,32 @@ fn main() {
                 serve(Router::new().route(PATH, post(received).layer(direct.clone()))).await,
             ),
             (
-                "WebhookLayer, handler hands the body to a thread, awaits its reply (no storage)",
-                serve(Router::new().route(PATH, post(handed_off(echo_thread())).layer(direct.clone()))).await,
+                "floor: WebhookLayer, handler hands the body to a thread, awaits its reply",
+                serve(Router::new().route(
+                    PATH,
+                    post(handed_off(group_thread(None::<fn(&[Bytes])>))).layer(direct.clone()),
+                ))
+                .await,
             ),
             (
-                "WebhookLayer, handler inserts the body into fjall, unsynced (no event, no delivery)",
-                serve(Router::new().route(PATH, post(stored(fjall_dir.path())).layer(direct.clone()))).await,
+                "floor: WebhookLayer, handler inserts the body into fjall, unsynced",
+                serve(Router::new().route(
+                    PATH,
+                    post(stored(fjall_inserter(&fjall_dir.path().join("inline"))))
+                        .layer(direct.clone()),
+                ))
+                .await,
+            ),
+            (
+                "floor: both, the thread inserts what is queued in one batch, unsynced",
+                serve(Router::new().route(
+                    PATH,
+                    post(handed_off(group_thread(Some(fjall_inserter(
+                        &fjall_dir.path().join("grouped"),
+                    )))))
+                    .layer(direct.clone()),
+                ))
+                .await,
             ),
             (
                 "JSON check + FastAckLayer alone, fsync spool, delivering",
@@ -307,21 +387,50 @@ fn main() {
                 serve(Router::new().route_service(PATH, acking.layer(post(received)))).await,
             ),
         ];
-        let mut rates = vec![Vec::new(); servers.len()];
+        let (mut rates, mut cpus) = (vec![Vec::new(); servers.len()], vec![Vec::new(); servers.len()]);
+        let mut backlog = 0;
+        let steal_before = machine_steal();
         for round in 0..rounds {
             // Alternate the servers within each round so drift on a shared machine hits all alike.
             for (i, (_, (addr, _))) in servers.iter().enumerate() {
                 let offset = ((round * servers.len() + i) * requests) as u64;
-                rates[i].push(load(*addr, 64, requests, offset).await);
+                let (rate, cpu) = load(*addr, 64, requests, offset).await;
+                rates[i].push(rate);
+                cpus[i].extend(cpu);
+                // Deliveries left when the last ack came: drained, uncounted, before the next
+                // server runs, so they slow none of the others.
+                let pending = || spool.stats().pending + alone_spool.stats().pending;
+                backlog = backlog.max(pending());
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while pending() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
         }
         let medians: Vec<f64> = rates.into_iter().map(median).collect();
+        let cpu: Vec<Option<f64>> = cpus
+            .into_iter()
+            .map(|c| (c.len() == rounds).then(|| median(c)))
+            .collect();
         println!(
             "\nHTTP over loopback, 64 clients, {requests} requests per run, median of {rounds}:"
         );
-        println!("| server | requests/s | vs bare |\n| --- | --- | --- |");
-        for ((name, _), rate) in servers.iter().zip(&medians) {
-            println!("| {name} | {rate:.0} | {:.2} |", rate / medians[0]);
+        println!(
+            "| server | requests/s | vs bare | process CPU per request | vs bare, by CPU |\n\
+             | --- | --- | --- | --- | --- |"
+        );
+        for (((name, _), rate), row_cpu) in servers.iter().zip(&medians).zip(&cpu) {
+            let (us, by_cpu) = match (row_cpu, cpu[0]) {
+                (Some(c), Some(bare)) => (format!("{c:.1} µs"), format!("{:.2}", bare / c)),
+                _ => ("-".into(), "-".into()),
+            };
+            println!("| {name} | {rate:.0} | {:.2} | {us} | {by_cpu} |", rate / medians[0]);
+        }
+        if let (Some((s0, t0)), Some((s1, t1))) = (steal_before, machine_steal()) {
+            println!(
+                "CPU stolen by the hypervisor during the HTTP runs: {:.1}% of the machine's time",
+                100.0 * (s1 - s0) as f64 / (t1 - t0).max(1) as f64
+            );
         }
         let target = servers.len() - 1;
         println!(
@@ -329,13 +438,9 @@ fn main() {
             medians[target] / medians[0],
             medians[target] / medians[1],
         );
-        // Let deliveries finish so the spool is drained before exit.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while spool.stats().pending + alone_spool.stats().pending > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         println!(
-            "spool pending after the run: {}",
+            "most events still to deliver when a run's last ack came: {backlog} of {requests}; \
+             pending at exit: {}",
             spool.stats().pending + alone_spool.stats().pending
         );
         acking.deliverer().shutdown(Duration::from_secs(5)).await;
