@@ -18,6 +18,8 @@
 
 pub mod core;
 pub mod deliver;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod metrics;
 pub mod store;
 pub mod tower;

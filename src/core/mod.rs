@@ -16,6 +16,7 @@
 //! assert!(key.is_ok());
 //! ```
 
+pub mod ack;
 mod allowlist;
 mod client_ip;
 mod dedup_key;

@@ -86,6 +86,12 @@ pub enum Rejection {
     SpoolFull,
     /// The spool failed to commit the event (503, with `Retry-After`).
     SpoolUnavailable,
+    /// No route of the gateway has this path (404).
+    RouteNotFound,
+    /// In `proxy` mode, the upstream could not be reached or failed mid-answer (502).
+    UpstreamUnavailable,
+    /// In `proxy` mode, the upstream did not answer within the route's delivery timeout (504).
+    UpstreamTimeout,
 }
 
 /// The stable, machine-readable name of a [`Rejection`]: used in the JSON error body, the log line
@@ -125,11 +131,17 @@ pub enum Reason {
     SpoolFull,
     /// `spool_unavailable`
     SpoolUnavailable,
+    /// `route_not_found`
+    RouteNotFound,
+    /// `upstream_unavailable`
+    UpstreamUnavailable,
+    /// `upstream_timeout`
+    UpstreamTimeout,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (`ALL[r.index()] == r`).
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 19] = [
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
         Reason::PeerAddressUnknown,
@@ -146,6 +158,9 @@ impl Reason {
         Reason::AmbiguousDeliveryTarget,
         Reason::SpoolFull,
         Reason::SpoolUnavailable,
+        Reason::RouteNotFound,
+        Reason::UpstreamUnavailable,
+        Reason::UpstreamTimeout,
     ];
 
     /// The stable string form.
@@ -167,6 +182,9 @@ impl Reason {
             Reason::AmbiguousDeliveryTarget => "ambiguous_delivery_target",
             Reason::SpoolFull => "spool_full",
             Reason::SpoolUnavailable => "spool_unavailable",
+            Reason::RouteNotFound => "route_not_found",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -209,6 +227,9 @@ impl Rejection {
             Rejection::AmbiguousDeliveryTarget => Reason::AmbiguousDeliveryTarget,
             Rejection::SpoolFull => Reason::SpoolFull,
             Rejection::SpoolUnavailable => Reason::SpoolUnavailable,
+            Rejection::RouteNotFound => Reason::RouteNotFound,
+            Rejection::UpstreamUnavailable => Reason::UpstreamUnavailable,
+            Rejection::UpstreamTimeout => Reason::UpstreamTimeout,
         }
     }
 
@@ -231,6 +252,9 @@ impl Rejection {
             Rejection::DedupUnavailable | Rejection::SpoolFull | Rejection::SpoolUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Rejection::RouteNotFound => StatusCode::NOT_FOUND,
+            Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -286,6 +310,9 @@ impl Rejection {
             }
             Rejection::SpoolFull => "the spool is full; retry later".into(),
             Rejection::SpoolUnavailable => "the event could not be stored; retry later".into(),
+            Rejection::RouteNotFound => "no webhook route has this path".into(),
+            Rejection::UpstreamUnavailable => "the upstream could not be reached; retry later".into(),
+            Rejection::UpstreamTimeout => "the upstream did not answer in time; retry later".into(),
         }
     }
 

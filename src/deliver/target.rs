@@ -180,18 +180,34 @@ impl HttpTarget {
     }
 }
 
-impl Target for HttpTarget {
-    fn deliver(&self, event: &Event) -> AttemptFuture {
+impl HttpTarget {
+    /// One attempt at `event`, answered with the upstream's whole response (the gateway's
+    /// `proxy` mode relays it to the sender).
+    pub fn send(
+        &self,
+        event: &Event,
+    ) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static {
         let method =
             reqwest::Method::from_bytes(event.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        let request = self
-            .client
+        self.client
             .request(method, self.url.clone())
             .headers(attempt_headers(event))
             .timeout(self.timeout)
-            .body(event.body.clone());
+            .body(event.body.clone())
+            .send()
+    }
+
+    /// The upstream URL.
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+impl Target for HttpTarget {
+    fn deliver(&self, event: &Event) -> AttemptFuture {
+        let request = self.send(event);
         Box::pin(async move {
-            match request.send().await {
+            match request.await {
                 Ok(res) => {
                     let retry_after = res
                         .headers()

@@ -71,6 +71,20 @@ impl Deliverer {
         policy: DeliveryPolicy,
         metrics: DeliveryMetrics,
     ) -> Result<Self, SpoolError> {
+        let (deliverer, worker) = Self::new(route, spool, policy, metrics)?;
+        tokio::spawn(worker);
+        Ok(deliverer)
+    }
+
+    /// Like [`start`](Self::start), but returns the worker as a future for the caller to run on
+    /// the runtime of its choice (the gateway runs it in a pingora background service). Events
+    /// scheduled before the worker runs wait in its queue. The future ends when the worker stops.
+    pub fn new(
+        route: impl Into<String>,
+        spool: Arc<dyn Spool>,
+        policy: DeliveryPolicy,
+        metrics: DeliveryMetrics,
+    ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), SpoolError> {
         let route = route.into();
         let schedule = spool.pending_schedule(&route)?;
         let dead = spool
@@ -98,12 +112,17 @@ impl Deliverer {
             wake: Notify::new(),
             stop,
         });
-        tokio::spawn(dispatch(inner.clone()));
-        tokio::spawn(track_oldest(inner.clone()));
-        Ok(Self {
+        let worker = {
+            let inner = inner.clone();
+            async move {
+                tokio::join!(dispatch(inner.clone()), track_oldest(inner));
+            }
+        };
+        let deliverer = Self {
             _running: Arc::new(StopOnDrop(inner.clone())),
             inner,
-        })
+        };
+        Ok((deliverer, worker))
     }
 
     /// Sets the target; returns `false` (and changes nothing) if one is set already.
@@ -367,7 +386,7 @@ async fn attempt(
             m.success.inc();
             m.attempts.observe(f64::from(event.attempts));
             m.spool_depth.dec();
-            tracing::debug!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
+            tracing::info!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
             // Not awaited: nobody waits on this record (the writer logs a failed commit), and
             // losing it only means one repeat after a restart.
             inner.spool.forget_delivered(&event);

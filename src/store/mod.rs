@@ -81,3 +81,18 @@ impl<T: DedupStore> DedupStore for std::sync::Arc<T> {
         (**self).release(key)
     }
 }
+
+/// Commits into `store` every dedup key persisted in `spool` that is still inside its TTL, for
+/// the rest of it: events accepted before a restart answer `duplicate` again. Returns how many.
+pub fn refill_dedup<D: DedupStore + ?Sized>(
+    spool: &dyn Spool,
+    store: &D,
+) -> Result<usize, SpoolError> {
+    let now = now_ms();
+    let records = spool.dedup_keys()?;
+    for record in &records {
+        let left = Duration::from_millis(record.expires_ms.saturating_sub(now));
+        store.commit(DedupKey::from_bytes(record.key), left);
+    }
+    Ok(records.len())
+}

@@ -51,7 +51,8 @@ pub enum Durability {
     /// Written to the operating system before the acknowledgement: survives a crash or kill of
     /// the process, not of the machine.
     Os,
-    /// Kept in a temporary directory deleted on exit: survives nothing. For tests and benchmarks.
+    /// Kept in a temporary directory deleted when the spool is dropped: survives nothing. For
+    /// tests and benchmarks.
     Memory,
 }
 
@@ -326,12 +327,16 @@ pub trait Spool: Send + Sync + 'static {
     fn oldest_pending_ms(&self, route: &str) -> Option<u64>;
     /// Deletes persisted dedup keys whose TTL has passed; returns how many.
     fn sweep_expired_keys(&self) -> Result<usize, SpoolError>;
+    /// Commits a write that changes nothing, at the spool's durability: resolves `Ok` when the
+    /// spool can store events now (for readiness checks).
+    fn probe(&self) -> Completion;
 }
 
 /// Settings of an [`EmbeddedSpool`].
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
-    /// The data directory (unused with [`Durability::Memory`]).
+    /// The data directory. With [`Durability::Memory`], a temporary directory is made inside it
+    /// (or in the system's temp dir when empty) and deleted when the spool is dropped.
     pub path: PathBuf,
     /// What an acknowledgement survives.
     pub durability: Durability,
@@ -495,10 +500,17 @@ impl EmbeddedSpool {
     pub fn open(config: SpoolConfig) -> Result<Self, SpoolError> {
         let (path, tempdir) = match config.durability {
             Durability::Memory => {
-                let dir = tempfile::Builder::new()
-                    .prefix("hookgate-spool-")
-                    .tempdir()
-                    .map_err(|e| SpoolError::Storage(e.to_string()))?;
+                // Inside `path` when one is given (the gateway's data dir), so a killed
+                // process's leftovers are where its operator looks; else the system's temp dir.
+                let mut builder = tempfile::Builder::new();
+                builder.prefix("hookgate-spool-");
+                let dir = if config.path.as_os_str().is_empty() {
+                    builder.tempdir()
+                } else {
+                    std::fs::create_dir_all(&config.path)
+                        .and_then(|()| builder.tempdir_in(&config.path))
+                }
+                .map_err(|e| SpoolError::Storage(format!("{}: {e}", config.path.display())))?;
                 (dir.path().to_owned(), Some(dir))
             }
             _ => (config.path.clone(), None),
@@ -802,6 +814,20 @@ impl Spool for EmbeddedSpool {
             Op::Delete {
                 space: Space::Dead,
                 key: id.as_bytes().to_vec().into(),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn probe(&self) -> Completion {
+        // Deleting a dead letter that cannot exist (the nil UUID is never an event id) goes
+        // through the writer and the journal's sync like any commit, and removes nothing.
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Delete {
+                space: Space::Dead,
+                key: Uuid::nil().as_bytes().to_vec().into(),
                 reply,
             },
             rx,

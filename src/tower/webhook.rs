@@ -7,10 +7,10 @@ use std::time::Duration;
 use tower_layer::{Identity, Layer};
 
 use super::{DedupLayer, IpAllowlistLayer, MetricsLayer, PeerIpFn, ValidateLayer};
-use crate::core::{Allowlist, ConfigError, DedupKey, DedupKeySpec, Validator};
+use crate::core::{Allowlist, ConfigError, DedupKeySpec, Validator};
 use crate::deliver::{Deliverer, DeliveryPolicy};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::store::{now_ms, DedupStore, MemoryDedupStore, Spool, SpoolError};
+use crate::store::{DedupStore, MemoryDedupStore, Spool, SpoolError};
 use crate::tower::validate::{DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
 use crate::tower::FastAckLayer;
 use crate::tower::{Dedup, IpAllowlist, RecordMetrics, Validate};
@@ -101,11 +101,7 @@ impl<B> AckMode for FastAckMode<B> {
             });
         }
         // Keys accepted before a restart answer `duplicate` again for the rest of their TTL.
-        let now = now_ms();
-        for record in self.spool.dedup_keys().map_err(spool_error)? {
-            let left = Duration::from_millis(record.expires_ms.saturating_sub(now));
-            store.commit(DedupKey::from_bytes(record.key), left);
-        }
+        crate::store::refill_dedup(self.spool.as_ref(), store).map_err(spool_error)?;
         FastAckLayer::new(route, self.spool, self.policy, metrics).map_err(spool_error)
     }
 }

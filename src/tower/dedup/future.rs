@@ -14,7 +14,7 @@ use crate::core::{DedupKey, Rejection};
 use crate::store::{DedupStore, Reservation};
 use crate::tower::{json_response, rejection_response};
 
-const DUPLICATE_BODY: &[u8] = br#"{"status":"duplicate"}"#;
+use crate::core::ack::DUPLICATE_BODY;
 
 /// Holds a reservation: released on drop unless committed, so a cancelled or failed request never
 /// blocks the sender's retry.

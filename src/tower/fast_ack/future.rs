@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use super::layer::Shared;
+use crate::core::ack::received_body;
 use crate::core::Rejection;
 use crate::store::{Completion, Event, SpoolError};
 use crate::tower::{json_response, rejection_response};
@@ -66,8 +67,7 @@ impl<B: From<Bytes>, E> Future for ResponseFuture<B, E> {
                     (Ok(()), Some(event)) => {
                         let id = event.id;
                         shared.deliverer.schedule_new(event);
-                        let body = format!(r#"{{"status":"received","event_id":"{id}"}}"#);
-                        json_response(StatusCode::OK, Bytes::from(body))
+                        json_response(StatusCode::OK, received_body(id))
                     }
                     (Ok(()), None) => unreachable!("the event is taken once, with the answer"),
                     (Err(SpoolError::Full(why)), _) => {

@@ -1,0 +1,260 @@
+//! `hookgate`: the webhook gateway binary. See `hookgate --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hookgate::gateway::Config;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const EXAMPLES: &str = "\
+Examples:
+  hookgate --config examples/hookgate.toml              run the gateway (same as `run`)
+  hookgate check-config examples/hookgate.toml          print the effective config, or every error
+  hookgate dead-letters list                            list the dead letters (admin API on 127.0.0.1:9090)
+  hookgate dead-letters replay --all --route /webhook/o3-video
+  hookgate dead-letters purge 0190c5d2-8f3a-7c1e-9b2d-3e4f5a6b7c8d
+  RUST_LOG=hookgate=debug hookgate --log-format json --config hookgate.toml";
+
+/// A webhook gateway: IP allowlist, payload validation, dedup, fast acknowledgement from a durable
+/// spool, retried delivery to your handler, Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "hookgate", version, after_help = EXAMPLES)]
+struct Cli {
+    /// The configuration file (for `run`, the default command).
+    #[arg(long, short, global = true, env = "HOOKGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log line format (the level comes from RUST_LOG, default `info`).
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Check a configuration file: print the effective config (defaults filled in) or every error.
+    CheckConfig {
+        /// The file (defaults to --config).
+        file: Option<PathBuf>,
+    },
+    /// Dead letters, through the admin API of a running gateway.
+    DeadLetters {
+        /// The admin listener (default: `server.admin` of --config, else 127.0.0.1:9090).
+        #[arg(long)]
+        admin: Option<String>,
+        /// The admin token (default: `server.admin_token` of --config).
+        #[arg(long, env = "HOOKGATE_ADMIN_TOKEN")]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// List dead letters, oldest first.
+    List {
+        /// Only this route (its name; the path when unnamed).
+        #[arg(long)]
+        route: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Deliver dead letters again: one by id, or --all.
+    Replay {
+        /// The event id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter (of --route).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this route.
+        #[arg(long, requires = "all")]
+        route: Option<String>,
+    },
+    /// Delete dead letters: one by id, or --all.
+    Purge {
+        /// The event id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter (of --route).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this route.
+        #[arg(long, requires = "all")]
+        route: Option<String>,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    // The storage engine's own info lines (files created, writers finished) are noise to an
+    // operator; RUST_LOG overrides this default entirely.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let Some(path) = cli.config else {
+                eprintln!(
+                    "hookgate: no configuration: pass --config FILE (try examples/hookgate.toml)"
+                );
+                return ExitCode::from(2);
+            };
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match hookgate::gateway::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hookgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { file } => {
+            let Some(path) = file.or(cli.config) else {
+                eprintln!("hookgate check-config: name the file: hookgate check-config FILE");
+                return ExitCode::from(2);
+            };
+            match Config::load(&path) {
+                Ok(c) => {
+                    println!("# {}: OK. The effective configuration:", path.display());
+                    print!("{}", c.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::DeadLetters {
+            admin,
+            token,
+            action,
+        } => dead_letters(cli.config, admin, token, action),
+    }
+}
+
+fn dead_letters(
+    config: Option<PathBuf>,
+    admin: Option<String>,
+    token: Option<String>,
+    action: DeadLetterAction,
+) -> ExitCode {
+    let loaded = match config.map(Config::load).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let admin = admin
+        .or_else(|| loaded.as_ref().map(|c| c.server.admin.clone()))
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    let token = token.or_else(|| loaded.as_ref().and_then(|c| c.server.admin_token.clone()));
+    let base = format!("http://{admin}");
+    let route_query = |route: &Option<String>| {
+        route
+            .as_ref()
+            .map(|r| {
+                let encoded: String = url::form_urlencoded::byte_serialize(r.as_bytes()).collect();
+                format!("?route={encoded}")
+            })
+            .unwrap_or_default()
+    };
+    let (method, url) = match &action {
+        DeadLetterAction::List { route, limit } => {
+            let q = route_query(route);
+            let sep = if q.is_empty() { '?' } else { '&' };
+            (
+                reqwest::Method::GET,
+                format!("{base}/dead-letters{q}{sep}limit={limit}"),
+            )
+        }
+        DeadLetterAction::Replay { id: Some(id), .. } => (
+            reqwest::Method::POST,
+            format!("{base}/dead-letters/{id}/replay"),
+        ),
+        DeadLetterAction::Replay { route, .. } => (
+            reqwest::Method::POST,
+            format!("{base}/dead-letters/replay{}", route_query(route)),
+        ),
+        DeadLetterAction::Purge { id: Some(id), .. } => {
+            (reqwest::Method::DELETE, format!("{base}/dead-letters/{id}"))
+        }
+        DeadLetterAction::Purge { route, .. } => (
+            reqwest::Method::DELETE,
+            format!("{base}/dead-letters{}", route_query(route)),
+        ),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hookgate: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(reqwest::StatusCode, String), reqwest::Error> = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        let mut request = client.request(method, &url);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        Ok((status, response.text().await?))
+    });
+    match result {
+        Ok((status, body)) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or(body);
+            if status.is_success() {
+                println!("{pretty}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("hookgate: {url}: {status}\n{pretty}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("hookgate: cannot reach the admin API at {base}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

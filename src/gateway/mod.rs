@@ -1,0 +1,334 @@
+//! The standalone gateway (feature `gateway`): DESIGN §2's pipeline on pingora, configured by a
+//! TOML file, in front of an upstream handler written in anything.
+//!
+//! - [`Config`]: the file (DESIGN §8), checked with errors that name the file and the key.
+//! - [`run`]: binds the public listeners (HTTP or HTTPS), the admin listener and the delivery
+//!   engine, and serves until SIGTERM or SIGINT; then stops accepting, finishes the requests in
+//!   flight, lets deliveries in flight end, and flushes the spool.
+//!
+//! ```
+//! use hookgate::gateway::Config;
+//!
+//! let config = Config::parse("hookgate.toml", include_str!("../../examples/hookgate.toml")).unwrap();
+//! assert_eq!(config.server.listen, ["127.0.0.1:8080"]);
+//! assert_eq!(config.routes[0].path, "/webhook/o3-video");
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::core::ClientIpResolver;
+use crate::deliver::{Deliverer, Target};
+use crate::metrics::Metrics;
+use crate::store::{EmbeddedSpool, MemoryDedupStore, Spool, SpoolConfig, SpoolError};
+
+mod admin;
+pub mod config;
+mod service;
+
+pub use admin::{Attempt, DeadLetter};
+pub use config::{Config, ConfigFileError};
+
+use service::{Gateway, GatewayApp, PeerFilter, Route};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigFileError),
+    /// The spool cannot be opened (a locked or unreadable data dir).
+    #[error("{file}: server.data_dir: cannot open the spool: {error}")]
+    Spool {
+        /// The config file.
+        file: String,
+        /// What failed.
+        error: SpoolError,
+    },
+    /// A listener cannot be bound.
+    #[error("{file}: {key}: cannot listen on {addr}: {error}")]
+    Listen {
+        /// The config file.
+        file: String,
+        /// The setting (`server.listen[0]`, `server.admin`).
+        key: String,
+        /// The address.
+        addr: String,
+        /// The bind error.
+        error: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The delivery workers could not start.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs the gateway described by `config` until SIGTERM or SIGINT (both graceful).
+pub fn run(config: Config) -> Result<(), StartError> {
+    let file = config.source.display().to_string();
+    let built = build(&config)?;
+    let server = built.server;
+    tracing::info!(
+        listen = ?config.server.listen,
+        tls = config.server.tls.is_some(),
+        admin = %config.server.admin,
+        routes = config.routes.len(),
+        durability = ?config.server.durability,
+        data_dir = %config.server.data_dir.display(),
+        "hookgate serving (config {file})"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(GracefulSignals),
+    });
+    // Every runtime has stopped; the last spool handles drop here and the writer commits what
+    // was queued before the process exits.
+    drop(built.spool);
+    tracing::info!("hookgate stopped");
+    Ok(())
+}
+
+struct Built {
+    server: Server,
+    spool: Arc<dyn Spool>,
+}
+
+fn build(config: &Config) -> Result<Built, StartError> {
+    let file = config.source.display().to_string();
+    let s = &config.server;
+    // Bind every address once first: pingora panics on a bind error; this names the key.
+    let mut addrs: Vec<(String, &String)> = s
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("server.listen[{i}]"), a))
+        .collect();
+    addrs.push(("server.admin".into(), &s.admin));
+    for (key, addr) in addrs {
+        if let Err(error) = std::net::TcpListener::bind(addr.as_str()) {
+            return Err(StartError::Listen {
+                file,
+                key,
+                addr: addr.clone(),
+                error,
+            });
+        }
+    }
+
+    let data_dir = s.data_dir.clone();
+    let spool_config = SpoolConfig::new(data_dir.join("spool"), s.durability)
+        .with_max_events(s.spool_max_events)
+        .with_max_bytes(s.spool_max_size.as_u64());
+    let spool: Arc<dyn Spool> =
+        Arc::new(
+            EmbeddedSpool::open(spool_config).map_err(|error| StartError::Spool {
+                file: file.clone(),
+                error,
+            })?,
+        );
+
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    let refused = prometheus::IntCounter::new(
+        "hookgate_connections_refused_total",
+        "Connections dropped before any byte was read: the peer is in no route's allowlist.",
+    )?;
+    registry.register(Box::new(refused.clone()))?;
+    let dedup = Arc::new(MemoryDedupStore::with_metrics(s.dedup_capacity, &metrics));
+    let refilled = crate::store::refill_dedup(spool.as_ref(), dedup.as_ref()).map_err(|error| {
+        StartError::Spool {
+            file: file.clone(),
+            error,
+        }
+    })?;
+    tracing::info!(keys = refilled, "dedup keys restored from the spool");
+
+    let mut routes = HashMap::new();
+    let mut deliverers = HashMap::new();
+    let mut workers = Vec::new();
+    let mut invalid = Vec::new();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let compiled = match config.compile_route(i, rc) {
+            Ok(c) => c,
+            Err(errors) => {
+                invalid.extend(errors);
+                continue;
+            }
+        };
+        let name = Config::route_name(rc).to_owned();
+        let route_metrics = metrics.route(&name);
+        let (deliverer, worker) = Deliverer::new(
+            name.clone(),
+            spool.clone(),
+            rc.delivery.policy(),
+            route_metrics.delivery().clone(),
+        )
+        .map_err(|error| StartError::Spool {
+            file: file.clone(),
+            error,
+        })?;
+        let target: Arc<dyn Target> = Arc::new(compiled.upstream.clone());
+        deliverer.set_target(target);
+        workers.push(Box::pin(worker) as Worker);
+        deliverers.insert(name.clone(), deliverer.clone());
+        routes.insert(
+            rc.path.clone(),
+            Arc::new(Route {
+                name,
+                mode: rc.mode,
+                allow: compiled.allow,
+                clients: ClientIpResolver::new(compiled.trusted),
+                validator: compiled.validator,
+                dedup_key: compiled.dedup_key,
+                dedup_ttl: rc.dedup.ttl,
+                max_body: rc.max_body.as_u64(),
+                upstream: compiled.upstream,
+                deliverer,
+                metrics: route_metrics,
+            }),
+        );
+    }
+    if !invalid.is_empty() {
+        return Err(ConfigFileError::Invalid {
+            file,
+            errors: invalid,
+        }
+        .into());
+    }
+    let filter = (!routes.values().any(|r| r.clients.trusts_proxies())).then(|| PeerFilter {
+        allow: routes.values().map(|r| r.allow.clone()).collect(),
+        refused,
+    });
+
+    let grace = s.shutdown_grace;
+    let conf = ServerConf {
+        threads: s.threads,
+        // pingora sleeps this long after SIGTERM before stopping its runtimes: the requests in
+        // flight finish within it (listeners stop accepting at once).
+        grace_period_seconds: Some(grace.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gateway = Arc::new(Gateway {
+        routes,
+        spool: spool.clone(),
+        dedup: dedup.clone(),
+        header_timeout: s.header_timeout,
+        body_timeout: s.body_timeout,
+        idle_timeout: s.idle_timeout,
+        unmatched: metrics.route("(none)"),
+    });
+    let mut public = Service::new("hookgate".into(), GatewayApp(gateway));
+    if let Some(filter) = filter {
+        public.set_connection_filter(Arc::new(filter));
+    }
+    for addr in &s.listen {
+        match &s.tls {
+            None => public.add_tcp(addr),
+            Some(tls) => {
+                let cert = config.resolve(&tls.cert).display().to_string();
+                let key = config.resolve(&tls.key).display().to_string();
+                public
+                    .add_tls(addr, &cert, &key)
+                    .map_err(|e| StartError::Other(format!("{file}: server.tls: {e}")))?;
+            }
+        }
+    }
+    server.add_service(public);
+
+    let mut admin = Service::new(
+        "hookgate-admin".into(),
+        admin::Admin {
+            registry,
+            token: s.admin_token.clone(),
+            spool: spool.clone(),
+            max_events: s.spool_max_events,
+            max_bytes: s.spool_max_size.as_u64(),
+            deliverers: deliverers.clone(),
+        },
+    );
+    admin.add_tcp(&s.admin);
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    let sweeper = dedup.clone();
+    let delivery = background_service(
+        "hookgate-delivery",
+        DeliveryService {
+            workers: Mutex::new(workers),
+            deliverers: deliverers.into_values().collect(),
+            sweeper,
+            grace,
+        },
+    );
+    server.add_service(delivery);
+    Ok(Built { server, spool })
+}
+
+type Worker = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs the delivery workers; on shutdown lets attempts in flight finish (up to the grace).
+struct DeliveryService {
+    workers: Mutex<Vec<Worker>>,
+    deliverers: Vec<Deliverer>,
+    sweeper: Arc<MemoryDedupStore>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for DeliveryService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for worker in workers {
+            tokio::spawn(worker);
+        }
+        let sweeper = self.sweeper.spawn_sweeper(Duration::from_secs(30));
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        sweeper.abort();
+        let stops = self.deliverers.iter().map(|d| d.shutdown(self.grace));
+        for stop in stops {
+            stop.await;
+        }
+        tracing::info!("deliveries stopped; undelivered events stay in the spool");
+    }
+}
+
+/// SIGTERM and SIGINT both stop gracefully (pingora's own SIGINT handling gives services no
+/// notice); SIGQUIT keeps pingora's meaning (graceful upgrade).
+struct GracefulSignals;
+
+#[async_trait]
+impl ShutdownSignalWatch for GracefulSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: graceful upgrade");
+                return ShutdownSignal::GracefulUpgrade;
+            }
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
