@@ -1,0 +1,336 @@
+//! Shared by the gateway tests: the real `hookgate` binary as a process, a recording upstream on
+//! 127.0.0.1, the provider's payloads, and raw HTTP/1.1 over a socket.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post as route_post;
+use axum::Router;
+
+pub const PATH: &str = "/webhook/o3-video";
+
+/// The provider's three example payloads, byte for byte as its documentation prints them.
+pub const PROVIDER_COMPLETED: &str = r#"{
+"generation_id" : "550e8400-e29b-41d4-a716-446655440000" ,
+"status" : "completed" ,
+"video_url" : "https://cdn.example.com/videos/550e8400.mp4" ,
+"model" : "kling-o3-video-10s-pro" ,
+"message" : null
+}"#;
+pub const PROVIDER_FAILED: &str = r#"{
+"generation_id" : "550e8400-e29b-41d4-a716-446655440001" ,
+"status" : "failed" ,
+"video_url" : null ,
+"model" : "kling-o3-video-10s-pro" ,
+"message" : "CONTENT_POLICY_VIOLATION"
+}"#;
+pub const PROVIDER_TIMEOUT: &str = r#"{
+"generation_id" : "550e8400-e29b-41d4-a716-446655440002" ,
+"status" : "failed" ,
+"video_url" : null ,
+"model" : "kling-o3-video-10s-pro" ,
+"message" : "TIMEOUT"
+}"#;
+
+/// A valid payload for generation `id`.
+pub fn completed(id: &str) -> String {
+    format!(
+        r#"{{"generation_id":"{id}","status":"completed","video_url":"https://cdn.example.com/videos/{id}.mp4","model":"kling-o3-video-10s-pro","message":null}}"#
+    )
+}
+
+/// A fresh generation id.
+pub fn generation() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// What the upstream answered it.
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// How the upstream answers.
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    pub status: u16,
+    pub delay: Duration,
+    pub body: &'static str,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Self {
+            status: 200,
+            delay: Duration::ZERO,
+            body: r#"{"status":"received"}"#,
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct UpstreamState {
+    received: Arc<Mutex<Vec<Received>>>,
+    behavior: Arc<Mutex<Behavior>>,
+}
+
+/// A real HTTP server on 127.0.0.1 that records what arrives and answers per its [`Behavior`].
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: UpstreamState,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let state = UpstreamState::default();
+        let app = Router::new()
+            .fallback(route_post(
+                |State(s): State<UpstreamState>, headers: HeaderMap, body: Bytes| async move {
+                    let behavior = s.behavior.lock().unwrap().clone();
+                    if !behavior.delay.is_zero() {
+                        tokio::time::sleep(behavior.delay).await;
+                    }
+                    s.received.lock().unwrap().push(Received {
+                        status: behavior.status,
+                        headers,
+                        body,
+                    });
+                    (
+                        StatusCode::from_u16(behavior.status).unwrap(),
+                        [("content-type", "application/json"), ("x-upstream", "demo")],
+                        behavior.body,
+                    )
+                },
+            ))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Upstream {
+            addr,
+            state,
+            _task: task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}{PATH}", self.addr)
+    }
+
+    pub fn set(&self, behavior: Behavior) {
+        *self.state.behavior.lock().unwrap() = behavior;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` requests arrived; returns them.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}
+
+/// A config file's text: `server` lines go under `[server]` (listen, admin, data_dir and a short
+/// shutdown grace are set here), then `routes` verbatim.
+pub fn config(public: u16, admin: u16, data: &Path, server: &str, routes: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{public}\"\nadmin = \"127.0.0.1:{admin}\"\ndata_dir = {data:?}\nshutdown_grace = \"1s\"\n{server}\n{routes}\n"
+    )
+}
+
+/// A route to `upstream` allowing loopback, with extra lines.
+pub fn route(upstream: &str, extra: &str) -> String {
+    format!(
+        "[[route]]\npath = \"{PATH}\"\nupstream = \"{upstream}\"\nallow = [\"127.0.0.1/32\", \"::1/128\"]\n{extra}\n"
+    )
+}
+
+/// The `hookgate` binary under test, as a process; SIGKILLed (by PID) when dropped.
+pub struct Gateway {
+    child: Option<Child>,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_hookgate")
+}
+
+impl Gateway {
+    /// Writes `text` to `dir/hookgate.toml` and starts the binary on it; waits for `/healthz`.
+    pub async fn start(dir: &Path, public: u16, admin: u16, text: &str) -> Gateway {
+        let config = dir.join("hookgate.toml");
+        std::fs::write(&config, text).unwrap();
+        Self::start_file(dir, public, admin, &config).await
+    }
+
+    pub async fn start_file(dir: &Path, public: u16, admin: u16, config: &Path) -> Gateway {
+        let log = dir.join(format!("gateway-{}.log", uuid::Uuid::now_v7()));
+        let child = Command::new(binary())
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the hookgate binary");
+        let gateway = Gateway {
+            child: Some(child),
+            public: SocketAddr::from(([127, 0, 0, 1], public)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            config: config.to_owned(),
+            log,
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = client
+                .get(format!("http://{}/healthz", self.admin))
+                .send()
+                .await;
+            let public = tokio::net::TcpStream::connect(self.public).await;
+            if matches!(health, Ok(ref r) if r.status() == 200) && public.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not come up; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Sends `signal` (by PID) and waits (bounded) for the exit; returns how long it took.
+    pub fn signal_and_wait(&mut self, signal: &str) -> Duration {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return started.elapsed();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the gateway did not exit within 30 s of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A JSON POST; returns (status, headers, body).
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let res = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    (status, headers, res.text().await.unwrap_or_default())
+}
+
+/// Writes `request` raw to `addr` and reads the answer until the server closes or `within`
+/// passes; returns what arrived.
+pub async fn raw(addr: SocketAddr, request: &[u8], within: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,916 @@
+//! The `hookgate` binary end to end: the real process, configured by a file, in front of a real
+//! upstream on 127.0.0.1, driven by real clients.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    upstream: Upstream,
+    gateway: Gateway,
+}
+
+/// An upstream and a gateway with one route to it (`route_extra` and `server_extra` added).
+async fn setup(server_extra: &str, route_extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let text = config(
+        public,
+        admin,
+        &dir.path().join("data"),
+        server_extra,
+        &route(&upstream.url(), route_extra),
+    );
+    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    Setup {
+        dir,
+        upstream,
+        gateway,
+    }
+}
+
+fn reason(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn metrics(gateway: &Gateway) -> String {
+    client()
+        .get(gateway.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the series `name{labels}` (labels as written in the exposition, sorted).
+fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_pipeline_row_answers_as_designed() {
+    let s = setup(
+        "header_timeout = \"500ms\"\nbody_timeout = \"500ms\"",
+        "max_body = \"1KiB\"",
+    )
+    .await;
+    let c = client();
+    let url = s.gateway.url(PATH);
+    let id = generation();
+
+    // 1. route match.
+    let (status, _, body) = post(&c, &s.gateway.url("/elsewhere"), completed(&id)).await;
+    assert_eq!((status, reason(&body).as_str()), (404, "route_not_found"));
+    // 2. method.
+    let res = c.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    assert_eq!(reason(&res.text().await.unwrap()), "method_not_allowed");
+    // 6. declared size.
+    let (status, _, body) = post(&c, &url, "x".repeat(2000)).await;
+    assert_eq!((status, reason(&body).as_str()), (413, "payload_too_large"));
+    // 6. streamed size (chunked, no Content-Length): refused once past the limit, connection closed.
+    let chunk = "a".repeat(600);
+    let chunked = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let answer = raw(s.gateway.public, chunked.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // 7. content type.
+    let res = c
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(completed(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    assert_eq!(reason(&res.text().await.unwrap()), "unsupported_media_type");
+    // 8. body read timeout: 100 bytes announced, 10 sent.
+    let slow = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"generati"
+    );
+    let answer = raw(s.gateway.public, slow.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    // 8'. header read timeout: a header that never ends.
+    let answer = raw(
+        s.gateway.public,
+        b"POST /webhook/o3-video HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // 10. well-formed JSON.
+    let (status, _, body) = post(&c, &url, "{\"generation_id\":").await;
+    assert_eq!((status, reason(&body).as_str()), (400, "malformed_json"));
+    // 11. profile: every failing field listed.
+    let (status, _, body) = post(&c, &url, r#"{"status":"completed","video_url":"nope"}"#).await;
+    assert_eq!((status, reason(&body).as_str()), (422, "invalid_payload"));
+    let fields: Vec<String> = serde_json::from_str::<Value>(&body).unwrap()["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fields, ["/generation_id", "/model", "/video_url"], "{body}");
+    // 13–14. accepted, then 12. duplicate.
+    let (status, _, body) = post(&c, &url, completed(&id)).await;
+    assert_eq!(status, 200, "{body}");
+    let ack: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ack["status"], "received");
+    let (status, _, body) = post(&c, &url, completed(&id)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"duplicate"}"#));
+    let got = s.upstream.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("x-hookgate-event-id"), ack["event_id"]);
+
+    // Each outcome counted under its reason.
+    let m = metrics(&s.gateway).await;
+    let r = r#"route="/webhook/o3-video""#;
+    for (reason, n) in [
+        ("method_not_allowed", 1.0),
+        ("payload_too_large", 2.0),
+        ("unsupported_media_type", 1.0),
+        ("request_timeout", 1.0),
+        ("malformed_json", 1.0),
+        ("invalid_payload", 1.0),
+    ] {
+        let name = format!("hookgate_rejections_total{{reason=\"{reason}\",{r}}}");
+        assert_eq!(series(&m, &name), n, "{name}");
+    }
+    let unmatched = r#"hookgate_rejections_total{reason="route_not_found",route="(none)"}"#;
+    assert_eq!(series(&m, unmatched), 1.0);
+    let header_timeouts = r#"hookgate_rejections_total{reason="request_timeout",route="(none)"}"#;
+    assert_eq!(series(&m, header_timeouts), 1.0);
+    let accepted = format!("hookgate_requests_total{{outcome=\"accepted\",{r}}}");
+    assert_eq!(series(&m, &accepted), 1.0);
+    let duplicate = format!("hookgate_requests_total{{outcome=\"duplicate\",{r}}}");
+    assert_eq!(series(&m, &duplicate), 1.0);
+    let delivered = format!("hookgate_deliveries_total{{result=\"success\",{r}}}");
+    assert_eq!(series(&m, &delivered), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_payloads_reach_the_upstream_byte_for_byte() {
+    let s = setup("", "").await;
+    let c = client();
+    let mut acks = Vec::new();
+    for payload in [PROVIDER_COMPLETED, PROVIDER_FAILED, PROVIDER_TIMEOUT] {
+        let res = c
+            .post(s.gateway.url(PATH))
+            .header("content-type", "application/json")
+            .header("user-agent", "RunBlob-Webhooks/1.0")
+            .header("x-custom", "kept")
+            .body(payload)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let ack: Value = res.json().await.unwrap();
+        acks.push(ack["event_id"].as_str().unwrap().to_owned());
+    }
+    let got = s.upstream.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 3);
+    for (payload, id) in [PROVIDER_COMPLETED, PROVIDER_FAILED, PROVIDER_TIMEOUT]
+        .iter()
+        .zip(&acks)
+    {
+        let r = got
+            .iter()
+            .find(|r| r.header("x-hookgate-event-id") == id)
+            .expect("delivered with its event id");
+        assert_eq!(r.body.as_ref(), payload.as_bytes(), "byte for byte");
+        assert_eq!(r.header("content-type"), "application/json");
+        assert_eq!(r.header("user-agent"), "RunBlob-Webhooks/1.0");
+        assert_eq!(r.header("x-custom"), "kept");
+        assert_eq!(r.header("x-forwarded-for"), "127.0.0.1");
+        assert_eq!(r.header("x-hookgate-attempt"), "1");
+        assert!(!r.header("x-hookgate-received-at").is_empty());
+        assert_ne!(r.header("host"), s.gateway.public.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_outside_the_allowlist_is_refused_before_any_byte() {
+    let s = setup("", "").await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(IpAddr::from(ip))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let refused = from([127, 0, 0, 2])
+        .post(s.gateway.url(PATH))
+        .header("content-type", "application/json")
+        .body(completed(&generation()))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "127.0.0.2 must get no answer: {refused:?}"
+    );
+    let (status, _, _) = post(
+        &from([127, 0, 0, 1]),
+        &s.gateway.url(PATH),
+        completed(&generation()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let m = metrics(&s.gateway).await;
+    assert_eq!(series(&m, "hookgate_connections_refused_total"), 1.0);
+    assert_eq!(
+        s.upstream.wait_for(1, Duration::from_secs(10)).await.len(),
+        1
+    );
+    assert!(s.gateway.log_text().contains("client=127.0.0.2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_checked() {
+    // A route that trusts a proxy cannot refuse connections by peer: the check is per request.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let routes = format!(
+        "[[route]]\npath = \"{PATH}\"\nupstream = \"{}\"\nallow = [\"203.0.113.0/24\", \"127.0.0.1/32\"]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        upstream.url()
+    );
+    let text = config(public, admin, &dir.path().join("data"), "", &routes);
+    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    let c = client();
+    let send = |xff: &'static str| {
+        c.post(gateway.url(PATH))
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", xff)
+            .body(completed(&generation()))
+            .send()
+    };
+    let res = send("10.9.9.9").await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(reason(&res.text().await.unwrap()), "ip_not_allowed");
+    assert_eq!(
+        send("198.51.100.1, 203.0.113.7").await.unwrap().status(),
+        200
+    );
+    let from_2 = reqwest::Client::builder()
+        .local_address(IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let res = from_2
+        .post(gateway.url(PATH))
+        .header("content-type", "application/json")
+        .body(completed(&generation()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        403,
+        "127.0.0.2 is neither allowed nor a trusted proxy"
+    );
+    let got = upstream.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("x-forwarded-for"), "203.0.113.7");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_spool_answers_503_and_the_retry_is_accepted() {
+    let s = setup(
+        "spool_max_events = 2",
+        "[route.delivery]\nbackoff = \"200ms\"\nmax_backoff = \"200ms\"",
+    )
+    .await;
+    s.upstream.set(Behavior {
+        status: 503,
+        ..Behavior::default()
+    });
+    let c = client();
+    let url = s.gateway.url(PATH);
+    for _ in 0..2 {
+        assert_eq!(post(&c, &url, completed(&generation())).await.0, 200);
+    }
+    let third = generation();
+    let (status, headers, body) = post(&c, &url, completed(&third)).await;
+    assert_eq!((status, reason(&body).as_str()), (503, "spool_full"));
+    assert_eq!(headers["retry-after"], "5");
+    let ready = c.get(s.gateway.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while full");
+    s.upstream.set(Behavior::default());
+    // The backlog drains; the sender's retry is then accepted, not taken for a duplicate.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, body) = post(&c, &url, completed(&third)).await;
+        if status == 200 {
+            assert!(body.contains("received"), "{body}");
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "the spool never drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = c.get(s.gateway.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_mode_relays_the_upstream_and_commits_dedup_only_on_2xx() {
+    let s = setup("", "mode = \"proxy\"\n[route.delivery]\ntimeout = \"2s\"").await;
+    let c = client();
+    let url = s.gateway.url(PATH);
+    let id = generation();
+
+    s.upstream.set(Behavior {
+        status: 500,
+        body: r#"{"error":"db down"}"#,
+        ..Behavior::default()
+    });
+    let (status, headers, body) = post(&c, &url, completed(&id)).await;
+    assert_eq!((status, body.as_str()), (500, r#"{"error":"db down"}"#));
+    assert_eq!(headers["x-upstream"], "demo");
+    // Not committed: the sender's retry is forwarded again.
+    s.upstream.set(Behavior {
+        status: 201,
+        body: r#"{"stored":true}"#,
+        ..Behavior::default()
+    });
+    let (status, headers, body) = post(&c, &url, completed(&id)).await;
+    assert_eq!((status, body.as_str()), (201, r#"{"stored":true}"#));
+    assert_eq!(headers["content-type"], "application/json");
+    // Committed on 2xx.
+    let (status, _, body) = post(&c, &url, completed(&id)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"duplicate"}"#));
+    assert_eq!(s.upstream.received().len(), 2);
+
+    // A duplicate while the first is in flight: 409 + Retry-After.
+    s.upstream.set(Behavior {
+        delay: Duration::from_millis(800),
+        ..Behavior::default()
+    });
+    let slow = generation();
+    let first = {
+        let (c, url, body) = (c.clone(), url.clone(), completed(&slow));
+        tokio::spawn(async move { post(&c, &url, body).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, headers, body) = post(&c, &url, completed(&slow)).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (409, "duplicate_in_flight")
+    );
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(first.await.unwrap().0, 200);
+
+    // The upstream too slow: 504; gone: 502.
+    s.upstream.set(Behavior {
+        delay: Duration::from_secs(4),
+        ..Behavior::default()
+    });
+    let (status, _, body) = post(&c, &url, completed(&generation())).await;
+    assert_eq!((status, reason(&body).as_str()), (504, "upstream_timeout"));
+    let closed = format!("http://127.0.0.1:{}{PATH}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (public, admin) = (free_port(), free_port());
+    let text = config(
+        public,
+        admin,
+        &dir.path().join("data"),
+        "",
+        &route(&closed, "mode = \"proxy\""),
+    );
+    let gone = Gateway::start(dir.path(), public, admin, &text).await;
+    let id = generation();
+    let (status, _, body) = post(&c, &gone.url(PATH), completed(&id)).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (502, "upstream_unavailable")
+    );
+    // Released: the retry is tried again, not answered from the dedup store.
+    let (status, _, _) = post(&c, &gone.url(PATH), completed(&id)).await;
+    assert_eq!(status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_dead_letters_token_and_metrics() {
+    let s = setup(
+        "admin_token = \"s3cret\"",
+        "[route.delivery]\nmax_attempts = 1",
+    )
+    .await;
+    let c = client();
+    let admin = |path: &str| s.gateway.admin_url(path);
+    s.upstream.set(Behavior {
+        status: 400,
+        ..Behavior::default()
+    });
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, _, body) = post(&c, &s.gateway.url(PATH), completed(&generation())).await;
+        assert_eq!(status, 200);
+        ids.push(
+            serde_json::from_str::<Value>(&body).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    s.upstream.wait_for(2, Duration::from_secs(10)).await;
+
+    // Open without the token: metrics, health, readiness.
+    assert_eq!(c.get(admin("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(admin("/readyz")).send().await.unwrap().status(), 200);
+    let m = c.get(admin("/metrics")).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+    promtool_check(m.text().await.unwrap().as_bytes());
+    // Everything else needs it.
+    let denied = c.get(admin("/dead-letters")).send().await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["www-authenticate"], "Bearer");
+    let wrong = c
+        .get(admin("/dead-letters"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let denied = c
+        .post(admin(&format!("/dead-letters/{}/replay", ids[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+
+    // Both dead-lettered (a 400 is not retried).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list: Value = c
+            .get(admin("/dead-letters"))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list["count"] == 2 || Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(list["count"], 2, "{list}");
+    let first = &list["dead_letters"][0];
+    assert_eq!(first["route"], PATH);
+    assert_eq!(first["attempts"], 1);
+    assert_eq!(first["history"][0]["outcome"], "status 400");
+
+    // Replay one after the upstream is fixed: delivered once, same id.
+    s.upstream.set(Behavior::default());
+    let res = c
+        .post(admin(&format!("/dead-letters/{}/replay", ids[0])))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let got = s.upstream.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2].header("x-hookgate-event-id"), ids[0]);
+    assert_eq!(got[2].header("x-hookgate-attempt"), "2");
+    // Purge the other with the CLI, through the admin API.
+    let out = std::process::Command::new(binary())
+        .args(["dead-letters", "--admin", &s.gateway.admin.to_string()])
+        .args(["--token", "s3cret", "purge", &ids[1]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&s.gateway.config)
+        .args(["dead-letters", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["count"], 0, "{listed}");
+    // Errors are JSON with a reason.
+    let res = c
+        .delete(admin(&format!("/dead-letters/{}", ids[1])))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(reason(&res.text().await.unwrap()), "not_found");
+    let res = c
+        .post(admin("/dead-letters/replay?route=nope"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = c
+        .post(admin("/dead-letters/replay"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["count"], 0);
+    let m = metrics(&s.gateway).await;
+    let dead = r#"hookgate_deliveries_total{result="dead_letter",route="/webhook/o3-video"}"#;
+    assert_eq!(series(&m, dead), 2.0);
+    assert_eq!(
+        series(&m, r#"hookgate_dead_letters{route="/webhook/o3-video"}"#),
+        0.0
+    );
+}
+
+fn tls_files(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    pingora::tls::CertificateDer<'static>,
+) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path, cert.cert.der().clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_listener_with_a_certificate_made_here() {
+    use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = tls_files(dir.path());
+    let upstream = Upstream::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let text = config(
+        public,
+        admin,
+        &dir.path().join("data"),
+        &format!("tls = {{ cert = {cert:?}, key = {key:?} }}"),
+        &route(&upstream.url(), ""),
+    );
+    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
+
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(der).unwrap();
+    let tls = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(gateway.public)
+        .await
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    let body = completed(&generation());
+    let request = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""status":"received""#), "{answer}");
+    let got = upstream.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body.as_ref(), body.as_bytes());
+    // Plain HTTP on the TLS port gets no webhook answer.
+    let plain = raw(
+        gateway.public,
+        b"POST /webhook/o3-video HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(!plain.contains("received"), "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_certificate_or_key_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _, _) = tls_files(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, other_key, _) = tls_files(other.path());
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a pem file\n").unwrap();
+    for (name, key) in [("mismatched key", &other_key), ("garbage key", &garbage)] {
+        let text = config(
+            free_port(),
+            free_port(),
+            &dir.path().join("data"),
+            &format!("tls = {{ cert = {cert:?}, key = {key:?} }}"),
+            &route("http://127.0.0.1:9/", ""),
+        );
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("bad.toml: server.tls:"), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_config_or_every_error() {
+    let out = std::process::Command::new(binary())
+        .args(["check-config", "examples/hookgate.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("header_timeout = \"10s\""), "{stdout}");
+    assert!(stdout.contains("path = \"/webhook/o3-video\""), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(
+        &file,
+        "[server]\n[[route]]\npath = \"/w\"\nupstream = \"http://127.0.0.1:3000/\"\nallow = [\"10.0.0.0/33\"]\ndedup = { key = \"generation_id\" }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("typo.toml: route[0].allow[0]"), "{stderr}");
+    assert!(stderr.contains("typo.toml: route[0].dedup.key"), "{stderr}");
+
+    let out = std::process::Command::new(binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hookgate "));
+}
+
+/// Posts distinct events from `senders` tasks until told to stop or the gateway stops answering;
+/// returns the generation ids that got 200 received.
+fn spawn_senders(
+    url: String,
+    senders: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..senders)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                let mut acked = Vec::new();
+                let mut failures = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && failures < 20 {
+                    let id = generation();
+                    match c
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(completed(&id))
+                        .send()
+                        .await
+                    {
+                        Ok(res) if res.status() == 200 => {
+                            let body = res.text().await.unwrap_or_default();
+                            if body.contains("received") {
+                                acked.push(id);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+async fn delivered_ids(upstream: &Upstream) -> HashSet<String> {
+    upstream
+        .received()
+        .iter()
+        .filter_map(|r| r.json()["generation_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn wait_all_delivered(upstream: &Upstream, acked: &HashSet<String>) -> HashSet<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = delivered_ids(upstream).await;
+        if acked.is_subset(&got) || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    // Slow deliveries: a backlog is pending when the signal comes.
+    upstream.set(Behavior {
+        delay: Duration::from_millis(20),
+        ..Behavior::default()
+    });
+    let (public, admin) = (free_port(), free_port());
+    let text = config(
+        public,
+        admin,
+        &dir.path().join("data"),
+        "",
+        &route(&upstream.url(), "[route.delivery]\nconcurrency = 2"),
+    );
+    let mut gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders = spawn_senders(gateway.url(PATH), 8, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let took = tokio::task::spawn_blocking(move || {
+        let took = gateway.signal_and_wait("TERM");
+        (took, gateway)
+    })
+    .await
+    .unwrap();
+    let (took, gateway) = took;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = HashSet::new();
+    for s in senders {
+        acked.extend(s.await.unwrap());
+    }
+    let log = gateway.log_text();
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let before_restart = delivered_ids(&upstream).await;
+    assert!(
+        acked.len() > 50,
+        "the load was too light: {} acked",
+        acked.len()
+    );
+    upstream.set(Behavior::default());
+    let _again = Gateway::start_file(dir.path(), public, admin, &gateway.config).await;
+    let got = wait_all_delivered(&upstream, &acked).await;
+    let lost: Vec<_> = acked.difference(&got).collect();
+    println!(
+        "SIGTERM after {took:?}: {} acknowledged, {} delivered before the restart, {} lost",
+        acked.len(),
+        before_restart.intersection(&acked).count(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "{} acknowledged events lost", lost.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_stops_gracefully_too() {
+    let mut s = setup("", "").await;
+    assert_eq!(
+        post(&client(), &s.gateway.url(PATH), completed(&generation()))
+            .await
+            .0,
+        200
+    );
+    let took = s.gateway.signal_and_wait("INT");
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    let log = s.gateway.log_text();
+    assert!(log.contains("SIGINT: stopping gracefully"), "{log}");
+    assert!(log.contains("hookgate stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_and_restart_delivers_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    // The upstream refuses at first: every kill hits a backlog.
+    upstream.set(Behavior {
+        status: 503,
+        ..Behavior::default()
+    });
+    let (public, admin) = (free_port(), free_port());
+    let text = config(
+        public,
+        admin,
+        &dir.path().join("data"),
+        "",
+        &route(
+            &upstream.url(),
+            "[route.delivery]\nbackoff = \"100ms\"\nmax_backoff = \"300ms\"",
+        ),
+    );
+    let config_file = dir.path().join("hookgate.toml");
+    std::fs::write(&config_file, &text).unwrap();
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut kills = 0;
+    for round in 0..3 {
+        let mut gateway = Gateway::start_file(dir.path(), public, admin, &config_file).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let senders = spawn_senders(gateway.url(PATH), 6, stop.clone());
+        tokio::time::sleep(Duration::from_millis(700 + 200 * round)).await;
+        tokio::task::spawn_blocking(move || gateway.signal_and_wait("KILL"))
+            .await
+            .unwrap();
+        kills += 1;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for s in senders {
+            acked.lock().unwrap().extend(s.await.unwrap());
+        }
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "the load was too light: {}", acked.len());
+    upstream.set(Behavior::default());
+    let _last = Gateway::start_file(dir.path(), public, admin, &config_file).await;
+    let got = wait_all_delivered(&upstream, &acked).await;
+    let lost = acked.difference(&got).count();
+    let received = upstream.received();
+    let mut seen = HashSet::new();
+    let twice = received
+        .iter()
+        .filter(|r| r.status == 200 && !seen.insert(r.json()["generation_id"].to_string()))
+        .count();
+    println!(
+        "{kills} SIGKILLs: {} acknowledged, {} lost, {} attempts in all, {twice} delivered twice",
+        acked.len(),
+        lost,
+        received.len()
+    );
+    assert_eq!(
+        lost, 0,
+        "{lost} acknowledged events never reached the upstream"
+    );
+}
+
+/// Runs `promtool check metrics` on exposition text.
+fn promtool_check(text: &[u8]) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool not runnable ({e}); scripts/test installs it (Debian package prometheus)"
+            )
+        });
+    child.stdin.take().unwrap().write_all(text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
