@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -19,7 +19,8 @@ fn client() -> reqwest::Client {
 }
 
 struct Setup {
-    dir: tempfile::TempDir,
+    /// Holds the data dir until the test ends.
+    _dir: tempfile::TempDir,
     upstream: Upstream,
     gateway: Gateway,
 }
@@ -38,7 +39,7 @@ async fn setup(server_extra: &str, route_extra: &str) -> Setup {
     );
     let gateway = Gateway::start(dir.path(), public, admin, &text).await;
     Setup {
-        dir,
+        _dir: dir,
         upstream,
         gateway,
     }
@@ -850,7 +851,7 @@ async fn sigkill_and_restart_delivers_every_acknowledged_event() {
     );
     let config_file = dir.path().join("hookgate.toml");
     std::fs::write(&config_file, &text).unwrap();
-    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut acked = HashSet::new();
     let mut kills = 0;
     for round in 0..3 {
         let mut gateway = Gateway::start_file(dir.path(), public, admin, &config_file).await;
@@ -863,10 +864,9 @@ async fn sigkill_and_restart_delivers_every_acknowledged_event() {
         kills += 1;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for s in senders {
-            acked.lock().unwrap().extend(s.await.unwrap());
+            acked.extend(s.await.unwrap());
         }
     }
-    let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 100, "the load was too light: {}", acked.len());
     upstream.set(Behavior::default());
     let _last = Gateway::start_file(dir.path(), public, admin, &config_file).await;
