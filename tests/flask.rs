@@ -1,0 +1,128 @@
+//! A real Flask upstream — the provider's own example handler (`tests/flask/provider_handler.py`)
+//! — receiving through the `hookgate` binary. `scripts/test` installs Flask (`pip install flask`).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The Flask process; killed (by PID) when dropped.
+struct Flask {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Flask {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Flask {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn start_flask(dir: &std::path::Path, port: u16) -> Flask {
+    let probe = Command::new("python3")
+        .args(["-c", "import flask"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        probe.status.success(),
+        "Flask is not installed: run scripts/test (it runs `python3 -m pip install flask`)"
+    );
+    let log = dir.join("flask.log");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/flask/provider_handler.py"
+    );
+    let child = Command::new("python3")
+        .args(["-u", script, &port.to_string()])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start Flask");
+    let flask = Flask { child, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Flask did not start: {}",
+            flask.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    flask
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_providers_flask_handler_receives_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let flask_port = free_port();
+    let flask = start_flask(dir.path(), flask_port).await;
+    let (public, admin) = (free_port(), free_port());
+    let upstream = format!("http://127.0.0.1:{flask_port}{PATH}");
+    let text = config(
+        public,
+        admin,
+        &dir.path().join("data"),
+        "",
+        &route(&upstream, ""),
+    );
+    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    let client = reqwest::Client::new();
+    for payload in [PROVIDER_COMPLETED, PROVIDER_FAILED, PROVIDER_TIMEOUT] {
+        let (status, _, body) = post(&client, &gateway.url(PATH), payload).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("received"), "{body}");
+    }
+    // The sender's retry of the first: answered duplicate, not forwarded.
+    let (status, _, body) = post(&client, &gateway.url(PATH), PROVIDER_COMPLETED).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"duplicate"}"#));
+
+    let want = [
+        "INFO Video ready for 550e8400-e29b-41d4-a716-446655440000: https://cdn.example.com/videos/550e8400.mp4 (kling-o3-video-10s-pro)",
+        "ERROR Generation failed for 550e8400-e29b-41d4-a716-446655440001: CONTENT_POLICY_VIOLATION",
+        "ERROR Generation failed for 550e8400-e29b-41d4-a716-446655440002: TIMEOUT",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !want.iter().all(|w| flask.log().contains(w)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = flask.log();
+    for line in want {
+        assert_eq!(
+            log.matches(line).count(),
+            1,
+            "{line:?} once in Flask's log:\n{log}"
+        );
+    }
+    // Flask's access log: three POSTs answered 200, nothing else.
+    assert_eq!(
+        log.matches("\"POST /webhook/o3-video HTTP/1.1\" 200")
+            .count(),
+        3,
+        "{log}"
+    );
+    let metrics = client
+        .get(gateway.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"hookgate_deliveries_total{result="success",route="/webhook/o3-video"} 3"#),
+        "{metrics}"
+    );
+}
