@@ -272,10 +272,8 @@ impl Gateway {
 impl Route {
     async fn handle(&self, gw: &Gateway, session: &mut ServerSession) -> Answer {
         let req = session.req_header();
-        // Steps 2–7: nothing of the body is read before the head passes.
-        if let Err(r) = request_head::check_method(&req.method) {
-            return Answer::reject(r, true);
-        }
+        // Steps 2–7: nothing of the body is read before the head passes. The address is checked
+        // before the method, as in the tower layers: a client outside the allowlist learns nothing.
         let Some(peer) = peer_ip(session) else {
             return Answer::reject(Rejection::PeerAddressUnknown, true);
         };
@@ -289,6 +287,9 @@ impl Route {
             self.metrics.record_forwarded_invalid();
         }
         if let Err(r) = self.allow.check(client.ip) {
+            return Answer::reject(r, true);
+        }
+        if let Err(r) = request_head::check_method(&req.method) {
             return Answer::reject(r, true);
         }
         let declared = match request_head::check_content_length(&req.headers, self.max_body) {
