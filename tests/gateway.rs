@@ -128,6 +128,34 @@ async fn every_pipeline_row_answers_as_designed() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // 8''. a client that expects 100-continue is told to send the body once the head passes.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = completed(&generation());
+        let head = format!(
+            "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(s.gateway.public)
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("100 Continue before the body")
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 100"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
     // 10. well-formed JSON.
     let (status, _, body) = post(&c, &url, "{\"generation_id\":").await;
     assert_eq!((status, reason(&body).as_str()), (400, "malformed_json"));
@@ -148,9 +176,11 @@ async fn every_pipeline_row_answers_as_designed() {
     assert_eq!(ack["status"], "received");
     let (status, _, body) = post(&c, &url, completed(&id)).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"duplicate"}"#));
-    let got = s.upstream.wait_for(1, Duration::from_secs(10)).await;
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].header("x-hookgate-event-id"), ack["event_id"]);
+    let got = s.upstream.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    assert!(got
+        .iter()
+        .any(|r| r.header("x-hookgate-event-id") == ack["event_id"]));
 
     // Each outcome counted under its reason.
     let m = metrics(&s.gateway).await;
@@ -171,11 +201,11 @@ async fn every_pipeline_row_answers_as_designed() {
     let header_timeouts = r#"hookgate_rejections_total{reason="request_timeout",route="(none)"}"#;
     assert_eq!(series(&m, header_timeouts), 1.0);
     let accepted = format!("hookgate_requests_total{{outcome=\"accepted\",{r}}}");
-    assert_eq!(series(&m, &accepted), 1.0);
+    assert_eq!(series(&m, &accepted), 2.0);
     let duplicate = format!("hookgate_requests_total{{outcome=\"duplicate\",{r}}}");
     assert_eq!(series(&m, &duplicate), 1.0);
     let delivered = format!("hookgate_deliveries_total{{result=\"success\",{r}}}");
-    assert_eq!(series(&m, &delivered), 1.0);
+    assert_eq!(series(&m, &delivered), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

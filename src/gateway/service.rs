@@ -299,6 +299,15 @@ impl Route {
         if let Err(r) = request_head::check_content_type(&req.headers) {
             return Answer::reject(r, true);
         }
+        // A client that asked to be told before sending the body (curl does for large bodies)
+        // would otherwise wait a second or more for nothing.
+        let expects_continue = req
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && session.write_continue_response().await.is_err() {
+            return Answer::reject(Rejection::BodyReadFailed, true);
+        }
         // Step 8.
         let body = match read_body(session, declared, self.max_body, gw.body_timeout).await {
             Ok(body) => body,
