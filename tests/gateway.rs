@@ -29,15 +29,8 @@ struct Setup {
 async fn setup(server_extra: &str, route_extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
-    let (public, admin) = (free_port(), free_port());
-    let text = config(
-        public,
-        admin,
-        &dir.path().join("data"),
-        server_extra,
-        &route(&upstream.url(), route_extra),
-    );
-    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    let gateway =
+        Gateway::for_upstream(dir.path(), &upstream.url(), server_extra, route_extra).await;
     Setup {
         _dir: dir,
         upstream,
@@ -428,15 +421,7 @@ async fn proxy_mode_relays_the_upstream_and_commits_dedup_only_on_2xx() {
     assert_eq!((status, reason(&body).as_str()), (504, "upstream_timeout"));
     let closed = format!("http://127.0.0.1:{}{PATH}", free_port());
     let dir = tempfile::tempdir().unwrap();
-    let (public, admin) = (free_port(), free_port());
-    let text = config(
-        public,
-        admin,
-        &dir.path().join("data"),
-        "",
-        &route(&closed, "mode = \"proxy\""),
-    );
-    let gone = Gateway::start(dir.path(), public, admin, &text).await;
+    let gone = Gateway::for_upstream(dir.path(), &closed, "", "mode = \"proxy\"").await;
     let id = generation();
     let (status, _, body) = post(&c, &gone.url(PATH), completed(&id)).await;
     assert_eq!(
@@ -479,7 +464,7 @@ async fn admin_api_dead_letters_token_and_metrics() {
     assert_eq!(c.get(admin("/readyz")).send().await.unwrap().status(), 200);
     let m = c.get(admin("/metrics")).send().await.unwrap();
     assert_eq!(m.status(), 200);
-    promtool_check(m.text().await.unwrap().as_bytes());
+    common::promtool::check(m.text().await.unwrap().as_bytes());
     // Everything else needs it.
     let denied = c.get(admin("/dead-letters")).send().await.unwrap();
     assert_eq!(denied.status(), 401);
@@ -613,15 +598,8 @@ async fn tls_listener_with_a_certificate_made_here() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, der) = tls_files(dir.path());
     let upstream = Upstream::start().await;
-    let (public, admin) = (free_port(), free_port());
-    let text = config(
-        public,
-        admin,
-        &dir.path().join("data"),
-        &format!("tls = {{ cert = {cert:?}, key = {key:?} }}"),
-        &route(&upstream.url(), ""),
-    );
-    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    let tls = format!("tls = {{ cert = {cert:?}, key = {key:?} }}");
+    let gateway = Gateway::for_upstream(dir.path(), &upstream.url(), &tls, "").await;
 
     pingora::tls::install_default_crypto_provider();
     let mut roots = RootCertStore::empty();
@@ -917,30 +895,5 @@ async fn sigkill_and_restart_delivers_every_acknowledged_event() {
     assert_eq!(
         lost, 0,
         "{lost} acknowledged events never reached the upstream"
-    );
-}
-
-/// Runs `promtool check metrics` on exposition text.
-fn promtool_check(text: &[u8]) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "promtool not runnable ({e}); scripts/test installs it (Debian package prometheus)"
-            )
-        });
-    child.stdin.take().unwrap().write_all(text).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
 }

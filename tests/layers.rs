@@ -1,5 +1,8 @@
 //! The tower layers around a real axum server on 127.0.0.1, driven by a real HTTP client.
 
+#[path = "common/promtool.rs"]
+mod promtool;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -570,31 +573,5 @@ async fn metrics_count_a_known_sequence_and_pass_promtool() {
 
     let mut text = Vec::new();
     prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &r.gather(), &mut text).unwrap();
-    promtool_check(&text);
-}
-
-/// Runs `promtool check metrics` on the exposition text; fails the test when it complains.
-fn promtool_check(text: &[u8]) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "promtool not runnable ({e}); scripts/test installs it (Debian package prometheus)"
-            )
-        });
-    child.stdin.take().unwrap().write_all(text).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- input ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(text)
-    );
+    promtool::check(&text);
 }

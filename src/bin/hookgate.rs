@@ -51,10 +51,10 @@ enum Command {
     /// Dead letters, through the admin API of a running gateway.
     DeadLetters {
         /// The admin listener (default: `server.admin` of --config, else 127.0.0.1:9090).
-        #[arg(long)]
+        #[arg(long, global = true)]
         admin: Option<String>,
         /// The admin token (default: `server.admin_token` of --config).
-        #[arg(long, env = "HOOKGATE_ADMIN_TOKEN")]
+        #[arg(long, global = true, env = "HOOKGATE_ADMIN_TOKEN")]
         token: Option<String>,
         #[command(subcommand)]
         action: DeadLetterAction,
@@ -73,29 +73,23 @@ enum DeadLetterAction {
         limit: usize,
     },
     /// Deliver dead letters again: one by id, or --all.
-    Replay {
-        /// The event id.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
-        /// Every dead letter (of --route).
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this route.
-        #[arg(long, requires = "all")]
-        route: Option<String>,
-    },
+    Replay(Selection),
     /// Delete dead letters: one by id, or --all.
-    Purge {
-        /// The event id.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
-        /// Every dead letter (of --route).
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this route.
-        #[arg(long, requires = "all")]
-        route: Option<String>,
-    },
+    Purge(Selection),
+}
+
+/// One dead letter, or all (of a route).
+#[derive(Debug, clap::Args)]
+struct Selection {
+    /// The event id.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<String>,
+    /// Every dead letter (of --route).
+    #[arg(long)]
+    all: bool,
+    /// With --all: only this route.
+    #[arg(long, requires = "all")]
+    route: Option<String>,
 }
 
 fn init_logs(format: LogFormat) {
@@ -201,18 +195,18 @@ fn dead_letters(
                 format!("{base}/dead-letters{q}{sep}limit={limit}"),
             )
         }
-        DeadLetterAction::Replay { id: Some(id), .. } => (
+        DeadLetterAction::Replay(Selection { id: Some(id), .. }) => (
             reqwest::Method::POST,
             format!("{base}/dead-letters/{id}/replay"),
         ),
-        DeadLetterAction::Replay { route, .. } => (
+        DeadLetterAction::Replay(Selection { route, .. }) => (
             reqwest::Method::POST,
             format!("{base}/dead-letters/replay{}", route_query(route)),
         ),
-        DeadLetterAction::Purge { id: Some(id), .. } => {
+        DeadLetterAction::Purge(Selection { id: Some(id), .. }) => {
             (reqwest::Method::DELETE, format!("{base}/dead-letters/{id}"))
         }
-        DeadLetterAction::Purge { route, .. } => (
+        DeadLetterAction::Purge(Selection { route, .. }) => (
             reqwest::Method::DELETE,
             format!("{base}/dead-letters{}", route_query(route)),
         ),
@@ -253,7 +247,14 @@ fn dead_letters(
             }
         }
         Err(e) => {
-            eprintln!("hookgate: cannot reach the admin API at {base}: {e}");
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(": ");
+                why.push_str(&s.to_string());
+                source = s.source();
+            }
+            eprintln!("hookgate: cannot reach the admin API at {base}: {why}");
             ExitCode::FAILURE
         }
     }

@@ -214,6 +214,25 @@ impl Gateway {
         Self::start_file(dir, public, admin, &config).await
     }
 
+    /// A gateway on free ports with one route (`route_extra` added) to `upstream`, its data in
+    /// `dir/data`, `server` lines added to `[server]`.
+    pub async fn for_upstream(
+        dir: &Path,
+        upstream: &str,
+        server: &str,
+        route_extra: &str,
+    ) -> Gateway {
+        let (public, admin) = (free_port(), free_port());
+        let text = config(
+            public,
+            admin,
+            &dir.join("data"),
+            server,
+            &route(upstream, route_extra),
+        );
+        Self::start(dir, public, admin, &text).await
+    }
+
     pub async fn start_file(dir: &Path, public: u16, admin: u16, config: &Path) -> Gateway {
         let log = dir.join(format!("gateway-{}.log", uuid::Uuid::now_v7()));
         let child = Command::new(binary())
@@ -326,6 +345,8 @@ pub async fn post(
 
 /// Writes `request` raw to `addr` and reads the answer until the server closes or `within`
 /// passes; returns what arrived.
+pub mod promtool;
+
 pub async fn raw(addr: SocketAddr, request: &[u8], within: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
