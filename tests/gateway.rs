@@ -208,7 +208,7 @@ async fn provider_payloads_reach_the_upstream_byte_for_byte() {
     let mut acks = Vec::new();
     for payload in [PROVIDER_COMPLETED, PROVIDER_FAILED, PROVIDER_TIMEOUT] {
         let res = c
-            .post(s.gateway.url(PATH))
+            .post(s.gateway.url(&format!("{PATH}?source=runblob")))
             .header("content-type", "application/json")
             .header("user-agent", "RunBlob-Webhooks/1.0")
             .header("x-custom", "kept")
@@ -231,6 +231,11 @@ async fn provider_payloads_reach_the_upstream_byte_for_byte() {
             .find(|r| r.header("x-hookgate-event-id") == id)
             .expect("delivered with its event id");
         assert_eq!(r.body.as_ref(), payload.as_bytes(), "byte for byte");
+        assert_eq!(
+            r.uri,
+            format!("{PATH}?source=runblob"),
+            "the query is forwarded"
+        );
         assert_eq!(r.header("content-type"), "application/json");
         assert_eq!(r.header("user-agent"), "RunBlob-Webhooks/1.0");
         assert_eq!(r.header("x-custom"), "kept");

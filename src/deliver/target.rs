@@ -190,7 +190,7 @@ impl HttpTarget {
         let method =
             reqwest::Method::from_bytes(event.method.as_bytes()).unwrap_or(reqwest::Method::POST);
         self.client
-            .request(method, self.url.clone())
+            .request(method, self.url_for(event))
             .headers(attempt_headers(event))
             .timeout(self.timeout)
             .body(event.body.clone())
@@ -200,6 +200,22 @@ impl HttpTarget {
     /// The upstream URL.
     pub fn url(&self) -> &str {
         self.url.as_str()
+    }
+
+    /// The upstream URL with the request's query string added (after the URL's own), as a
+    /// reverse proxy forwards it: senders put tokens and tags there.
+    fn url_for(&self, event: &Event) -> reqwest::Url {
+        let mut url = self.url.clone();
+        if let Some((_, query)) = event.uri.split_once('?') {
+            if !query.is_empty() {
+                let merged = match url.query() {
+                    Some(own) if !own.is_empty() => format!("{own}&{query}"),
+                    _ => query.to_owned(),
+                };
+                url.set_query(Some(&merged));
+            }
+        }
+        url
     }
 }
 
@@ -334,6 +350,55 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(kept, ["content-type", "x-signature"]);
+    }
+
+    #[test]
+    fn the_request_query_is_added_to_the_upstream_url() {
+        struct Case {
+            name: &'static str,
+            upstream: &'static str,
+            uri: &'static str,
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "no query",
+                upstream: "http://127.0.0.1:3000/w",
+                uri: "/hook",
+                want: "http://127.0.0.1:3000/w",
+            },
+            Case {
+                name: "empty query",
+                upstream: "http://127.0.0.1:3000/w",
+                uri: "/hook?",
+                want: "http://127.0.0.1:3000/w",
+            },
+            Case {
+                name: "request query",
+                upstream: "http://127.0.0.1:3000/w",
+                uri: "/hook?token=a%20b&x=1",
+                want: "http://127.0.0.1:3000/w?token=a%20b&x=1",
+            },
+            Case {
+                name: "both",
+                upstream: "http://127.0.0.1:3000/w?src=gw",
+                uri: "/hook?token=t",
+                want: "http://127.0.0.1:3000/w?src=gw&token=t",
+            },
+        ];
+        for case in cases {
+            let target =
+                HttpTarget::new("upstream", case.upstream, &DeliveryPolicy::default()).unwrap();
+            let e = Event::new(
+                "r",
+                "127.0.0.1".parse().unwrap(),
+                "POST",
+                case.uri,
+                vec![],
+                Bytes::new(),
+            );
+            assert_eq!(target.url_for(&e).as_str(), case.want, "{}", case.name);
+        }
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub fn free_port() -> u16 {
 pub struct Received {
     /// What the upstream answered it.
     pub status: u16,
+    /// The request's path and query.
+    pub uri: String,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -117,13 +119,17 @@ impl Upstream {
         let state = UpstreamState::default();
         let app = Router::new()
             .fallback(route_post(
-                |State(s): State<UpstreamState>, headers: HeaderMap, body: Bytes| async move {
+                |State(s): State<UpstreamState>,
+                 uri: axum::http::Uri,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
                     let behavior = s.behavior.lock().unwrap().clone();
                     if !behavior.delay.is_zero() {
                         tokio::time::sleep(behavior.delay).await;
                     }
                     s.received.lock().unwrap().push(Received {
                         status: behavior.status,
+                        uri: uri.to_string(),
                         headers,
                         body,
                     });
