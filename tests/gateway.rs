@@ -902,3 +902,124 @@ async fn sigkill_and_restart_delivers_every_acknowledged_event() {
         "{lost} acknowledged events never reached the upstream"
     );
 }
+
+/// An HTTPS upstream on 127.0.0.1 with a certificate made here: a minimal HTTP/1.1 responder over
+/// rustls (keep-alive, `Content-Length` bodies) that records each body and answers 200.
+async fn https_upstream(
+    dir: &std::path::Path,
+) -> (
+    std::net::SocketAddr,
+    std::path::PathBuf,
+    Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use pingora::tls::{ServerConfig, TlsAcceptor};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    let ca =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let ca_path = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+    pingora::tls::install_default_crypto_provider();
+    let key = pingora::tls::PrivateKeyDer::try_from(ca.signing_key.serialize_der()).unwrap();
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![ca.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, bodies) = (acceptor.clone(), recorded.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut stream = tokio::io::BufReader::new(tls);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    bodies.lock().unwrap().push(body);
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n{\"status\":\"received\"}";
+                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, ca_path, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstream_with_its_own_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, ca, bodies) = https_upstream(dir.path()).await;
+    let url = format!("https://{addr}{PATH}");
+    let gateway = Gateway::for_upstream(
+        dir.path(),
+        &url,
+        "",
+        &format!("upstream_ca = {ca:?}\n[route.delivery]\nbackoff = \"100ms\""),
+    )
+    .await;
+    let body = completed(&generation());
+    assert_eq!(
+        post(&client(), &gateway.url(PATH), body.clone()).await.0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bodies.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bodies.lock().unwrap().as_slice(), [body.into_bytes()]);
+
+    // Without the CA the certificate is not trusted: the event waits in the spool, retried.
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::for_upstream(
+        dir.path(),
+        &url,
+        "",
+        "[route.delivery]\nbackoff = \"100ms\"",
+    )
+    .await;
+    assert_eq!(
+        post(&client(), &gateway.url(PATH), completed(&generation()))
+            .await
+            .0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        bodies.lock().unwrap().len(),
+        1,
+        "an untrusted upstream got the event"
+    );
+    let m = metrics(&gateway).await;
+    let retries = r#"hookgate_deliveries_total{result="retry",route="/webhook/o3-video"}"#;
+    assert!(series(&m, retries) >= 1.0, "{m}");
+    assert!(
+        gateway.log_text().contains("certificate"),
+        "{}",
+        gateway.log_text()
+    );
+}

@@ -149,27 +149,73 @@ pub struct HttpTarget {
 
 impl HttpTarget {
     /// A target POSTing (with the event's own method) to `url`. `key` names the setting in errors.
-    /// Only `http://` upstreams are supported in this version.
+    /// `https://` upstreams need the `https-upstream` feature (on with `gateway`).
     pub fn new(key: &str, url: &str, policy: &DeliveryPolicy) -> Result<Self, ConfigError> {
+        Self::with_ca(key, url, policy, None)
+    }
+
+    /// [`new`](Self::new), trusting the certificates of `ca_pem` (a PEM bundle) for an `https://`
+    /// upstream besides the system's roots: for an upstream with a private or self-signed CA.
+    pub fn with_ca(
+        key: &str,
+        url: &str,
+        policy: &DeliveryPolicy,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ConfigError> {
         let invalid = |reason: String| ConfigError::InvalidValue {
             key: key.to_owned(),
             reason,
         };
         let url =
             reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
-        if url.scheme() != "http" {
-            return Err(invalid(format!(
-                "{url} is not an http:// URL (https upstreams are not supported yet)"
-            )));
+        match url.scheme() {
+            "http" => {}
+            #[cfg(feature = "https-upstream")]
+            "https" => {}
+            #[cfg(not(feature = "https-upstream"))]
+            "https" => {
+                return Err(invalid(format!(
+                    "{url}: https upstreams need hookgate's `https-upstream` feature"
+                )))
+            }
+            other => {
+                return Err(invalid(format!(
+                    "{url}: the scheme {other:?} is not http or https"
+                )))
+            }
         }
         if url.host().is_none() {
             return Err(invalid(format!("{url} has no host")));
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(policy.connect_timeout)
             .timeout(policy.timeout)
             .pool_max_idle_per_host(policy.concurrency.max(1))
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        #[cfg(feature = "https-upstream")]
+        let builder = {
+            // reqwest's rustls takes the process's default provider; ring is the one pingora
+            // uses too. A second install is refused harmlessly.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            match ca_pem {
+                Some(pem) => {
+                    let certs = reqwest::Certificate::from_pem_bundle(pem)
+                        .map_err(|e| invalid(format!("the CA file is not PEM: {e}")))?;
+                    if certs.is_empty() {
+                        return Err(invalid("the CA file holds no certificate".into()));
+                    }
+                    builder.tls_certs_merge(certs)
+                }
+                None => builder,
+            }
+        };
+        #[cfg(not(feature = "https-upstream"))]
+        if ca_pem.is_some() {
+            return Err(invalid(
+                "a CA file needs hookgate's `https-upstream` feature".into(),
+            ));
+        }
+        let client = builder
             .build()
             .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {

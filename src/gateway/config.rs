@@ -143,8 +143,12 @@ pub struct Route {
     pub name: Option<String>,
     /// The exact request path.
     pub path: String,
-    /// Where events go: an `http://` URL.
+    /// Where events go: an `http://` or `https://` URL.
     pub upstream: String,
+    /// For an `https://` upstream with a private CA: a PEM file of CA certificates to trust
+    /// besides the system's (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<PathBuf>,
     /// `fast_ack` or `proxy`.
     #[serde(default = "default_mode")]
     pub mode: Mode,
@@ -640,11 +644,29 @@ impl Config {
         let trusted = Allowlist::new(&key("trusted_proxies"), &route.trusted_proxies);
         let validator = self.validator(i, route);
         let dedup_key = DedupKeySpec::parse(&key("dedup.key"), &route.dedup.key);
-        let upstream = crate::deliver::HttpTarget::new(
-            &key("upstream"),
-            &route.upstream,
-            &route.delivery.policy(),
-        );
+        let upstream = match &route.upstream_ca {
+            None => crate::deliver::HttpTarget::new(
+                &key("upstream"),
+                &route.upstream,
+                &route.delivery.policy(),
+            ),
+            Some(file) => {
+                let path = self.resolve(file);
+                std::fs::read(&path)
+                    .map_err(|e| ConfigError::InvalidValue {
+                        key: key("upstream_ca"),
+                        reason: format!("cannot read {}: {e}", path.display()),
+                    })
+                    .and_then(|pem| {
+                        crate::deliver::HttpTarget::with_ca(
+                            &key("upstream_ca"),
+                            &route.upstream,
+                            &route.delivery.policy(),
+                            Some(&pem),
+                        )
+                    })
+            }
+        };
         match (allow, trusted, validator, dedup_key, upstream) {
             (Ok(allow), Ok(trusted), Ok(validator), Ok(dedup_key), Ok(upstream)) => Ok(Compiled {
                 allow,
@@ -823,9 +845,19 @@ allow = ["127.0.0.1/32", "::1/128"]
                 want: &["t.toml: server.listen[0]"],
             },
             Case {
-                name: "https upstream",
+                name: "unknown upstream scheme",
                 edit: ("http://127.0.0.1:3000", "ftp://127.0.0.1:3000"),
                 want: &["t.toml: route[0].upstream"],
+            },
+            Case {
+                name: "missing upstream CA",
+                edit: ("allow = [", "upstream_ca = \"nope.pem\"\nallow = ["),
+                want: &["t.toml: route[0].upstream_ca: cannot read"],
+            },
+            Case {
+                name: "upstream CA not PEM",
+                edit: ("allow = [", "upstream_ca = \"Cargo.toml\"\nallow = ["),
+                want: &["t.toml: route[0].upstream_ca"],
             },
             Case {
                 name: "schema without file",
