@@ -468,10 +468,16 @@ mod tests {
     }
 
     #[test]
-    fn only_http_upstreams() {
+    fn only_http_and_https_upstreams() {
         let p = DeliveryPolicy::default();
         assert!(HttpTarget::new("upstream", "http://127.0.0.1:3000/w", &p).is_ok());
-        for bad in ["https://x/w", "nope", "ftp://x"] {
+        assert_eq!(
+            HttpTarget::new("upstream", "https://x/w", &p).is_ok(),
+            cfg!(feature = "https-upstream")
+        );
+        let ca = HttpTarget::with_ca("route[0].upstream_ca", "https://x/w", &p, Some(b"nope"));
+        assert!(ca.unwrap_err().to_string().contains("route[0].upstream_ca"));
+        for bad in ["nope", "ftp://x", "http://"] {
             let err = HttpTarget::new("route[0].upstream", bad, &p)
                 .unwrap_err()
                 .to_string();
