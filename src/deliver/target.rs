@@ -194,9 +194,6 @@ impl HttpTarget {
             .redirect(reqwest::redirect::Policy::none());
         #[cfg(feature = "https-upstream")]
         let builder = {
-            // reqwest's rustls takes the process's default provider; ring is the one pingora
-            // uses too. A second install is refused harmlessly.
-            let _ = rustls::crypto::ring::default_provider().install_default();
             match ca_pem {
                 Some(pem) => {
                     let certs = reqwest::Certificate::from_pem_bundle(pem)
