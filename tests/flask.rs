@@ -104,14 +104,7 @@ async fn the_providers_flask_handler_receives_through_the_gateway() {
         3,
         "{log}"
     );
-    let metrics = client
-        .get(gateway.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     assert!(
         metrics
             .contains(r#"hookgate_deliveries_total{result="success",route="/webhook/o3-video"} 3"#),

@@ -46,14 +46,7 @@ fn reason(body: &str) -> String {
 }
 
 async fn metrics(gateway: &Gateway) -> String {
-    client()
-        .get(gateway.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    gateway.metrics().await
 }
 
 /// The value of the series `name{labels}` (labels as written in the exposition, sorted).

@@ -297,6 +297,16 @@ impl Gateway {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("the admin listener answers")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     /// Sends `signal` (by PID) and waits (bounded) for the exit; returns how long it took.
     pub fn signal_and_wait(&mut self, signal: &str) -> Duration {
         let mut child = self.child.take().expect("running");
