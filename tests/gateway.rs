@@ -692,6 +692,19 @@ fn check_config_prints_the_effective_config_or_every_error() {
     assert!(stderr.contains("typo.toml: route[0].allow[0]"), "{stderr}");
     assert!(stderr.contains("typo.toml: route[0].dedup.key"), "{stderr}");
 
+    // Without a file: the built-in default, which is examples/hookgate.toml.
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let embedded = String::from_utf8_lossy(&out.stdout);
+    assert!(embedded.starts_with("# (embedded default: examples/hookgate.toml): OK"));
+    assert_eq!(
+        embedded.lines().skip(1).collect::<Vec<_>>(),
+        stdout.lines().skip(1).collect::<Vec<_>>()
+    );
+
     let out = std::process::Command::new(binary())
         .arg("--version")
         .output()

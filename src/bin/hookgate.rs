@@ -6,12 +6,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use hookgate::gateway::Config;
 
+/// The configuration `hookgate` runs without `--config`: `examples/hookgate.toml`, built in.
+const EMBEDDED: &str = include_str!("../../examples/hookgate.toml");
+const EMBEDDED_NAME: &str = "(embedded default: examples/hookgate.toml)";
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EXAMPLES: &str = "\
 Examples:
   hookgate --config examples/hookgate.toml              run the gateway (same as `run`)
+  hookgate                                              run the built-in default (examples/hookgate.toml)
   hookgate check-config examples/hookgate.toml          print the effective config, or every error
   hookgate dead-letters list                            list the dead letters (admin API on 127.0.0.1:9090)
   hookgate dead-letters replay --all --route /webhook/o3-video
@@ -23,7 +28,8 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "hookgate", version, after_help = EXAMPLES)]
 struct Cli {
-    /// The configuration file (for `run`, the default command).
+    /// The configuration file (without it, `run` uses the built-in default:
+    /// examples/hookgate.toml).
     #[arg(long, short, global = true, env = "HOOKGATE_CONFIG")]
     config: Option<PathBuf>,
     /// Log line format (the level comes from RUST_LOG, default `info`).
@@ -45,7 +51,7 @@ enum Command {
     Run,
     /// Check a configuration file: print the effective config (defaults filled in) or every error.
     CheckConfig {
-        /// The file (defaults to --config).
+        /// The file (defaults to --config, else the built-in default).
         file: Option<PathBuf>,
     },
     /// Dead letters, through the admin API of a running gateway.
@@ -113,13 +119,16 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
-            let Some(path) = cli.config else {
-                eprintln!(
-                    "hookgate: no configuration: pass --config FILE (try examples/hookgate.toml)"
-                );
-                return ExitCode::from(2);
+            let loaded = match &cli.config {
+                Some(path) => Config::load(path),
+                None => {
+                    tracing::info!(
+                        "no --config: running the embedded default (examples/hookgate.toml)"
+                    );
+                    Config::parse(EMBEDDED_NAME, EMBEDDED)
+                }
             };
-            let config = match Config::load(&path) {
+            let config = match loaded {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -135,13 +144,13 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { file } => {
-            let Some(path) = file.or(cli.config) else {
-                eprintln!("hookgate check-config: name the file: hookgate check-config FILE");
-                return ExitCode::from(2);
+            let loaded = match file.or(cli.config) {
+                Some(path) => Config::load(path),
+                None => Config::parse(EMBEDDED_NAME, EMBEDDED),
             };
-            match Config::load(&path) {
+            match loaded {
                 Ok(c) => {
-                    println!("# {}: OK. The effective configuration:", path.display());
+                    println!("# {}: OK. The effective configuration:", c.source.display());
                     print!("{}", c.to_toml());
                     ExitCode::SUCCESS
                 }
