@@ -162,6 +162,31 @@ impl Metrics {
             .map_err(|e| prometheus::Error::Msg(format!("default registry: {e}")))
     }
 
+    /// The series of requests that reach no route (the gateway's 404s and header timeouts):
+    /// like [`route`](Self::route), without the delivery and spool series, which would only
+    /// ever read zero.
+    pub fn unrouted(&self, name: &str) -> RouteMetrics {
+        let route = self.route(name);
+        for result in ["success", "retry", "dead_letter"] {
+            let _ = self.deliveries.remove_label_values(&[name, result]);
+        }
+        let _ = self.delivery_duration.remove_label_values(&[name]);
+        let _ = self.delivery_attempts.remove_label_values(&[name]);
+        let _ = self.spool_depth.remove_label_values(&[name]);
+        let _ = self.spool_oldest_age.remove_label_values(&[name]);
+        let _ = self.dead_letters.remove_label_values(&[name]);
+        let _ = self.forwarded_invalid.remove_label_values(&[name]);
+        let completed = [EventStatus::Completed.as_str(), ErrorCode::None.as_str()];
+        let _ = self
+            .events
+            .remove_label_values(&[name, completed[0], completed[1]]);
+        for code in ErrorCode::FAILED {
+            let labels = [name, EventStatus::Failed.as_str(), code.as_str()];
+            let _ = self.events.remove_label_values(&labels);
+        }
+        route
+    }
+
     /// The series of one route, resolved once. Every series starts at zero so dashboards see it.
     pub fn route(&self, route: &str) -> RouteMetrics {
         let events = EventCounters {

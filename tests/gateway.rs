@@ -186,6 +186,20 @@ async fn every_pipeline_row_answers_as_designed() {
     assert_eq!(series(&m, unmatched), 1.0);
     let header_timeouts = r#"hookgate_rejections_total{reason="request_timeout",route="(none)"}"#;
     assert_eq!(series(&m, header_timeouts), 1.0);
+    for absent in [
+        "hookgate_spool_depth",
+        "hookgate_deliveries_total",
+        "hookgate_events_total",
+    ] {
+        let unrouted = m
+            .lines()
+            .filter(|l| l.starts_with(absent) && l.contains(r#"route="(none)""#))
+            .count();
+        assert_eq!(
+            unrouted, 0,
+            "{absent} has no series for requests that reach no route"
+        );
+    }
     let accepted = format!("hookgate_requests_total{{outcome=\"accepted\",{r}}}");
     assert_eq!(series(&m, &accepted), 2.0);
     let duplicate = format!("hookgate_requests_total{{outcome=\"duplicate\",{r}}}");

@@ -228,7 +228,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
         header_timeout: s.header_timeout,
         body_timeout: s.body_timeout,
         idle_timeout: s.idle_timeout,
-        unmatched: metrics.route("(none)"),
+        unmatched: metrics.unrouted("(none)"),
     });
     let mut public = Service::new("hookgate".into(), GatewayApp(gateway));
     if let Some(filter) = filter {
