@@ -18,5 +18,5 @@ pub mod target;
 mod worker;
 
 pub use policy::{classify, retry_delay, retry_floor, AttemptResult, DeliveryPolicy, Verdict};
-pub use target::{forwardable_headers, HttpTarget, ServiceTarget, Target};
+pub use target::{end_to_end_headers, forwardable_headers, HttpTarget, ServiceTarget, Target};
 pub use worker::Deliverer;

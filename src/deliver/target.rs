@@ -32,28 +32,34 @@ pub const RECEIVED_AT: HeaderName = HeaderName::from_static("x-hookgate-received
 /// `X-Forwarded-For`
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), those the connection itself
-/// sets (`Host`, `Content-Length`), and hookgate's own, which are set fresh on each attempt.
-const DROPPED: [HeaderName; 13] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, never passed on.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
-    header::UPGRADE,
+];
+
+/// Headers a request keeps from its connection (`Host`) and hookgate's own, which are set fresh
+/// on each attempt: not stored with an event.
+const NOT_STORED: [HeaderName; 5] = [
     header::HOST,
-    header::CONTENT_LENGTH,
     X_FORWARDED_FOR,
     EVENT_ID,
     ATTEMPT,
+    RECEIVED_AT,
 ];
 
-/// The headers of `headers` to store with an event and forward: everything but the hop-by-hop
-/// headers (including those named in `Connection`), `Host`, `Content-Length` and the ones
-/// hookgate sets itself.
-pub fn forwardable_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+/// The end-to-end headers of a message, as a proxy passes them on: all but the hop-by-hop ones
+/// (with `Upgrade` and those named in `Connection`) and `Content-Length`, which the next hop's
+/// framing sets. `proxy` mode relays an upstream's answer with these.
+pub fn end_to_end_headers(
+    headers: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
     let named_in_connection: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -61,15 +67,21 @@ pub fn forwardable_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            !DROPPED.contains(name)
-                && *name != RECEIVED_AT
-                && !named_in_connection
-                    .iter()
-                    .any(|c| c.eq_ignore_ascii_case(name.as_str()))
-        })
+    headers.iter().filter(move |(name, _)| {
+        !HOP_BY_HOP.contains(name)
+            && *name != header::UPGRADE
+            && *name != header::CONTENT_LENGTH
+            && !named_in_connection
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name.as_str()))
+    })
+}
+
+/// The headers of `headers` to store with an event and forward: the
+/// [end-to-end ones](end_to_end_headers) but `Host` and the ones hookgate sets itself.
+pub fn forwardable_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    end_to_end_headers(headers)
+        .filter(|(name, _)| !NOT_STORED.contains(name))
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect()
 }

@@ -24,7 +24,7 @@ use crate::core::ack::{received_body, DUPLICATE_BODY};
 use crate::core::{
     request_head, Allowlist, ClientIpResolver, DedupKey, DedupKeySpec, Rejection, Validator,
 };
-use crate::deliver::{forwardable_headers, Deliverer, HttpTarget};
+use crate::deliver::{end_to_end_headers, forwardable_headers, Deliverer, HttpTarget};
 use crate::metrics::RouteMetrics;
 use crate::store::{now_ms, DedupStore, Event, MemoryDedupStore, Reservation, Spool, SpoolError};
 
@@ -403,15 +403,10 @@ impl Route {
             }
         };
         let status = response.status();
-        let mut headers = Vec::new();
-        for (name, value) in response.headers() {
-            if !is_hop_by_hop(name)
-                && name != header::CONTENT_LENGTH
-                && name != header::CONTENT_TYPE
-            {
-                headers.push((name.clone(), value.clone()));
-            }
-        }
+        let headers = end_to_end_headers(response.headers())
+            .filter(|(name, _)| **name != header::CONTENT_TYPE)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         let body = match response.bytes().await {
             Ok(b) => b,
@@ -429,21 +424,6 @@ impl Route {
         answer.content_type = content_type;
         answer
     }
-}
-
-fn is_hop_by_hop(name: &header::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-    )
 }
 
 /// Reads the whole body within `deadline`, refusing it once it passes `limit` bytes.
