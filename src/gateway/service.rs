@@ -27,6 +27,7 @@ use crate::core::{
 use crate::deliver::{end_to_end_headers, forwardable_headers, Deliverer, HttpTarget};
 use crate::metrics::RouteMetrics;
 use crate::store::{now_ms, DedupStore, Event, MemoryDedupStore, Reservation, Spool, SpoolError};
+use crate::tower::rejection_response;
 
 use super::config::Mode;
 
@@ -90,22 +91,26 @@ impl Answer {
         }
     }
 
-    /// A refusal; `close` when the request body was left unread.
+    /// A refusal (as [`rejection_response`] writes it for the layers: status, JSON body, `Allow`,
+    /// `Retry-After`); `close` when the request body was left unread.
     fn reject(rejection: Rejection, close: bool) -> Self {
-        let mut answer = Self::json(rejection.status(), Bytes::from(rejection.to_json()));
-        if let Some(allow) = rejection.allow() {
-            answer
+        let (mut parts, body) = rejection_response::<Bytes>(rejection).into_parts();
+        let content_type = parts.headers.remove(header::CONTENT_TYPE);
+        Self {
+            status: parts.status,
+            body,
+            content_type,
+            headers: parts
                 .headers
-                .push((header::ALLOW, HeaderValue::from_static(allow)));
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+            close,
+            rejection: parts.extensions.remove::<Rejection>(),
+            duplicate: false,
+            event_id: None,
+            class: None,
         }
-        if let Some(secs) = rejection.retry_after() {
-            answer
-                .headers
-                .push((header::RETRY_AFTER, HeaderValue::from(secs)));
-        }
-        answer.close = close;
-        answer.rejection = Some(rejection);
-        answer
     }
 }
 
