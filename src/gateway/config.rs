@@ -48,18 +48,17 @@ pub struct Config {
     pub source: PathBuf,
 }
 
-/// `[server]`.
+/// `[server]`. A key left out takes its value from [`Server::default`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Server {
     /// Public listeners: one address or a list.
-    #[serde(default = "default_listen", with = "one_or_many")]
+    #[serde(with = "one_or_many")]
     pub listen: Vec<String>,
     /// Serve the public listeners with HTTPS (rustls) from these PEM files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/dead-letters`.
-    #[serde(default = "default_admin")]
     pub admin: String,
     /// Bearer token required by the admin API (not by `/metrics`, `/healthz`, `/readyz`).
     #[serde(
@@ -69,35 +68,50 @@ pub struct Server {
     )]
     pub admin_token: Option<String>,
     /// The embedded spool and its dedup keys live here.
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// What an acknowledgement survives: `fsync`, `os` or `memory`.
-    #[serde(default = "default_durability")]
     pub durability: Durability,
     /// Worker threads of the public listener.
-    #[serde(default = "default_threads")]
     pub threads: usize,
     /// Time allowed to receive a request's header (408 and close after it).
-    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Time allowed to receive a request's whole body (408 and close after it).
-    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
     /// How long an idle kept-alive connection stays open.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// How long SIGTERM waits for acknowledgements and deliveries in flight.
-    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// The most events the spool holds (pending and dead); beyond, 503 + `Retry-After`.
-    #[serde(default = "default_spool_max_events")]
     pub spool_max_events: u64,
     /// The most bytes the spool holds; beyond, 503 + `Retry-After`.
-    #[serde(default = "default_spool_max_size")]
     pub spool_max_size: Size,
     /// Dedup keys kept in memory, across routes (the oldest are evicted beyond).
-    #[serde(default = "default_dedup_capacity")]
     pub dedup_capacity: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8080".into()],
+            tls: None,
+            admin: "127.0.0.1:9090".into(),
+            admin_token: None,
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::Fsync,
+            threads: 2,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(2),
+            spool_max_events: 1_000_000,
+            spool_max_size: Size(1 << 30),
+            dedup_capacity: 1_000_000,
+        }
+    }
 }
 
 /// `tls = { cert = "...", key = "..." }`.
@@ -111,20 +125,22 @@ pub struct Tls {
 }
 
 /// How a route answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Spool, answer 200 at once, deliver asynchronously (the default).
+    #[default]
     FastAck,
     /// Forward synchronously and relay the upstream's answer.
     Proxy,
 }
 
 /// Which payloads a route accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Profile {
-    /// The reference sender's contract (DESIGN §1); unknown error codes accepted.
+    /// The reference sender's contract (DESIGN §1); unknown error codes accepted (the default).
+    #[default]
     Runblob,
     /// `runblob`, and unknown error codes refused.
     RunblobStrict,
@@ -150,10 +166,10 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ca: Option<PathBuf>,
     /// `fast_ack` or `proxy`.
-    #[serde(default = "default_mode")]
+    #[serde(default)]
     pub mode: Mode,
     /// `runblob`, `runblob_strict`, `json` or `schema`.
-    #[serde(default = "default_profile")]
+    #[serde(default)]
     pub profile: Profile,
     /// With `profile = "schema"`: the JSON Schema file (relative to the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,49 +192,46 @@ pub struct Route {
 
 /// `dedup = { key = "/generation_id", ttl = "24h" }`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Dedup {
     /// A JSON pointer, `header:NAME` or `body`.
-    #[serde(default = "default_dedup_key")]
     pub key: String,
     /// How long an accepted key answers `duplicate`.
-    #[serde(default = "default_dedup_ttl", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub ttl: Duration,
 }
 
 impl Default for Dedup {
     fn default() -> Self {
         Self {
-            key: default_dedup_key(),
-            ttl: default_dedup_ttl(),
+            key: "/generation_id".into(),
+            ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
 
-/// `[route.delivery]`.
+/// `[route.delivery]`; a key left out takes [`DeliveryPolicy::default`]'s value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Delivery {
     /// Attempts before the dead letters.
-    #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// The first retry delay; doubles each attempt, with jitter.
-    #[serde(default = "default_backoff", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub backoff: Duration,
     /// The largest retry delay.
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
     /// Age after which a failing event goes to the dead letters.
-    #[serde(default = "default_max_age", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     /// Time allowed for one attempt.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Time allowed to connect to the upstream.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Deliveries in flight at once.
-    #[serde(default = "default_concurrency")]
     pub concurrency: usize,
 }
 
@@ -252,77 +265,8 @@ impl Delivery {
     }
 }
 
-fn default_listen() -> Vec<String> {
-    vec!["127.0.0.1:8080".into()]
-}
-fn default_admin() -> String {
-    "127.0.0.1:9090".into()
-}
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("./data")
-}
-fn default_durability() -> Durability {
-    Durability::Fsync
-}
-fn default_threads() -> usize {
-    2
-}
-fn default_header_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_body_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_spool_max_events() -> u64 {
-    1_000_000
-}
-fn default_spool_max_size() -> Size {
-    Size(1 << 30)
-}
-fn default_dedup_capacity() -> usize {
-    1_000_000
-}
-fn default_mode() -> Mode {
-    Mode::FastAck
-}
-fn default_profile() -> Profile {
-    Profile::Runblob
-}
 fn default_max_body() -> Size {
     Size(1 << 20)
-}
-fn default_dedup_key() -> String {
-    "/generation_id".into()
-}
-fn default_dedup_ttl() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-fn default_max_attempts() -> u32 {
-    DeliveryPolicy::default().max_attempts
-}
-fn default_backoff() -> Duration {
-    DeliveryPolicy::default().backoff
-}
-fn default_max_backoff() -> Duration {
-    DeliveryPolicy::default().max_backoff
-}
-fn default_max_age() -> Duration {
-    DeliveryPolicy::default().max_age
-}
-fn default_timeout() -> Duration {
-    DeliveryPolicy::default().timeout
-}
-fn default_connect_timeout() -> Duration {
-    DeliveryPolicy::default().connect_timeout
-}
-fn default_concurrency() -> usize {
-    DeliveryPolicy::default().concurrency
 }
 
 /// A size in bytes, written `"1MiB"`, `"512KB"`, `"64 KiB"` or as a number of bytes.
