@@ -111,6 +111,14 @@ fn error(status: StatusCode, reason: &str, detail: impl Into<String>) -> Respons
     )
 }
 
+fn no_route(name: &str) -> Response<Vec<u8>> {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route named {name:?}"),
+    )
+}
+
 fn spool_error(e: SpoolError) -> Response<Vec<u8>> {
     match e {
         SpoolError::NotFound(id) => error(
@@ -254,14 +262,8 @@ impl Admin {
     }
 
     fn list(&self, route: Option<&str>, limit: usize) -> Response<Vec<u8>> {
-        if let Some(name) = route {
-            if !self.deliverers.contains_key(name) {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no route named {name:?}"),
-                );
-            }
+        if let Some(name) = route.filter(|r| !self.deliverers.contains_key(*r)) {
+            return no_route(name);
         }
         match self.spool.dead_letters(usize::MAX) {
             Ok(events) => {
@@ -288,13 +290,7 @@ impl Admin {
             None => self.deliverers.values().collect(),
             Some(name) => match self.deliverers.get(name) {
                 Some(d) => vec![d],
-                None => {
-                    return error(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        format!("no route named {name:?}"),
-                    )
-                }
+                None => return no_route(name),
             },
         };
         let mut count = 0;
