@@ -420,7 +420,7 @@ async fn proxy_mode_relays_the_upstream_and_commits_dedup_only_on_2xx() {
 
     // A duplicate while the first is in flight: 409 + Retry-After.
     s.upstream.set(Behavior {
-        delay: Duration::from_millis(800),
+        delay: Duration::from_millis(1500),
         ..Behavior::default()
     });
     let slow = generation();
@@ -428,7 +428,8 @@ async fn proxy_mode_relays_the_upstream_and_commits_dedup_only_on_2xx() {
         let (c, url, body) = (c.clone(), url.clone(), completed(&slow));
         tokio::spawn(async move { post(&c, &url, body).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // In flight once the upstream has it (the reservation is taken before forwarding).
+    assert_eq!(s.upstream.wait_arrived(3, Duration::from_secs(10)).await, 3);
     let (status, headers, body) = post(&c, &url, completed(&slow)).await;
     assert_eq!(
         (status, reason(&body).as_str()),

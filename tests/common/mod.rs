@@ -105,6 +105,8 @@ impl Default for Behavior {
 struct UpstreamState {
     received: Arc<Mutex<Vec<Received>>>,
     behavior: Arc<Mutex<Behavior>>,
+    /// Requests that arrived, counted before the [`Behavior`]'s delay (`received` is after).
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A real HTTP server on 127.0.0.1 that records what arrives and answers per its [`Behavior`].
@@ -124,6 +126,7 @@ impl Upstream {
                  headers: HeaderMap,
                  body: Bytes| async move {
                     let behavior = s.behavior.lock().unwrap().clone();
+                    s.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if !behavior.delay.is_zero() {
                         tokio::time::sleep(behavior.delay).await;
                     }
@@ -163,6 +166,18 @@ impl Upstream {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` requests have arrived, answered or not (still in their delay).
+    pub async fn wait_arrived(&self, n: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.state.arrived.load(std::sync::atomic::Ordering::SeqCst);
+            if got >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits (bounded) until `n` requests arrived; returns them.
