@@ -337,6 +337,108 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_checked() {
     assert_eq!(got[0].header("x-forwarded-for"), "203.0.113.7");
 }
 
+/// Reads one HTTP/1.1 answer (head and `Content-Length` body) from `stream`, bounded in time.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an answer in time")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_reads_a_small_body_and_keeps_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup("", "").await;
+    let id = generation();
+    let body = completed(&id);
+    let request = |path: &str, content_type: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Three requests in turn on one connection: the refused ones' bodies are read and dropped
+    // (not left to reset the connection under the answer), and the connection stays usable.
+    let mut stream = tokio::net::TcpStream::connect(s.gateway.public)
+        .await
+        .unwrap();
+    for (path, content_type, status) in [
+        ("/elsewhere", "application/json", "404"),
+        (PATH, "text/plain", "415"),
+        (PATH, "application/json", "200"),
+    ] {
+        stream
+            .write_all(request(path, content_type, &body).as_bytes())
+            .await
+            .unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path} {content_type}: {answer}"
+        );
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        s.upstream.wait_for(1, Duration::from_secs(10)).await.len(),
+        1
+    );
+
+    // A body past the drain limit is not read for a refusal: answered, then closed.
+    let big = "x".repeat(100 * 1024);
+    let stream = tokio::net::TcpStream::connect(s.gateway.public)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = request("/elsewhere", "application/json", "");
+    let head = head.replace(
+        "Content-Length: 0",
+        &format!("Content-Length: {}", big.len()),
+    );
+    let writer = tokio::spawn(async move {
+        // The gateway may close while this is still sending: errors are expected.
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(big.as_bytes()).await;
+        wr
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    drop(writer.await);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_spool_answers_503_and_the_retry_is_accepted() {
     let s = setup(

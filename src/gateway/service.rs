@@ -58,6 +58,11 @@ pub(crate) struct Gateway {
     pub unmatched: RouteMetrics,
 }
 
+/// The largest unread body a refusal reads (and drops) to keep the connection. Closing a socket
+/// with unread data makes the kernel send a reset, which can destroy the answer before the client
+/// has read it (RFC 9112 §9.6); webhook payloads are a few hundred bytes.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
 /// Marks a connection that has served a request (its next header wait is a keep-alive wait).
 struct Served;
 
@@ -268,7 +273,8 @@ impl Gateway {
     async fn handle(&self, session: &mut ServerSession) -> (Option<&Route>, Answer) {
         let req = session.req_header();
         let Some(route) = self.routes.get(req.uri.path()) else {
-            return (None, Answer::reject(Rejection::RouteNotFound, true));
+            let answer = refuse_unread(session, Rejection::RouteNotFound, self.body_timeout);
+            return (None, answer);
         };
         (Some(route), route.handle(self, session).await)
     }
@@ -292,25 +298,21 @@ impl Route {
             self.metrics.record_forwarded_invalid();
         }
         if let Err(r) = self.allow.check(client.ip) {
-            return Answer::reject(r, true);
+            return refuse_unread(session, r, gw.body_timeout);
         }
         if let Err(r) = request_head::check_method(&req.method) {
-            return Answer::reject(r, true);
+            return refuse_unread(session, r, gw.body_timeout);
         }
         let declared = match request_head::check_content_length(&req.headers, self.max_body) {
             Ok(n) => n,
             Err(r) => return Answer::reject(r, true),
         };
         if let Err(r) = request_head::check_content_type(&req.headers) {
-            return Answer::reject(r, true);
+            return refuse_unread(session, r, gw.body_timeout);
         }
         // A client that asked to be told before sending the body (curl does for large bodies)
         // would otherwise wait a second or more for nothing.
-        let expects_continue = req
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue && session.write_continue_response().await.is_err() {
+        if expects_continue(&req.headers) && session.write_continue_response().await.is_err() {
             return Answer::reject(Rejection::BodyReadFailed, true);
         }
         // Step 8.
@@ -429,6 +431,38 @@ impl Route {
         answer.content_type = content_type;
         answer
     }
+}
+
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// A refusal before the body was read. A small body with a declared length is read and dropped
+/// after the answer is written (pingora drains it when the connection is reused, here within
+/// `drain_within`), so the client reads the answer instead of a reset and keeps its connection.
+/// A larger or chunked body, or one the client holds back for `100 Continue`, closes the
+/// connection instead: the refused request costs no more than `DRAIN_LIMIT` bytes.
+fn refuse_unread(
+    session: &mut ServerSession,
+    rejection: Rejection,
+    drain_within: Duration,
+) -> Answer {
+    let headers = &session.req_header().headers;
+    let declared = match headers.get(header::CONTENT_LENGTH) {
+        None => Some(0),
+        Some(v) => v.to_str().ok().and_then(|t| t.trim().parse::<u64>().ok()),
+    };
+    let drain = !headers.contains_key(header::TRANSFER_ENCODING)
+        && !expects_continue(headers)
+        && declared.is_some_and(|n| n <= DRAIN_LIMIT);
+    if drain {
+        // Answer now, without pingora's `Connection: close` for an unread body; `finish` drains.
+        session.set_close_on_response_before_downstream_finish(false);
+        session.set_total_drain_timeout(Some(drain_within));
+    }
+    Answer::reject(rejection, !drain)
 }
 
 /// Reads the whole body within `deadline`, refusing it once it passes `limit` bytes.
