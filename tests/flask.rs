@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -48,17 +48,19 @@ async fn start_flask(dir: &std::path::Path, port: u16) -> Flask {
         .spawn()
         .expect("start Flask");
     let flask = Flask { child, log };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
+    let listening = async || {
+        let connected = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        connected.is_ok().then_some(())
+    };
+    if poll(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        listening,
+    )
+    .await
+    .is_none()
     {
-        assert!(
-            Instant::now() < deadline,
-            "Flask did not start: {}",
-            flask.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        panic!("Flask did not start: {}", flask.log());
     }
     flask
 }
@@ -85,10 +87,8 @@ async fn the_providers_flask_handler_receives_through_the_gateway() {
         "ERROR Generation failed for 550e8400-e29b-41d4-a716-446655440001: CONTENT_POLICY_VIOLATION",
         "ERROR Generation failed for 550e8400-e29b-41d4-a716-446655440002: TIMEOUT",
     ];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !want.iter().all(|w| flask.log().contains(w)) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let logged = async || want.iter().all(|w| flask.log().contains(w)).then_some(());
+    poll(Duration::from_secs(15), Duration::from_millis(50), logged).await;
     let log = flask.log();
     for line in want {
         assert_eq!(

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -463,32 +463,34 @@ async fn a_full_spool_answers_503_and_the_retry_is_accepted() {
     assert_eq!(ready.status(), 503, "not ready while full");
     s.upstream.set(Behavior::default());
     // The backlog drains; the sender's retry is then accepted, not taken for a duplicate.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let retry = async || {
         let (status, _, body) = post(&c, &url, completed(&third)).await;
-        if status == 200 {
-            assert!(body.contains("received"), "{body}");
-            break;
+        if status != 200 {
+            assert_eq!(status, 503);
         }
-        assert_eq!(status, 503);
-        assert!(Instant::now() < deadline, "the spool never drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (status == 200).then_some(body)
+    };
+    let body = poll(Duration::from_secs(15), Duration::from_millis(100), retry)
+        .await
+        .expect("the spool never drained");
+    assert!(body.contains("received"), "{body}");
     // Ready again once the spool is below its bound; right after the retry it may still hold
     // two events (the retry and one not yet delivered), which is full, so wait for the drain.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ready = c.get(s.gateway.admin_url("/readyz")).send().await.unwrap();
-        if ready.status() == 200 {
-            break;
+    let ready = async || {
+        let status = c
+            .get(s.gateway.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status != 200 {
+            assert_eq!(status, 503);
         }
-        assert_eq!(ready.status(), 503);
-        assert!(
-            Instant::now() < deadline,
-            "never ready again after the drain"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (status == 200).then_some(())
+    };
+    poll(Duration::from_secs(15), Duration::from_millis(50), ready)
+        .await
+        .expect("never ready again after the drain");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -612,9 +614,9 @@ async fn admin_api_dead_letters_token_and_metrics() {
     assert_eq!(denied.status(), 401);
 
     // Both dead-lettered (a 400 is not retried).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let list = loop {
-        let list: Value = c
+    let mut list = Value::Null;
+    let both = async || {
+        list = c
             .get(admin("/dead-letters"))
             .bearer_auth("s3cret")
             .send()
@@ -623,11 +625,9 @@ async fn admin_api_dead_letters_token_and_metrics() {
             .json()
             .await
             .unwrap();
-        if list["count"] == 2 || Instant::now() > deadline {
-            break list;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        (list["count"] == 2).then_some(())
     };
+    poll(Duration::from_secs(10), Duration::from_millis(50), both).await;
     assert_eq!(list["count"], 2, "{list}");
     let first = &list["dead_letters"][0];
     assert_eq!(first["route"], PATH);
@@ -896,13 +896,10 @@ async fn delivered_ids(upstream: &Upstream) -> HashSet<String> {
 }
 
 async fn wait_all_delivered(upstream: &Upstream, acked: &HashSet<String>) -> HashSet<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = delivered_ids(upstream).await;
-        if acked.is_subset(&got) || Instant::now() > deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let all = async || Some(delivered_ids(upstream).await).filter(|got| acked.is_subset(got));
+    match poll(Duration::from_secs(60), Duration::from_millis(100), all).await {
+        Some(got) => got,
+        None => delivered_ids(upstream).await,
     }
 }
 
@@ -1123,10 +1120,8 @@ async fn https_upstream_with_its_own_ca() {
         post(&client(), &gateway.url(PATH), body.clone()).await.0,
         200
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while bodies.lock().unwrap().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let arrived = async || (!bodies.lock().unwrap().is_empty()).then_some(());
+    poll(Duration::from_secs(10), Duration::from_millis(20), arrived).await;
     assert_eq!(bodies.lock().unwrap().as_slice(), [body.into_bytes()]);
 
     // Without the CA the certificate is not trusted: the event waits in the spool, retried.

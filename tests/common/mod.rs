@@ -170,26 +170,40 @@ impl Upstream {
 
     /// Waits (bounded) until `n` requests have arrived, answered or not (still in their delay).
     pub async fn wait_arrived(&self, n: usize, within: Duration) -> usize {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.state.arrived.load(std::sync::atomic::Ordering::SeqCst);
-            if got >= n || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let arrived = || self.state.arrived.load(std::sync::atomic::Ordering::SeqCst);
+        poll(within, Duration::from_millis(10), async || {
+            (arrived() >= n).then_some(())
+        })
+        .await;
+        arrived()
     }
 
     /// Waits (bounded) until `n` requests arrived; returns them.
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.received();
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let enough = async || Some(self.received()).filter(|got| got.len() >= n);
+        match poll(within, Duration::from_millis(20), enough).await {
+            Some(got) => got,
+            None => self.received(),
         }
+    }
+}
+
+/// Asks `probe` every `every` until it answers `Some`, for at most `within` (then `None`): the
+/// one bounded wait of these tests.
+pub async fn poll<T>(
+    within: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -277,22 +291,19 @@ impl Gateway {
 
     async fn wait_ready(&self) {
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let up = async || {
             let health = client
                 .get(format!("http://{}/healthz", self.admin))
                 .send()
                 .await;
             let public = tokio::net::TcpStream::connect(self.public).await;
-            if matches!(health, Ok(ref r) if r.status() == 200) && public.is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not come up; its log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            (matches!(health, Ok(ref r) if r.status() == 200) && public.is_ok()).then_some(())
+        };
+        if poll(Duration::from_secs(30), Duration::from_millis(50), up)
+            .await
+            .is_none()
+        {
+            panic!("the gateway did not come up; its log:\n{}", self.log_text());
         }
     }
 
