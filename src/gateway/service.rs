@@ -450,13 +450,14 @@ fn refuse_unread(
     drain_within: Duration,
 ) -> Answer {
     let headers = &session.req_header().headers;
-    let declared = match headers.get(header::CONTENT_LENGTH) {
-        None => Some(0),
-        Some(v) => v.to_str().ok().and_then(|t| t.trim().parse::<u64>().ok()),
+    // The declared length by the rule of step 6; an unreadable one (`None` though present) is
+    // not drained.
+    let small = match request_head::check_content_length(headers, DRAIN_LIMIT) {
+        Ok(declared) => declared.is_some() || !headers.contains_key(header::CONTENT_LENGTH),
+        Err(_) => false,
     };
-    let drain = !headers.contains_key(header::TRANSFER_ENCODING)
-        && !expects_continue(headers)
-        && declared.is_some_and(|n| n <= DRAIN_LIMIT);
+    let drain =
+        small && !headers.contains_key(header::TRANSFER_ENCODING) && !expects_continue(headers);
     if drain {
         // Answer now, without pingora's `Connection: close` for an unread body; `finish` drains.
         session.set_close_on_response_before_downstream_finish(false);
