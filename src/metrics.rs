@@ -5,13 +5,14 @@
 //! [`Metrics::route`], so the request path does no label lookup.
 //!
 //! ```
+//! use hookgate::core::Counted;
 //! use hookgate::metrics::Metrics;
 //! use prometheus::{Encoder, Registry, TextEncoder};
 //!
 //! let registry = Registry::new();
 //! let metrics = Metrics::new(&registry).unwrap();
 //! let route = metrics.route("o3-video");
-//! route.record_accepted(None);
+//! route.record(Counted::Accepted, None);
 //! let mut text = Vec::new();
 //! TextEncoder::new().encode(&registry.gather(), &mut text).unwrap();
 //! let text = String::from_utf8(text).unwrap();
@@ -26,7 +27,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-use crate::core::{ErrorCode, EventClass, EventStatus, Reason};
+use crate::core::{Counted, ErrorCode, EventClass, EventStatus, Reason};
 
 /// Buckets for the time from first byte to acknowledgement: 50 µs to 10 s.
 const ACK_BUCKETS: &[f64] = &[
@@ -289,9 +290,23 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// One request's outcome, as the core counts it ([`Outcome::counted`]); `class` is the
+    /// payload's, for an accepted one.
+    ///
+    /// [`Outcome::counted`]: crate::core::Outcome::counted
+    #[inline]
+    pub fn record(&self, counted: Counted, class: Option<EventClass>) {
+        match counted {
+            Counted::Accepted => self.record_accepted(class),
+            Counted::Duplicate => self.0.duplicate.inc(),
+            Counted::Rejected(reason) => self.record_rejected(reason),
+            Counted::Failed => self.0.failed.inc(),
+        }
+    }
+
     /// An accepted request, with the payload's class when the profile knows it.
     #[inline]
-    pub fn record_accepted(&self, class: Option<EventClass>) {
+    fn record_accepted(&self, class: Option<EventClass>) {
         self.0.accepted.inc();
         if let Some(class) = class {
             match class.status {
@@ -307,23 +322,11 @@ impl RouteMetrics {
         }
     }
 
-    /// A duplicate answered without forwarding.
-    #[inline]
-    pub fn record_duplicate(&self) {
-        self.0.duplicate.inc();
-    }
-
     /// A rejection.
     #[inline]
-    pub fn record_rejected(&self, reason: Reason) {
+    fn record_rejected(&self, reason: Reason) {
         self.0.rejected.inc();
         self.0.rejections[reason.index()].inc();
-    }
-
-    /// The handler behind the layers answered non-2xx or failed.
-    #[inline]
-    pub fn record_failed(&self) {
-        self.0.failed.inc();
     }
 
     /// Time from the request reaching hookgate to its answer.

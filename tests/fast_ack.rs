@@ -363,10 +363,10 @@ async fn rejected_event_is_dead_lettered_then_replayed_once() {
     assert_eq!((status, ack["status"].as_str()), (200, Some("received")));
     let id = ack["event_id"].as_str().unwrap().to_owned();
     wait_for("the dead letter", Duration::from_secs(10), || {
-        s.deliverer.dead_letters(10).unwrap().len() == 1
+        s.deliverer.dead_letters(None, 10).unwrap().len() == 1
     })
     .await;
-    let dead = &s.deliverer.dead_letters(10).unwrap()[0];
+    let dead = &s.deliverer.dead_letters(None, 10).unwrap()[0];
     assert_eq!(dead.id.to_string(), id);
     assert_eq!(dead.history.last().unwrap().outcome, "status 400");
     assert_eq!(s.upstream.seen().len(), 1, "a 400 is not retried");
@@ -386,7 +386,7 @@ async fn rejected_event_is_dead_lettered_then_replayed_once() {
         "same id, history kept"
     );
     assert_eq!(delivered[0].body, body.as_bytes(), "byte for byte");
-    assert!(s.deliverer.dead_letters(10).unwrap().is_empty());
+    assert!(s.deliverer.dead_letters(None, 10).unwrap().is_empty());
     wait_for("the delivery to be counted", Duration::from_secs(5), || {
         render(&s.registry)
             .contains(r#"hookgate_deliveries_total{result="success",route="o3-video"} 1"#)
@@ -567,11 +567,11 @@ async fn replay_all_and_purge_all() {
         deliverer.schedule_new(e);
     }
     wait_for("4 dead letters", Duration::from_secs(10), || {
-        deliverer.dead_letters(10).unwrap().len() == 4
+        deliverer.dead_letters(None, 10).unwrap().len() == 4
     })
     .await;
     // Purge one, replay the rest once the upstream is fixed.
-    let first = deliverer.dead_letters(1).unwrap()[0].id;
+    let first = deliverer.dead_letters(None, 1).unwrap()[0].id;
     deliverer.purge(first).await.unwrap();
     assert!(deliverer.purge(first).await.is_err(), "purged twice");
     upstream.status.store(200, Ordering::SeqCst);
@@ -580,7 +580,7 @@ async fn replay_all_and_purge_all() {
         upstream.delivered().len() == 3
     })
     .await;
-    assert!(deliverer.dead_letters(10).unwrap().is_empty());
+    assert!(deliverer.dead_letters(None, 10).unwrap().is_empty());
     assert_eq!(deliverer.purge_all().await.unwrap(), 0);
     let d = metrics.route("r");
     wait_for("the gauges", Duration::from_secs(5), || {
@@ -637,4 +637,158 @@ async fn events_scheduled_from_outside_the_runtime_are_delivered() {
     })
     .await;
     assert_eq!(upstream.delivered().len(), 2);
+}
+
+/// The request the stack answers, as a sender posts it.
+fn request(body: String) -> axum::http::Request<Body> {
+    let mut req = axum::http::Request::post(PATH)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    req.extensions_mut()
+        .insert(hookgate::tower::PeerAddr("127.0.0.1:4000".parse().unwrap()));
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_commits_after_the_client_left_is_delivered_and_keeps_its_key() {
+    use std::future::Future;
+    use tower::{Service, ServiceExt};
+    let dir = tempfile::tempdir().unwrap();
+    // fsync: the commit takes long enough for the first poll to find it pending.
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
+    let upstream = Upstream::new(200);
+    let metrics = Metrics::new(&Registry::new()).unwrap();
+    let layer = WebhookLayer::builder("o3-video")
+        .with_allow(["127.0.0.1/32"])
+        .unwrap()
+        .with_metrics(&metrics)
+        .with_fast_ack::<Body>(spool, fast_policy())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(post(upstream_handler).with_state(upstream.clone()));
+    // The response future is polled once, with the append queued, then dropped: the client hung
+    // up. (If the commit won the race to that first poll, there is nothing to test: try again.)
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n < 50, "every append resolved at its first poll");
+        let call = ServiceExt::<axum::http::Request<Body>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(request(payload(n)));
+        let mut call = Box::pin(call);
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+        if first.is_pending() {
+            break;
+        }
+    }
+    // Committed anyway: delivered without a restart...
+    wait_for("the delivery", Duration::from_secs(10), || {
+        upstream
+            .delivered()
+            .iter()
+            .any(|s| s.body == payload(n).as_bytes())
+    })
+    .await;
+    // ...and the sender's retry is a duplicate, not a second event.
+    let res = ServiceExt::<axum::http::Request<Body>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(request(payload(n)))
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], br#"{"status":"duplicate"}"#);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let copies = upstream
+        .delivered()
+        .iter()
+        .filter(|s| s.body == payload(n).as_bytes())
+        .count();
+    assert_eq!(copies, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hang_up_get_one_event_each() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)) {
+                Ok(s) => return Arc::new(s) as Arc<dyn Spool>,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("cannot reopen the spool: {e}"),
+            }
+        }
+    };
+    let upstream = Upstream::new(200);
+    let first = stack(open().await, upstream.clone()).await;
+    let addr = first
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let hangups: Vec<_> = (0..300)
+        .map(|n| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let body = payload(n);
+                let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                let request = format!(
+                    "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(request.as_bytes()).await.unwrap();
+            })
+        })
+        .collect();
+    for h in hangups {
+        h.await.unwrap();
+    }
+    for n in 0..300 {
+        let (status, _, body) = send(&first.url, payload(n)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_for("every generation", Duration::from_secs(30), || {
+        upstream
+            .delivered()
+            .iter()
+            .map(|s| s.body.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == 300
+    })
+    .await;
+    first.deliverer.shutdown(Duration::from_secs(2)).await;
+    let Stack {
+        server, deliverer, ..
+    } = first;
+    server.abort();
+    let _ = server.await;
+    drop(deliverer);
+    // A restart delivers whatever was committed but never scheduled.
+    let second = stack(open().await, upstream.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ids: std::collections::HashMap<Bytes, std::collections::HashSet<String>> =
+        Default::default();
+    for s in upstream.delivered() {
+        ids.entry(s.body).or_default().insert(s.event_id);
+    }
+    for n in 0..300 {
+        let got = ids.get(payload(n).as_bytes()).map(|s| s.len()).unwrap_or(0);
+        assert_eq!(
+            got, 1,
+            "generation {n} reached the upstream under {got} event ids"
+        );
+    }
+    second.server.abort();
 }

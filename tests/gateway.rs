@@ -1154,3 +1154,41 @@ async fn https_upstream_with_its_own_ca() {
         gateway.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_storage_backend_is_chosen_by_the_config() {
+    // `[store] backend = "memory"`: a second backend, chosen in the file alone.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let data = dir.path().join("data");
+    let text = config(public, admin, &data, "", &route(&upstream.url(), ""))
+        .replace("[[route]]", "[store]\nbackend = \"memory\"\n\n[[route]]");
+    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    let c = client();
+    let id = generation();
+    let (status, _, body) = post(&c, &gateway.url(PATH), completed(&id)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = post(&c, &gateway.url(PATH), completed(&id)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"duplicate"}"#));
+    let got = upstream.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["generation_id"], id.as_str());
+    // Nothing on disk: the embedded spool was never opened.
+    assert!(
+        !data.join("spool").exists(),
+        "the embedded spool was opened"
+    );
+    let log = gateway.log_text();
+    assert!(log.contains("backend=Memory"), "{log}");
+    // An unknown backend is a config error naming the key.
+    let bad = text.replace("backend = \"memory\"", "backend = \"disk\"");
+    std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["check-config"])
+        .arg(dir.path().join("bad.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("backend"), "{err}");
+}

@@ -271,7 +271,8 @@ fn spool_contents(dir: &Path) -> (HashSet<String>, HashSet<String>) {
     use hookgate::store::{Durability, EmbeddedSpool, Spool, SpoolConfig};
     let spool =
         EmbeddedSpool::open(SpoolConfig::new(dir, Durability::Fsync)).expect("the spool reopens");
-    let dead_letters = spool.dead_letters(usize::MAX).unwrap();
+    // The server under test is examples/fast_ack_server.rs: its one route is "o3-video".
+    let dead_letters = spool.dead_letters("o3-video", None, usize::MAX).unwrap();
     if let Some(e) = dead_letters.first() {
         eprintln!(
             "first dead letter: attempts {}, history {:?}",
@@ -286,7 +287,10 @@ fn spool_contents(dir: &Path) -> (HashSet<String>, HashSet<String>) {
             .collect()
     };
     (
-        ids(spool.dead_letters(usize::MAX).unwrap()),
+        ids(dead_letters
+            .iter()
+            .filter_map(|d| spool.get_dead("o3-video", d.id).ok().flatten())
+            .collect()),
         ids(spool.pending().unwrap()),
     )
 }

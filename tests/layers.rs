@@ -305,6 +305,20 @@ async fn malformed_json_gets_400() {
 }
 
 #[tokio::test]
+async fn a_repeated_member_name_gets_400() {
+    let s = serve(|b| b).await;
+    // The last generation_id is valid; a parser that keeps the first would see another one.
+    let body = completed(&uuid(1)).replacen('{', "{\"generation_id\":\"not-a-uuid\",", 1);
+    let (status, v) = post_json(&s.url(), body).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("duplicate_key")),
+        "{v}"
+    );
+    assert_eq!(s.handler.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn invalid_payload_gets_422_listing_every_field() {
     let s = serve(|b| b).await;
     let body = json!({"generation_id": "not-a-uuid", "status": "completed", "video_url": "ftp://x", "model": ""});

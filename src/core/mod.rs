@@ -1,5 +1,11 @@
-//! The sans-IO admission core (DESIGN §2): plain functions over plain data, shared by the tower
-//! layers and the gateway. Nothing here does I/O or knows about tower or pingora.
+//! The sans-IO admission core (DESIGN §2): every step's decision, from the route match to the
+//! answer written, as plain functions over plain data, shared by the tower layers and the
+//! gateway. Nothing here does I/O or knows about tower, pingora or a storage backend.
+//!
+//! - steps 2–3: [`ClientIpResolver`], [`Allowlist`]; steps 4, 6, 7: [`request_head`];
+//! - steps 10–11: [`Validator`]; step 12's key: [`DedupKeySpec`];
+//! - steps 12–14 and every answer: [`outcome`] ([`Outcome`], [`Answer`]), [`Rejection`];
+//! - which headers travel: [`forward`].
 //!
 //! ```
 //! use hookgate::core::{Allowlist, ClientIpResolver, Validator, DedupKeySpec, request_head};
@@ -16,10 +22,11 @@
 //! assert!(key.is_ok());
 //! ```
 
-pub mod ack;
 mod allowlist;
 mod client_ip;
 mod dedup_key;
+pub mod forward;
+pub mod outcome;
 mod rejection;
 pub mod request_head;
 mod validate;
@@ -27,7 +34,10 @@ mod validate;
 pub use allowlist::Allowlist;
 pub use client_ip::{ClientIp, ClientIpResolver};
 pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
-pub use rejection::{FieldError, Reason, Rejection, RETRY_AFTER_SECS, SPOOL_RETRY_AFTER_SECS};
+pub use outcome::{Answer, Counted, Outcome, Reservation};
+pub use rejection::{
+    FieldError, Reason, Rejection, MAX_LISTED_FIELDS, RETRY_AFTER_SECS, SPOOL_RETRY_AFTER_SECS,
+};
 pub use validate::{ErrorCode, EventClass, EventStatus, Payload, PayloadValidator, Validator};
 
 /// A configuration mistake, naming the setting at fault.

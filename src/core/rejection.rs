@@ -10,8 +10,11 @@
 //! assert_eq!(body["error"], "ip_not_allowed");
 //! ```
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
+
+use super::outcome::Answer;
 
 /// One field of a payload that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -62,11 +65,29 @@ pub enum Rejection {
         /// Where parsing stopped, from the JSON parser.
         detail: String,
     },
+    /// An object of the body names a member twice (400): which one counts differs between
+    /// parsers, and the body is forwarded byte for byte.
+    DuplicateKey {
+        /// Which name, where.
+        detail: String,
+    },
     /// The payload is well-formed but invalid for the route's profile or schema (422).
     InvalidPayload {
-        /// Every failing field, not just the first.
+        /// The failing fields, at most [`MAX_LISTED_FIELDS`], each message shortened.
         fields: Vec<FieldError>,
+        /// How many fields failed in all.
+        total: usize,
     },
+    /// The request head is not valid HTTP/1.1 (400): two `Content-Length`s, an unknown
+    /// `Transfer-Encoding`, too many or too long headers, a target hookgate does not serve.
+    MalformedRequest {
+        /// What the parser refused.
+        detail: String,
+    },
+    /// An HTTP/1.1 request without `Host` (400, RFC 9112 §3.2).
+    MissingHost,
+    /// The request header did not arrive within the header timeout (408).
+    HeaderTimeout,
     /// The dedup key is absent from the request (422).
     MissingDedupKey {
         /// The configured key (`/generation_id`, `header:X-Id`, ...).
@@ -137,11 +158,17 @@ pub enum Reason {
     UpstreamUnavailable,
     /// `upstream_timeout`
     UpstreamTimeout,
+    /// `duplicate_key`
+    DuplicateKey,
+    /// `malformed_request`
+    MalformedRequest,
+    /// `missing_host`
+    MissingHost,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (`ALL[r.index()] == r`).
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 22] = [
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
         Reason::PeerAddressUnknown,
@@ -161,6 +188,9 @@ impl Reason {
         Reason::RouteNotFound,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
+        Reason::DuplicateKey,
+        Reason::MalformedRequest,
+        Reason::MissingHost,
     ];
 
     /// The stable string form.
@@ -185,12 +215,45 @@ impl Reason {
             Reason::RouteNotFound => "route_not_found",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::DuplicateKey => "duplicate_key",
+            Reason::MalformedRequest => "malformed_request",
+            Reason::MissingHost => "missing_host",
         }
     }
 
     /// Position in [`Reason::ALL`], for per-reason tables.
     pub const fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// The most failing fields a 422 lists (the detail says how many failed in all).
+pub const MAX_LISTED_FIELDS: usize = 20;
+/// The longest message of a listed field, in bytes: values a message echoes are cut.
+const MAX_FIELD_MESSAGE: usize = 200;
+
+impl Rejection {
+    /// A 422 for `fields` out of `total` failing ones: at most [`MAX_LISTED_FIELDS`] listed,
+    /// each message cut to a couple of hundred bytes, so a hostile body cannot make the answer
+    /// large.
+    pub fn invalid_payload(mut fields: Vec<FieldError>, total: usize) -> Self {
+        fields.truncate(MAX_LISTED_FIELDS);
+        for f in &mut fields {
+            for text in [&mut f.field, &mut f.message] {
+                if text.len() > MAX_FIELD_MESSAGE {
+                    let mut end = MAX_FIELD_MESSAGE;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.truncate(end);
+                    text.push('…');
+                }
+            }
+        }
+        Rejection::InvalidPayload {
+            total: total.max(fields.len()),
+            fields,
+        }
     }
 }
 
@@ -230,6 +293,10 @@ impl Rejection {
             Rejection::RouteNotFound => Reason::RouteNotFound,
             Rejection::UpstreamUnavailable => Reason::UpstreamUnavailable,
             Rejection::UpstreamTimeout => Reason::UpstreamTimeout,
+            Rejection::DuplicateKey { .. } => Reason::DuplicateKey,
+            Rejection::MalformedRequest { .. } => Reason::MalformedRequest,
+            Rejection::MissingHost => Reason::MissingHost,
+            Rejection::HeaderTimeout => Reason::RequestTimeout,
         }
     }
 
@@ -243,8 +310,12 @@ impl Rejection {
             | Rejection::AmbiguousDeliveryTarget => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::BodyReadFailed | Rejection::MalformedJson { .. } => StatusCode::BAD_REQUEST,
+            Rejection::RequestTimeout | Rejection::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::BodyReadFailed
+            | Rejection::MalformedJson { .. }
+            | Rejection::DuplicateKey { .. }
+            | Rejection::MalformedRequest { .. }
+            | Rejection::MissingHost => StatusCode::BAD_REQUEST,
             Rejection::InvalidPayload { .. } | Rejection::MissingDedupKey { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -293,10 +364,23 @@ impl Rejection {
             Rejection::RequestTimeout => "the body did not arrive within the read timeout".into(),
             Rejection::BodyReadFailed => "the connection failed while the body was read".into(),
             Rejection::MalformedJson { detail } => format!("the body is not valid JSON: {detail}"),
-            Rejection::InvalidPayload { fields } => match fields.len() {
-                1 => "1 field is invalid".into(),
-                n => format!("{n} fields are invalid"),
+            Rejection::InvalidPayload { fields, total } => match (*total, fields.len()) {
+                (1, _) => "1 field is invalid".into(),
+                (n, listed) if listed < n => {
+                    format!("{n} fields are invalid; the first {listed} are listed")
+                }
+                (n, _) => format!("{n} fields are invalid"),
             },
+            Rejection::DuplicateKey { detail } => {
+                format!("the body names a member twice: {detail}")
+            }
+            Rejection::MalformedRequest { detail } => {
+                format!("the request is not valid HTTP/1.1: {detail}")
+            }
+            Rejection::MissingHost => "an HTTP/1.1 request must carry a Host header".into(),
+            Rejection::HeaderTimeout => {
+                "the request header did not arrive within the header timeout".into()
+            }
             Rejection::MissingDedupKey { key } => format!("the dedup key {key} is missing"),
             Rejection::DuplicateInFlight => {
                 "the same event is being processed right now; retry later".into()
@@ -316,6 +400,23 @@ impl Rejection {
         }
     }
 
+    /// The answer: status, JSON body, and `Allow` or `Retry-After` where they apply. The one
+    /// place a refusal becomes bytes, for both faces.
+    pub fn answer(&self) -> Answer {
+        let mut answer = Answer::json(self.status(), Bytes::from(self.to_json()));
+        if let Some(allow) = self.allow() {
+            answer
+                .headers
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(secs) = self.retry_after() {
+            answer
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        answer
+    }
+
     /// The JSON error body: `{"error": reason, "detail": "...", "fields": [...]}` (`fields` only
     /// for `invalid_payload`).
     pub fn to_json(&self) -> Vec<u8> {
@@ -323,7 +424,7 @@ impl Rejection {
             error: self.reason().as_str(),
             detail: self.detail(),
             fields: match self {
-                Rejection::InvalidPayload { fields } => Some(fields),
+                Rejection::InvalidPayload { fields, .. } => Some(fields),
                 _ => None,
             },
         };
@@ -392,11 +493,29 @@ mod tests {
                 reason: "malformed_json",
             },
             Case {
-                input: Rejection::InvalidPayload {
-                    fields: vec![FieldError::new("/a", "b")],
-                },
+                input: Rejection::invalid_payload(vec![FieldError::new("/a", "b")], 1),
                 status: 422,
                 reason: "invalid_payload",
+            },
+            Case {
+                input: Rejection::DuplicateKey { detail: "a".into() },
+                status: 400,
+                reason: "duplicate_key",
+            },
+            Case {
+                input: Rejection::MalformedRequest { detail: "a".into() },
+                status: 400,
+                reason: "malformed_request",
+            },
+            Case {
+                input: Rejection::MissingHost,
+                status: 400,
+                reason: "missing_host",
+            },
+            Case {
+                input: Rejection::HeaderTimeout,
+                status: 408,
+                reason: "request_timeout",
             },
             Case {
                 input: Rejection::DuplicateInFlight,
@@ -419,14 +538,31 @@ mod tests {
 
     #[test]
     fn invalid_payload_lists_fields() {
-        let r = Rejection::InvalidPayload {
-            fields: vec![
+        let r = Rejection::invalid_payload(
+            vec![
                 FieldError::new("/status", "bad"),
                 FieldError::new("/model", "missing"),
             ],
-        };
+            2,
+        );
         let v: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
         assert_eq!(v["fields"][1]["field"], "/model");
         assert_eq!(v["detail"], "2 fields are invalid");
+    }
+
+    #[test]
+    fn a_422_lists_a_bounded_number_of_short_fields() {
+        let fields = (0..100)
+            .map(|i| FieldError::new(format!("/f{i}"), "é".repeat(500)))
+            .collect();
+        let r = Rejection::invalid_payload(fields, 100);
+        let v: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        let listed = v["fields"].as_array().unwrap();
+        assert_eq!(listed.len(), MAX_LISTED_FIELDS);
+        assert!(listed[0]["message"].as_str().unwrap().len() <= MAX_FIELD_MESSAGE + 3);
+        assert_eq!(
+            v["detail"],
+            "100 fields are invalid; the first 20 are listed"
+        );
     }
 }

@@ -1,4 +1,6 @@
-//! Checks on the request head, before any body byte is read: method, declared size, media type.
+//! Checks on the request head, before any body byte is read: method, declared size, media type
+//! ([`check`], steps 4, 6 and 7 in that order, for both faces), and what HTTP/1.1 itself asks of a
+//! head ([`check_host`], [`expects_continue`]).
 //!
 //! ```
 //! use hookgate::core::request_head;
@@ -12,9 +14,38 @@
 //! assert_eq!(request_head::check_content_length(&headers, 1024).unwrap_err().status(), 413);
 //! ```
 
-use http::{header, HeaderMap, Method};
+use http::{header, HeaderMap, Method, Version};
 
 use super::Rejection;
+
+/// Steps 4, 6 (declared size) and 7, in pipeline order: the declared length, if any.
+#[inline]
+pub fn check(method: &Method, headers: &HeaderMap, limit: u64) -> Result<Option<u64>, Rejection> {
+    check_method(method)?;
+    let declared = check_content_length(headers, limit)?;
+    check_content_type(headers)?;
+    Ok(declared)
+}
+
+/// An HTTP/1.1 request must name its `Host` (RFC 9112 §3.2); HTTP/1.0 need not.
+#[inline]
+pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), Rejection> {
+    if version == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        Err(Rejection::MissingHost)
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether the client waits for `100 Continue` before sending the body: an HTTP/1.1 request
+/// with `Expect: 100-continue`. HTTP/1.0 has no 1xx answers (RFC 9110 §10.1.1): never for it.
+#[inline]
+pub fn expects_continue(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
 
 /// Step 2: webhooks are `POST`.
 #[inline]
@@ -190,5 +221,20 @@ mod tests {
         for m in [Method::GET, Method::PUT, Method::DELETE, Method::HEAD] {
             assert_eq!(check_method(&m).unwrap_err().allow(), Some("POST"));
         }
+    }
+
+    #[test]
+    fn http_1_1_needs_host_and_only_it_gets_100_continue() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            check_host(Version::HTTP_11, &h),
+            Err(Rejection::MissingHost)
+        );
+        assert!(check_host(Version::HTTP_10, &h).is_ok());
+        h.insert(header::HOST, "x".parse().unwrap());
+        assert!(check_host(Version::HTTP_11, &h).is_ok());
+        h.insert(header::EXPECT, "100-Continue".parse().unwrap());
+        assert!(expects_continue(Version::HTTP_11, &h));
+        assert!(!expects_continue(Version::HTTP_10, &h));
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{ConfigError, FieldError, Rejection};
+use super::{ConfigError, FieldError, Rejection, MAX_LISTED_FIELDS};
 
 /// Checks a parsed payload; returns every failing field. Implemented for closures.
 pub trait PayloadValidator: Send + Sync + 'static {
@@ -199,11 +199,10 @@ impl Validator {
         }
     }
 
-    /// Steps 10 and 11 on a complete body.
+    /// Steps 10 and 11 on a complete body. An object naming a member twice is refused
+    /// (`duplicate_key`): parsers disagree on which one counts, and the body is forwarded as is.
     pub fn check(&self, body: &[u8]) -> Result<Payload, Rejection> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::MalformedJson {
-            detail: e.to_string(),
-        })?;
+        let value = parse(body)?;
         let mut fields = Vec::new();
         let class = match &self.profile {
             Profile::Runblob { strict_codes } => runblob(&value, *strict_codes, &mut fields),
@@ -212,11 +211,17 @@ impl Validator {
                 None
             }
             Profile::Schema(schema) => {
-                fields.extend(
-                    schema
-                        .iter_errors(&value)
-                        .map(|e| FieldError::new(e.instance_path().as_str(), e.to_string())),
-                );
+                // Only the listed errors are formatted; the rest are counted.
+                let mut total = 0;
+                for e in schema.iter_errors(&value) {
+                    total += 1;
+                    if fields.len() < MAX_LISTED_FIELDS {
+                        fields.push(FieldError::new(e.instance_path().as_str(), e.to_string()));
+                    }
+                }
+                if total > fields.len() {
+                    return Err(Rejection::invalid_payload(fields, total));
+                }
                 None
             }
             Profile::Custom(check) => {
@@ -231,8 +236,104 @@ impl Validator {
         if fields.is_empty() {
             Ok(Payload { value, class })
         } else {
-            Err(Rejection::InvalidPayload { fields })
+            let total = fields.len();
+            Err(Rejection::invalid_payload(fields, total))
         }
+    }
+}
+
+/// Step 10: the body as JSON, refusing an object that names a member twice.
+fn parse(body: &[u8]) -> Result<Value, Rejection> {
+    use serde::de::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = de
+        .deserialize_any(UniqueMembers)
+        .and_then(|value| de.end().map(|()| value));
+    parsed.map_err(|e| {
+        let detail = e.to_string();
+        match detail.strip_prefix(DUPLICATE_MEMBER) {
+            Some(rest) => Rejection::DuplicateKey {
+                detail: rest.trim_start().to_owned(),
+            },
+            None => Rejection::MalformedJson { detail },
+        }
+    })
+}
+
+const DUPLICATE_MEMBER: &str = "duplicate member:";
+
+/// Builds a [`Value`] as serde_json does, but fails on a repeated member name. serde_json keeps
+/// the last of repeated names without a word; no option of it refuses them.
+struct UniqueMembers;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueMembers {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(UniqueMembers)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueMembers {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(UniqueMembers)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if object.contains_key(&name) {
+                let shown: String = name.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format!(
+                    "{DUPLICATE_MEMBER} the name {shown:?} appears twice in one object"
+                )));
+            }
+            let value = map.next_value_seed(UniqueMembers)?;
+            object.insert(name, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -360,7 +461,9 @@ mod tests {
 
     fn fields_of(r: Rejection) -> Vec<String> {
         match r {
-            Rejection::InvalidPayload { fields } => fields.into_iter().map(|f| f.field).collect(),
+            Rejection::InvalidPayload { fields, .. } => {
+                fields.into_iter().map(|f| f.field).collect()
+            }
             other => panic!("not invalid_payload: {other}"),
         }
     }

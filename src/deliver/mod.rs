@@ -3,7 +3,9 @@
 //!
 //! - [`policy`]: the outcome rules ([`classify`]) and the backoff ([`retry_delay`]), as plain functions.
 //! - [`target`]: an HTTP upstream ([`HttpTarget`]) or a tower service ([`ServiceTarget`]).
-//! - [`Deliverer`]: one route's worker: schedule, dispatcher, concurrency limit, graceful stop.
+//! - [`Deliverer`]: one route's worker: steps 13–14 ([`Deliverer::accept`]), schedule,
+//!   dispatcher, concurrency limit, dead letters, graceful stop.
+//! - [`Forwarder`]: `proxy` mode's bounded synchronous forward.
 //!
 //! ```
 //! use hookgate::deliver::{classify, AttemptResult, Verdict};
@@ -13,10 +15,12 @@
 //! assert_eq!(classify(&AttemptResult::Status { code: 400, retry_after: None }), Verdict::Reject);
 //! ```
 
+mod forward;
 pub mod policy;
 pub mod target;
 mod worker;
 
+pub use forward::{Forwarder, MAX_ANSWER};
 pub use policy::{classify, retry_delay, retry_floor, AttemptResult, DeliveryPolicy, Verdict};
-pub use target::{end_to_end_headers, forwardable_headers, HttpTarget, ServiceTarget, Target};
-pub use worker::Deliverer;
+pub use target::{HttpTarget, ServiceTarget, Target};
+pub use worker::{Accepting, Deliverer};

@@ -11,6 +11,7 @@ use http::{HeaderMap, Request, Response};
 use tower_service::Service;
 
 use super::policy::{parse_retry_after, AttemptResult, DeliveryPolicy};
+use crate::core::forward::{ATTEMPT, EVENT_ID, RECEIVED_AT, X_FORWARDED_FOR};
 use crate::core::{ClientIp, ConfigError};
 use crate::store::Event;
 
@@ -21,69 +22,6 @@ pub type AttemptFuture = Pin<Box<dyn Future<Output = AttemptResult> + Send>>;
 pub trait Target: Send + Sync + 'static {
     /// Makes one attempt to deliver `event` (its `attempts` already counts this one).
     fn deliver(&self, event: &Event) -> AttemptFuture;
-}
-
-/// `X-Hookgate-Event-Id`
-pub const EVENT_ID: HeaderName = HeaderName::from_static("x-hookgate-event-id");
-/// `X-Hookgate-Attempt`: 1 for the first attempt.
-pub const ATTEMPT: HeaderName = HeaderName::from_static("x-hookgate-attempt");
-/// `X-Hookgate-Received-At`: when hookgate acknowledged the event, RFC 3339 UTC.
-pub const RECEIVED_AT: HeaderName = HeaderName::from_static("x-hookgate-received-at");
-/// `X-Forwarded-For`
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, never passed on.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Headers a request keeps from its connection (`Host`) and hookgate's own, which are set fresh
-/// on each attempt: not stored with an event.
-const NOT_STORED: [HeaderName; 5] = [
-    header::HOST,
-    X_FORWARDED_FOR,
-    EVENT_ID,
-    ATTEMPT,
-    RECEIVED_AT,
-];
-
-/// The end-to-end headers of a message, as a proxy passes them on: all but the hop-by-hop ones
-/// (with `Upgrade` and those named in `Connection`) and `Content-Length`, which the next hop's
-/// framing sets. `proxy` mode relays an upstream's answer with these.
-pub fn end_to_end_headers(
-    headers: &HeaderMap,
-) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-    let named_in_connection: Vec<&str> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    headers.iter().filter(move |(name, _)| {
-        !HOP_BY_HOP.contains(name)
-            && *name != header::UPGRADE
-            && *name != header::CONTENT_LENGTH
-            && !named_in_connection
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case(name.as_str()))
-    })
-}
-
-/// The headers of `headers` to store with an event and forward: the
-/// [end-to-end ones](end_to_end_headers) but `Host` and the ones hookgate sets itself.
-pub fn forwardable_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    end_to_end_headers(headers)
-        .filter(|(name, _)| !NOT_STORED.contains(name))
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect()
 }
 
 /// The headers one attempt carries: the stored ones plus `X-Forwarded-For` (the resolved client
@@ -286,8 +224,9 @@ impl Target for HttpTarget {
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_retry_after);
                     let code = res.status().as_u16();
-                    // Read the body so the connection goes back to the pool.
-                    let _ = res.bytes().await;
+                    // Read a small body so the connection goes back to the pool; a larger one
+                    // is left unread and its connection closed.
+                    let _ = read_capped(res, DRAINED_ANSWER).await;
                     AttemptResult::Status { code, retry_after }
                 }
                 Err(e) if e.is_timeout() => AttemptResult::Timeout,
@@ -298,7 +237,26 @@ impl Target for HttpTarget {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The most of an upstream's answer a delivery reads (to reuse the connection); it only needs
+/// the status.
+const DRAINED_ANSWER: usize = 64 * 1024;
+
+/// An answer's body read to its end, or `Err` once it passes `limit` bytes (the rest unread).
+pub(crate) async fn read_capped(
+    mut res: reqwest::Response,
+    limit: usize,
+) -> Result<Result<Bytes, usize>, reqwest::Error> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = res.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(Err(body.len() + chunk.len()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body.freeze()))
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -383,29 +341,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_dropped() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("content-type", "application/json"),
-            ("host", "example.com"),
-            ("connection", "keep-alive, x-private"),
-            ("x-private", "1"),
-            ("transfer-encoding", "chunked"),
-            ("content-length", "10"),
-            ("x-forwarded-for", "1.2.3.4"),
-            ("x-hookgate-attempt", "9"),
-            ("x-signature", "abc"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        let kept: Vec<String> = forwardable_headers(&h)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(kept, ["content-type", "x-signature"]);
-    }
 
     #[test]
     fn the_request_query_is_added_to_the_upstream_url() {

@@ -3,7 +3,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -11,8 +14,9 @@ use uuid::Uuid;
 
 use super::policy::{classify, retry_delay, DeliveryPolicy, Verdict};
 use super::target::Target;
+use crate::core::outcome::{self, Outcome};
 use crate::metrics::DeliveryMetrics;
-use crate::store::{now_ms, Event, Spool, SpoolError};
+use crate::store::{now_ms, Completion, Event, EventSummary, Reserved, Spool, SpoolError};
 
 /// Events kept in memory for their next attempt, at most (about 4 MiB of webhook payloads).
 const HOT_EVENTS: usize = 4096;
@@ -87,11 +91,7 @@ impl Deliverer {
     ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), SpoolError> {
         let route = route.into();
         let schedule = spool.pending_schedule(&route)?;
-        let dead = spool
-            .dead_letters(usize::MAX)?
-            .iter()
-            .filter(|e| e.route == route)
-            .count();
+        let dead = spool.dead_letters(&route, None, usize::MAX)?.len();
         metrics.spool_depth.set(schedule.len() as i64);
         metrics.dead_letters.set(dead as i64);
         let queue = schedule
@@ -151,6 +151,37 @@ impl Deliverer {
         &self.inner.spool
     }
 
+    /// Steps 13–14: appends `event` and, once it commits, commits its dedup `reservation` and
+    /// schedules it; resolves with the outcome to answer. If the returned future is dropped
+    /// before the append resolves (the sender hung up), the rest still happens, on the current
+    /// tokio runtime: an event that commits is always delivered, and the sender's retry of it is a
+    /// duplicate, never a second event (DESIGN §3).
+    pub fn accept(&self, event: Event, reservation: Option<Reserved>) -> Accepting {
+        Accepting {
+            completion: self.inner.spool.append(&event),
+            pending: Some((event, reservation)),
+            deliverer: self.clone(),
+        }
+    }
+
+    /// The outcome of an append: on commit, the key is kept and the event scheduled.
+    fn settle(
+        &self,
+        event: Event,
+        reservation: Option<Reserved>,
+        result: Result<(), SpoolError>,
+    ) -> Outcome {
+        let outcome = outcome::appended(&self.inner.route, event.id, result);
+        let accepted = matches!(outcome, Outcome::Received { .. });
+        if let Some(r) = &reservation {
+            r.settle(accepted);
+        }
+        if accepted {
+            self.schedule_new(event);
+        }
+        outcome
+    }
+
     /// Schedules a newly appended event (already durable in the spool) for an attempt now.
     pub fn schedule_new(&self, event: Event) {
         let inner = &self.inner;
@@ -177,59 +208,26 @@ impl Deliverer {
         self.inner.lock_queue().len()
     }
 
-    /// This route's dead letters, oldest first, at most `limit`.
-    pub fn dead_letters(&self, limit: usize) -> Result<Vec<Event>, SpoolError> {
-        Ok(self
-            .inner
+    /// Up to `limit` of this route's dead letters, oldest first, after `after` (bodies not read).
+    pub fn dead_letters(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, SpoolError> {
+        self.inner
             .spool
-            .dead_letters(usize::MAX)?
-            .into_iter()
-            .filter(|e| e.route == self.inner.route)
-            .take(limit)
-            .collect())
+            .dead_letters(&self.inner.route, after, limit)
+    }
+
+    /// This route's dead letter `id`, with its body.
+    pub fn dead_letter(&self, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        self.inner.spool.get_dead(&self.inner.route, id)
     }
 
     /// Moves dead letter `id` back to the spool and schedules it now (its attempt limit counts
     /// afresh; its id and history are kept).
     pub async fn replay(&self, id: Uuid) -> Result<(), SpoolError> {
-        self.owned_dead_letter(id)?;
-        self.revive(id).await
-    }
-
-    /// Replays every dead letter of the route; returns how many.
-    pub async fn replay_all(&self) -> Result<usize, SpoolError> {
-        let ids = self.dead_letter_ids()?;
-        for id in &ids {
-            self.revive(*id).await?;
-        }
-        Ok(ids.len())
-    }
-
-    /// Deletes dead letter `id` for good.
-    pub async fn purge(&self, id: Uuid) -> Result<(), SpoolError> {
-        self.owned_dead_letter(id)?;
-        self.delete_dead_letter(id).await
-    }
-
-    /// Deletes every dead letter of the route; returns how many.
-    pub async fn purge_all(&self) -> Result<usize, SpoolError> {
-        let ids = self.dead_letter_ids()?;
-        for id in &ids {
-            self.delete_dead_letter(*id).await?;
-        }
-        Ok(ids.len())
-    }
-
-    fn dead_letter_ids(&self) -> Result<Vec<Uuid>, SpoolError> {
-        Ok(self
-            .dead_letters(usize::MAX)?
-            .iter()
-            .map(|e| e.id)
-            .collect())
-    }
-
-    async fn revive(&self, id: Uuid) -> Result<(), SpoolError> {
-        let event = self.inner.spool.revive(id).await?;
+        let event = self.inner.spool.revive(&self.inner.route, id).await?;
         self.inner.metrics.dead_letters.dec();
         self.inner.metrics.spool_depth.inc();
         self.inner.push(event.next_attempt_ms, id);
@@ -237,17 +235,48 @@ impl Deliverer {
         Ok(())
     }
 
-    async fn delete_dead_letter(&self, id: Uuid) -> Result<(), SpoolError> {
-        self.inner.spool.purge(id).await?;
+    /// Replays every dead letter of the route; returns how many. One replayed concurrently by
+    /// someone else is not counted twice.
+    pub async fn replay_all(&self) -> Result<usize, SpoolError> {
+        self.each_dead_letter(|id| self.replay(id)).await
+    }
+
+    /// Deletes dead letter `id` for good.
+    pub async fn purge(&self, id: Uuid) -> Result<(), SpoolError> {
+        self.inner.spool.purge(&self.inner.route, id).await?;
         self.inner.metrics.dead_letters.dec();
         tracing::info!(route = %self.inner.route, event_id = %id, "dead letter purged");
         Ok(())
     }
 
-    fn owned_dead_letter(&self, id: Uuid) -> Result<(), SpoolError> {
-        match self.inner.spool.get_dead(id)? {
-            Some(e) if e.route == self.inner.route => Ok(()),
-            _ => Err(SpoolError::NotFound(id)),
+    /// Deletes every dead letter of the route; returns how many.
+    pub async fn purge_all(&self) -> Result<usize, SpoolError> {
+        self.each_dead_letter(|id| self.purge(id)).await
+    }
+
+    /// Applies `f` to every dead letter, a page at a time; counts those it did.
+    async fn each_dead_letter<F, Fut>(&self, f: F) -> Result<usize, SpoolError>
+    where
+        F: Fn(Uuid) -> Fut,
+        Fut: Future<Output = Result<(), SpoolError>>,
+    {
+        const PAGE: usize = 256;
+        let mut done = 0;
+        let mut after = None;
+        loop {
+            let page = self.dead_letters(after, PAGE)?;
+            for d in &page {
+                match f(d.id).await {
+                    Ok(()) => done += 1,
+                    // Replayed or purged by another call meanwhile.
+                    Err(SpoolError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.id),
+                _ => return Ok(done),
+            }
         }
     }
 
@@ -374,13 +403,6 @@ async fn attempt(
         // A delivered event's history goes with it: only failures are worth the formatting.
         event.record_outcome(result.to_string());
     }
-    let dead_letter = |reason: &str| {
-        m.dead_letter.inc();
-        m.attempts.observe(f64::from(event.attempts));
-        m.spool_depth.dec();
-        m.dead_letters.inc();
-        tracing::warn!(%route, event_id = %id, attempt = event.attempts, outcome = %result, reason, "event dead-lettered");
-    };
     match verdict {
         Verdict::Success => {
             m.success.inc();
@@ -392,32 +414,32 @@ async fn attempt(
             inner.spool.forget_delivered(&event);
         }
         Verdict::Reject => {
-            dead_letter("rejected by the target");
-            if let Err(e) = inner.spool.dead_letter(&event).await {
-                tracing::error!(%route, event_id = %id, error = %e, "cannot move the event to the dead letters");
-            }
+            dead_letter(&inner, event, &result.to_string(), "rejected by the target").await;
         }
         Verdict::Retry { not_before } => {
             let tries = event.attempts - event.attempts_before_replay;
             let now = now_ms();
             let age = Duration::from_millis(now.saturating_sub(event.window_start_ms));
             if tries >= inner.policy.max_attempts || age >= inner.policy.max_age {
-                dead_letter(if tries >= inner.policy.max_attempts {
+                let reason = if tries >= inner.policy.max_attempts {
                     "max_attempts reached"
                 } else {
                     "max_age reached"
-                });
-                if let Err(e) = inner.spool.dead_letter(&event).await {
-                    tracing::error!(%route, event_id = %id, error = %e, "cannot move the event to the dead letters");
-                }
+                };
+                dead_letter(&inner, event, &result.to_string(), reason).await;
                 return;
             }
             let delay = retry_delay(&inner.policy, tries, fastrand::f64(), not_before);
             event.next_attempt_ms = now + delay.as_millis() as u64;
             m.retry.inc();
             tracing::info!(%route, event_id = %id, attempt = event.attempts, outcome = %result, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
-            if let Err(e) = inner.spool.reschedule(&event).await {
-                tracing::warn!(%route, event_id = %id, error = %e, "cannot store the retry schedule; retrying from memory");
+            match inner.spool.reschedule(&event).await {
+                Ok(()) => {}
+                // Gone meanwhile (delivered by a duplicate schedule, or dead-lettered).
+                Err(SpoolError::NotFound(_)) => return,
+                Err(e) => {
+                    tracing::warn!(%route, event_id = %id, error = %e, "cannot store the retry schedule; retrying from memory")
+                }
             }
             let due = event.next_attempt_ms;
             inner.keep_hot(event);
@@ -426,22 +448,40 @@ async fn attempt(
     }
 }
 
-/// Keeps `hookgate_spool_oldest_age_seconds` current, once a second, and every ten minutes
-/// deletes the spool's expired dedup keys.
+/// How long a dead letter that could not be stored waits before the next try.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
+
+/// Moves `event` to the dead letters. If the spool cannot store the move, the event goes back
+/// in the queue (a later attempt decides again) rather than staying off it until a restart.
+async fn dead_letter(inner: &Arc<Inner>, event: Event, outcome: &str, reason: &str) {
+    let (route, id, m) = (&inner.route, event.id, &inner.metrics);
+    match inner.spool.dead_letter(&event).await {
+        Ok(()) => {
+            m.dead_letter.inc();
+            m.attempts.observe(f64::from(event.attempts));
+            m.spool_depth.dec();
+            m.dead_letters.inc();
+            tracing::warn!(%route, event_id = %id, attempt = event.attempts, outcome, reason, "event dead-lettered");
+        }
+        // Delivered or dead-lettered already by a duplicate schedule: counted there.
+        Err(SpoolError::NotFound(_)) => {}
+        Err(e) => {
+            tracing::error!(%route, event_id = %id, error = %e, retry_in_ms = DEAD_LETTER_RETRY.as_millis() as u64, "cannot move the event to the dead letters; it stays queued");
+            let due = now_ms() + DEAD_LETTER_RETRY.as_millis() as u64;
+            inner.keep_hot(event);
+            inner.push(due, id);
+        }
+    }
+}
+
+/// Keeps `hookgate_spool_oldest_age_seconds` current, once a second.
 async fn track_oldest(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
-        }
-        ticks += 1;
-        if ticks.is_multiple_of(600) {
-            if let Err(e) = inner.spool.sweep_expired_keys() {
-                tracing::warn!(route = %inner.route, error = %e, "cannot sweep expired dedup keys");
-            }
         }
         let age = inner
             .spool
@@ -449,5 +489,184 @@ async fn track_oldest(inner: Arc<Inner>) {
             .map(|oldest| now_ms().saturating_sub(oldest) as f64 / 1000.0)
             .unwrap_or(0.0);
         inner.metrics.oldest_age.set(age);
+    }
+}
+
+/// The future of [`Deliverer::accept`]: resolves with the outcome of steps 13–14. Dropped before
+/// then, it finishes in the background (see `accept`).
+#[must_use = "the outcome is the answer to send; dropping it only gives up the answer"]
+pub struct Accepting {
+    completion: Completion,
+    pending: Option<(Event, Option<Reserved>)>,
+    deliverer: Deliverer,
+}
+
+impl Future for Accepting {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        // Every field is Unpin.
+        let this = self.get_mut();
+        let result = std::task::ready!(Pin::new(&mut this.completion).poll(cx));
+        let Some((event, reservation)) = this.pending.take() else {
+            return Poll::Ready(Outcome::Rejected(crate::core::Rejection::SpoolUnavailable));
+        };
+        Poll::Ready(this.deliverer.settle(event, reservation, result))
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        let Some((event, reservation)) = self.pending.take() else {
+            return;
+        };
+        // The caller left before the append resolved; it may still commit.
+        let completion = std::mem::replace(&mut self.completion, Completion::ready(Ok(())));
+        let deliverer = self.deliverer.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let result = completion.await;
+                    deliverer.settle(event, reservation, result);
+                });
+            }
+            Err(_) => {
+                // No runtime to finish on: a committed event is delivered after the next start
+                // (recovery schedules every pending event); the reservation is released.
+                tracing::warn!(route = %deliverer.inner.route, event_id = %event.id, "append abandoned outside a runtime; delivered after a restart if it committed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::deliver::target::AttemptFuture;
+    use crate::deliver::AttemptResult;
+    use crate::metrics::Metrics;
+    use crate::store::memory::MemorySpool;
+    use crate::store::{Completion, DedupRecord, SpoolStats};
+
+    /// A spool whose first `failures` moves to the dead letters fail (a disk error), over a
+    /// real in-memory spool.
+    struct FailingDeadLetters {
+        spool: MemorySpool,
+        failures: AtomicUsize,
+    }
+
+    impl Spool for FailingDeadLetters {
+        fn append(&self, e: &Event) -> Completion {
+            self.spool.append(e)
+        }
+        fn get(&self, r: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+            self.spool.get(r, id)
+        }
+        fn delivered(&self, e: &Event) -> Completion {
+            self.spool.delivered(e)
+        }
+        fn reschedule(&self, e: &Event) -> Completion {
+            self.spool.reschedule(e)
+        }
+        fn dead_letter(&self, e: &Event) -> Completion {
+            let left = self.failures.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::SeqCst);
+                return Completion::ready(Err(SpoolError::Storage("disk full".into())));
+            }
+            self.spool.dead_letter(e)
+        }
+        fn pending(&self) -> Result<Vec<Event>, SpoolError> {
+            self.spool.pending()
+        }
+        fn pending_schedule(&self, r: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
+            self.spool.pending_schedule(r)
+        }
+        fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError> {
+            self.spool.dedup_keys()
+        }
+        fn dead_letters(
+            &self,
+            r: &str,
+            after: Option<Uuid>,
+            limit: usize,
+        ) -> Result<Vec<EventSummary>, SpoolError> {
+            self.spool.dead_letters(r, after, limit)
+        }
+        fn get_dead(&self, r: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+            self.spool.get_dead(r, id)
+        }
+        fn revive(&self, r: &str, id: Uuid) -> Completion<Event> {
+            self.spool.revive(r, id)
+        }
+        fn purge(&self, r: &str, id: Uuid) -> Completion {
+            self.spool.purge(r, id)
+        }
+        fn stats(&self) -> SpoolStats {
+            self.spool.stats()
+        }
+        fn oldest_pending_ms(&self, r: &str) -> Option<u64> {
+            self.spool.oldest_pending_ms(r)
+        }
+        fn sweep_expired_keys(&self) -> Completion<usize> {
+            self.spool.sweep_expired_keys()
+        }
+        fn probe(&self) -> Completion {
+            self.spool.probe()
+        }
+    }
+
+    /// Answers every attempt 400: straight to the dead letters.
+    struct Refuses;
+
+    impl Target for Refuses {
+        fn deliver(&self, _: &Event) -> AttemptFuture {
+            Box::pin(async {
+                AttemptResult::Status {
+                    code: 400,
+                    retry_after: None,
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_that_cannot_be_stored_stays_queued_and_is_tried_again() {
+        let spool = Arc::new(FailingDeadLetters {
+            spool: MemorySpool::new(100, 1 << 20),
+            failures: AtomicUsize::new(1),
+        });
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        let deliverer = Deliverer::start(
+            "r",
+            spool.clone(),
+            DeliveryPolicy::default(),
+            metrics.route("r").delivery().clone(),
+        )
+        .unwrap()
+        .with_target(Arc::new(Refuses));
+        let e = Event::new(
+            "r",
+            "127.0.0.1".parse().unwrap(),
+            "POST",
+            "/",
+            vec![],
+            "{}".into(),
+        );
+        spool.append(&e).await.unwrap();
+        deliverer.schedule_new(e.clone());
+        // The first move fails; the event is not left off the queue until a restart.
+        // (A bounded wait: the retry comes DEAD_LETTER_RETRY later.)
+        for _ in 0..300 {
+            if spool.stats().dead == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stats = spool.stats();
+        assert_eq!((stats.pending, stats.dead), (0, 1), "{stats:?}");
+        assert_eq!(metrics.route("r").delivery().dead_letters.get(), 1);
     }
 }

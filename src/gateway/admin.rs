@@ -5,7 +5,8 @@
 //! | `GET /metrics` | Prometheus text: the pipeline's, the deliveries' and the gateway's metrics |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when the spool commits and is below its bounds, else 503 |
-//! | `GET /dead-letters[?route=NAME&limit=N]` | the dead letters, oldest first |
+//! | `GET /dead-letters[?route=NAME&limit=N&after=ID]` | the dead letters, oldest first, a page at a time (bodies not read) |
+//! | `GET /dead-letters/{id}` | one dead letter, with its body |
 //! | `POST /dead-letters/{id}/replay` | moves one back to delivery |
 //! | `POST /dead-letters/replay[?route=NAME]` | moves all (of a route) back |
 //! | `DELETE /dead-letters/{id}` | deletes one |
@@ -27,7 +28,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::deliver::Deliverer;
-use crate::store::{Event, Spool, SpoolError};
+use crate::store::{Event, EventSummary, Spool, SpoolError};
 
 /// The admin application.
 pub(crate) struct Admin {
@@ -74,7 +75,7 @@ fn rfc3339(ms: u64) -> String {
 }
 
 impl<'a> DeadLetter<'a> {
-    fn new(e: &'a Event) -> Self {
+    fn new(e: &'a EventSummary) -> Self {
         Self {
             id: e.id,
             route: &e.route,
@@ -89,9 +90,50 @@ impl<'a> DeadLetter<'a> {
                     outcome: &a.outcome,
                 })
                 .collect(),
-            body_bytes: e.body.len(),
+            body_bytes: e.body_bytes,
         }
     }
+}
+
+/// One dead letter as `GET /dead-letters/{id}` shows it: the listing's fields, the request's
+/// method, URI and headers, and its body (as UTF-8, lossily).
+#[derive(Debug, Serialize)]
+struct DeadLetterShown<'a> {
+    #[serde(flatten)]
+    listed: DeadLetter<'a>,
+    method: &'a str,
+    uri: &'a str,
+    headers: Vec<(&'a str, String)>,
+    body: String,
+}
+
+/// The most dead letters one page lists.
+const MAX_PAGE: usize = 10_000;
+
+/// A client's text, cut short before it is echoed in an error.
+fn quoted(text: &str) -> String {
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{:?}… ({} bytes)", &text[..end], text.len())
+    } else {
+        format!("{text:?}")
+    }
+}
+
+/// An answer given instead of a result (boxed: a response is large).
+type Refusal = Box<Response<Vec<u8>>>;
+
+fn parse_id(text: &str) -> Result<Uuid, Refusal> {
+    Uuid::parse_str(text).map_err(|_| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{} is not an event id", quoted(text)),
+        ))
+    })
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
@@ -184,7 +226,7 @@ impl ServeHttp for Admin {
             (Method::GET, ["dead-letters"]) => {
                 let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
                     None => 1000,
-                    Some(Ok(n)) => n,
+                    Some(Ok(n)) => n.min(MAX_PAGE),
                     Some(Err(_)) => {
                         return error(
                             StatusCode::BAD_REQUEST,
@@ -193,8 +235,13 @@ impl ServeHttp for Admin {
                         )
                     }
                 };
-                self.list(route, limit)
+                let after = match params.get("after").map(|a| parse_id(a)).transpose() {
+                    Ok(after) => after,
+                    Err(res) => return *res,
+                };
+                self.list(route, limit, after)
             }
+            (Method::GET, ["dead-letters", id]) => self.show(id),
             (Method::POST, ["dead-letters", "replay"]) => {
                 self.all(route, |d| Box::pin(async move { d.replay_all().await }))
                     .await
@@ -261,24 +308,78 @@ impl Admin {
         json(status, &body)
     }
 
-    fn list(&self, route: Option<&str>, limit: usize) -> Response<Vec<u8>> {
-        if let Some(name) = route.filter(|r| !self.deliverers.contains_key(*r)) {
-            return no_route(name);
-        }
-        match self.spool.dead_letters(usize::MAX) {
-            Ok(events) => {
-                let items: Vec<DeadLetter<'_>> = events
-                    .iter()
-                    .filter(|e| route.is_none_or(|r| e.route == r))
-                    .take(limit)
-                    .map(DeadLetter::new)
-                    .collect();
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "count": items.len(), "dead_letters": items }),
-                )
+    /// The deliverers `route` names (all of them without one), by route name.
+    fn routes(&self, route: Option<&str>) -> Result<Vec<&Deliverer>, Refusal> {
+        match route {
+            None => {
+                let mut all: Vec<&Deliverer> = self.deliverers.values().collect();
+                all.sort_by(|a, b| a.route().cmp(b.route()));
+                Ok(all)
             }
-            Err(e) => spool_error(e),
+            Some(name) => match self.deliverers.get(name) {
+                Some(d) => Ok(vec![d]),
+                None => Err(Box::new(no_route(name))),
+            },
+        }
+    }
+
+    fn list(&self, route: Option<&str>, limit: usize, after: Option<Uuid>) -> Response<Vec<u8>> {
+        let deliverers = match self.routes(route) {
+            Ok(d) => d,
+            Err(res) => return *res,
+        };
+        // Each route's page, merged by id (UUIDv7: by time), so a page spans routes in order.
+        let mut page: Vec<EventSummary> = Vec::new();
+        for d in deliverers {
+            match d.dead_letters(after, limit) {
+                Ok(mut some) => page.append(&mut some),
+                Err(e) => return spool_error(e),
+            }
+        }
+        page.sort_by_key(|d| d.id);
+        page.truncate(limit);
+        let items: Vec<DeadLetter<'_>> = page.iter().map(DeadLetter::new).collect();
+        let next = (items.len() == limit)
+            .then(|| items.last().map(|d| d.id))
+            .flatten();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "count": items.len(), "dead_letters": items, "next_after": next }),
+        )
+    }
+
+    /// The dead letter `id` (whichever route's) and its route's deliverer.
+    fn find(&self, id: Uuid) -> Result<(Event, &Deliverer), Refusal> {
+        for d in self.deliverers.values() {
+            match d.dead_letter(id) {
+                Ok(Some(e)) => return Ok((e, d)),
+                Ok(None) => {}
+                Err(e) => return Err(Box::new(spool_error(e))),
+            }
+        }
+        Err(Box::new(spool_error(SpoolError::NotFound(id))))
+    }
+
+    fn show(&self, id: &str) -> Response<Vec<u8>> {
+        let event = match parse_id(id).and_then(|id| self.find(id)) {
+            Ok((e, _)) => e,
+            Err(res) => return *res,
+        };
+        let summary = EventSummary::from(&event);
+        let shown = DeadLetterShown {
+            listed: DeadLetter::new(&summary),
+            method: &event.method,
+            uri: &event.uri,
+            headers: event
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+            body: String::from_utf8_lossy(&event.body).into_owned(),
+        };
+        match serde_json::to_value(&shown) {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }
 
@@ -286,12 +387,9 @@ impl Admin {
     where
         F: for<'a> Fn(&'a Deliverer) -> AllFuture<'a>,
     {
-        let deliverers: Vec<&Deliverer> = match route {
-            None => self.deliverers.values().collect(),
-            Some(name) => match self.deliverers.get(name) {
-                Some(d) => vec![d],
-                None => return no_route(name),
-            },
+        let deliverers = match self.routes(route) {
+            Ok(d) => d,
+            Err(res) => return *res,
         };
         let mut count = 0;
         for d in deliverers {
@@ -304,27 +402,9 @@ impl Admin {
     }
 
     async fn one(&self, id: &str, replay: bool) -> Response<Vec<u8>> {
-        let Ok(id) = Uuid::parse_str(id) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("{id:?} is not an event id"),
-            );
-        };
-        let event = match self.spool.get_dead(id) {
-            Ok(Some(e)) => e,
-            Ok(None) => return spool_error(SpoolError::NotFound(id)),
-            Err(e) => return spool_error(e),
-        };
-        let Some(deliverer) = self.deliverers.get(&event.route) else {
-            return error(
-                StatusCode::CONFLICT,
-                "route_not_configured",
-                format!(
-                    "dead letter {id} belongs to route {:?}, which this configuration lacks",
-                    event.route
-                ),
-            );
+        let (id, deliverer) = match parse_id(id).and_then(|id| self.find(id)) {
+            Ok((e, d)) => (e.id, d),
+            Err(res) => return *res,
         };
         let result = if replay {
             deliverer.replay(id).await

@@ -25,9 +25,9 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::core::ClientIpResolver;
-use crate::deliver::{Deliverer, Target};
+use crate::deliver::{Deliverer, Forwarder, Target};
 use crate::metrics::Metrics;
-use crate::store::{EmbeddedSpool, MemoryDedupStore, Spool, SpoolConfig, SpoolError};
+use crate::store::{Background, Spool, SpoolError};
 
 mod admin;
 pub mod config;
@@ -36,7 +36,7 @@ mod service;
 pub use admin::{Attempt, DeadLetter};
 pub use config::{Config, ConfigFileError};
 
-use service::{Gateway, GatewayApp, PeerFilter, Route};
+use service::{Drain, Gateway, GatewayApp, PeerFilter, Route};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +45,13 @@ pub enum StartError {
     /// The configuration is wrong.
     #[error(transparent)]
     Config(#[from] ConfigFileError),
-    /// The spool cannot be opened (a locked or unreadable data dir).
-    #[error("{file}: server.data_dir: cannot open the spool: {error}")]
+    /// The storage backend cannot be opened (a locked or unreadable data dir).
+    #[error("{file}: cannot open the {backend} storage: {error}")]
     Spool {
         /// The config file.
         file: String,
+        /// The backend (`store.backend`).
+        backend: String,
         /// What failed.
         error: SpoolError,
     },
@@ -78,17 +80,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let file = config.source.display().to_string();
     let built = build(&config)?;
     let server = built.server;
+    let signals = GracefulSignals {
+        drain: built.drain,
+        deliverers: built.deliverers,
+        grace: config.server.shutdown_grace,
+    };
     tracing::info!(
         listen = ?config.server.listen,
         tls = config.server.tls.is_some(),
         admin = %config.server.admin,
         routes = config.routes.len(),
+        backend = ?config.store.backend,
         durability = ?config.server.durability,
         data_dir = %config.server.data_dir.display(),
         "hookgate serving (config {file})"
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(GracefulSignals),
+        shutdown_signal: Box::new(signals),
     });
     // Every runtime has stopped; the last spool handles drop here and the writer commits what
     // was queued before the process exits.
@@ -100,6 +108,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
 struct Built {
     server: Server,
     spool: Arc<dyn Spool>,
+    drain: Arc<Drain>,
+    deliverers: Vec<Deliverer>,
 }
 
 fn build(config: &Config) -> Result<Built, StartError> {
@@ -124,18 +134,6 @@ fn build(config: &Config) -> Result<Built, StartError> {
         }
     }
 
-    let data_dir = s.data_dir.clone();
-    let spool_config = SpoolConfig::new(data_dir.join("spool"), s.durability)
-        .with_max_events(s.spool_max_events)
-        .with_max_bytes(s.spool_max_size.as_u64());
-    let spool: Arc<dyn Spool> =
-        Arc::new(
-            EmbeddedSpool::open(spool_config).map_err(|error| StartError::Spool {
-                file: file.clone(),
-                error,
-            })?,
-        );
-
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
     let refused = prometheus::IntCounter::new(
@@ -143,46 +141,36 @@ fn build(config: &Config) -> Result<Built, StartError> {
         "Connections dropped before any byte was read: the peer is in no route's allowlist.",
     )?;
     registry.register(Box::new(refused.clone()))?;
-    let dedup = Arc::new(MemoryDedupStore::with_metrics(s.dedup_capacity, &metrics));
-    let refilled = crate::store::refill_dedup(spool.as_ref(), dedup.as_ref()).map_err(|error| {
-        StartError::Spool {
-            file: file.clone(),
-            error,
-        }
-    })?;
-    tracing::info!(keys = refilled, "dedup keys restored from the spool");
+    let storage_error = |error| StartError::Spool {
+        file: file.clone(),
+        backend: format!("{:?}", config.store.backend).to_lowercase(),
+        error,
+    };
+    let storage = config.open_storage(&metrics).map_err(storage_error)?;
 
     let mut routes = HashMap::new();
     let mut deliverers = HashMap::new();
-    let mut workers = Vec::new();
-    let mut invalid = Vec::new();
-    for (i, rc) in config.routes.iter().enumerate() {
-        let compiled = match config.compile_route(i, rc) {
-            Ok(c) => c,
-            Err(errors) => {
-                invalid.extend(errors);
-                continue;
-            }
-        };
+    let mut workers: Vec<Background> = storage.background;
+    for (rc, compiled) in config.compiled_routes() {
         let name = Config::route_name(rc).to_owned();
         let route_metrics = metrics.route(&name);
+        let policy = rc.delivery.policy();
         let (deliverer, worker) = Deliverer::new(
             name.clone(),
-            spool.clone(),
-            rc.delivery.policy(),
+            storage.spool.clone(),
+            policy.clone(),
             route_metrics.delivery().clone(),
         )
-        .map_err(|error| StartError::Spool {
-            file: file.clone(),
-            error,
-        })?;
+        .map_err(storage_error)?;
+        let compiled = compiled.clone();
         let target: Arc<dyn Target> = Arc::new(compiled.upstream.clone());
         deliverer.set_target(target);
-        workers.push(Box::pin(worker) as Worker);
+        workers.push(Box::pin(worker));
         deliverers.insert(name.clone(), deliverer.clone());
         routes.insert(
             rc.path.clone(),
             Arc::new(Route {
+                forwarder: Forwarder::new(name.clone(), compiled.upstream, &policy),
                 name,
                 mode: rc.mode,
                 allow: compiled.allow,
@@ -191,44 +179,36 @@ fn build(config: &Config) -> Result<Built, StartError> {
                 dedup_key: compiled.dedup_key,
                 dedup_ttl: rc.dedup.ttl,
                 max_body: rc.max_body.as_u64(),
-                upstream: compiled.upstream,
                 deliverer,
                 metrics: route_metrics,
             }),
         );
-    }
-    if !invalid.is_empty() {
-        return Err(ConfigFileError::Invalid {
-            file,
-            errors: invalid,
-        }
-        .into());
     }
     let filter = (!routes.values().any(|r| r.clients.trusts_proxies())).then(|| PeerFilter {
         allow: routes.values().map(|r| r.allow.clone()).collect(),
         refused,
     });
 
-    let grace = s.shutdown_grace;
     let conf = ServerConf {
         threads: s.threads,
-        // pingora sleeps this long after SIGTERM before stopping its runtimes: the requests in
-        // flight finish within it (listeners stop accepting at once).
-        grace_period_seconds: Some(grace.as_secs_f64().ceil() as u64),
+        // Our own shutdown signal waits for the requests and deliveries in flight (up to
+        // `shutdown_grace`) before pingora is told; pingora's grace is a fixed sleep.
+        grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let drain = Arc::new(Drain::default());
     let gateway = Arc::new(Gateway {
         routes,
-        spool: spool.clone(),
-        dedup: dedup.clone(),
+        dedup: storage.dedup.clone(),
         header_timeout: s.header_timeout,
         body_timeout: s.body_timeout,
         idle_timeout: s.idle_timeout,
         unmatched: metrics.unrouted("(none)"),
+        drain: drain.clone(),
     });
     let mut public = Service::new("hookgate".into(), GatewayApp(gateway));
     if let Some(filter) = filter {
@@ -253,7 +233,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
         admin::Admin {
             registry,
             token: s.admin_token.clone(),
-            spool: spool.clone(),
+            spool: storage.spool.clone(),
             max_events: s.spool_max_events,
             max_bytes: s.spool_max_size.as_u64(),
             deliverers: deliverers.clone(),
@@ -263,27 +243,29 @@ fn build(config: &Config) -> Result<Built, StartError> {
     admin.threads = Some(1);
     server.add_service(admin);
 
-    let sweeper = dedup.clone();
+    let deliverers: Vec<Deliverer> = deliverers.into_values().collect();
     let delivery = background_service(
         "hookgate-delivery",
         DeliveryService {
             workers: Mutex::new(workers),
-            deliverers: deliverers.into_values().collect(),
-            sweeper,
-            grace,
+            deliverers: deliverers.clone(),
+            grace: s.shutdown_grace,
         },
     );
     server.add_service(delivery);
-    Ok(Built { server, spool })
+    Ok(Built {
+        server,
+        spool: storage.spool,
+        drain,
+        deliverers,
+    })
 }
 
-type Worker = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// Runs the delivery workers; on shutdown lets attempts in flight finish (up to the grace).
+/// Runs the delivery workers and the storage's own tasks; on shutdown lets attempts in flight
+/// finish (up to the grace).
 struct DeliveryService {
-    workers: Mutex<Vec<Worker>>,
+    workers: Mutex<Vec<Background>>,
     deliverers: Vec<Deliverer>,
-    sweeper: Arc<MemoryDedupStore>,
     grace: Duration,
 }
 
@@ -291,23 +273,28 @@ struct DeliveryService {
 impl BackgroundService for DeliveryService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
-        for worker in workers {
-            tokio::spawn(worker);
-        }
-        let sweeper = self.sweeper.spawn_sweeper(Duration::from_secs(30));
+        let tasks: Vec<_> = workers.into_iter().map(tokio::spawn).collect();
         let _ = shutdown.wait_for(|stop| *stop).await;
-        sweeper.abort();
         let stops = self.deliverers.iter().map(|d| d.shutdown(self.grace));
         for stop in stops {
             stop.await;
+        }
+        for task in tasks {
+            task.abort();
         }
         tracing::info!("deliveries stopped; undelivered events stay in the spool");
     }
 }
 
 /// SIGTERM and SIGINT both stop gracefully (pingora's own SIGINT handling gives services no
-/// notice); SIGQUIT keeps pingora's meaning (graceful upgrade).
-struct GracefulSignals;
+/// notice): connections stop being kept alive, deliveries stop starting, and the signal is
+/// passed on to pingora (which stops the listeners) as soon as no request and no delivery is in
+/// flight, or when `grace` has passed. SIGQUIT keeps pingora's meaning (graceful upgrade).
+struct GracefulSignals {
+    drain: Arc<Drain>,
+    deliverers: Vec<Deliverer>,
+    grace: Duration,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for GracefulSignals {
@@ -329,6 +316,18 @@ impl ShutdownSignalWatch for GracefulSignals {
                 return ShutdownSignal::GracefulUpgrade;
             }
         }
+        let started = std::time::Instant::now();
+        let deliveries = async {
+            for d in &self.deliverers {
+                d.shutdown(self.grace).await;
+            }
+        };
+        let (requests, ()) = tokio::join!(self.drain.drain(self.grace), deliveries);
+        tracing::info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            requests_finished = requests,
+            "in-flight work done; stopping the listeners"
+        );
         ShutdownSignal::GracefulTerminate
     }
 }

@@ -1,33 +1,38 @@
-//! The public listener: DESIGN §2's pipeline over pingora sessions, each step a call into
-//! [`crate::core`] (the same functions the tower layers call).
+//! The public listener: DESIGN §2's pipeline over pingora sessions. Every decision is a call
+//! into [`crate::core`] (the same functions the tower layers call), steps 13–14 are
+//! [`Deliverer::accept`] and `proxy` mode is [`Forwarder::forward`]; this file only moves bytes:
+//! it reads heads and bodies, and writes the core's [`Answer`].
 //!
-//! It is a pingora [`HttpServerApp`] rather than a `ProxyHttp`: `ProxyHttp` reads the request
-//! header inside pingora with no deadline of ours, so a slow-header client could neither be timed
-//! out nor answered 408, and the gateway never uses pingora's upstream path anyway (a body read
-//! to validate it cannot be proxied, DESIGN §9; both modes forward with the delivery client).
+//! It is a pingora [`ServerApp`] that runs the HTTP/1.1 connection loop itself (rather than an
+//! `HttpServerApp` or a `ProxyHttp`): it keeps pingora's listeners, TLS, connection filter, parser
+//! and keep-alive, and adds what those cannot give — a header deadline counted from the first
+//! byte of a request (an idle kept-alive connection waits for that byte, then `header_timeout`
+//! runs), an answered 408, a body read for validation, and pipelined requests answered in order.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderValue, StatusCode};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use http::header;
+use pingora::apps::ServerApp;
 use pingora::http::ResponseHeader;
 use pingora::listeners::ConnectionFilter;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use tokio::sync::Notify;
 
-use crate::core::ack::{received_body, DUPLICATE_BODY};
 use crate::core::{
-    request_head, Allowlist, ClientIpResolver, DedupKey, DedupKeySpec, Rejection, Validator,
+    outcome, request_head, Allowlist, Answer, ClientIpResolver, Counted, DedupKeySpec, EventClass,
+    Outcome, Rejection, Validator,
 };
-use crate::deliver::{end_to_end_headers, forwardable_headers, Deliverer, HttpTarget};
+use crate::deliver::{Deliverer, Forwarder};
 use crate::metrics::RouteMetrics;
-use crate::store::{now_ms, DedupStore, Event, MemoryDedupStore, Reservation, Spool, SpoolError};
-use crate::tower::rejection_response;
+use crate::store::{DedupStore, Event, Reserved, SharedDedupStore};
 
 use super::config::Mode;
 
@@ -41,21 +46,64 @@ pub(crate) struct Route {
     pub dedup_key: DedupKeySpec,
     pub dedup_ttl: Duration,
     pub max_body: u64,
-    pub upstream: HttpTarget,
+    /// Steps 13–14 and delivery (`fast_ack`).
     pub deliverer: Deliverer,
+    /// The synchronous forward (`proxy`).
+    pub forwarder: Forwarder,
     pub metrics: RouteMetrics,
 }
 
 /// What the public listener shares across connections.
 pub(crate) struct Gateway {
     pub routes: HashMap<String, Arc<Route>>,
-    pub spool: Arc<dyn Spool>,
-    pub dedup: Arc<MemoryDedupStore>,
+    pub dedup: SharedDedupStore,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Requests for no route are counted here.
+    /// Requests for no route (and refused before one is known) are counted here.
     pub unmatched: RouteMetrics,
+    pub drain: Arc<Drain>,
+}
+
+/// Requests in flight, for a shutdown that waits for them and no longer.
+#[derive(Default)]
+pub(crate) struct Drain {
+    in_flight: AtomicUsize,
+    idle: Notify,
+    /// Set on SIGTERM: answers close their connection.
+    draining: AtomicBool,
+}
+
+impl Drain {
+    /// Stops keeping connections alive, and waits (up to `grace`) until no request is in flight.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.draining.store(true, Ordering::SeqCst);
+        let wait = async {
+            loop {
+                let idle = self.idle.notified();
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(grace, wait).await.is_ok()
+    }
+
+    fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self)
+    }
+}
+
+struct InFlight<'a>(&'a Drain);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// The largest unread body a refusal reads (and drops) to keep the connection. Closing a socket
@@ -63,82 +111,28 @@ pub(crate) struct Gateway {
 /// has read it (RFC 9112 §9.6); webhook payloads are a few hundred bytes.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
-/// Marks a connection that has served a request (its next header wait is a keep-alive wait).
-struct Served;
-
-/// The answer to one request.
-struct Answer {
-    status: StatusCode,
-    body: Bytes,
-    /// `application/json` for the gateway's own answers; the upstream's in `proxy` mode.
-    content_type: Option<HeaderValue>,
-    headers: Vec<(header::HeaderName, HeaderValue)>,
-    /// Close the connection after the answer (the body was not read to its end).
+/// What became of one request, and whether its connection must close.
+struct Decided {
+    outcome: Outcome,
+    class: Option<EventClass>,
+    /// The body was left unread (or the connection is unusable): close after the answer.
     close: bool,
-    rejection: Option<Rejection>,
-    duplicate: bool,
-    event_id: Option<uuid::Uuid>,
-    class: Option<crate::core::EventClass>,
 }
 
-impl Answer {
-    fn json(status: StatusCode, body: Bytes) -> Self {
+impl Decided {
+    fn new(outcome: Outcome) -> Self {
         Self {
-            status,
-            body,
-            content_type: Some(HeaderValue::from_static("application/json")),
-            headers: Vec::new(),
+            outcome,
+            class: None,
             close: false,
-            rejection: None,
-            duplicate: false,
-            event_id: None,
-            class: None,
         }
     }
 
-    /// A refusal (as [`rejection_response`] writes it for the layers: status, JSON body, `Allow`,
-    /// `Retry-After`); `close` when the request body was left unread.
     fn reject(rejection: Rejection, close: bool) -> Self {
-        let (mut parts, body) = rejection_response::<Bytes>(rejection).into_parts();
-        let content_type = parts.headers.remove(header::CONTENT_TYPE);
         Self {
-            status: parts.status,
-            body,
-            content_type,
-            headers: parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
-            close,
-            rejection: parts.extensions.remove::<Rejection>(),
-            duplicate: false,
-            event_id: None,
+            outcome: Outcome::Rejected(rejection),
             class: None,
-        }
-    }
-}
-
-/// A dedup reservation released on drop unless committed: a cancelled request (shutdown, a
-/// vanished client) never blocks the sender's retry.
-struct Reserved<'a> {
-    store: &'a MemoryDedupStore,
-    key: DedupKey,
-    ttl: Duration,
-    armed: bool,
-}
-
-impl Reserved<'_> {
-    fn commit(mut self) {
-        self.armed = false;
-        self.store.commit(self.key, self.ttl);
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store.release(self.key);
+            close,
         }
     }
 }
@@ -147,22 +141,61 @@ impl Drop for Reserved<'_> {
 pub(crate) struct GatewayApp(pub Arc<Gateway>);
 
 #[async_trait]
-impl HttpServerApp for GatewayApp {
-    async fn process_new_http(
+impl ServerApp for GatewayApp {
+    async fn process_new(
         self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let gw = &self.0;
+        let mut pipelined: Option<BytesMut> = None;
+        let mut reused = false;
+        loop {
+            // A kept-alive connection idles until the next request's first byte (up to
+            // `idle_timeout`); the header deadline starts there. A request already read along
+            // with the previous one (pipelined) starts now. A stream that cannot be peeked
+            // (TLS) gives the header read the idle time too.
+            let mut limit = gw.header_timeout;
+            if reused && pipelined.as_ref().is_none_or(|p| p.is_empty()) {
+                let mut first = [0u8; 1];
+                let mut stop = shutdown.clone();
+                let peeked = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => return None,
+                    peeked = tokio::time::timeout(gw.idle_timeout, stream.try_peek(&mut first)) => peeked,
+                };
+                match peeked {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => limit += gw.idle_timeout,
+                    // Idle too long, or closed by the client: nothing to answer.
+                    Ok(Err(_)) | Err(_) => return None,
+                }
+            }
+            let mut session = ServerSession::new_http1(stream);
+            // pingora's own per-read timer on a kept-alive connection; ours bounds the whole
+            // header, so a trickling client is answered 408.
+            session.set_keepalive(Some(gw.idle_timeout.as_secs().max(1)));
+            session.set_pipelining_enabled(true);
+            if let Some(prefix) = pipelined.take() {
+                session.set_pipelined_prefix(prefix);
+            }
+            let (next, prefix) = gw.serve(session, shutdown, limit).await?.into_parts();
+            stream = next;
+            pipelined = prefix;
+            reused = true;
+        }
+    }
+}
+
+impl Gateway {
+    /// One request on `session`: read its head within `limit`, run the pipeline, write the
+    /// answer. Returns the connection when it can serve another request.
+    async fn serve(
+        &self,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let gw = &self.0;
-        let reused = session.take_connection_user_context().is_some();
-        // pingora's own per-read keep-alive timer closes a connection that sends nothing for
-        // `idle_timeout`; ours bounds the whole header, so a trickling client is answered 408.
-        session.set_keepalive(Some(gw.idle_timeout.as_secs().max(1)));
-        let limit = if reused {
-            gw.idle_timeout + gw.header_timeout
-        } else {
-            gw.header_timeout
-        };
+        limit: Duration,
+    ) -> Option<pingora::protocols::http::ReusableHttpStream> {
         let mut stop = shutdown.clone();
         let read = tokio::select! {
             biased;
@@ -170,129 +203,79 @@ impl HttpServerApp for GatewayApp {
             _ = stop.wait_for(|s| *s) => return None,
         };
         match read {
-            Err(_) => {
-                tracing::info!(
-                    reason = "request_timeout",
-                    "request header not received in time"
-                );
-                gw.unmatched
-                    .record_rejected(Rejection::RequestTimeout.reason());
-                write_answer(
-                    &mut session,
-                    Answer::reject(Rejection::RequestTimeout, true),
-                )
-                .await;
-                return None;
-            }
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => return None,
-            Ok(Err(e)) => {
-                if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
-                    let _ = session.respond_error(400).await;
-                }
+            Err(_) => {
+                self.refuse_head(&mut session, Rejection::HeaderTimeout)
+                    .await;
                 return None;
             }
+            Ok(Err(e)) if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) => {
+                let rejection = Rejection::MalformedRequest {
+                    detail: short(e.context.as_ref().map(|c| c.as_str()).unwrap_or("invalid")),
+                };
+                self.refuse_head(&mut session, rejection).await;
+                return None;
+            }
+            // The connection failed mid-header: nobody to answer.
+            Ok(Err(_)) => return None,
         }
-        if *shutdown.borrow() {
+        let _in_flight = self.drain.enter();
+        if *shutdown.borrow() || self.drain.draining.load(Ordering::Relaxed) {
             session.set_keepalive(None);
         }
         let started = Instant::now();
-        let (route, answer) = gw.handle(&mut session).await;
-        let metrics = route.map(|r| &r.metrics).unwrap_or(&gw.unmatched);
+        let (route, decided) = self.handle(&mut session).await;
+        let metrics = route.map(|r| &r.metrics).unwrap_or(&self.unmatched);
         let name = route.map(|r| r.name.as_str()).unwrap_or("");
-        if let Some(rejection) = &answer.rejection {
-            metrics.record_rejected(rejection.reason());
-            tracing::info!(
-                route = name,
-                status = answer.status.as_u16(),
-                reason = rejection.reason().as_str(),
-                client = %peer_ip(&session).map(|ip| ip.to_string()).unwrap_or_default(),
-                "request rejected"
-            );
-        } else if answer.duplicate {
-            metrics.record_duplicate();
-            tracing::debug!(route = name, "duplicate acknowledged");
-        } else if answer.status.is_success() {
-            metrics.record_accepted(answer.class);
-            tracing::debug!(route = name, event_id = ?answer.event_id, "event accepted");
-        } else {
-            metrics.record_failed();
-            tracing::info!(route = name, status = answer.status.as_u16(), event_id = ?answer.event_id, "upstream refused the event");
-        }
-        if !write_answer(&mut session, answer).await {
+        record(metrics, name, &decided, peer_ip(&session));
+        let close = decided.close;
+        if !write_answer(&mut session, decided.outcome.answer(), close).await {
             return None;
         }
         metrics.observe_ack(started.elapsed());
-        let mut settings = HttpPersistentSettings::for_session(&session);
-        settings.set_user_context(Box::new(Served));
         match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            Ok(Some(stream)) => Some(stream),
             _ => None,
         }
     }
-}
 
-/// Writes `answer`; false when the connection is gone or must close.
-async fn write_answer(session: &mut ServerSession, answer: Answer) -> bool {
-    if answer.close {
-        session.set_keepalive(None);
+    /// A head refused before any route is known (timeout, a parser's refusal): answered,
+    /// logged and counted as `(none)`, and the connection closed.
+    async fn refuse_head(&self, session: &mut ServerSession, rejection: Rejection) {
+        let decided = Decided::reject(rejection, true);
+        record(&self.unmatched, "", &decided, peer_ip(session));
+        // A parser's refusal left no request header to answer; pingora still writes ours.
+        write_answer(session, decided.outcome.answer(), true).await;
     }
-    let Ok(mut head) = ResponseHeader::build(answer.status, Some(4 + answer.headers.len())) else {
-        return false;
-    };
-    let ok = answer
-        .content_type
-        .is_none_or(|ct| head.insert_header(header::CONTENT_TYPE, ct).is_ok())
-        && head
-            .insert_header(header::CONTENT_LENGTH, answer.body.len())
-            .is_ok()
-        && answer
-            .headers
-            .into_iter()
-            .all(|(name, value)| head.insert_header(name, value).is_ok());
-    if !ok {
-        return false;
-    }
-    if answer.close {
-        let _ = head.insert_header(header::CONNECTION, "close");
-    }
-    session.write_response_header(Box::new(head)).await.is_ok()
-        && session.write_response_body(answer.body, true).await.is_ok()
-        && !answer.close
-}
 
-fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
-
-impl Gateway {
-    /// Steps 1–14 for one request; the route it matched and the answer.
-    async fn handle(&self, session: &mut ServerSession) -> (Option<&Route>, Answer) {
+    /// Steps 1–14 for one request; the route it matched and what became of it.
+    async fn handle(&self, session: &mut ServerSession) -> (Option<&Route>, Decided) {
         let req = session.req_header();
+        if let Err(r) = request_head::check_host(req.version, &req.headers) {
+            return (None, refuse_unread(session, r, self.body_timeout));
+        }
         let Some(route) = self.routes.get(req.uri.path()) else {
-            let answer = refuse_unread(session, Rejection::RouteNotFound, self.body_timeout);
-            return (None, answer);
+            let decided = refuse_unread(session, Rejection::RouteNotFound, self.body_timeout);
+            return (None, decided);
         };
         (Some(route), route.handle(self, session).await)
     }
 }
 
 impl Route {
-    async fn handle(&self, gw: &Gateway, session: &mut ServerSession) -> Answer {
+    async fn handle(&self, gw: &Gateway, session: &mut ServerSession) -> Decided {
         let req = session.req_header();
         // Steps 2–7: nothing of the body is read before the head passes. The address is checked
         // before the method, as in the tower layers: a client outside the allowlist learns nothing.
         let Some(peer) = peer_ip(session) else {
-            return Answer::reject(Rejection::PeerAddressUnknown, true);
+            return Decided::reject(Rejection::PeerAddressUnknown, true);
         };
         let forwarded = req
             .headers
             .get_all("x-forwarded-for")
             .iter()
-            .map(HeaderValue::as_bytes);
+            .map(http::HeaderValue::as_bytes);
         let client = self.clients.resolve(peer, forwarded);
         if client.forwarded_invalid {
             self.metrics.record_forwarded_invalid();
@@ -300,30 +283,28 @@ impl Route {
         if let Err(r) = self.allow.check(client.ip) {
             return refuse_unread(session, r, gw.body_timeout);
         }
-        if let Err(r) = request_head::check_method(&req.method) {
-            return refuse_unread(session, r, gw.body_timeout);
-        }
-        let declared = match request_head::check_content_length(&req.headers, self.max_body) {
+        let declared = match request_head::check(&req.method, &req.headers, self.max_body) {
             Ok(n) => n,
-            Err(r) => return Answer::reject(r, true),
+            // Too large: not read, the connection closes.
+            Err(r @ Rejection::PayloadTooLarge { .. }) => return Decided::reject(r, true),
+            Err(r) => return refuse_unread(session, r, gw.body_timeout),
         };
-        if let Err(r) = request_head::check_content_type(&req.headers) {
-            return refuse_unread(session, r, gw.body_timeout);
-        }
         // A client that asked to be told before sending the body (curl does for large bodies)
         // would otherwise wait a second or more for nothing.
-        if expects_continue(&req.headers) && session.write_continue_response().await.is_err() {
-            return Answer::reject(Rejection::BodyReadFailed, true);
+        if request_head::expects_continue(req.version, &req.headers)
+            && session.write_continue_response().await.is_err()
+        {
+            return Decided::reject(Rejection::BodyReadFailed, true);
         }
         // Step 8.
         let body = match read_body(session, declared, self.max_body, gw.body_timeout).await {
             Ok(body) => body,
-            Err(r) => return Answer::reject(r, true),
+            Err(r) => return Decided::reject(r, true),
         };
         // Steps 10–11.
         let payload = match self.validator.check(&body) {
             Ok(p) => p,
-            Err(r) => return Answer::reject(r, false),
+            Err(r) => return Decided::reject(r, false),
         };
         let req = session.req_header();
         // Step 12.
@@ -334,109 +315,114 @@ impl Route {
             Some(&payload.value),
         ) {
             Ok(key) => key,
-            Err(r) => return Answer::reject(r, false),
+            Err(r) => return Decided::reject(r, false),
         };
-        match gw.dedup.reserve(key, self.dedup_ttl).await {
-            Ok(Reservation::Reserved) => {}
-            Ok(Reservation::Duplicate) => {
-                let mut answer = Answer::json(StatusCode::OK, Bytes::from_static(DUPLICATE_BODY));
-                answer.duplicate = true;
-                return answer;
-            }
-            Ok(Reservation::InFlight) => {
-                return Answer::reject(Rejection::DuplicateInFlight, false)
-            }
-            Err(_) => return Answer::reject(Rejection::DedupUnavailable, false),
+        let reserved = gw.dedup.reserve(key, self.dedup_ttl).await;
+        if let Some(outcome) = outcome::reserved(&self.name, reserved) {
+            return Decided::new(outcome);
         }
-        let reserved = Reserved {
-            store: &gw.dedup,
-            key,
-            ttl: self.dedup_ttl,
-            armed: true,
-        };
+        let reserved = Reserved::new(gw.dedup.clone(), key, self.dedup_ttl);
         let uri = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let event = Event::new(
-            self.name.as_str(),
+        let event = Event::received(
+            &self.name,
             client.ip,
-            req.method.as_str(),
+            &req.method,
             uri,
-            forwardable_headers(&req.headers),
+            &req.headers,
             body,
+            Some(&reserved),
         );
-        let mut answer = match self.mode {
-            Mode::FastAck => self.spool(gw, event, reserved).await,
-            Mode::Proxy => self.forward(event, reserved).await,
+        let outcome = match self.mode {
+            // Steps 13–14.
+            Mode::FastAck => self.deliverer.accept(event, Some(reserved)).await,
+            // The key is committed only on the upstream's 2xx.
+            Mode::Proxy => {
+                let outcome = self.forwarder.forward(&event).await;
+                reserved.settle(outcome.counted() == Counted::Accepted);
+                outcome
+            }
         };
-        answer.class = payload.class;
-        answer
-    }
-
-    /// Steps 13–14: durable, then acknowledged.
-    async fn spool(&self, gw: &Gateway, event: Event, reserved: Reserved<'_>) -> Answer {
-        let ttl_ms = u64::try_from(self.dedup_ttl.as_millis()).unwrap_or(u64::MAX);
-        let event = event.with_dedup(reserved.key, now_ms().saturating_add(ttl_ms));
-        match gw.spool.append(&event).await {
-            Ok(()) => {
-                reserved.commit();
-                let id = event.id;
-                self.deliverer.schedule_new(event);
-                let mut answer = Answer::json(StatusCode::OK, received_body(id));
-                answer.event_id = Some(id);
-                answer
-            }
-            Err(SpoolError::Full(why)) => {
-                tracing::warn!(route = %self.name, %why, "spool full: answering 503");
-                Answer::reject(Rejection::SpoolFull, false)
-            }
-            Err(e) => {
-                tracing::error!(route = %self.name, error = %e, "spool append failed: answering 503");
-                Answer::reject(Rejection::SpoolUnavailable, false)
-            }
+        Decided {
+            outcome,
+            class: payload.class,
+            close: false,
         }
-    }
-
-    /// `proxy` mode: forward now and relay the upstream's answer; the key is committed on 2xx.
-    async fn forward(&self, event: Event, reserved: Reserved<'_>) -> Answer {
-        let id = event.id;
-        let response = match self.upstream.send(&event).await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                tracing::warn!(route = %self.name, event_id = %id, "upstream timed out");
-                return Answer::reject(Rejection::UpstreamTimeout, false);
-            }
-            Err(e) => {
-                tracing::warn!(route = %self.name, event_id = %id, error = %e, "upstream unreachable");
-                return Answer::reject(Rejection::UpstreamUnavailable, false);
-            }
-        };
-        let status = response.status();
-        let headers = end_to_end_headers(response.headers())
-            .filter(|(name, _)| **name != header::CONTENT_TYPE)
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(route = %self.name, event_id = %id, error = %e, "upstream failed mid-answer");
-                return Answer::reject(Rejection::UpstreamUnavailable, false);
-            }
-        };
-        if status.is_success() {
-            reserved.commit();
-        }
-        let mut answer = Answer::json(status, body);
-        answer.event_id = Some(id);
-        answer.headers = headers;
-        answer.content_type = content_type;
-        answer
     }
 }
 
-fn expects_continue(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+/// Counts and logs one request's outcome: the one line per decision (DESIGN §7).
+fn record(metrics: &RouteMetrics, route: &str, decided: &Decided, client: Option<IpAddr>) {
+    let outcome = &decided.outcome;
+    let counted = outcome.counted();
+    metrics.record(counted, decided.class);
+    match (counted, outcome) {
+        (Counted::Rejected(reason), _) => tracing::info!(
+            route,
+            reason = reason.as_str(),
+            client = %client.map(|ip| ip.to_string()).unwrap_or_default(),
+            event_id = ?outcome.event_id(),
+            "request rejected"
+        ),
+        (Counted::Duplicate, _) => tracing::debug!(route, "duplicate acknowledged"),
+        (Counted::Accepted, _) => {
+            tracing::debug!(route, event_id = ?outcome.event_id(), "request accepted")
+        }
+        (Counted::Failed, Outcome::Relayed { answer, event_id }) => tracing::info!(
+            route,
+            status = answer.status.as_u16(),
+            %event_id,
+            "upstream refused the event"
+        ),
+        (Counted::Failed, _) => tracing::info!(route, "request failed"),
+    }
+}
+
+/// A parser's message, cut short: it may quote the client's bytes.
+fn short(text: &str) -> String {
+    let mut end = text.len().min(120);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Writes `answer` (with `Connection: close` when `close`); false when the connection is gone
+/// or must close.
+async fn write_answer(session: &mut ServerSession, answer: Answer, close: bool) -> bool {
+    if close {
+        session.set_keepalive(None);
+    }
+    let Ok(mut head) = ResponseHeader::build(answer.status, Some(3 + answer.headers.len())) else {
+        return false;
+    };
+    let length = answer.content_length();
+    let mut ok = answer
+        .headers
+        .into_iter()
+        .scan(None, |last, (name, value)| {
+            // `HeaderMap::into_iter` names a repeated header once, then gives its values.
+            if let Some(name) = name {
+                *last = Some(name);
+            }
+            Some((last.clone(), value))
+        })
+        .all(|(name, value)| name.is_some_and(|n| head.append_header(n, value).is_ok()));
+    if let Some(length) = length {
+        ok &= head.insert_header(header::CONTENT_LENGTH, length).is_ok();
+    }
+    if close {
+        ok &= head.insert_header(header::CONNECTION, "close").is_ok();
+    }
+    ok && session.write_response_header(Box::new(head)).await.is_ok()
+        && session.write_response_body(answer.body, true).await.is_ok()
+        && !close
+}
+
+fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// A refusal before the body was read. A small body with a declared length is read and dropped
@@ -448,22 +434,24 @@ fn refuse_unread(
     session: &mut ServerSession,
     rejection: Rejection,
     drain_within: Duration,
-) -> Answer {
-    let headers = &session.req_header().headers;
+) -> Decided {
+    let req = session.req_header();
+    let headers = &req.headers;
     // The declared length by the rule of step 6; an unreadable one (`None` though present) is
     // not drained.
     let small = match request_head::check_content_length(headers, DRAIN_LIMIT) {
         Ok(declared) => declared.is_some() || !headers.contains_key(header::CONTENT_LENGTH),
         Err(_) => false,
     };
-    let drain =
-        small && !headers.contains_key(header::TRANSFER_ENCODING) && !expects_continue(headers);
+    let drain = small
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+        && !request_head::expects_continue(req.version, headers);
     if drain {
         // Answer now, without pingora's `Connection: close` for an unread body; `finish` drains.
         session.set_close_on_response_before_downstream_finish(false);
         session.set_total_drain_timeout(Some(drain_within));
     }
-    Answer::reject(rejection, !drain)
+    Decided::reject(rejection, !drain)
 }
 
 /// Reads the whole body within `deadline`, refusing it once it passes `limit` bytes.

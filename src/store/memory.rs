@@ -1,375 +1,259 @@
-//! The in-memory dedup store: a `dashmap` of 128-bit keys with a second-resolution expiry,
-//! bounded by a FIFO ring of insertion order (the oldest key is evicted first when full).
+//! The `memory` backend: the spool and dedup store in the process's memory, nothing on disk. An
+//! acknowledgement survives nothing (like `durability = "memory"`, without even a temporary
+//! directory): for tests, benchmarks and trying hookgate out. It is also the second backend the
+//! [conformance](super::conformance) suite runs against, which keeps the [`Spool`] trait honest
+//! about what belongs to a backend.
 //!
-//! Memory: each entry is 20 bytes in the map (16-byte key, 4-byte expiry with the commit flag in
-//! its top bit) plus 16 bytes in the ring. `examples/dedup_memory.rs` measures the RSS of a
-//! million keys.
+//! ```
+//! use hookgate::store::{memory::MemorySpool, Event, Spool};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let spool = MemorySpool::new(10, 1 << 20);
+//! let e = Event::new("r", "127.0.0.1".parse().unwrap(), "POST", "/w", vec![], "{}".into());
+//! spool.append(&e).await.unwrap();
+//! assert_eq!(spool.stats().pending, 1);
+//! # });
+//! ```
 
-use std::future::{ready, Ready};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use dashmap::DashMap;
-use prometheus::{IntCounter, IntGauge};
+use uuid::Uuid;
 
-use super::{DedupStore, Reservation, StoreError};
-use crate::core::DedupKey;
+use super::embedded::MemoryDedupStore;
+use super::event::{now_ms, DedupRecord, Event};
+use super::spool::{Completion, EventSummary, Spool, SpoolError, SpoolStats};
+use super::{SharedDedupStore, Storage};
 use crate::metrics::Metrics;
 
-const COMMITTED: u32 = 1 << 31;
-const EXPIRY_MASK: u32 = COMMITTED - 1;
+type Key = (String, Uuid);
 
-/// An in-memory [`DedupStore`]. Clones share one store.
-#[derive(Clone)]
-pub struct MemoryDedupStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    map: DashMap<DedupKey, u32, BuildHasherDefault<KeyHasher>>,
-    ring: Mutex<Ring>,
-    epoch: Instant,
-    entries: IntGauge,
-    evictions: IntCounter,
-}
-
-/// Insertion order, `capacity` slots. A slot whose key was released or swept is stale: evicting
-/// it removes nothing. A key re-reserved after release holds two slots and may be evicted from the
-/// older one, which is at most one ring-turn early.
-struct Ring {
-    slots: Vec<DedupKey>,
-    head: usize,
-    capacity: usize,
-}
-
-impl Ring {
-    /// Records `key`; returns the key pushed out when the ring is full.
-    fn push(&mut self, key: DedupKey) -> Option<DedupKey> {
-        if self.slots.len() < self.capacity {
-            self.slots.push(key);
-            return None;
-        }
-        let old = std::mem::replace(&mut self.slots[self.head], key);
-        self.head = (self.head + 1) % self.capacity;
-        Some(old)
-    }
-}
-
-/// Keys are already uniform hashes: pass the 64-bit fold `DedupKey::hash` writes straight through.
 #[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached if something other than DedupKey is hashed; fold the bytes in.
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(b))
-                .rotate_left(29)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
+struct State {
+    pending: BTreeMap<Key, Event>,
+    dead: BTreeMap<Key, Event>,
+    /// Expiry, then key: the expired ones sort first.
+    dedup: BTreeSet<(u64, [u8; 16])>,
+    bytes: u64,
 }
 
-impl std::fmt::Debug for MemoryDedupStore {
+/// A [`Spool`] in memory, bounded like the embedded one; every write is done when it returns.
+pub struct MemorySpool {
+    state: Mutex<State>,
+    max_events: u64,
+    max_bytes: u64,
+}
+
+impl std::fmt::Debug for MemorySpool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryDedupStore")
-            .field("entries", &self.inner.map.len())
-            .field("capacity", &self.capacity())
+        f.debug_struct("MemorySpool")
+            .field("stats", &self.stats())
             .finish()
     }
 }
 
-impl MemoryDedupStore {
-    /// A store holding at most `capacity` keys (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
+fn key(route: &str, id: Uuid) -> Key {
+    (route.to_owned(), id)
+}
+
+impl MemorySpool {
+    /// A spool holding at most `max_events` events and `max_bytes` bytes (approximate: the
+    /// events' [`stored_size`](Event::stored_size)).
+    pub fn new(max_events: u64, max_bytes: u64) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                map: DashMap::with_hasher(BuildHasherDefault::default()),
-                // Reserved whole up front: pages are only resident once written, and the ring
-                // never reallocates (a doubling copy would briefly hold both).
-                ring: Mutex::new(Ring {
-                    slots: Vec::with_capacity(capacity),
-                    head: 0,
-                    capacity,
-                }),
-                epoch: Instant::now(),
-                entries: IntGauge::new("hookgate_dedup_entries", "keys in the dedup store")
-                    .expect("static metric name and help are valid"),
-                evictions: IntCounter::new(
-                    "hookgate_dedup_evictions_total",
-                    "keys evicted because the dedup store was full",
-                )
-                .expect("static metric name and help are valid"),
-            }),
+            state: Mutex::new(State::default()),
+            max_events,
+            max_bytes,
         }
     }
 
-    /// A store reporting into `metrics` (`hookgate_dedup_entries`, `hookgate_dedup_evictions_total`).
-    pub fn with_metrics(capacity: usize, metrics: &Metrics) -> Self {
-        let mut store = Self::new(capacity);
-        let inner = Arc::get_mut(&mut store.inner).expect("a store just built has one owner");
-        inner.entries = metrics.dedup_entries().clone();
-        inner.evictions = metrics.dedup_evictions().clone();
-        store
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every method leaves the state consistent between statements.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    /// The capacity bound.
-    pub fn capacity(&self) -> usize {
-        self.lock_ring().capacity
-    }
-
-    /// Keys currently held (reserved or committed, including expired ones not yet swept).
-    pub fn len(&self) -> usize {
-        self.inner.map.len()
-    }
-
-    /// Whether the store holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.inner.map.is_empty()
-    }
-
-    /// Keys evicted so far because the store was full.
-    pub fn evictions(&self) -> u64 {
-        self.inner.evictions.get()
-    }
-
-    /// Removes expired keys; returns how many. The background sweeper calls this.
-    pub fn sweep(&self) -> usize {
-        let now = self.now();
-        let mut removed = 0usize;
-        self.inner.map.retain(|_, v| {
-            let keep = *v & EXPIRY_MASK > now;
-            removed += usize::from(!keep);
-            keep
-        });
-        self.inner.entries.sub(removed as i64);
-        removed
-    }
-
-    /// Sweeps expired keys every `interval` on the current tokio runtime, until the store is
-    /// dropped. Panics outside a tokio runtime (as `tokio::spawn` does).
-    pub fn spawn_sweeper(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
-                MemoryDedupStore { inner }.sweep();
-            }
-        })
-    }
-
-    fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
-        // The ring holds no invariant a panicking holder could break half-way: keep using it.
-        self.inner.ring.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Seconds since the store's epoch. TTLs have one-second resolution: an entry lives between
-    /// `ttl` and `ttl + 1s`.
-    #[inline]
-    fn now(&self) -> u32 {
-        // u32 seconds cover 68 years of uptime below the flag bit.
-        (self.inner.epoch.elapsed().as_secs() as u32) & EXPIRY_MASK
-    }
-
-    #[inline]
-    fn expiry(now: u32, ttl: Duration) -> u32 {
-        let ttl = ttl.as_secs().max(1).min(u64::from(EXPIRY_MASK) / 2) as u32;
-        (now + ttl).min(EXPIRY_MASK)
-    }
-
-    /// Inserts or overwrites `key`; a new key takes a ring slot, which may evict the oldest.
-    fn set(&self, key: DedupKey, value: u32, now: u32) {
-        let fresh = self.inner.map.insert(key, value).is_none();
-        if fresh {
-            self.admit(key, now);
+impl Spool for MemorySpool {
+    fn append(&self, event: &Event) -> Completion {
+        let mut s = self.lock();
+        let held = (s.pending.len() + s.dead.len()) as u64;
+        let size = event.stored_size();
+        if held >= self.max_events {
+            return Completion::ready(Err(SpoolError::Full(format!("{held} events"))));
         }
-    }
-
-    /// Counts a new key and records it in the ring. Called with no map lock held: the evicted key
-    /// may live in the same shard.
-    fn admit(&self, key: DedupKey, now: u32) {
-        self.inner.entries.inc();
-        let evicted = self.lock_ring().push(key);
-        if let Some(old) = evicted {
-            if let Some((_, v)) = self.inner.map.remove(&old) {
-                self.inner.entries.dec();
-                if v & EXPIRY_MASK > now {
-                    self.inner.evictions.inc();
+        if s.bytes + size > self.max_bytes {
+            return Completion::ready(Err(SpoolError::Full(format!("{} bytes", s.bytes))));
+        }
+        s.bytes += size;
+        // Expired keys sort first: drop a few with each append, so they never pile up.
+        let now = now_ms();
+        for _ in 0..4 {
+            match s.dedup.first() {
+                Some(&(expires, _)) if expires <= now => {
+                    s.dedup.pop_first();
                 }
+                _ => break,
             }
+        }
+        if let Some(d) = event.dedup {
+            s.dedup.insert((d.expires_ms, d.key));
+        }
+        s.pending.insert(key(&event.route, event.id), event.clone());
+        Completion::ready(Ok(()))
+    }
+
+    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        Ok(self.lock().pending.get(&key(route, id)).cloned())
+    }
+
+    fn delivered(&self, event: &Event) -> Completion {
+        let mut s = self.lock();
+        if let Some(old) = s.pending.remove(&key(&event.route, event.id)) {
+            s.bytes -= old.stored_size();
+        }
+        Completion::ready(Ok(()))
+    }
+
+    fn reschedule(&self, event: &Event) -> Completion {
+        let mut s = self.lock();
+        let State { pending, bytes, .. } = &mut *s;
+        match pending.get_mut(&key(&event.route, event.id)) {
+            Some(stored) => {
+                *bytes = *bytes - stored.stored_size() + event.stored_size();
+                *stored = event.clone();
+                Completion::ready(Ok(()))
+            }
+            None => Completion::ready(Err(SpoolError::NotFound(event.id))),
         }
     }
 
-    fn reserve_now(&self, key: DedupKey, ttl: Duration) -> Reservation {
-        use dashmap::mapref::entry::Entry;
-        let now = self.now();
-        let expiry = Self::expiry(now, ttl);
-        match self.inner.map.entry(key) {
-            Entry::Occupied(mut e) => {
-                let v = *e.get();
-                return if v & EXPIRY_MASK <= now {
-                    // Expired but not swept yet: the key is free again, and keeps its ring slot.
-                    e.insert(expiry);
-                    Reservation::Reserved
-                } else if v & COMMITTED != 0 {
-                    Reservation::Duplicate
-                } else {
-                    Reservation::InFlight
-                };
+    fn dead_letter(&self, event: &Event) -> Completion {
+        let mut s = self.lock();
+        let k = key(&event.route, event.id);
+        match s.pending.remove(&k) {
+            Some(old) => {
+                s.bytes = s.bytes - old.stored_size() + event.stored_size();
+                s.dead.insert(k, event.clone());
+                Completion::ready(Ok(()))
             }
-            // `insert` hands back a guard dropped at the `;`: the shard is unlocked before
-            // `admit`, whose eviction may touch the same shard.
-            Entry::Vacant(e) => {
-                e.insert(expiry);
-            }
+            None => Completion::ready(Err(SpoolError::NotFound(event.id))),
         }
-        self.admit(key, now);
-        Reservation::Reserved
+    }
+
+    fn pending(&self) -> Result<Vec<Event>, SpoolError> {
+        Ok(self.lock().pending.values().cloned().collect())
+    }
+
+    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
+        Ok(self
+            .lock()
+            .pending
+            .range(key(route, Uuid::nil())..=key(route, Uuid::max()))
+            .map(|(_, e)| (e.id, e.next_attempt_ms))
+            .collect())
+    }
+
+    fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError> {
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .dedup
+            .range((now.saturating_add(1), [0; 16])..)
+            .map(|&(expires_ms, key)| DedupRecord { key, expires_ms })
+            .collect())
+    }
+
+    fn dead_letters(
+        &self,
+        route: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, SpoolError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(id) => Bound::Excluded(key(route, id)),
+            None => Bound::Included(key(route, Uuid::nil())),
+        };
+        Ok(self
+            .lock()
+            .dead
+            .range((start, Bound::Included(key(route, Uuid::max()))))
+            .take(limit)
+            .map(|(_, e)| EventSummary::from(e))
+            .collect())
+    }
+
+    fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        Ok(self.lock().dead.get(&key(route, id)).cloned())
+    }
+
+    fn revive(&self, route: &str, id: Uuid) -> Completion<Event> {
+        let mut s = self.lock();
+        let k = key(route, id);
+        let Some(mut event) = s.dead.remove(&k) else {
+            return Completion::ready(Err(SpoolError::NotFound(id)));
+        };
+        let before = event.stored_size();
+        event.attempts_before_replay = event.attempts;
+        event.next_attempt_ms = now_ms();
+        event.window_start_ms = event.next_attempt_ms;
+        s.bytes = s.bytes - before + event.stored_size();
+        s.pending.insert(k, event.clone());
+        Completion::ready(Ok(event))
+    }
+
+    fn purge(&self, route: &str, id: Uuid) -> Completion {
+        let mut s = self.lock();
+        match s.dead.remove(&key(route, id)) {
+            Some(old) => {
+                s.bytes -= old.stored_size();
+                Completion::ready(Ok(()))
+            }
+            None => Completion::ready(Err(SpoolError::NotFound(id))),
+        }
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let s = self.lock();
+        SpoolStats {
+            pending: s.pending.len() as u64,
+            dead: s.dead.len() as u64,
+            bytes: s.bytes,
+            syncs: 0,
+        }
+    }
+
+    fn oldest_pending_ms(&self, route: &str) -> Option<u64> {
+        let s = self.lock();
+        let (_, e) = s
+            .pending
+            .range(key(route, Uuid::nil())..=key(route, Uuid::max()))
+            .next()?;
+        let (secs, nanos) = e.id.get_timestamp()?.to_unix();
+        Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+    }
+
+    fn sweep_expired_keys(&self) -> Completion<usize> {
+        let now = now_ms();
+        let mut s = self.lock();
+        let live = s.dedup.split_off(&(now.saturating_add(1), [0; 16]));
+        let expired = std::mem::replace(&mut s.dedup, live).len();
+        Completion::ready(Ok(expired))
+    }
+
+    fn probe(&self) -> Completion {
+        Completion::ready(Ok(()))
     }
 }
 
-impl DedupStore for MemoryDedupStore {
-    type ReserveFuture = Ready<Result<Reservation, StoreError>>;
-
-    #[inline]
-    fn reserve(&self, key: DedupKey, ttl: Duration) -> Self::ReserveFuture {
-        ready(Ok(self.reserve_now(key, ttl)))
-    }
-
-    fn commit(&self, key: DedupKey, ttl: Duration) {
-        let now = self.now();
-        self.set(key, Self::expiry(now, ttl) | COMMITTED, now);
-    }
-
-    fn release(&self, key: DedupKey) {
-        // Only an uncommitted reservation is released; a committed key stays a duplicate.
-        if self
-            .inner
-            .map
-            .remove_if(&key, |_, v| *v & COMMITTED == 0)
-            .is_some()
-        {
-            self.inner.entries.dec();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn k(n: u128) -> DedupKey {
-        DedupKey::from_u128(n)
-    }
-
-    fn reserve(s: &MemoryDedupStore, n: u128) -> Reservation {
-        s.reserve_now(k(n), Duration::from_secs(60))
-    }
-
-    #[test]
-    fn lifecycle() {
-        let s = MemoryDedupStore::new(10);
-        let ttl = Duration::from_secs(60);
-        assert_eq!(reserve(&s, 1), Reservation::Reserved);
-        assert_eq!(reserve(&s, 1), Reservation::InFlight);
-        s.release(k(1));
-        assert_eq!(reserve(&s, 1), Reservation::Reserved);
-        s.commit(k(1), ttl);
-        assert_eq!(reserve(&s, 1), Reservation::Duplicate);
-        s.release(k(1));
-        assert_eq!(
-            reserve(&s, 1),
-            Reservation::Duplicate,
-            "release never frees a committed key"
-        );
-        assert_eq!(s.len(), 1);
-        assert_eq!(s.inner.entries.get(), 1);
-    }
-
-    #[test]
-    fn capacity_evicts_oldest_first() {
-        let s = MemoryDedupStore::new(3);
-        for n in 1..=3 {
-            assert_eq!(reserve(&s, n), Reservation::Reserved);
-            s.commit(k(n), Duration::from_secs(60));
-        }
-        assert_eq!(reserve(&s, 4), Reservation::Reserved);
-        assert_eq!(s.len(), 3);
-        assert_eq!(s.evictions(), 1);
-        assert_eq!(
-            reserve(&s, 1),
-            Reservation::Reserved,
-            "1 was the oldest, evicted"
-        );
-        assert_eq!(reserve(&s, 3), Reservation::Duplicate);
-        assert!(s.len() <= 3);
-        assert_eq!(s.inner.entries.get() as usize, s.len());
-    }
-
-    #[test]
-    fn expired_keys_are_free_and_swept() {
-        let s = MemoryDedupStore::new(10);
-        s.inner.map.insert(k(9), COMMITTED); // expiry 0: expired at the epoch
-        s.inner.entries.inc();
-        s.inner.map.insert(k(8), 1000);
-        s.inner.entries.inc();
-        assert_eq!(s.sweep(), 1);
-        assert_eq!(s.len(), 1);
-        assert_eq!(s.inner.entries.get(), 1);
-        s.inner.map.insert(k(7), COMMITTED);
-        assert_eq!(reserve(&s, 7), Reservation::Reserved);
-    }
-
-    #[tokio::test]
-    async fn sweeper_removes_expired_keys_and_stops_with_the_store() {
-        let s = MemoryDedupStore::new(10);
-        s.commit(k(1), Duration::from_secs(1));
-        let task = s.spawn_sweeper(Duration::from_millis(100));
-        // TTLs have one-second resolution: gone after at most two seconds plus one sweep.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !s.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(s.is_empty(), "the sweeper removed the expired key");
-        assert_eq!(s.inner.entries.get(), 0);
-        drop(s);
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-
-    #[test]
-    fn concurrent_reservations_admit_one() {
-        let s = MemoryDedupStore::new(1000);
-        let winners: usize = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    scope.spawn(|| {
-                        (0..100)
-                            .filter(|_| reserve(&s, 42) == Reservation::Reserved)
-                            .count()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(winners, 1);
+/// Opens the `memory` backend: an empty [`MemorySpool`] and a dedup store of `dedup_capacity`.
+pub fn open(max_events: u64, max_bytes: u64, dedup_capacity: usize, metrics: &Metrics) -> Storage {
+    let dedup = MemoryDedupStore::with_metrics(dedup_capacity, metrics);
+    Storage {
+        backend: "memory",
+        spool: Arc::new(MemorySpool::new(max_events, max_bytes)),
+        dedup: SharedDedupStore::new(dedup.clone()),
+        background: vec![Box::pin(dedup.sweep_every(Duration::from_secs(30)))],
     }
 }

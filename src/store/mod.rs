@@ -1,9 +1,17 @@
-//! Storage behind the pipeline: the [`DedupStore`] trait and its in-memory implementation, and
-//! the [`Spool`] trait and the embedded spool.
+//! Storage behind the pipeline (DESIGN §5): the [`Spool`] and [`DedupStore`] traits, the
+//! [`Event`] record, the one reservation guard [`Reserved`], and the backends, each one module:
+//!
+//! | backend | module | spool | dedup |
+//! | --- | --- | --- | --- |
+//! | `embedded` (default) | [`embedded`] | fjall under the data dir, group commit | in memory, refilled from the spool |
+//! | `memory` | [`memory`] | in memory, nothing on disk | in memory |
+//!
+//! A backend opens into a [`Storage`]: what the gateway holds, as trait objects, whichever the
+//! config chose. Every backend passes the same [`conformance`] suite.
 //!
 //! ```
-//! use hookgate::store::{DedupStore, MemoryDedupStore, Reservation};
-//! use hookgate::core::DedupKey;
+//! use hookgate::store::{DedupStore, MemoryDedupStore};
+//! use hookgate::core::{DedupKey, Reservation};
 //! use std::time::Duration;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -18,81 +26,44 @@
 //! ```
 
 use std::future::Future;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::core::DedupKey;
-
-mod memory;
+pub mod conformance;
+mod dedup;
+pub mod embedded;
+mod event;
+pub mod memory;
 mod spool;
 
-pub use memory::MemoryDedupStore;
-pub use spool::{
-    now_ms, AttemptRecord, Completion, DedupRecord, Durability, EmbeddedSpool, Event, Spool,
-    SpoolConfig, SpoolError, SpoolStats, HISTORY_LEN,
+pub use crate::core::Reservation;
+pub use dedup::{
+    refill_dedup, BoxReserveFuture, DedupStore, Reserved, SharedDedupStore, StoreError,
 };
+pub use embedded::{EmbeddedSpool, MemoryDedupStore, SpoolConfig};
+pub use event::{now_ms, AttemptRecord, DedupRecord, Event, HISTORY_LEN};
+pub use spool::{Completion, Durability, EventSummary, Spool, SpoolError, SpoolStats};
 
-/// The answer to [`DedupStore::reserve`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reservation {
-    /// The key was free and is now reserved by the caller, who must `commit` or `release` it.
-    Reserved,
-    /// The key was committed within its TTL: the event was already accepted.
-    Duplicate,
-    /// Another request holds the reservation right now.
-    InFlight,
+/// A task a backend needs run for as long as it is used (e.g. a sweeper of expired keys).
+pub type Background = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// An opened backend: the spool and the dedup store, as trait objects.
+pub struct Storage {
+    /// The backend's name, as configured (`embedded`, `memory`).
+    pub backend: &'static str,
+    /// Where events wait for delivery.
+    pub spool: Arc<dyn Spool>,
+    /// Which keys were accepted.
+    pub dedup: SharedDedupStore,
+    /// Tasks to run on the runtime while the storage is used.
+    pub background: Vec<Background>,
 }
 
-/// A dedup store failed (e.g. a network store is unreachable).
-#[derive(Debug, thiserror::Error)]
-#[error("dedup store: {0}")]
-pub struct StoreError(pub String);
-
-/// Remembers which events were accepted, for a TTL.
-///
-/// `reserve` is asynchronous so network stores fit; `commit` and `release` are fire-and-forget
-/// (they may be called from `Drop`): a lost `commit` can only let a later duplicate through
-/// (at-least-once holds), and a lost `release` only delays a retry until the reservation's TTL.
-pub trait DedupStore: Send + Sync + 'static {
-    /// The future `reserve` returns.
-    type ReserveFuture: Future<Output = Result<Reservation, StoreError>> + Send + 'static;
-
-    /// Reserves `key` for `ttl` unless it is committed or reserved already.
-    fn reserve(&self, key: DedupKey, ttl: Duration) -> Self::ReserveFuture;
-
-    /// Marks a reserved key as accepted; it answers `Duplicate` for `ttl` from now.
-    fn commit(&self, key: DedupKey, ttl: Duration);
-
-    /// Frees a reserved key so the sender's retry is accepted.
-    fn release(&self, key: DedupKey);
-}
-
-impl<T: DedupStore> DedupStore for std::sync::Arc<T> {
-    type ReserveFuture = T::ReserveFuture;
-
-    fn reserve(&self, key: DedupKey, ttl: Duration) -> Self::ReserveFuture {
-        (**self).reserve(key, ttl)
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("backend", &self.backend)
+            .field("stats", &self.spool.stats())
+            .finish_non_exhaustive()
     }
-
-    fn commit(&self, key: DedupKey, ttl: Duration) {
-        (**self).commit(key, ttl)
-    }
-
-    fn release(&self, key: DedupKey) {
-        (**self).release(key)
-    }
-}
-
-/// Commits into `store` every dedup key persisted in `spool` that is still inside its TTL, for
-/// the rest of it: events accepted before a restart answer `duplicate` again. Returns how many.
-pub fn refill_dedup<D: DedupStore + ?Sized>(
-    spool: &dyn Spool,
-    store: &D,
-) -> Result<usize, SpoolError> {
-    let now = now_ms();
-    let records = spool.dedup_keys()?;
-    for record in &records {
-        let left = Duration::from_millis(record.expires_ms.saturating_sub(now));
-        store.commit(DedupKey::from_bytes(record.key), left);
-    }
-    Ok(records.len())
 }

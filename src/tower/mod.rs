@@ -7,9 +7,11 @@
 //! MetricsLayer → IpAllowlistLayer → ValidateLayer → DedupLayer → your handler
 //! ```
 //!
-//! Rejections are responses (a status and a JSON body `{"error": reason, "detail": ...}`) with the
-//! [`Rejection`] in the response extensions; `type Error = S::Error` throughout. The handler sees
-//! the original body bytes, unchanged.
+//! Every answer the layers give is the core's ([`crate::core::outcome`]): rejections are
+//! responses (a status and a JSON body `{"error": reason, "detail": ...}`) with the
+//! [`Rejection`] in the response extensions, and each response hookgate answers carries its
+//! [`Counted`](crate::core::Counted) there too; `type Error = S::Error` throughout. The handler
+//! sees the original body bytes, unchanged.
 //!
 //! ```
 //! use hookgate::tower::{PeerAddr, WebhookLayer};
@@ -46,9 +48,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::Response;
 
-use crate::core::Rejection;
+use crate::core::{Outcome, Rejection};
 
 mod allowlist;
 mod dedup;
@@ -58,7 +60,7 @@ pub(crate) mod validate;
 mod webhook;
 
 pub use allowlist::{IpAllowlist, IpAllowlistLayer};
-pub use dedup::{Dedup, DedupLayer, DedupReservation, Duplicate};
+pub use dedup::{Dedup, DedupLayer};
 pub use fast_ack::{FastAck, FastAckLayer};
 pub use metrics::{MetricsLayer, RecordMetrics};
 pub use validate::{ParsedPayload, Validate, ValidateLayer};
@@ -86,28 +88,26 @@ pub fn default_peer_ip(ext: &http::Extensions) -> Option<IpAddr> {
     None
 }
 
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
-
-/// A JSON response with `body`.
-pub(crate) fn json_response<B: From<Bytes>>(status: StatusCode, body: Bytes) -> Response<B> {
-    let mut res = Response::new(B::from(body));
-    *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, JSON);
+/// The one place an [`Outcome`] becomes a response: the core's status, headers and body, with
+/// how it is counted ([`Counted`]) and, for a refusal, the [`Rejection`] in the extensions.
+pub(crate) fn respond<B: From<Bytes>>(outcome: Outcome) -> Response<B> {
+    let counted = outcome.counted();
+    let (answer, rejection) = match outcome {
+        Outcome::Rejected(r) => (r.answer(), Some(r)),
+        other => (other.answer(), None),
+    };
+    let mut res = Response::new(B::from(answer.body));
+    *res.status_mut() = answer.status;
+    *res.headers_mut() = answer.headers;
+    res.extensions_mut().insert(counted);
+    if let Some(r) = rejection {
+        res.extensions_mut().insert(r);
+    }
     res
 }
 
-/// The one place a [`Rejection`] becomes a response: status, JSON body, `Allow` / `Retry-After`,
+/// A [`Rejection`] as a response (see [`respond`]): status, JSON body, `Allow` / `Retry-After`,
 /// and the rejection itself in the response extensions.
 pub fn rejection_response<B: From<Bytes>>(rejection: Rejection) -> Response<B> {
-    let mut res = json_response(rejection.status(), Bytes::from(rejection.to_json()));
-    if let Some(allow) = rejection.allow() {
-        res.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
-    }
-    if let Some(secs) = rejection.retry_after() {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    res.extensions_mut().insert(rejection);
-    res
+    respond(Outcome::Rejected(rejection))
 }

@@ -89,6 +89,8 @@ pub struct Behavior {
     pub status: u16,
     pub delay: Duration,
     pub body: &'static str,
+    /// Headers added to the answer (after `content-type` and `x-upstream`), repeats kept.
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 impl Default for Behavior {
@@ -97,6 +99,7 @@ impl Default for Behavior {
             status: 200,
             delay: Duration::ZERO,
             body: r#"{"status":"received"}"#,
+            headers: &[],
         }
     }
 }
@@ -136,9 +139,15 @@ impl Upstream {
                         headers,
                         body,
                     });
+                    let mut answer = HeaderMap::new();
+                    answer.insert("content-type", "application/json".parse().unwrap());
+                    answer.insert("x-upstream", "demo".parse().unwrap());
+                    for (name, value) in behavior.headers {
+                        answer.append(*name, value.parse().unwrap());
+                    }
                     (
                         StatusCode::from_u16(behavior.status).unwrap(),
-                        [("content-type", "application/json"), ("x-upstream", "demo")],
+                        answer,
                         behavior.body,
                     )
                 },
@@ -166,6 +175,11 @@ impl Upstream {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// Requests that arrived so far, answered or not.
+    pub fn arrived(&self) -> usize {
+        self.state.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits (bounded) until `n` requests have arrived, answered or not (still in their delay).

@@ -4,43 +4,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::layer::Shared;
-use super::{DedupReservation, Duplicate};
-use crate::core::{DedupKey, Rejection};
-use crate::store::{DedupStore, Reservation};
-use crate::tower::{json_response, rejection_response};
-
-use crate::core::ack::DUPLICATE_BODY;
-
-/// Holds a reservation: released on drop unless committed, so a cancelled or failed request never
-/// blocks the sender's retry.
-struct Reserved<D: DedupStore> {
-    shared: Arc<Shared<D>>,
-    key: DedupKey,
-    armed: bool,
-}
-
-impl<D: DedupStore> Reserved<D> {
-    fn settle(&mut self, success: bool) {
-        if std::mem::take(&mut self.armed) {
-            if success {
-                self.shared.store.commit(self.key, self.shared.ttl);
-            } else {
-                self.shared.store.release(self.key);
-            }
-        }
-    }
-}
-
-impl<D: DedupStore> Drop for Reserved<D> {
-    fn drop(&mut self) {
-        self.settle(false);
-    }
-}
+use crate::core::{outcome, DedupKey};
+use crate::store::{DedupStore, Reserved};
+use crate::tower::respond;
 
 pin_project! {
     /// Response future of [`Dedup`](super::Dedup).
@@ -71,7 +42,7 @@ pin_project! {
         Calling {
             #[pin]
             fut: F,
-            reserved: Reserved<D>,
+            reserved: Reserved,
         },
         Done {
             response: Option<Response<ResBody>>,
@@ -111,12 +82,6 @@ where
     }
 }
 
-fn duplicate_response<B: From<Bytes>>() -> Response<B> {
-    let mut res = json_response(StatusCode::OK, Bytes::from_static(DUPLICATE_BODY));
-    res.extensions_mut().insert(Duplicate);
-    res
-}
-
 impl<S, D, ReqBody, ResBody> Future for ResponseFuture<S, D, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -137,34 +102,23 @@ where
                     shared,
                 } => {
                     let answer = std::task::ready!(reserve.poll(cx));
-                    let next = match answer {
-                        Ok(Reservation::Reserved) => {
+                    let next = match outcome::reserved(&shared.scope, answer) {
+                        None => {
                             let (Some(mut req), Some(mut svc)) = (req.take(), inner.take()) else {
                                 unreachable!("Reserving state is left once, right here");
                             };
-                            req.extensions_mut().insert(DedupReservation {
-                                key: *key,
-                                ttl: shared.ttl,
-                            });
-                            // Armed before the call, so a panic or drop inside still releases.
-                            let reserved = Reserved {
-                                shared: shared.clone(),
-                                key: *key,
-                                armed: true,
-                            };
+                            // Held before the call, so a panic or drop inside still releases; a
+                            // clone rides in the request for a spooling layer to keep.
+                            let reserved =
+                                Reserved::new(shared.guard_store.clone(), *key, shared.ttl);
+                            req.extensions_mut().insert(reserved.clone());
                             State::Calling {
                                 fut: svc.call(req),
                                 reserved,
                             }
                         }
-                        Ok(Reservation::Duplicate) => State::Done {
-                            response: Some(duplicate_response()),
-                        },
-                        Ok(Reservation::InFlight) => State::Done {
-                            response: Some(rejection_response(Rejection::DuplicateInFlight)),
-                        },
-                        Err(_) => State::Done {
-                            response: Some(rejection_response(Rejection::DedupUnavailable)),
+                        Some(outcome) => State::Done {
+                            response: Some(respond(outcome)),
                         },
                     };
                     state.set(next);

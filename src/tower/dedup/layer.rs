@@ -5,10 +5,12 @@ use tower_layer::Layer;
 
 use super::Dedup;
 use crate::core::DedupKeySpec;
-use crate::store::DedupStore;
+use crate::store::{DedupStore, SharedDedupStore};
 
 pub(crate) struct Shared<D> {
-    pub(crate) store: D,
+    pub(crate) store: Arc<D>,
+    /// The same store, as the reservation guard holds it.
+    pub(crate) guard_store: SharedDedupStore,
     pub(crate) scope: String,
     pub(crate) spec: DedupKeySpec,
     pub(crate) ttl: Duration,
@@ -41,8 +43,10 @@ impl<D> std::fmt::Debug for DedupLayer<D> {
 impl<D: DedupStore> DedupLayer<D> {
     /// Dedups by `spec` in `store` for `ttl`. `scope` (the route name) keeps routes' keys apart.
     pub fn new(store: D, scope: impl Into<String>, spec: DedupKeySpec, ttl: Duration) -> Self {
+        let store = Arc::new(store);
         Self {
             shared: Arc::new(Shared {
+                guard_store: SharedDedupStore::new(store.clone()),
                 store,
                 scope: scope.into(),
                 spec,

@@ -7,6 +7,11 @@
 //! request still in flight is answered 409 with `Retry-After`: it is not known yet whether the
 //! first will succeed, and the sender's retry settles it.
 //!
+//! While the inner service runs, the request carries the reservation in its extensions as a
+//! [`Reserved`](crate::store::Reserved): a spooling layer inside (`FastAckLayer`) takes it, stores
+//! the key with the event and keeps it held until its append ends, even if this request is
+//! dropped meanwhile. The decisions are the core's ([`outcome::reserved`](crate::core::outcome::reserved)).
+//!
 //! Pointer and `body` keys read the payload [`ValidateLayer`](super::ValidateLayer) parsed, so put
 //! that layer in front (any profile); `header:NAME` keys work alone.
 //!
@@ -40,17 +45,3 @@ mod service;
 pub use future::ResponseFuture;
 pub use layer::DedupLayer;
 pub use service::Dedup;
-
-/// The key a request holds while the inner service runs (in the request extensions), so a
-/// spooling layer can persist it with the event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DedupReservation {
-    /// The key.
-    pub key: crate::core::DedupKey,
-    /// How long it answers `duplicate` once committed.
-    pub ttl: std::time::Duration,
-}
-
-/// Marks a response as the answer to a duplicate (in the response extensions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Duplicate;

@@ -1,30 +1,26 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 
-use super::layer::Shared;
-use crate::core::ack::received_body;
-use crate::core::Rejection;
-use crate::store::{Completion, Event, SpoolError};
-use crate::tower::{json_response, rejection_response};
+use crate::deliver::Accepting;
+use crate::tower::respond;
 
 /// Response future of [`FastAck`](super::FastAck): resolves when the event is in the spool.
+/// Dropped before then (the client hung up), the append still finishes and a committed event
+/// is still scheduled, its dedup key kept ([`Deliverer::accept`](crate::deliver::Deliverer::accept)).
 pub struct ResponseFuture<B, E> {
     state: State<B>,
     _error: PhantomData<fn() -> E>,
 }
 
+// One per request, moved once: boxing the large variant would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum State<B> {
-    Appending {
-        completion: Completion,
-        event: Option<Event>,
-        shared: Arc<Shared>,
-    },
+    Accepting(Accepting),
     Done(Option<Response<B>>),
 }
 
@@ -36,19 +32,15 @@ impl<B, E> ResponseFuture<B, E> {
         }
     }
 
-    pub(crate) fn appending(completion: Completion, event: Event, shared: Arc<Shared>) -> Self {
+    pub(crate) fn accepting(accepting: Accepting) -> Self {
         Self {
-            state: State::Appending {
-                completion,
-                event: Some(event),
-                shared,
-            },
+            state: State::Accepting(accepting),
             _error: PhantomData,
         }
     }
 }
 
-// Neither state is pinned: the completion is Unpin and the response only moves out.
+// Neither state is pinned: `Accepting` is Unpin and the response only moves out.
 impl<B, E> Unpin for ResponseFuture<B, E> {}
 
 impl<B: From<Bytes>, E> Future for ResponseFuture<B, E> {
@@ -57,30 +49,10 @@ impl<B: From<Bytes>, E> Future for ResponseFuture<B, E> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         match &mut this.state {
-            State::Appending {
-                completion,
-                event,
-                shared,
-            } => {
-                let stored = std::task::ready!(Pin::new(completion).poll(cx));
-                let response = match (stored, event.take()) {
-                    (Ok(()), Some(event)) => {
-                        let id = event.id;
-                        shared.deliverer.schedule_new(event);
-                        json_response(StatusCode::OK, received_body(id))
-                    }
-                    (Ok(()), None) => unreachable!("the event is taken once, with the answer"),
-                    (Err(SpoolError::Full(why)), _) => {
-                        tracing::warn!(route = %shared.route, %why, "spool full: answering 503");
-                        rejection_response(Rejection::SpoolFull)
-                    }
-                    (Err(e), _) => {
-                        tracing::error!(route = %shared.route, error = %e, "spool append failed: answering 503");
-                        rejection_response(Rejection::SpoolUnavailable)
-                    }
-                };
+            State::Accepting(accepting) => {
+                let outcome = std::task::ready!(Pin::new(accepting).poll(cx));
                 this.state = State::Done(None);
-                Poll::Ready(Ok(response))
+                Poll::Ready(Ok(respond(outcome)))
             }
             State::Done(response) => {
                 Poll::Ready(Ok(response.take().expect("polled after completion")))

@@ -11,7 +11,6 @@ use crate::store::{Spool, SpoolError};
 
 pub(crate) struct Shared {
     pub(crate) route: String,
-    pub(crate) spool: Arc<dyn Spool>,
     pub(crate) deliverer: Deliverer,
     pub(crate) policy: DeliveryPolicy,
     /// How many services this layer wrapped; more than one is refused (see `layer`).
@@ -56,14 +55,13 @@ impl<B> FastAckLayer<B> {
         let route = route.into();
         let deliverer = Deliverer::start(
             route.clone(),
-            spool.clone(),
+            spool,
             policy.clone(),
             metrics.delivery().clone(),
         )?;
         Ok(Self {
             shared: Arc::new(Shared {
                 route,
-                spool,
                 deliverer,
                 policy,
                 wrapped: AtomicUsize::new(0),

@@ -10,9 +10,8 @@ use tower_service::Service;
 use super::layer::Shared;
 use super::ResponseFuture;
 use crate::core::{ClientIp, Rejection};
-use crate::deliver::forwardable_headers;
-use crate::store::{now_ms, Event};
-use crate::tower::{default_peer_ip, rejection_response, DedupReservation, ParsedPayload};
+use crate::store::{Event, Reserved};
+use crate::tower::{default_peer_ip, rejection_response, ParsedPayload};
 
 /// Acknowledges requests once spooled. Built by [`FastAckLayer`](super::FastAckLayer); the
 /// wrapped service is called by the delivery engine, not here.
@@ -64,10 +63,12 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         if self.shared.wrapped.load(Ordering::Acquire) > 1 {
             return ResponseFuture::done(rejection_response(Rejection::AmbiguousDeliveryTarget));
         }
+        // The reservation is this layer's from here: held until the append ends.
+        let reservation = req.extensions_mut().remove::<Reserved>();
         let ext = req.extensions();
         let Some(payload) = ext.get::<ParsedPayload>() else {
             return ResponseFuture::done(rejection_response(Rejection::PayloadNotParsed));
@@ -82,20 +83,15 @@ where
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let mut event = Event::new(
-            self.shared.route.as_str(),
+        let event = Event::received(
+            &self.shared.route,
             client_ip,
-            req.method().as_str(),
+            req.method(),
             uri,
-            forwardable_headers(req.headers()),
+            req.headers(),
             payload.raw.clone(),
+            reservation.as_ref(),
         );
-        if let Some(r) = ext.get::<DedupReservation>() {
-            let expires =
-                now_ms().saturating_add(u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX));
-            event = event.with_dedup(r.key, expires);
-        }
-        let completion = self.shared.spool.append(&event);
-        ResponseFuture::appending(completion, event, self.shared.clone())
+        ResponseFuture::accepting(self.shared.deliverer.accept(event, reservation))
     }
 }

@@ -6,9 +6,8 @@ use std::time::Instant;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::core::{EventClass, Rejection};
+use crate::core::{Counted, EventClass};
 use crate::metrics::RouteMetrics;
-use crate::tower::Duplicate;
 
 pin_project! {
     /// Response future of [`RecordMetrics`](super::RecordMetrics).
@@ -39,17 +38,13 @@ where
         match &result {
             Ok(res) => {
                 let ext = res.extensions();
-                if let Some(rejection) = ext.get::<Rejection>() {
-                    route.record_rejected(rejection.reason());
-                } else if ext.get::<Duplicate>().is_some() {
-                    route.record_duplicate();
-                } else if res.status().is_success() {
-                    route.record_accepted(ext.get::<EventClass>().copied());
-                } else {
-                    route.record_failed();
-                }
+                let counted = ext
+                    .get::<Counted>()
+                    .copied()
+                    .unwrap_or_else(|| Counted::of_status(res.status()));
+                route.record(counted, ext.get::<EventClass>().copied());
             }
-            Err(_) => route.record_failed(),
+            Err(_) => route.record(Counted::Failed, None),
         }
         route.observe_ack(this.start.elapsed());
         Poll::Ready(result)

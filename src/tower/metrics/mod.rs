@@ -1,9 +1,8 @@
 //! Records each request's outcome, rejection reason, event class and time to answer.
 //!
 //! Put it outermost: it reads what the inner layers left in the response extensions
-//! ([`Rejection`](crate::core::Rejection), [`Duplicate`](super::Duplicate),
-//! [`EventClass`](crate::core::EventClass)). A 2xx with neither is `accepted`; any other answer
-//! from the handler is `failed`.
+//! ([`Counted`](crate::core::Counted), [`EventClass`](crate::core::EventClass)). An answer
+//! without a `Counted` is the handler's own: a 2xx is `accepted`, any other `failed`.
 //!
 //! ```
 //! use hookgate::metrics::Metrics;

@@ -51,10 +51,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
-        let head = request_head::check_method(req.method())
-            .and_then(|()| request_head::check_content_length(req.headers(), shared.max_body))
-            .and_then(|_| request_head::check_content_type(req.headers()));
-        if let Err(rejection) = head {
+        if let Err(rejection) = request_head::check(req.method(), req.headers(), shared.max_body) {
             return ResponseFuture::rejected(rejection_response(rejection));
         }
         // The service polled ready is the one that will be called, after the body arrives.

@@ -1,0 +1,180 @@
+//! The value checks of a parsed file that need nothing built: addresses, timeouts, names,
+//! bounds, TLS files. What needs building to be checked (CIDRs, schemas, dedup keys, upstreams)
+//! is checked by building it once, in `compile.rs`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::Config;
+use crate::core::ConfigError;
+
+impl Config {
+    pub(super) fn check(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let invalid = |key: String, reason: String| ConfigError::InvalidValue { key, reason };
+        let s = &self.server;
+        if s.listen.is_empty() {
+            errors.push(invalid(
+                "server.listen".into(),
+                "at least one address is needed".into(),
+            ));
+        }
+        for (i, addr) in s.listen.iter().enumerate() {
+            if let Err(e) = addr.parse::<SocketAddr>() {
+                errors.push(invalid(
+                    format!("server.listen[{i}]"),
+                    format!("{addr:?} is not an IP:port address: {e}"),
+                ));
+            }
+        }
+        if let Err(e) = s.admin.parse::<SocketAddr>() {
+            errors.push(invalid(
+                "server.admin".into(),
+                format!("{:?} is not an IP:port address: {e}", s.admin),
+            ));
+        }
+        if s.listen.contains(&s.admin) {
+            errors.push(invalid(
+                "server.admin".into(),
+                "must differ from every server.listen address".into(),
+            ));
+        }
+        if let Some(token) = &s.admin_token {
+            if token.trim().is_empty() {
+                errors.push(invalid(
+                    "server.admin_token".into(),
+                    "is empty; remove the key to disable the token".into(),
+                ));
+            }
+        }
+        if s.threads == 0 {
+            errors.push(invalid(
+                "server.threads".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (key, d) in [
+            ("server.header_timeout", s.header_timeout),
+            ("server.body_timeout", s.body_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                errors.push(invalid(key.into(), "must be at least 100ms".into()));
+            }
+        }
+        if s.spool_max_events == 0 {
+            errors.push(invalid(
+                "server.spool_max_events".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if s.dedup_capacity == 0 {
+            errors.push(invalid(
+                "server.dedup_capacity".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(tls) = &s.tls {
+            if let Err(reason) = check_tls(&self.resolve(&tls.cert), &self.resolve(&tls.key)) {
+                errors.push(invalid("server.tls".into(), reason));
+            }
+        }
+        if self.routes.is_empty() {
+            errors.push(invalid(
+                "route".into(),
+                "no [[route]] is configured; add one".into(),
+            ));
+        }
+        let mut paths = HashSet::new();
+        let mut names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            if !route.path.starts_with('/') {
+                errors.push(invalid(key("path"), "must start with /".into()));
+            }
+            if !paths.insert(route.path.as_str()) {
+                errors.push(invalid(
+                    key("path"),
+                    format!("{:?} is used by another route", route.path),
+                ));
+            }
+            if !names.insert(Config::route_name(route)) {
+                errors.push(invalid(
+                    key("name"),
+                    format!("{:?} is used by another route", Config::route_name(route)),
+                ));
+            }
+            if route.allow.is_empty() {
+                errors.push(invalid(
+                    key("allow"),
+                    "is empty; list the sender's CIDRs (write 0.0.0.0/0 and ::/0 to allow all)"
+                        .into(),
+                ));
+            }
+            if route.max_body.as_u64() == 0 {
+                errors.push(invalid(key("max_body"), "must be at least 1 byte".into()));
+            }
+            if route.dedup.ttl < Duration::from_secs(1) {
+                errors.push(invalid(key("dedup.ttl"), "must be at least 1s".into()));
+            }
+            let d = &route.delivery;
+            if d.max_attempts == 0 {
+                errors.push(invalid(
+                    key("delivery.max_attempts"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if d.concurrency == 0 {
+                errors.push(invalid(
+                    key("delivery.concurrency"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if d.backoff > d.max_backoff {
+                errors.push(invalid(
+                    key("delivery.backoff"),
+                    "is larger than delivery.max_backoff".into(),
+                ));
+            }
+            for (k, v) in [
+                ("delivery.timeout", d.timeout),
+                ("delivery.connect_timeout", d.connect_timeout),
+                ("delivery.backoff", d.backoff),
+            ] {
+                if v.is_zero() {
+                    errors.push(invalid(key(k), "must be more than 0s".into()));
+                }
+            }
+        }
+        errors
+    }
+}
+
+fn check_tls(cert: &Path, key: &Path) -> Result<(), String> {
+    use pingora::tls::{version, ServerConfig};
+    for (what, path) in [("cert", cert), ("key", key)] {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(format!("{what}: cannot read {}: {e}", path.display()));
+        }
+    }
+    let (certs, key_der) = pingora::tls::load_certs_and_key_files(
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )
+    .map_err(|e| format!("cannot load the certificate or key: {e}"))?
+    .ok_or_else(|| {
+        format!(
+            "no PEM certificate in {} or no PEM private key in {}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    pingora::tls::install_default_crypto_provider();
+    ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Building what a checked file describes, once: each route's allowlists, validator, dedup key
+//! and upstream client (a CIDR, a schema or a URL is checked by building it), and the storage
+//! backend `[store] backend` names — the one place a backend is chosen.
+
+use super::{Backend, Config, Profile, Route};
+use crate::core::{Allowlist, ConfigError, DedupKeySpec, Validator};
+use crate::deliver::HttpTarget;
+use crate::metrics::Metrics;
+use crate::store::{embedded, memory, SpoolConfig, SpoolError, Storage};
+
+/// One route as [`Config::parse`] built it: its allowlists, validator, dedup key and upstream.
+#[derive(Clone)]
+pub struct CompiledRoute {
+    pub(crate) allow: Allowlist,
+    pub(crate) trusted: Allowlist,
+    pub(crate) validator: Validator,
+    pub(crate) dedup_key: DedupKeySpec,
+    pub(crate) upstream: HttpTarget,
+}
+
+impl Config {
+    /// Builds every route's checks and clients, or every error found in them.
+    pub(super) fn compile_routes(&self) -> Result<Vec<CompiledRoute>, Vec<ConfigError>> {
+        let mut compiled = Vec::with_capacity(self.routes.len());
+        let mut errors = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            match self.compile_route(i, route) {
+                Ok(c) => compiled.push(c),
+                Err(e) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(compiled)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Each route with what it built, in the file's order.
+    pub(crate) fn compiled_routes(&self) -> impl Iterator<Item = (&Route, &CompiledRoute)> {
+        self.routes.iter().zip(&self.compiled)
+    }
+
+    /// Opens the storage backend of `[store]`, reporting into `metrics`. Adding a backend is a
+    /// module of [`crate::store`] and an arm here.
+    pub fn open_storage(&self, metrics: &Metrics) -> Result<Storage, SpoolError> {
+        let s = &self.server;
+        match self.store.backend {
+            Backend::Embedded => embedded::open(
+                SpoolConfig::new(s.data_dir.join("spool"), s.durability)
+                    .with_max_events(s.spool_max_events)
+                    .with_max_bytes(s.spool_max_size.as_u64()),
+                s.dedup_capacity,
+                metrics,
+            ),
+            Backend::Memory => Ok(memory::open(
+                s.spool_max_events,
+                s.spool_max_size.as_u64(),
+                s.dedup_capacity,
+                metrics,
+            )),
+        }
+    }
+
+    fn compile_route(&self, i: usize, route: &Route) -> Result<CompiledRoute, Vec<ConfigError>> {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let allow = Allowlist::new(&key("allow"), &route.allow);
+        let trusted = Allowlist::new(&key("trusted_proxies"), &route.trusted_proxies);
+        let validator = self.validator(i, route);
+        let dedup_key = DedupKeySpec::parse(&key("dedup.key"), &route.dedup.key);
+        let upstream = match &route.upstream_ca {
+            None => crate::deliver::HttpTarget::new(
+                &key("upstream"),
+                &route.upstream,
+                &route.delivery.policy(),
+            ),
+            Some(file) => {
+                let path = self.resolve(file);
+                std::fs::read(&path)
+                    .map_err(|e| ConfigError::InvalidValue {
+                        key: key("upstream_ca"),
+                        reason: format!("cannot read {}: {e}", path.display()),
+                    })
+                    .and_then(|pem| {
+                        crate::deliver::HttpTarget::with_ca(
+                            &key("upstream_ca"),
+                            &route.upstream,
+                            &route.delivery.policy(),
+                            Some(&pem),
+                        )
+                    })
+            }
+        };
+        match (allow, trusted, validator, dedup_key, upstream) {
+            (Ok(allow), Ok(trusted), Ok(validator), Ok(dedup_key), Ok(upstream)) => {
+                Ok(CompiledRoute {
+                    allow,
+                    trusted,
+                    validator,
+                    dedup_key,
+                    upstream,
+                })
+            }
+            (allow, trusted, validator, dedup_key, upstream) => Err([
+                allow.err(),
+                trusted.err(),
+                validator.err(),
+                dedup_key.err(),
+                upstream.err(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()),
+        }
+    }
+
+    fn validator(&self, i: usize, route: &Route) -> Result<Validator, ConfigError> {
+        let key = format!("route[{i}].schema");
+        match (route.profile, &route.schema) {
+            (Profile::Schema, None) => Err(ConfigError::InvalidValue {
+                key,
+                reason: "profile = \"schema\" needs schema = \"path/to/schema.json\"".into(),
+            }),
+            (Profile::Schema, Some(file)) => {
+                let path = self.resolve(file);
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| ConfigError::InvalidValue {
+                        key: key.clone(),
+                        reason: format!("cannot read {}: {e}", path.display()),
+                    })?;
+                let schema: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| ConfigError::InvalidSchema {
+                        key: key.clone(),
+                        reason: format!("{} is not JSON: {e}", path.display()),
+                    })?;
+                Validator::schema(&key, &schema)
+            }
+            (_, Some(_)) => Err(ConfigError::InvalidValue {
+                key,
+                reason: "is only used with profile = \"schema\"".into(),
+            }),
+            (Profile::Runblob, None) => Ok(Validator::runblob()),
+            (Profile::RunblobStrict, None) => Ok(Validator::runblob_strict()),
+            (Profile::Json, None) => Ok(Validator::json()),
+        }
+    }
+}
+
+impl std::fmt::Debug for CompiledRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRoute")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}

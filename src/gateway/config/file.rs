@@ -1,0 +1,465 @@
+//! The file: its TOML shape as serde types (DESIGN §8), read by [`Config::load`] and
+//! [`Config::parse`], which also run the value checks of `check.rs`.
+//!
+//! ```
+//! use hookgate::gateway::Config;
+//!
+//! let config = Config::parse("hookgate.toml", r#"
+//!     [server]
+//!     listen = "127.0.0.1:8080"
+//!     [[route]]
+//!     path = "/webhook/o3-video"
+//!     upstream = "http://127.0.0.1:3000/webhook/o3-video"
+//!     allow = ["127.0.0.1/32"]
+//! "#).unwrap();
+//! assert_eq!(config.routes[0].delivery.max_attempts, 10);
+//!
+//! let err = Config::parse("hookgate.toml", "[server]\nlisten = \"127.0.0.1:8080\"\nthreds = 2\n")
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("hookgate.toml"));
+//! assert!(err.to_string().contains("threds"));
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::ConfigError;
+use crate::deliver::DeliveryPolicy;
+use crate::store::Durability;
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: listeners, storage, process settings.
+    pub server: Server,
+    /// `[store]`: which storage backend (embedded by default).
+    #[serde(default)]
+    pub store: Store,
+    /// `[[route]]`: one per webhook endpoint.
+    #[serde(rename = "route", default)]
+    pub routes: Vec<Route>,
+    /// The file this was read from (for errors and relative paths).
+    #[serde(skip)]
+    pub source: PathBuf,
+    /// What the routes build, in their order: made once by [`Config::parse`].
+    #[serde(skip)]
+    pub(crate) compiled: Vec<super::CompiledRoute>,
+}
+
+/// `[server]`. A key left out takes its value from [`Server::default`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Public listeners: one address or a list.
+    #[serde(with = "one_or_many")]
+    pub listen: Vec<String>,
+    /// Serve the public listeners with HTTPS (rustls) from these PEM files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/dead-letters`.
+    pub admin: String,
+    /// Bearer token required by the admin API (not by `/metrics`, `/healthz`, `/readyz`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted"
+    )]
+    pub admin_token: Option<String>,
+    /// The embedded spool and its dedup keys live here.
+    pub data_dir: PathBuf,
+    /// What an acknowledgement survives: `fsync`, `os` or `memory`.
+    pub durability: Durability,
+    /// Worker threads of the public listener.
+    pub threads: usize,
+    /// Time allowed to receive a request's header (408 and close after it).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time allowed to receive a request's whole body (408 and close after it).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long an idle kept-alive connection stays open.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long SIGTERM waits for acknowledgements and deliveries in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The most events the spool holds (pending and dead); beyond, 503 + `Retry-After`.
+    pub spool_max_events: u64,
+    /// The most bytes the spool holds; beyond, 503 + `Retry-After`.
+    pub spool_max_size: Size,
+    /// Dedup keys kept in memory, across routes (the oldest are evicted beyond).
+    pub dedup_capacity: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8080".into()],
+            tls: None,
+            admin: "127.0.0.1:9090".into(),
+            admin_token: None,
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::Fsync,
+            threads: 2,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(2),
+            spool_max_events: 1_000_000,
+            spool_max_size: Size(1 << 30),
+            dedup_capacity: 1_000_000,
+        }
+    }
+}
+
+/// `[store]`: where events and dedup keys are kept (DESIGN §5). Changing it needs a restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// `embedded` (the default) or `memory`.
+    pub backend: Backend,
+}
+
+/// A storage backend, one module of [`crate::store`] each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// fjall under `server.data_dir` with group commit, dedup in memory refilled from it.
+    #[default]
+    Embedded,
+    /// Everything in memory, nothing on disk: an acknowledgement survives nothing. For tests
+    /// and trying hookgate out.
+    Memory,
+}
+
+/// `tls = { cert = "...", key = "..." }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The certificate chain, PEM.
+    pub cert: PathBuf,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// How a route answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Spool, answer 200 at once, deliver asynchronously (the default).
+    #[default]
+    FastAck,
+    /// Forward synchronously and relay the upstream's answer.
+    Proxy,
+}
+
+/// Which payloads a route accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// The reference sender's contract (DESIGN §1); unknown error codes accepted (the default).
+    #[default]
+    Runblob,
+    /// `runblob`, and unknown error codes refused.
+    RunblobStrict,
+    /// Any JSON.
+    Json,
+    /// A JSON Schema file (`schema = "..."`).
+    Schema,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The route's name in metrics, logs and dead letters; defaults to the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The exact request path.
+    pub path: String,
+    /// Where events go: an `http://` or `https://` URL.
+    pub upstream: String,
+    /// For an `https://` upstream with a private CA: a PEM file of CA certificates to trust
+    /// besides the system's (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<PathBuf>,
+    /// `fast_ack` or `proxy`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// `runblob`, `runblob_strict`, `json` or `schema`.
+    #[serde(default)]
+    pub profile: Profile,
+    /// With `profile = "schema"`: the JSON Schema file (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<PathBuf>,
+    /// Allowed client networks (CIDR). Required: write `0.0.0.0/0` and `::/0` to allow all.
+    pub allow: Vec<String>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// The largest body accepted.
+    #[serde(default = "default_max_body")]
+    pub max_body: Size,
+    /// The dedup key and window.
+    #[serde(default)]
+    pub dedup: Dedup,
+    /// Retries, timeouts and concurrency of deliveries (and of `proxy` forwarding).
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// `dedup = { key = "/generation_id", ttl = "24h" }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dedup {
+    /// A JSON pointer, `header:NAME` or `body`.
+    pub key: String,
+    /// How long an accepted key answers `duplicate`.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self {
+            key: "/generation_id".into(),
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[route.delivery]`; a key left out takes [`DeliveryPolicy::default`]'s value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Attempts before the dead letters.
+    pub max_attempts: u32,
+    /// The first retry delay; doubles each attempt, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// The largest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Age after which a failing event goes to the dead letters.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Time allowed for one attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Time allowed to connect to the upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        let p = DeliveryPolicy::default();
+        Self {
+            max_attempts: p.max_attempts,
+            backoff: p.backoff,
+            max_backoff: p.max_backoff,
+            max_age: p.max_age,
+            timeout: p.timeout,
+            connect_timeout: p.connect_timeout,
+            concurrency: p.concurrency,
+        }
+    }
+}
+
+impl Delivery {
+    /// As the delivery engine's policy.
+    pub fn policy(&self) -> DeliveryPolicy {
+        DeliveryPolicy {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            max_backoff: self.max_backoff,
+            max_age: self.max_age,
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+fn default_max_body() -> Size {
+    Size(1 << 20)
+}
+
+/// A size in bytes, written `"1MiB"`, `"512KB"`, `"64 KiB"` or as a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// The size in bytes.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        for (unit, n) in UNITS {
+            if self.0 >= n && self.0.is_multiple_of(n) {
+                return write!(f, "{}{unit}", self.0 / n);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(t) => t
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Size(b.as_u64()))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{t:?} is not a size: write e.g. \"1MiB\", \"512KB\" or a number of bytes"
+                    ))
+                }),
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn redacted<S: serde::Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(_) => s.serialize_str("(set)"),
+        None => s.serialize_none(),
+    }
+}
+
+/// `listen = "a"` or `listen = ["a", "b"]`.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+}
+
+/// What is wrong with a configuration file: every problem found, each naming the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("{file}: cannot read: {error}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown key or a value of the wrong type.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// The parser's message, with the line and the key.
+        message: String,
+    },
+    /// Values that parse but do not make sense, one line each.
+    #[error("{}", .errors.iter().map(|e| format!("{}: {e}", .file)).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Each problem, naming its key.
+        errors: Vec<ConfigError>,
+    },
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigFileError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigFileError::Read {
+            file: path.display().to_string(),
+            error,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks `text`, read from `path` (named in errors; relative schema and TLS
+    /// paths are taken from its directory), building each route's checks and clients once.
+    pub fn parse(path: impl AsRef<Path>, text: &str) -> Result<Self, ConfigFileError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigFileError::Syntax {
+            file: file.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.source = path.to_owned();
+        // The values that need nothing built, then what the routes build (each CIDR, schema,
+        // dedup key and upstream is checked by building it, once; the gateway keeps the result).
+        let mut errors = config.check();
+        match config.compile_routes() {
+            Ok(compiled) => config.compiled = compiled,
+            Err(more) => errors.extend(more),
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigFileError::Invalid { file, errors })
+        }
+    }
+
+    /// The directory relative paths in the file are taken from.
+    pub fn base_dir(&self) -> PathBuf {
+        self.source
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// `path` as written, or relative to the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir().join(path)
+        }
+    }
+
+    /// The effective configuration, defaults filled in, as TOML (the admin token redacted).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// A route's name (its `name`, or its path).
+    pub fn route_name(route: &Route) -> &str {
+        route.name.as_deref().unwrap_or(&route.path)
+    }
+}

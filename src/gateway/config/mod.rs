@@ -1,0 +1,204 @@
+//! The gateway's configuration file (DESIGN §8): TOML, unknown keys refused, durations and sizes
+//! as strings (`"30s"`, `"1MiB"`).
+//!
+//! - `file.rs`: the file's shape ([`Config`] and its sections), read by [`Config::load`] and
+//!   [`Config::parse`], which run the next two and report every error of both at once;
+//! - `check.rs`: the value checks that need nothing built;
+//! - `compile.rs`: builds each route's checks and clients, once (a bad CIDR, schema or URL is
+//!   found by building it); the gateway starts from what was built, never builds it again.
+//!   [`Config::open_storage`] opens the backend `[store]` names.
+//!
+//! Every error names the file, the key and what is wrong, and every error found is reported at
+//! once, not just the first.
+//!
+//! ```
+//! use hookgate::gateway::Config;
+//!
+//! let config = Config::parse("hookgate.toml", r#"
+//!     [server]
+//!     listen = "127.0.0.1:8080"
+//!     [[route]]
+//!     path = "/webhook/o3-video"
+//!     upstream = "http://127.0.0.1:3000/webhook/o3-video"
+//!     allow = ["127.0.0.1/32"]
+//! "#).unwrap();
+//! assert_eq!(config.routes[0].delivery.max_attempts, 10);
+//!
+//! let err = Config::parse("hookgate.toml", "[server]\nlisten = \"127.0.0.1:8080\"\nthreds = 2\n")
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("hookgate.toml"));
+//! assert!(err.to_string().contains("threds"));
+//! ```
+
+mod check;
+mod compile;
+mod file;
+
+pub use compile::CompiledRoute;
+pub use file::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Durability;
+    use std::time::Duration;
+
+    fn load(text: &str) -> Result<Config, ConfigFileError> {
+        Config::parse("t.toml", text)
+    }
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[[route]]
+path = "/webhook/o3-video"
+upstream = "http://127.0.0.1:3000/webhook/o3-video"
+allow = ["127.0.0.1/32", "::1/128"]
+"#;
+
+    #[test]
+    fn defaults_fill_the_minimal_file() {
+        let c = Config::parse("t.toml", MINIMAL).unwrap();
+        assert_eq!(c.server.admin, "127.0.0.1:9090");
+        assert_eq!(c.server.durability, Durability::Fsync);
+        assert_eq!(c.server.threads, 2);
+        let r = &c.routes[0];
+        assert_eq!(r.mode, Mode::FastAck);
+        assert_eq!(r.profile, Profile::Runblob);
+        assert_eq!(r.max_body.as_u64(), 1 << 20);
+        assert_eq!(r.dedup.key, "/generation_id");
+        assert_eq!(r.dedup.ttl, Duration::from_secs(86400));
+        assert_eq!(r.delivery.max_backoff, Duration::from_secs(300));
+        assert_eq!(Config::route_name(r), "/webhook/o3-video");
+        // The printed effective config reads back the same.
+        let again = Config::parse("t.toml", &c.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+    }
+
+    #[test]
+    fn humane_values_parse() {
+        let text = MINIMAL.replace(
+            "allow = [",
+            "max_body = \"64KiB\"\ndedup = { key = \"header:X-Id\", ttl = \"90m\" }\nallow = [",
+        ) + "[route.delivery]\nbackoff = \"250ms\"\nmax_age = \"2h\"\n";
+        let c = Config::parse("t.toml", &text).unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.max_body.as_u64(), 64 * 1024);
+        assert_eq!(r.dedup.ttl, Duration::from_secs(90 * 60));
+        assert_eq!(r.delivery.backoff, Duration::from_millis(250));
+        assert_eq!(r.delivery.max_age, Duration::from_secs(7200));
+    }
+
+    struct Case {
+        name: &'static str,
+        edit: (&'static str, &'static str),
+        want: &'static [&'static str],
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let cases = [
+            Case {
+                name: "unknown server key",
+                edit: ("[server]\n", "[server]\nthreds = 4\n"),
+                want: &["t.toml", "threds"],
+            },
+            Case {
+                name: "unknown route key",
+                edit: ("allow = [", "alow = []\nallow = ["),
+                want: &["t.toml", "alow"],
+            },
+            Case {
+                name: "bad duration",
+                edit: ("allow = [", "dedup = { ttl = \"soon\" }\nallow = ["),
+                want: &["t.toml", "ttl"],
+            },
+            Case {
+                name: "bad size",
+                edit: ("allow = [", "max_body = \"lots\"\nallow = ["),
+                want: &["t.toml", "max_body"],
+            },
+            Case {
+                name: "bad cidr",
+                edit: ("\"::1/128\"", "\"10.0.0.300/8\""),
+                want: &["t.toml: route[0].allow[1]", "10.0.0.300/8"],
+            },
+            Case {
+                name: "bad listen",
+                edit: ("\"127.0.0.1:8080\"", "\"localhost\""),
+                want: &["t.toml: server.listen[0]"],
+            },
+            Case {
+                name: "unknown upstream scheme",
+                edit: ("http://127.0.0.1:3000", "ftp://127.0.0.1:3000"),
+                want: &["t.toml: route[0].upstream"],
+            },
+            Case {
+                name: "missing upstream CA",
+                edit: ("allow = [", "upstream_ca = \"nope.pem\"\nallow = ["),
+                want: &["t.toml: route[0].upstream_ca: cannot read"],
+            },
+            Case {
+                name: "upstream CA not PEM",
+                edit: ("allow = [", "upstream_ca = \"Cargo.toml\"\nallow = ["),
+                want: &["t.toml: route[0].upstream_ca"],
+            },
+            Case {
+                name: "schema without file",
+                edit: ("allow = [", "profile = \"schema\"\nallow = ["),
+                want: &["t.toml: route[0].schema"],
+            },
+            Case {
+                name: "bad mode",
+                edit: ("allow = [", "mode = \"later\"\nallow = ["),
+                want: &["t.toml", "mode", "fast_ack"],
+            },
+            Case {
+                name: "bad durability",
+                edit: ("[server]\n", "[server]\ndurability = \"disk\"\n"),
+                want: &["t.toml", "durability"],
+            },
+            Case {
+                name: "empty allow",
+                edit: ("allow = [\"127.0.0.1/32\", \"::1/128\"]", "allow = []"),
+                want: &["t.toml: route[0].allow: is empty"],
+            },
+            Case {
+                name: "bad dedup key",
+                edit: (
+                    "allow = [",
+                    "dedup = { key = \"generation_id\" }\nallow = [",
+                ),
+                want: &["t.toml: route[0].dedup.key"],
+            },
+            Case {
+                name: "missing tls files",
+                edit: (
+                    "[server]\n",
+                    "[server]\ntls = { cert = \"nope.pem\", key = \"nope.key\" }\n",
+                ),
+                want: &["t.toml: server.tls: cert: cannot read"],
+            },
+        ];
+        for case in cases {
+            assert!(MINIMAL.contains(case.edit.0), "{}: edit target", case.name);
+            let text = MINIMAL.replacen(case.edit.0, case.edit.1, 1);
+            let err = load(&text).expect_err(case.name).to_string();
+            for want in case.want {
+                assert!(err.contains(want), "{}: {err:?} lacks {want:?}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = MINIMAL
+            .replace("\"::1/128\"", "\"::1/129\"")
+            .replace("[server]\n", "[server]\nthreads = 0\n");
+        let err = Config::parse("t.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("server.threads"), "{err}");
+        assert!(err.contains("route[0].allow[1]"), "{err}");
+        assert_eq!(err.lines().count(), 2, "{err}");
+    }
+}

@@ -1,0 +1,415 @@
+//! The conformance suite every storage backend passes: one set of checks of the [`Spool`] and
+//! [`DedupStore`] contracts (reserve / commit / release / expiry; append / recover / dead letter
+//! / replay / purge; bounds; exact counts under repeated and concurrent writes). A new backend
+//! runs it from a test with a function that opens a fresh instance:
+//!
+//! ```
+//! use hookgate::store::{conformance, memory::MemorySpool, MemoryDedupStore, SharedDedupStore};
+//! use std::sync::Arc;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! conformance::spool(|b| Arc::new(MemorySpool::new(b.max_events, b.max_bytes))).await;
+//! conformance::dedup(|| SharedDedupStore::new(MemoryDedupStore::new(1000))).await;
+//! # });
+//! ```
+//!
+//! Each check panics with its name and what differed. `tests/conformance.rs` runs it for every
+//! backend of this crate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::{now_ms, DedupStore, Event, Reserved, SharedDedupStore, Spool, SpoolError};
+use crate::core::{DedupKey, Reservation};
+
+/// The bounds a spool under test is opened with.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The most events held.
+    pub max_events: u64,
+    /// The most bytes held.
+    pub max_bytes: u64,
+}
+
+const ROOMY: Bounds = Bounds {
+    max_events: 10_000,
+    max_bytes: 1 << 30,
+};
+
+fn event(route: &str) -> Event {
+    Event::new(
+        route,
+        "127.0.0.1".parse().expect("a literal address"),
+        "POST",
+        "/w",
+        vec![("content-type".into(), b"application/json".to_vec())],
+        Bytes::from_static(br#"{"generation_id":"550e8400-e29b-41d4-a716-446655440000"}"#),
+    )
+}
+
+fn ids(events: &[Event]) -> Vec<Uuid> {
+    events.iter().map(|e| e.id).collect()
+}
+
+/// Runs every spool check, each on a fresh spool from `open`.
+pub async fn spool<S: Spool + ?Sized>(open: impl Fn(Bounds) -> Arc<S>) {
+    append_get_deliver(&*open(ROOMY)).await;
+    dedup_keys_persist_and_expire(&*open(ROOMY)).await;
+    dead_letters_by_route_page_replay_purge(&*open(ROOMY)).await;
+    repeated_and_concurrent_writes_count_once(&*open(ROOMY)).await;
+    bounds_refuse_then_free(&*open(Bounds {
+        max_events: 2,
+        max_bytes: 1 << 30,
+    }))
+    .await;
+    bounds_on_bytes(&*open(Bounds {
+        max_events: 100,
+        max_bytes: 200,
+    }))
+    .await;
+    oldest_pending_is_per_route(&*open(ROOMY)).await;
+}
+
+async fn append_get_deliver<S: Spool + ?Sized>(spool: &S) {
+    let (a, b) = (event("r"), event("r"));
+    spool.append(&a).await.expect("append a");
+    spool.append(&b).await.expect("append b");
+    assert_eq!(spool.get("r", a.id).expect("get"), Some(a.clone()), "get a");
+    assert_eq!(
+        spool.get("other", a.id).expect("get"),
+        None,
+        "get is per route"
+    );
+    assert_eq!(
+        ids(&spool.pending().expect("pending")),
+        [a.id, b.id],
+        "pending, oldest first"
+    );
+    let schedule = spool.pending_schedule("r").expect("schedule");
+    assert_eq!(
+        schedule,
+        [(a.id, a.next_attempt_ms), (b.id, b.next_attempt_ms)],
+        "pending_schedule"
+    );
+    assert!(spool
+        .pending_schedule("other")
+        .expect("schedule")
+        .is_empty());
+    let stats = spool.stats();
+    assert_eq!((stats.pending, stats.dead), (2, 0), "{stats:?}");
+    assert!(stats.bytes > 0, "bytes counted: {stats:?}");
+    let mut later = a.clone();
+    later.attempts = 1;
+    later.next_attempt_ms += 60_000;
+    later.record_outcome("status 503".into());
+    spool.reschedule(&later).await.expect("reschedule");
+    assert_eq!(
+        spool.get("r", a.id).expect("get"),
+        Some(later.clone()),
+        "rescheduled"
+    );
+    spool.delivered(&a).await.expect("delivered a");
+    spool.forget_delivered(&b);
+    wait_pending(spool, 0).await;
+    assert_eq!(spool.stats().bytes, 0, "no bytes left: {:?}", spool.stats());
+    spool.probe().await.expect("probe");
+}
+
+/// Waits (bounded) until the spool counts `n` pending events: removals of delivered events may
+/// ride a later batch.
+async fn wait_pending<S: Spool + ?Sized>(spool: &S, n: u64) {
+    for _ in 0..500 {
+        if spool.stats().pending == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("pending stayed at {} (want {n})", spool.stats().pending);
+}
+
+async fn dedup_keys_persist_and_expire<S: Spool + ?Sized>(spool: &S) {
+    let live = event("r").with_dedup(DedupKey::from_u128(1), now_ms() + 60_000);
+    let dead = event("r").with_dedup(DedupKey::from_u128(2), now_ms().saturating_sub(1));
+    spool.append(&live).await.expect("append");
+    spool.append(&dead).await.expect("append");
+    let live_record = live.dedup.expect("set above");
+    assert_eq!(
+        spool.dedup_keys().expect("keys"),
+        [live_record],
+        "only live keys"
+    );
+    assert_eq!(
+        spool.sweep_expired_keys().await.expect("sweep"),
+        1,
+        "one expired"
+    );
+    assert_eq!(
+        spool.sweep_expired_keys().await.expect("sweep"),
+        0,
+        "swept once"
+    );
+    assert_eq!(spool.dedup_keys().expect("keys"), [live_record]);
+    // A delivered event's key stays for its TTL: the sender's retry is still a duplicate.
+    spool.delivered(&live).await.expect("delivered");
+    assert_eq!(
+        spool.dedup_keys().expect("keys"),
+        [live_record],
+        "kept after delivery"
+    );
+}
+
+async fn dead_letters_by_route_page_replay_purge<S: Spool + ?Sized>(spool: &S) {
+    let mut events: Vec<Event> = (0..3).map(|_| event("r")).collect();
+    let mut other = event("s");
+    for e in events.iter().chain(std::iter::once(&other)) {
+        spool.append(e).await.expect("append");
+    }
+    for e in events.iter_mut().chain(std::iter::once(&mut other)) {
+        e.attempts += 1;
+        e.record_outcome("status 400".into());
+        spool.dead_letter(e).await.expect("dead letter");
+    }
+    let stats = spool.stats();
+    assert_eq!((stats.pending, stats.dead), (0, 4), "{stats:?}");
+    let listed = spool.dead_letters("r", None, 10).expect("list");
+    assert_eq!(
+        listed.iter().map(|d| d.id).collect::<Vec<_>>(),
+        ids(&events),
+        "one route's, oldest first"
+    );
+    assert_eq!(listed[0].history[0].outcome, "status 400", "history kept");
+    assert_eq!(listed[0].body_bytes, events[0].body.len(), "body size");
+    let page = spool.dead_letters("r", None, 2).expect("page");
+    let rest = spool.dead_letters("r", Some(page[1].id), 2).expect("rest");
+    assert_eq!(
+        page.iter().chain(&rest).map(|d| d.id).collect::<Vec<_>>(),
+        ids(&events),
+        "pages"
+    );
+    assert_eq!(spool.dead_letters("s", None, 10).expect("list").len(), 1);
+    let whole = spool.get_dead("r", events[0].id).expect("get dead");
+    assert_eq!(
+        whole.as_ref().map(|e| &e.body),
+        Some(&events[0].body),
+        "with its body"
+    );
+    assert_eq!(
+        spool.get_dead("s", events[0].id).expect("get dead"),
+        None,
+        "per route"
+    );
+
+    let revived = spool.revive("r", events[0].id).await.expect("revive");
+    assert_eq!(
+        (revived.id, revived.attempts, revived.attempts_before_replay),
+        (events[0].id, 1, 1),
+        "revived keeps its id and counts afresh"
+    );
+    assert_eq!(spool.get("r", events[0].id).expect("get"), Some(revived));
+    assert!(matches!(
+        spool.revive("r", events[0].id).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    spool.purge("r", events[1].id).await.expect("purge");
+    assert!(matches!(
+        spool.purge("r", events[1].id).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.purge("s", events[2].id).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    let stats = spool.stats();
+    assert_eq!((stats.pending, stats.dead), (1, 2), "{stats:?}");
+}
+
+async fn repeated_and_concurrent_writes_count_once<S: Spool + ?Sized>(spool: &S) {
+    // A delivery recorded twice (a duplicate schedule racing a deferred delete).
+    let e = event("r");
+    spool.append(&e).await.expect("append");
+    spool.delivered(&e).await.expect("delivered");
+    let _ = spool.delivered(&e).await;
+    wait_pending(spool, 0).await;
+    assert_eq!(spool.stats().bytes, 0, "{:?}", spool.stats());
+    // Nothing written for an event no longer pending: no resurrection, no count.
+    assert!(matches!(
+        spool.reschedule(&e).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.dead_letter(&e).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert_eq!(spool.get("r", e.id).expect("get"), None, "not resurrected");
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.pending, stats.dead, stats.bytes),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    // Two replays of one dead letter at once (`replay ID` racing `replay --all`).
+    let d = event("r");
+    spool.append(&d).await.expect("append");
+    spool.dead_letter(&d).await.expect("dead letter");
+    let (a, b) = tokio::join!(spool.revive("r", d.id), spool.revive("r", d.id));
+    assert_eq!(
+        u8::from(a.is_ok()) + u8::from(b.is_ok()),
+        1,
+        "one replay wins"
+    );
+    let stats = spool.stats();
+    assert_eq!((stats.pending, stats.dead), (1, 0), "{stats:?}");
+    // Two purges at once.
+    spool.dead_letter(&d).await.expect("dead letter");
+    let (a, b) = tokio::join!(spool.purge("r", d.id), spool.purge("r", d.id));
+    assert_eq!(
+        u8::from(a.is_ok()) + u8::from(b.is_ok()),
+        1,
+        "one purge wins"
+    );
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.pending, stats.dead, stats.bytes),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+}
+
+async fn bounds_refuse_then_free<S: Spool + ?Sized>(spool: &S) {
+    let (a, b) = (event("r"), event("r"));
+    spool.append(&a).await.expect("first");
+    spool.append(&b).await.expect("second");
+    let refused = spool.append(&event("r")).await;
+    assert!(matches!(refused, Err(SpoolError::Full(_))), "{refused:?}");
+    assert_eq!(spool.stats().pending, 2, "a refused append counts nothing");
+    spool.delivered(&a).await.expect("delivered");
+    wait_pending(spool, 1).await;
+    spool.append(&event("r")).await.expect("room again");
+    // Dead letters count against the bound too.
+    spool.dead_letter(&b).await.expect("dead letter");
+    let refused = spool.append(&event("r")).await;
+    assert!(matches!(refused, Err(SpoolError::Full(_))), "{refused:?}");
+}
+
+async fn bounds_on_bytes<S: Spool + ?Sized>(spool: &S) {
+    let mut big = event("r");
+    big.body = Bytes::from(vec![b' '; 300]);
+    let refused = spool.append(&big).await;
+    assert!(matches!(refused, Err(SpoolError::Full(_))), "{refused:?}");
+    assert_eq!(spool.stats().bytes, 0, "nothing held for a refused append");
+}
+
+async fn oldest_pending_is_per_route<S: Spool + ?Sized>(spool: &S) {
+    assert_eq!(spool.oldest_pending_ms("a"), None);
+    let events: Vec<Event> = (0..3).map(|_| event("a")).collect();
+    for e in &events {
+        spool.append(e).await.expect("append");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    spool.append(&event("b")).await.expect("append");
+    let id_ms = |e: &Event| {
+        let (secs, nanos) =
+            e.id.get_timestamp()
+                .expect("a v7 id has a timestamp")
+                .to_unix();
+        secs * 1000 + u64::from(nanos) / 1_000_000
+    };
+    assert_eq!(spool.oldest_pending_ms("a"), Some(id_ms(&events[0])));
+    spool.dead_letter(&events[0]).await.expect("dead letter");
+    spool.delivered(&events[1]).await.expect("delivered");
+    assert_eq!(spool.oldest_pending_ms("a"), Some(id_ms(&events[2])));
+    // Replayed, the first (an older id) is the oldest again.
+    spool.revive("a", events[0].id).await.expect("revive");
+    assert_eq!(spool.oldest_pending_ms("a"), Some(id_ms(&events[0])));
+    assert_eq!(spool.oldest_pending_ms("c"), None);
+}
+
+/// Runs every dedup check, each on a fresh store from `open` (holding at least 100 keys).
+pub async fn dedup(open: impl Fn() -> SharedDedupStore) {
+    let ttl = Duration::from_secs(60);
+    let store = open();
+    let k = DedupKey::from_u128;
+    assert_eq!(
+        store.reserve(k(1), ttl).await.expect("reserve"),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        store.reserve(k(1), ttl).await.expect("reserve"),
+        Reservation::InFlight
+    );
+    store.release(k(1));
+    assert_eq!(
+        store.reserve(k(1), ttl).await.expect("reserve"),
+        Reservation::Reserved
+    );
+    store.commit(k(1), ttl);
+    assert_eq!(
+        store.reserve(k(1), ttl).await.expect("reserve"),
+        Reservation::Duplicate
+    );
+    store.release(k(1));
+    assert_eq!(
+        store.reserve(k(1), ttl).await.expect("reserve"),
+        Reservation::Duplicate,
+        "release never frees a committed key"
+    );
+    // Keys are independent.
+    assert_eq!(
+        store.reserve(k(2), ttl).await.expect("reserve"),
+        Reservation::Reserved
+    );
+
+    // The guard: released when the last clone drops, the first settlement wins.
+    let store = open();
+    assert_eq!(
+        store.reserve(k(3), ttl).await.expect("reserve"),
+        Reservation::Reserved
+    );
+    let held = Reserved::new(store.clone(), k(3), ttl);
+    let handed_over = held.clone();
+    drop(held);
+    assert_eq!(
+        store.reserve(k(3), ttl).await.expect("reserve"),
+        Reservation::InFlight,
+        "a clone still holds the key"
+    );
+    handed_over.commit();
+    handed_over.release();
+    drop(handed_over);
+    assert_eq!(
+        store.reserve(k(3), ttl).await.expect("reserve"),
+        Reservation::Duplicate,
+        "committed, and the later release did nothing"
+    );
+    assert_eq!(
+        store.reserve(k(4), ttl).await.expect("reserve"),
+        Reservation::Reserved
+    );
+    drop(Reserved::new(store.clone(), k(4), ttl));
+    assert_eq!(
+        store.reserve(k(4), ttl).await.expect("reserve"),
+        Reservation::Reserved,
+        "dropped unsettled: released"
+    );
+
+    // Expiry: a committed key is free again after its TTL (one-second resolution).
+    let store = open();
+    let short = Duration::from_secs(1);
+    assert_eq!(
+        store.reserve(k(5), short).await.expect("reserve"),
+        Reservation::Reserved
+    );
+    store.commit(k(5), short);
+    let mut free = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if store.reserve(k(5), short).await.expect("reserve") == Reservation::Reserved {
+            free = true;
+            break;
+        }
+    }
+    assert!(free, "a committed key expires after its TTL");
+}

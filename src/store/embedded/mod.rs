@@ -1,0 +1,51 @@
+//! The embedded backend (one machine, no dependency): the spool in fjall under the data
+//! directory with group commit, the dedup store in memory, refilled from the spool at start.
+//!
+//! - [`EmbeddedSpool`] (`spool.rs`): the [`Spool`](crate::store::Spool) on fjall;
+//!   `writer.rs` is its group-commit thread, `keys.rs` its record layout.
+//! - [`MemoryDedupStore`] (`dedup.rs`): a bounded `dashmap` of key hashes with expiry.
+//!
+//! ```
+//! use hookgate::store::{embedded, Durability, SpoolConfig};
+//! use hookgate::metrics::Metrics;
+//!
+//! let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+//! let storage = embedded::open(SpoolConfig::new("", Durability::Memory), 1000, &metrics).unwrap();
+//! assert_eq!(storage.spool.stats().pending, 0);
+//! ```
+
+mod dedup;
+mod keys;
+mod spool;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use dedup::MemoryDedupStore;
+pub use spool::{EmbeddedSpool, SpoolConfig};
+
+use super::{refill_dedup, SharedDedupStore, SpoolError, Storage};
+use crate::metrics::Metrics;
+
+/// How often the in-memory dedup store drops expired keys.
+const DEDUP_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Opens the embedded backend: the spool of `config`, and a dedup store of `dedup_capacity`
+/// keys refilled with the keys the spool persisted. Its sweeper is in [`Storage::background`].
+pub fn open(
+    config: SpoolConfig,
+    dedup_capacity: usize,
+    metrics: &Metrics,
+) -> Result<Storage, SpoolError> {
+    let spool = EmbeddedSpool::open(config)?;
+    let dedup = MemoryDedupStore::with_metrics(dedup_capacity, metrics);
+    let refilled = refill_dedup(&spool, &dedup)?;
+    tracing::info!(keys = refilled, "dedup keys restored from the spool");
+    Ok(Storage {
+        backend: "embedded",
+        spool: Arc::new(spool),
+        dedup: SharedDedupStore::new(dedup.clone()),
+        background: vec![Box::pin(dedup.sweep_every(DEDUP_SWEEP_EVERY))],
+    })
+}

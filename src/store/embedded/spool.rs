@@ -1,0 +1,637 @@
+//! [`EmbeddedSpool`]: the [`Spool`] on fjall under a data directory; writes go through the
+//! group-commit writer ([`super::writer`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::keys::{self, decode, decode_dedup_key, encode, event_key, route_prefix};
+use super::writer::{self, DeferredDelete, Op, Space, MAX_GROUP, SWEEP_CHUNK};
+use crate::store::event::{now_ms, DedupRecord, Event};
+use crate::store::spool::{Completion, Durability, EventSummary, Spool, SpoolError, SpoolStats};
+
+impl From<fjall::Error> for SpoolError {
+    fn from(e: fjall::Error) -> Self {
+        SpoolError::Storage(e.to_string())
+    }
+}
+
+/// fjall's persist mode for `durability` (`None`: nothing to persist).
+pub(super) fn persist_mode(durability: Durability) -> Option<fjall::PersistMode> {
+    match durability {
+        // fdatasync: it writes the data and the metadata needed to read it back (size, block
+        // allocation); fsync would also write the modification time, which recovery ignores.
+        Durability::Fsync => Some(fjall::PersistMode::SyncData),
+        Durability::Os => Some(fjall::PersistMode::Buffer),
+        Durability::Memory => None,
+    }
+}
+
+/// Settings of an [`EmbeddedSpool`].
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// The data directory. With [`Durability::Memory`], a temporary directory is made inside it
+    /// (or in the system's temp dir when empty) and deleted when the spool is dropped.
+    pub path: PathBuf,
+    /// What an acknowledgement survives.
+    pub durability: Durability,
+    /// The most events (pending and dead) held; appends beyond fail.
+    pub max_events: u64,
+    /// The most bytes of stored records held; appends beyond fail.
+    pub max_bytes: u64,
+    /// In `fsync` mode, how long a batch of appends may wait for the senders of the previous
+    /// batch to come back and share its sync (only when appends come concurrently; an append
+    /// alone never waits). Trades up to this much latency for fewer syncs: each costs tens of
+    /// microseconds of CPU. Zero turns it off.
+    pub linger: Duration,
+}
+
+impl SpoolConfig {
+    /// A spool in `path` with `durability`, bounded at 1,000,000 events and 1 GiB, lingering
+    /// 100 µs for concurrent appends.
+    pub fn new(path: impl AsRef<Path>, durability: Durability) -> Self {
+        Self {
+            path: path.as_ref().to_owned(),
+            durability,
+            max_events: 1_000_000,
+            max_bytes: 1 << 30,
+            linger: Duration::from_micros(100),
+        }
+    }
+
+    /// Bounds the spool at `events` events.
+    #[must_use]
+    pub fn with_max_events(mut self, events: u64) -> Self {
+        self.max_events = events;
+        self
+    }
+
+    /// Sets [`linger`](Self::linger).
+    #[must_use]
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Bounds the spool at `bytes` bytes.
+    #[must_use]
+    pub fn with_max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+}
+
+pub(super) struct Shared {
+    pub(super) db: fjall::Database,
+    pub(super) pending: fjall::Keyspace,
+    pub(super) dead: fjall::Keyspace,
+    pub(super) dedup: fjall::Keyspace,
+    /// Committed counts, changed only by the writer, by what each commit did.
+    pub(super) pending_count: AtomicU64,
+    pub(super) dead_count: AtomicU64,
+    pub(super) bytes: AtomicU64,
+    /// Appends queued and not yet committed (they count against the bounds).
+    pub(super) queued: AtomicU64,
+    pub(super) queued_bytes: AtomicU64,
+    pub(super) syncs: AtomicU64,
+    pub(super) config: SpoolConfig,
+    /// Removals of delivered events. They ride with the writer's next batch, and only the first
+    /// of a batch wakes it: under load, a delivery costs no wake-up and no write of its own.
+    pub(super) deferred: Mutex<Vec<DeferredDelete>>,
+    /// The writer sleeps with nothing queued: the next removal must wake it.
+    pub(super) writer_idle: AtomicBool,
+    /// Per route, the oldest pending id found last: the next search starts there, skipping the
+    /// removed events before it. UUIDv7 ids only grow; a revived event (an older id) resets it.
+    pub(super) oldest_hint: Mutex<OldestHint>,
+}
+
+#[derive(Default)]
+pub(super) struct OldestHint {
+    /// Bumped by every revive: a search that began before one must not store its result.
+    pub(super) generation: u64,
+    pub(super) by_route: std::collections::HashMap<String, Uuid>,
+}
+
+/// Locks `m`, whatever a panicking holder left: every value guarded here stays consistent
+/// between statements.
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The embedded spool on `fjall`. Cheap to clone; the writer thread stops when the last clone is
+/// dropped, after committing what was queued.
+#[derive(Clone)]
+pub struct EmbeddedSpool {
+    shared: Arc<Shared>,
+    tx: mpsc::SyncSender<Op>,
+    _writer: Arc<WriterGuard>,
+}
+
+struct WriterGuard {
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        // The sender side is dropped with the last EmbeddedSpool clone before this guard (field
+        // order), so the writer drains its queue and exits.
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for EmbeddedSpool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedSpool")
+            .field("path", &self.shared.config.path)
+            .field("durability", &self.shared.config.durability)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl EmbeddedSpool {
+    /// Opens (or creates) the spool, counts what it holds and deletes expired dedup keys.
+    pub fn open(config: SpoolConfig) -> Result<Self, SpoolError> {
+        let (path, tempdir) = match config.durability {
+            Durability::Memory => {
+                // Inside `path` when one is given (the gateway's data dir), so a killed
+                // process's leftovers are where its operator looks; else the system's temp dir.
+                let mut builder = tempfile::Builder::new();
+                builder.prefix("hookgate-spool-");
+                let dir = if config.path.as_os_str().is_empty() {
+                    builder.tempdir()
+                } else {
+                    std::fs::create_dir_all(&config.path)
+                        .and_then(|()| builder.tempdir_in(&config.path))
+                }
+                .map_err(|e| SpoolError::Storage(format!("{}: {e}", config.path.display())))?;
+                (dir.path().to_owned(), Some(dir))
+            }
+            _ => (config.path.clone(), None),
+        };
+        let db = fjall::Database::builder(&path)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
+        let pending = db.keyspace("pending", fjall::KeyspaceCreateOptions::default)?;
+        let dead = db.keyspace("dead", fjall::KeyspaceCreateOptions::default)?;
+        let dedup = db.keyspace("dedup", fjall::KeyspaceCreateOptions::default)?;
+        rekey_legacy_dead_letters(&db, &dead, config.durability)?;
+        sweep_at_open(&db, &dedup, config.durability)?;
+
+        let (mut pending_count, mut dead_count, mut bytes) = (0u64, 0u64, 0u64);
+        for kv in pending.iter() {
+            let (_, v) = kv.into_inner()?;
+            pending_count += 1;
+            bytes += v.len() as u64;
+        }
+        for kv in dead.iter() {
+            let (_, v) = kv.into_inner()?;
+            dead_count += 1;
+            bytes += v.len() as u64;
+        }
+        let shared = Arc::new(Shared {
+            db,
+            pending,
+            dead,
+            dedup,
+            pending_count: AtomicU64::new(pending_count),
+            dead_count: AtomicU64::new(dead_count),
+            bytes: AtomicU64::new(bytes),
+            queued: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            config,
+            deferred: Mutex::new(Vec::new()),
+            writer_idle: AtomicBool::new(false),
+            oldest_hint: Mutex::new(OldestHint::default()),
+        });
+        // Bounded so a stalled disk pushes back on appends instead of growing memory.
+        let (tx, rx) = mpsc::sync_channel(MAX_GROUP * 4);
+        let writer_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("hookgate-spool".into())
+            .spawn(move || writer::run(writer_shared, rx))
+            .map_err(|e| SpoolError::Storage(format!("cannot start the spool writer: {e}")))?;
+        Ok(Self {
+            shared,
+            tx,
+            _writer: Arc::new(WriterGuard {
+                thread: Mutex::new(Some(thread)),
+                _tempdir: tempdir,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SpoolConfig {
+        &self.shared.config
+    }
+
+    /// Queues `op` for the writer, answered on `rx`.
+    fn send<T>(
+        &self,
+        op: Op,
+        rx: tokio::sync::oneshot::Receiver<Result<T, SpoolError>>,
+    ) -> Completion<T> {
+        // Never blocks the caller (a runtime thread): a queue full because the disk stalls is
+        // refused, which the fast-ack path answers with 503 and the sender retries.
+        match self.tx.try_send(op) {
+            Ok(()) => Completion::waiting(rx),
+            Err(mpsc::TrySendError::Full(_)) => {
+                Completion::ready(Err(SpoolError::Full("the write queue is full".into())))
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => Completion::ready(Err(SpoolError::Closed)),
+        }
+    }
+
+    /// Queues the removal of a delivered event for the writer's next batch.
+    fn defer_delete(
+        &self,
+        event: &Event,
+        reply: Option<tokio::sync::oneshot::Sender<Result<(), SpoolError>>>,
+    ) {
+        let s = &self.shared;
+        lock(&s.deferred).push((event_key(&event.route, event.id).into(), reply));
+        // Only a writer asleep with nothing to do needs waking; a busy one takes the removal with
+        // its next batch. A closed queue needs nothing: the writer drains removals before exiting.
+        if s.writer_idle.swap(false, Ordering::SeqCst) {
+            let _ = self.tx.try_send(Op::Deferred);
+        }
+    }
+
+    fn move_event(
+        &self,
+        from: (Space, Vec<u8>),
+        to: (Space, Vec<u8>),
+        event: &Event,
+    ) -> Completion {
+        let value = match encode(event) {
+            Ok(v) => v,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Move {
+                from: (from.0, from.1.into()),
+                to: (to.0, to.1.into()),
+                value: value.into(),
+                reply,
+            },
+            rx,
+        )
+    }
+}
+
+/// Dead letters were keyed by id alone before 0.2; they are keyed by route, then id, now.
+fn rekey_legacy_dead_letters(
+    db: &fjall::Database,
+    dead: &fjall::Keyspace,
+    durability: Durability,
+) -> Result<(), SpoolError> {
+    let mut batch = db.batch().durability(persist_mode(durability));
+    let mut moved = 0usize;
+    for kv in dead.iter() {
+        let (k, v) = kv.into_inner()?;
+        if k.len() == 16 {
+            let event = decode(&v)?;
+            batch.remove(dead, k);
+            batch.insert(dead, event_key(&event.route, event.id), v);
+            moved += 1;
+        }
+    }
+    if moved > 0 {
+        batch.commit()?;
+        tracing::info!(moved, "dead letters re-keyed by route");
+    }
+    Ok(())
+}
+
+/// Deletes the expired dedup keys at start, a chunk per commit.
+fn sweep_at_open(
+    db: &fjall::Database,
+    dedup: &fjall::Keyspace,
+    durability: Durability,
+) -> Result<usize, SpoolError> {
+    let until = now_ms().saturating_add(1).to_be_bytes();
+    let mut removed = 0;
+    loop {
+        let mut keys = Vec::with_capacity(SWEEP_CHUNK);
+        for kv in dedup.range(..until).take(SWEEP_CHUNK) {
+            keys.push(kv.key()?);
+        }
+        if keys.is_empty() {
+            return Ok(removed);
+        }
+        // Not synced: a key that reappears after a power cut is expired and ignored anyway.
+        let mut batch = db
+            .batch()
+            .durability(persist_mode(durability).map(|_| fjall::PersistMode::Buffer));
+        for k in &keys {
+            batch.remove(dedup, k.clone());
+        }
+        batch.commit()?;
+        removed += keys.len();
+        if keys.len() < SWEEP_CHUNK {
+            return Ok(removed);
+        }
+    }
+}
+
+impl Spool for EmbeddedSpool {
+    fn append(&self, event: &Event) -> Completion {
+        let s = &*self.shared;
+        let value = match encode(event) {
+            Ok(v) => v,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let size = value.len() as u64;
+        // Reserve a place in the bounds now so concurrent appends cannot overshoot together; the
+        // writer gives it back when the append leaves the queue.
+        let queued = s.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        let queued_bytes = s.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
+        let held = s.pending_count.load(Ordering::Acquire) + s.dead_count.load(Ordering::Acquire);
+        let bytes = s.bytes.load(Ordering::Acquire);
+        let full = if held + queued > s.config.max_events {
+            Some(format!("{held} events"))
+        } else if bytes + queued_bytes > s.config.max_bytes {
+            Some(format!("{bytes} bytes"))
+        } else {
+            None
+        };
+        let give_back = || {
+            s.queued.fetch_sub(1, Ordering::AcqRel);
+            s.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        };
+        if let Some(why) = full {
+            give_back();
+            return Completion::ready(Err(SpoolError::Full(why)));
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        // Built as fjall's own buffer here, in the caller's thread: the writer only moves it
+        // into the batch, with no copy and no cross-thread free.
+        let op = Op::Append {
+            key: event_key(&event.route, event.id).into(),
+            value: value.into(),
+            dedup: event.dedup,
+            reply,
+        };
+        let completion = self.send(op, rx);
+        if completion.is_ready() {
+            give_back();
+        }
+        completion
+    }
+
+    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        match self.shared.pending.get(event_key(route, id))? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn delivered(&self, event: &Event) -> Completion {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.defer_delete(event, Some(reply));
+        Completion::waiting(rx)
+    }
+
+    fn forget_delivered(&self, event: &Event) {
+        self.defer_delete(event, None);
+    }
+
+    fn reschedule(&self, event: &Event) -> Completion {
+        let value = match encode(event) {
+            Ok(v) => v,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Rewrite {
+                key: event_key(&event.route, event.id).into(),
+                value: value.into(),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn dead_letter(&self, event: &Event) -> Completion {
+        let key = event_key(&event.route, event.id);
+        self.move_event((Space::Pending, key.clone()), (Space::Dead, key), event)
+    }
+
+    fn pending(&self) -> Result<Vec<Event>, SpoolError> {
+        self.shared
+            .pending
+            .iter()
+            .map(|kv| decode(&kv.into_inner()?.1))
+            .collect()
+    }
+
+    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
+        self.shared
+            .pending
+            .prefix(route_prefix(route))
+            .map(|kv| {
+                let e = decode(&kv.into_inner()?.1)?;
+                Ok((e.id, e.next_attempt_ms))
+            })
+            .collect()
+    }
+
+    fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError> {
+        let from = now_ms().saturating_add(1).to_be_bytes();
+        self.shared
+            .dedup
+            .range(from..)
+            .filter_map(|kv| match kv.into_inner() {
+                Ok((k, _)) => decode_dedup_key(&k).map(Ok),
+                Err(e) => Some(Err(e.into())),
+            })
+            .collect()
+    }
+
+    fn dead_letters(
+        &self,
+        route: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, SpoolError> {
+        let end = event_key(route, Uuid::max());
+        let range = match after {
+            Some(id) => (
+                std::ops::Bound::Excluded(event_key(route, id)),
+                std::ops::Bound::Included(end),
+            ),
+            None => (
+                std::ops::Bound::Included(route_prefix(route)),
+                std::ops::Bound::Included(end),
+            ),
+        };
+        self.shared
+            .dead
+            .range(range)
+            .take(limit)
+            .map(|kv| keys::summary(&kv.into_inner()?.1))
+            .collect()
+    }
+
+    fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        match self.shared.dead.get(event_key(route, id))? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn revive(&self, route: &str, id: Uuid) -> Completion<Event> {
+        let mut event = match self.get_dead(route, id) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Completion::ready(Err(SpoolError::NotFound(id))),
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        event.attempts_before_replay = event.attempts;
+        event.next_attempt_ms = now_ms();
+        event.window_start_ms = event.next_attempt_ms;
+        let key = event_key(route, id);
+        // The writer moves it only if it is still a dead letter: of two concurrent replays of
+        // one event, the second answers NotFound.
+        let done = self.move_event((Space::Dead, key.clone()), (Space::Pending, key), &event);
+        let (tx, out) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(done.await.map(|()| event));
+        });
+        Completion::waiting(out)
+    }
+
+    fn purge(&self, route: &str, id: Uuid) -> Completion {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Purge {
+                key: event_key(route, id).into(),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn probe(&self) -> Completion {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Op::Probe { reply }, rx)
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let s = &self.shared;
+        SpoolStats {
+            pending: s.pending_count.load(Ordering::Acquire),
+            dead: s.dead_count.load(Ordering::Acquire),
+            bytes: s.bytes.load(Ordering::Acquire),
+            syncs: s.syncs.load(Ordering::Acquire),
+        }
+    }
+
+    fn sweep_expired_keys(&self) -> Completion<usize> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Op::Sweep { reply: Some(reply) }, rx)
+    }
+
+    fn oldest_pending_ms(&self, route: &str) -> Option<u64> {
+        let (generation, hint) = {
+            let h = lock(&self.shared.oldest_hint);
+            (h.generation, h.by_route.get(route).copied())
+        };
+        let start = event_key(route, hint.unwrap_or_else(Uuid::nil));
+        let end = event_key(route, Uuid::max());
+        let (key, _) = self
+            .shared
+            .pending
+            .range(start..=end)
+            .next()?
+            .into_inner()
+            .ok()?;
+        let id = keys::id_of(&key)?;
+        {
+            let mut h = lock(&self.shared.oldest_hint);
+            if h.generation == generation {
+                h.by_route.insert(route.to_owned(), id);
+            }
+        }
+        let (secs, nanos) = id.get_timestamp()?.to_unix();
+        Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::DedupKey;
+
+    fn event() -> Event {
+        Event::new(
+            "r",
+            "127.0.0.1".parse().unwrap(),
+            "POST",
+            "/w",
+            vec![],
+            bytes::Bytes::from_static(b"{}"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_readiness_probe_is_synced_like_an_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+        let before = spool.stats().syncs;
+        spool.probe().await.unwrap();
+        assert_eq!(
+            spool.stats().syncs,
+            before + 1,
+            "the probe reached the disk"
+        );
+        // Bookkeeping is not synced (a lost record means one repeat delivery).
+        let e = event();
+        spool.append(&e).await.unwrap();
+        let synced = spool.stats().syncs;
+        spool.reschedule(&e).await.unwrap();
+        assert_eq!(spool.stats().syncs, synced);
+    }
+
+    #[tokio::test]
+    async fn many_expired_keys_are_swept_in_chunks() {
+        let spool = EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap();
+        let n = SWEEP_CHUNK * 2 + 10;
+        for i in 0..n {
+            let e = event().with_dedup(DedupKey::from_u128(i as u128), now_ms().saturating_sub(1));
+            spool.append(&e).await.unwrap();
+        }
+        let live = event().with_dedup(DedupKey::from_u128(u128::MAX), now_ms() + 60_000);
+        spool.append(&live).await.unwrap();
+        assert_eq!(spool.sweep_expired_keys().await.unwrap(), n);
+        assert_eq!(spool.dedup_keys().unwrap(), [live.dedup.unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keyed_by_id_alone_are_rekeyed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = event();
+        {
+            // As releases before 0.2 wrote them.
+            let db = fjall::Database::builder(dir.path()).open().unwrap();
+            let dead = db
+                .keyspace("dead", fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            dead.insert(e.id.as_bytes(), encode(&e).unwrap()).unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+        assert_eq!(spool.stats().dead, 1);
+        assert_eq!(spool.get_dead("r", e.id).unwrap(), Some(e.clone()));
+        assert_eq!(spool.dead_letters("r", None, 10).unwrap().len(), 1);
+    }
+}

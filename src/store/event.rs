@@ -1,0 +1,179 @@
+//! The event record: an acknowledged webhook request as every spool stores it, built in one place
+//! ([`Event::received`]) from what a face read off the wire.
+//!
+//! ```
+//! use hookgate::store::Event;
+//! use http::{HeaderMap, Method};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("content-type", "application/json".parse().unwrap());
+//! headers.insert("host", "gateway.example".parse().unwrap());
+//! let e = Event::received("o3-video", "127.0.0.1".parse().unwrap(), &Method::POST, "/w", &headers, "{}".into(), None);
+//! assert_eq!(e.headers, [("content-type".to_string(), b"application/json".to_vec())]);
+//! assert_eq!(e.attempts, 0);
+//! ```
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Reserved;
+use crate::core::forward::forwardable_headers;
+use crate::core::DedupKey;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A dedup key persisted with its event, to refill the dedup store after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRecord {
+    /// The key's 16 bytes.
+    pub key: [u8; 16],
+    /// When the key stops answering `duplicate`, in Unix milliseconds.
+    pub expires_ms: u64,
+}
+
+/// One delivery attempt, kept in the event's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When it ended, in Unix milliseconds.
+    pub at_ms: u64,
+    /// What happened: `status 503`, `connect error: ...`, `timeout`.
+    pub outcome: String,
+}
+
+/// How many attempts an event's history keeps (the newest).
+pub const HISTORY_LEN: usize = 16;
+
+/// An acknowledged webhook request, as stored until delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// A UUIDv7: time-ordered, so the oldest event sorts first.
+    pub id: Uuid,
+    /// The route it arrived on.
+    pub route: String,
+    /// When it was acknowledged, in Unix milliseconds.
+    pub received_ms: u64,
+    /// The resolved client address.
+    pub client_ip: IpAddr,
+    /// The request method.
+    pub method: String,
+    /// The request URI (path and query).
+    pub uri: String,
+    /// The headers to forward (hop-by-hop headers and `Host` already removed).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, byte for byte.
+    pub body: Bytes,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// Attempts made before the last replay from the dead letters (retry limits count from there).
+    pub attempts_before_replay: u32,
+    /// Receipt or last replay, in Unix milliseconds: `max_age` counts from here.
+    pub window_start_ms: u64,
+    /// When the next attempt is due, in Unix milliseconds.
+    pub next_attempt_ms: u64,
+    /// The dedup key to restore after a restart, if the route dedups.
+    pub dedup: Option<DedupRecord>,
+    /// The newest attempts' outcomes.
+    pub history: Vec<AttemptRecord>,
+}
+
+impl Event {
+    /// A new event received now, due at once.
+    pub fn new(
+        route: impl Into<String>,
+        client_ip: IpAddr,
+        method: impl Into<String>,
+        uri: impl Into<String>,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Bytes,
+    ) -> Self {
+        let now = now_ms();
+        Self {
+            id: Uuid::now_v7(),
+            route: route.into(),
+            received_ms: now,
+            client_ip,
+            method: method.into(),
+            uri: uri.into(),
+            headers,
+            body,
+            attempts: 0,
+            attempts_before_replay: 0,
+            window_start_ms: now,
+            next_attempt_ms: now,
+            dedup: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// The event of a request a face has admitted (steps 1–12): its forwardable headers
+    /// (DESIGN §3) and, when it holds a dedup `reservation`, the key to restore after a restart
+    /// with its expiry counted from now. The one place both faces build an event.
+    pub fn received(
+        route: &str,
+        client_ip: IpAddr,
+        method: &Method,
+        uri: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        reservation: Option<&Reserved>,
+    ) -> Self {
+        let event = Self::new(
+            route,
+            client_ip,
+            method.as_str(),
+            uri,
+            forwardable_headers(headers),
+            body,
+        );
+        match reservation {
+            Some(r) => event.with_dedup(r.key(), r.expires_ms()),
+            None => event,
+        }
+    }
+
+    /// Attaches the dedup key and its expiry.
+    #[must_use]
+    pub fn with_dedup(mut self, key: DedupKey, expires_ms: u64) -> Self {
+        self.dedup = Some(DedupRecord {
+            key: key.to_bytes(),
+            expires_ms,
+        });
+        self
+    }
+
+    /// Records the outcome of the attempt numbered `self.attempts`, keeping the newest
+    /// [`HISTORY_LEN`].
+    pub fn record_outcome(&mut self, outcome: String) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.remove(0);
+        }
+        self.history.push(AttemptRecord {
+            at_ms: now_ms(),
+            outcome,
+        });
+    }
+
+    /// Approximate stored size, for the spool's byte bound.
+    pub fn stored_size(&self) -> u64 {
+        (self.body.len()
+            + self.uri.len()
+            + self.route.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + 128) as u64
+    }
+}

@@ -1,0 +1,232 @@
+//! The [`Spool`] trait: where an event is written before it is acknowledged, and kept until it
+//! is delivered or dead-lettered. Every backend implements it and passes
+//! [`conformance`](crate::store::conformance); the embedded one is
+//! [`EmbeddedSpool`](crate::store::EmbeddedSpool).
+//!
+//! ```
+//! use hookgate::store::{Durability, EmbeddedSpool, Event, Spool, SpoolConfig};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+//! let event = Event::new("o3-video", "127.0.0.1".parse().unwrap(), "POST", "/webhook", vec![], "{}".into());
+//! spool.append(&event).await.unwrap();           // durable once this resolves
+//! assert_eq!(spool.stats().pending, 1);
+//! spool.delivered(&event).await.unwrap();
+//! assert_eq!(spool.stats().pending, 0);
+//! # });
+//! ```
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::event::{AttemptRecord, DedupRecord, Event};
+
+/// How much an acknowledged event survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Synced to disk before the acknowledgement: survives power loss (the default).
+    Fsync,
+    /// Written to the operating system before the acknowledgement: survives a crash or kill of
+    /// the process, not of the machine.
+    Os,
+    /// Kept in a temporary directory deleted when the spool is dropped: survives nothing. For
+    /// tests and benchmarks.
+    Memory,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "os" => Ok(Durability::Os),
+            "memory" => Ok(Durability::Memory),
+            other => Err(format!(
+                "{other:?} is not a durability: use fsync, os or memory"
+            )),
+        }
+    }
+}
+
+/// A spool operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// The spool holds its maximum number of events or bytes.
+    #[error("the spool is full ({0})")]
+    Full(String),
+    /// The store failed to read or commit.
+    #[error("spool storage: {0}")]
+    Storage(String),
+    /// A stored event could not be decoded.
+    #[error("spool record {0}: {1}")]
+    Corrupt(String, String),
+    /// No such event.
+    #[error("no event {0}")]
+    NotFound(Uuid),
+    /// The spool is shut down.
+    #[error("the spool is closed")]
+    Closed,
+}
+
+impl crate::core::outcome::AppendError for SpoolError {
+    fn is_full(&self) -> bool {
+        matches!(self, SpoolError::Full(_))
+    }
+}
+
+/// Resolves when a spool write has reached the configured durability (or failed). Dropping it
+/// does not undo the write: it may still commit.
+#[derive(Debug)]
+#[must_use = "the write is only durable once this resolves"]
+pub struct Completion<T = ()>(CompletionInner<T>);
+
+#[derive(Debug)]
+enum CompletionInner<T> {
+    Waiting(tokio::sync::oneshot::Receiver<Result<T, SpoolError>>),
+    Ready(Option<Result<T, SpoolError>>),
+}
+
+impl<T> Completion<T> {
+    /// Already resolved with `result`.
+    pub fn ready(result: Result<T, SpoolError>) -> Self {
+        Completion(CompletionInner::Ready(Some(result)))
+    }
+
+    /// Resolves with what is sent on the other end of `rx` (closed: [`SpoolError::Closed`]).
+    pub fn waiting(rx: tokio::sync::oneshot::Receiver<Result<T, SpoolError>>) -> Self {
+        Completion(CompletionInner::Waiting(rx))
+    }
+
+    /// Whether it resolved without queueing anything (refused at once).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.0, CompletionInner::Ready(_))
+    }
+}
+
+// Completion never pins its result: it only moves it out.
+impl<T> Unpin for Completion<T> {}
+
+impl<T> std::future::Future for Completion<T> {
+    type Output = Result<T, SpoolError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            CompletionInner::Waiting(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(SpoolError::Closed))),
+            CompletionInner::Ready(r) => {
+                std::task::Poll::Ready(r.take().unwrap_or(Err(SpoolError::Closed)))
+            }
+        }
+    }
+}
+
+/// Counts of what the spool holds, exact: each changes only with a committed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolStats {
+    /// Events awaiting delivery.
+    pub pending: u64,
+    /// Events in the dead letters.
+    pub dead: u64,
+    /// Bytes of the stored records of pending and dead events.
+    pub bytes: u64,
+    /// Commits synced to disk so far (`fsync` durability; for readiness and tuning).
+    pub syncs: u64,
+}
+
+/// A dead letter as listed: everything but its body, which is never read for a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSummary {
+    /// The event id.
+    pub id: Uuid,
+    /// The route.
+    pub route: String,
+    /// When it was acknowledged, in Unix milliseconds.
+    pub received_ms: u64,
+    /// The resolved client address.
+    pub client_ip: IpAddr,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// The newest attempts' outcomes.
+    pub history: Vec<AttemptRecord>,
+    /// The body's size in bytes.
+    pub body_bytes: usize,
+}
+
+/// Where acknowledged events wait for delivery. Writes resolve at the configured durability.
+///
+/// Pending events and dead letters are both keyed by route, then id (UUIDv7: oldest first).
+/// Writes that find their event gone (delivered, dead-lettered or replayed meanwhile) change
+/// nothing and answer [`SpoolError::NotFound`], so concurrent or repeated calls never count an
+/// event twice.
+pub trait Spool: Send + Sync + 'static {
+    /// Stores a new event (and its dedup key). Fails when full or when the commit fails.
+    fn append(&self, event: &Event) -> Completion;
+    /// The pending event `id` of `route`.
+    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
+    /// Removes a delivered event.
+    fn delivered(&self, event: &Event) -> Completion;
+    /// Removes a delivered event without waiting for the record (a crash before it is written
+    /// means one repeat delivery after the restart). The delivery engine's way: cheaper.
+    fn forget_delivered(&self, event: &Event) {
+        drop(self.delivered(event));
+    }
+    /// Stores a pending event's new attempt count, history and next attempt time.
+    fn reschedule(&self, event: &Event) -> Completion;
+    /// Moves a pending event to the dead letters.
+    fn dead_letter(&self, event: &Event) -> Completion;
+    /// Every pending event.
+    fn pending(&self) -> Result<Vec<Event>, SpoolError>;
+    /// The id and next attempt time of every pending event of `route` (for recovery at start).
+    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError>;
+    /// The persisted dedup keys still inside their TTL.
+    fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError>;
+    /// Up to `limit` dead letters of `route`, oldest first, starting after `after`; bodies are
+    /// not read.
+    fn dead_letters(
+        &self,
+        route: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, SpoolError>;
+    /// The dead letter `id` of `route`, whole.
+    fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
+    /// Moves dead letter `id` of `route` back to pending, due now; returns it.
+    fn revive(&self, route: &str, id: Uuid) -> Completion<Event>;
+    /// Deletes dead letter `id` of `route`.
+    fn purge(&self, route: &str, id: Uuid) -> Completion;
+    /// What the spool holds.
+    fn stats(&self) -> SpoolStats;
+    /// The receive time of the oldest pending event of `route`, in Unix milliseconds.
+    fn oldest_pending_ms(&self, route: &str) -> Option<u64>;
+    /// Deletes persisted dedup keys whose TTL has passed, in chunks that never hold up appends;
+    /// resolves with how many. A backend may also sweep on its own schedule.
+    fn sweep_expired_keys(&self) -> Completion<usize>;
+    /// Commits a write that changes nothing, at the spool's durability (synced under `fsync`):
+    /// resolves `Ok` when the spool can store events now (for readiness checks).
+    fn probe(&self) -> Completion;
+}
+
+/// The summary of `event`.
+impl From<&Event> for EventSummary {
+    fn from(e: &Event) -> Self {
+        Self {
+            id: e.id,
+            route: e.route.clone(),
+            received_ms: e.received_ms,
+            client_ip: e.client_ip,
+            attempts: e.attempts,
+            history: e.history.clone(),
+            body_bytes: e.body.len(),
+        }
+    }
+}
