@@ -4,11 +4,15 @@
 //! front of any handler. Accept only the sender's IP ranges, validate the payload, drop
 //! duplicates, and show it all as Prometheus metrics.
 //!
-//! - [`core`]: the sans-IO admission pipeline (client IP, allowlist, request head, validation,
-//!   dedup key, [`Rejection`](core::Rejection)), shared by every face.
+//! - [`core`]: the sans-IO admission pipeline, every step and answer (client IP, allowlist,
+//!   request head, validation, dedup key, [`Rejection`](core::Rejection),
+//!   [`Outcome`](core::Outcome)), shared by every face.
 //! - [`tower`]: layers for servers that receive webhooks themselves; [`tower::WebhookLayer`]
 //!   stacks them all.
-//! - [`store`]: the [`DedupStore`](store::DedupStore) trait and the in-memory store.
+//! - [`store`]: the [`Spool`](store::Spool) and [`DedupStore`](store::DedupStore) traits, the
+//!   event record, and the backends (`embedded`, `memory`), with one conformance suite.
+//! - [`deliver`]: steps 13–14 and delivery: retries, backoff, dead letters, `proxy` forwards.
+//! - `gateway` (feature `gateway`): the pingora binary's service, config and admin API.
 //! - [`metrics`]: the Prometheus families, registered into a registry you pass.
 //!
 //! ```
