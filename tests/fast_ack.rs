@@ -792,3 +792,92 @@ async fn clients_that_hang_up_get_one_event_each() {
     }
     second.server.abort();
 }
+
+/// A layer that gives up on its inner service after one poll and answers 503 itself (as a
+/// timeout or load-shedding layer does), dropping the inner future.
+#[derive(Clone)]
+struct GivesUp<S>(S);
+
+impl<S> tower::Service<axum::http::Request<Body>> for GivesUp<S>
+where
+    S: tower::Service<axum::http::Request<Body>, Response = axum::response::Response>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = axum::response::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<Body>) -> Self::Future {
+        use std::future::Future;
+        let mut inner = Box::pin(self.0.call(req));
+        Box::pin(async move {
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(inner.as_mut().poll(cx))).await;
+            match first {
+                std::task::Poll::Ready(res) => res,
+                std::task::Poll::Pending => {
+                    drop(inner);
+                    Ok((StatusCode::SERVICE_UNAVAILABLE, "gave up").into_response())
+                }
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_between_dedup_and_fast_ack_cannot_release_a_key_the_spool_holds() {
+    use hookgate::core::{DedupKeySpec, Validator};
+    use hookgate::store::MemoryDedupStore;
+    use hookgate::tower::{DedupLayer, ValidateLayer};
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    // fsync: the commit takes long enough for the first poll to find it pending.
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
+    let metrics = Metrics::new(&Registry::new()).unwrap();
+    let upstream = Upstream::new(200);
+    let fast_ack =
+        FastAckLayer::<Body>::new("r", spool, fast_policy(), &metrics.route("r")).unwrap();
+    let dedup = DedupLayer::new(
+        MemoryDedupStore::new(1000),
+        "r",
+        DedupKeySpec::default(),
+        Duration::from_secs(60),
+    );
+    let handler = post(upstream_handler).with_state(upstream.clone());
+    let svc = ValidateLayer::new(Validator::runblob())
+        .layer(dedup.layer(GivesUp(fast_ack.layer(handler))));
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n < 50, "every append resolved at its first poll");
+        let res = svc.clone().oneshot(request(payload(n))).await.unwrap();
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+    }
+    wait_for("the delivery", Duration::from_secs(10), || {
+        upstream
+            .delivered()
+            .iter()
+            .any(|s| s.body == payload(n).as_bytes())
+    })
+    .await;
+    // The sender retries the 503: the append committed, so this is a duplicate.
+    let res = svc.clone().oneshot(request(payload(n))).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], br#"{"status":"duplicate"}"#);
+}

@@ -36,7 +36,7 @@ pub use client_ip::{ClientIp, ClientIpResolver};
 pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
 pub use outcome::{Answer, Counted, Outcome, Reservation};
 pub use rejection::{
-    FieldError, Reason, Rejection, MAX_LISTED_FIELDS, RETRY_AFTER_SECS, SPOOL_RETRY_AFTER_SECS,
+    cut, FieldError, Reason, Rejection, MAX_LISTED_FIELDS, RETRY_AFTER_SECS, SPOOL_RETRY_AFTER_SECS,
 };
 pub use validate::{ErrorCode, EventClass, EventStatus, Payload, PayloadValidator, Validator};
 

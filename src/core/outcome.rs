@@ -101,8 +101,8 @@ pub enum Outcome {
     Relayed {
         /// The event's id (sent upstream as `X-Hookgate-Event-Id`).
         event_id: Uuid,
-        /// What the upstream answered, as relayed.
-        answer: Answer,
+        /// What the upstream answered, as relayed (boxed: the other outcomes are small).
+        answer: Box<Answer>,
     },
 }
 
@@ -165,7 +165,7 @@ impl Outcome {
             Outcome::Rejected(r) => r.answer(),
             Outcome::Duplicate => Answer::json(StatusCode::OK, Bytes::from_static(DUPLICATE_BODY)),
             Outcome::Received { event_id } => Answer::json(StatusCode::OK, received_body(event_id)),
-            Outcome::Relayed { answer, .. } => answer,
+            Outcome::Relayed { answer, .. } => *answer,
         }
     }
 }
@@ -217,11 +217,11 @@ pub fn relayed(event_id: Uuid, status: StatusCode, headers: &HeaderMap, body: By
     }
     Outcome::Relayed {
         event_id,
-        answer: Answer {
+        answer: Box::new(Answer {
             status,
             headers: relayed,
             body,
-        },
+        }),
     }
 }
 

@@ -227,6 +227,16 @@ impl Reason {
     }
 }
 
+/// The longest prefix of `text` within `max` bytes, cut at a character boundary: for echoing what
+/// a client sent without letting it make the answer large.
+pub fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The most failing fields a 422 lists (the detail says how many failed in all).
 pub const MAX_LISTED_FIELDS: usize = 20;
 /// The longest message of a listed field, in bytes: values a message echoes are cut.
@@ -240,12 +250,9 @@ impl Rejection {
         fields.truncate(MAX_LISTED_FIELDS);
         for f in &mut fields {
             for text in [&mut f.field, &mut f.message] {
-                if text.len() > MAX_FIELD_MESSAGE {
-                    let mut end = MAX_FIELD_MESSAGE;
-                    while !text.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    text.truncate(end);
+                let keep = cut(text, MAX_FIELD_MESSAGE).len();
+                if keep < text.len() {
+                    text.truncate(keep);
                     text.push('…');
                 }
             }

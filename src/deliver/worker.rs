@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::policy::{classify, retry_delay, DeliveryPolicy, Verdict};
 use super::target::Target;
-use crate::core::outcome::{self, Outcome};
+use crate::core::outcome::{self, Counted, Outcome};
 use crate::metrics::DeliveryMetrics;
 use crate::store::{now_ms, Completion, Event, EventSummary, Reserved, Spool, SpoolError};
 
@@ -172,7 +172,7 @@ impl Deliverer {
         result: Result<(), SpoolError>,
     ) -> Outcome {
         let outcome = outcome::appended(&self.inner.route, event.id, result);
-        let accepted = matches!(outcome, Outcome::Received { .. });
+        let accepted = outcome.counted() == Counted::Accepted;
         if let Some(r) = &reservation {
             r.settle(accepted);
         }

@@ -39,6 +39,8 @@ pub(crate) struct Admin {
     pub max_bytes: u64,
     /// By route name.
     pub deliverers: HashMap<String, Deliverer>,
+    /// Set on SIGTERM: not ready any more, so a balancer moves on.
+    pub drain: Arc<super::service::Drain>,
 }
 
 /// A dead letter as the admin API lists it.
@@ -112,12 +114,9 @@ const MAX_PAGE: usize = 10_000;
 
 /// A client's text, cut short before it is echoed in an error.
 fn quoted(text: &str) -> String {
-    let mut end = text.len().min(40);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < text.len() {
-        format!("{:?}… ({} bytes)", &text[..end], text.len())
+    let shown = crate::core::cut(text, 40);
+    if shown.len() < text.len() {
+        format!("{shown:?}… ({} bytes)", text.len())
     } else {
         format!("{text:?}")
     }
@@ -286,7 +285,9 @@ impl Admin {
     async fn ready(&self) -> Response<Vec<u8>> {
         let stats = self.spool.stats();
         let held = stats.pending + stats.dead;
-        let problem = if held >= self.max_events {
+        let problem = if self.drain.is_draining() {
+            Some("shutting down".to_owned())
+        } else if held >= self.max_events {
             Some(format!("the spool holds {held} events, its bound"))
         } else if stats.bytes >= self.max_bytes {
             Some(format!("the spool holds {} bytes, its bound", stats.bytes))

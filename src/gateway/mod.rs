@@ -237,6 +237,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
             max_events: s.spool_max_events,
             max_bytes: s.spool_max_size.as_u64(),
             deliverers: deliverers.clone(),
+            drain: drain.clone(),
         },
     );
     admin.add_tcp(&s.admin);
@@ -275,14 +276,24 @@ impl BackgroundService for DeliveryService {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         let tasks: Vec<_> = workers.into_iter().map(tokio::spawn).collect();
         let _ = shutdown.wait_for(|stop| *stop).await;
-        let stops = self.deliverers.iter().map(|d| d.shutdown(self.grace));
-        for stop in stops {
-            stop.await;
-        }
+        stop_deliveries(&self.deliverers, self.grace).await;
         for task in tasks {
             task.abort();
         }
         tracing::info!("deliveries stopped; undelivered events stay in the spool");
+    }
+}
+
+/// Stops every route's deliveries at once and waits, `grace` at most in all, for the attempts in
+/// flight; undelivered events stay in the spool.
+async fn stop_deliveries(deliverers: &[Deliverer], grace: Duration) {
+    for d in deliverers {
+        d.halt();
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    for d in deliverers {
+        d.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
     }
 }
 
@@ -317,17 +328,22 @@ impl ShutdownSignalWatch for GracefulSignals {
             }
         }
         let started = std::time::Instant::now();
-        let deliveries = async {
-            for d in &self.deliverers {
-                d.shutdown(self.grace).await;
-            }
+        let in_flight = async {
+            tokio::join!(
+                self.drain.drain(self.grace),
+                stop_deliveries(&self.deliverers, self.grace)
+            )
+            .0
         };
-        let (requests, ()) = tokio::join!(self.drain.drain(self.grace), deliveries);
-        tracing::info!(
-            waited_ms = started.elapsed().as_millis() as u64,
-            requests_finished = requests,
-            "in-flight work done; stopping the listeners"
-        );
+        tokio::select! {
+            finished = in_flight => tracing::info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                requests_finished = finished,
+                "in-flight work done; stopping the listeners"
+            ),
+            _ = term.recv() => tracing::info!("second SIGTERM: stopping the listeners now"),
+            _ = int.recv() => tracing::info!("second SIGINT: stopping the listeners now"),
+        }
         ShutdownSignal::GracefulTerminate
     }
 }

@@ -27,7 +27,7 @@ use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
 use crate::core::{
-    outcome, request_head, Allowlist, Answer, ClientIpResolver, Counted, DedupKeySpec, EventClass,
+    cut, request_head, Allowlist, Answer, ClientIpResolver, Counted, DedupKeySpec, EventClass,
     Outcome, Rejection, Validator,
 };
 use crate::deliver::{Deliverer, Forwarder};
@@ -88,6 +88,11 @@ impl Drain {
             }
         };
         tokio::time::timeout(grace, wait).await.is_ok()
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     fn enter(&self) -> InFlight<'_> {
@@ -175,6 +180,8 @@ impl ServerApp for GatewayApp {
             // pingora's own per-read timer on a kept-alive connection; ours bounds the whole
             // header, so a trickling client is answered 408.
             session.set_keepalive(Some(gw.idle_timeout.as_secs().max(1)));
+            // A client that never reads its answer must not hold a request in flight forever.
+            session.set_write_timeout(Some(gw.body_timeout));
             session.set_pipelining_enabled(true);
             if let Some(prefix) = pipelined.take() {
                 session.set_pipelined_prefix(prefix);
@@ -211,8 +218,10 @@ impl Gateway {
                 return None;
             }
             Ok(Err(e)) if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) => {
+                // The parser's message may quote the client's bytes: a short prefix of it.
+                let context = e.context.as_ref().map(|c| c.as_str()).unwrap_or("invalid");
                 let rejection = Rejection::MalformedRequest {
-                    detail: short(e.context.as_ref().map(|c| c.as_str()).unwrap_or("invalid")),
+                    detail: cut(context, 120).to_owned(),
                 };
                 self.refuse_head(&mut session, rejection).await;
                 return None;
@@ -221,7 +230,7 @@ impl Gateway {
             Ok(Err(_)) => return None,
         }
         let _in_flight = self.drain.enter();
-        if *shutdown.borrow() || self.drain.draining.load(Ordering::Relaxed) {
+        if *shutdown.borrow() || self.drain.is_draining() {
             session.set_keepalive(None);
         }
         let started = Instant::now();
@@ -317,11 +326,11 @@ impl Route {
             Ok(key) => key,
             Err(r) => return Decided::reject(r, false),
         };
-        let reserved = gw.dedup.reserve(key, self.dedup_ttl).await;
-        if let Some(outcome) = outcome::reserved(&self.name, reserved) {
-            return Decided::new(outcome);
-        }
-        let reserved = Reserved::new(gw.dedup.clone(), key, self.dedup_ttl);
+        let answer = gw.dedup.reserve(key, self.dedup_ttl).await;
+        let reserved = match Reserved::hold(&gw.dedup, &self.name, key, self.dedup_ttl, answer) {
+            Ok(reserved) => reserved,
+            Err(outcome) => return Decided::new(outcome),
+        };
         let uri = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let event = Event::received(
             &self.name,
@@ -375,15 +384,6 @@ fn record(metrics: &RouteMetrics, route: &str, decided: &Decided, client: Option
         ),
         (Counted::Failed, _) => tracing::info!(route, "request failed"),
     }
-}
-
-/// A parser's message, cut short: it may quote the client's bytes.
-fn short(text: &str) -> String {
-    let mut end = text.len().min(120);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
 }
 
 /// Writes `answer` (with `Connection: close` when `close`); false when the connection is gone

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use super::event::now_ms;
 use super::spool::{Spool, SpoolError};
-use crate::core::{DedupKey, Reservation};
+use crate::core::{DedupKey, Outcome, Reservation};
 
 /// A dedup store failed (e.g. a network store is unreachable).
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +141,8 @@ struct Held {
     key: DedupKey,
     ttl: Duration,
     settled: AtomicBool,
+    /// A spooling layer took it over: the request's own end no longer decides it.
+    handed_over: AtomicBool,
 }
 
 impl Reserved {
@@ -151,7 +153,35 @@ impl Reserved {
             key,
             ttl,
             settled: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
         }))
+    }
+
+    /// Step 12 for both faces: the core's decision on a store's `answer` for `key`
+    /// ([`outcome::reserved`](crate::core::outcome::reserved)), and the guard when the key is
+    /// now reserved; otherwise the outcome to answer.
+    pub fn hold(
+        store: &SharedDedupStore,
+        route: &str,
+        key: DedupKey,
+        ttl: Duration,
+        answer: Result<Reservation, StoreError>,
+    ) -> Result<Self, Outcome> {
+        match crate::core::outcome::reserved(route, answer) {
+            None => Ok(Self::new(store.clone(), key, ttl)),
+            Some(outcome) => Err(outcome),
+        }
+    }
+
+    /// Marks the reservation as taken over by whoever settles it once its event's append ends
+    /// (the fast-ack layer): the request's own answer then no longer commits or releases it.
+    pub fn hand_over(&self) {
+        self.0.handed_over.store(true, Ordering::Release);
+    }
+
+    /// Whether [`hand_over`](Self::hand_over) was called.
+    pub fn is_handed_over(&self) -> bool {
+        self.0.handed_over.load(Ordering::Acquire)
     }
 
     /// The key.

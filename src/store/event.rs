@@ -33,6 +33,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// When the UUIDv7 `id` was made, in Unix milliseconds (every event id is one).
+pub fn id_ms(id: Uuid) -> Option<u64> {
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
 /// A dedup key persisted with its event, to refill the dedup store after a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupRecord {
@@ -140,6 +146,14 @@ impl Event {
             Some(r) => event.with_dedup(r.key(), r.expires_ms()),
             None => event,
         }
+    }
+
+    /// The event as a replay from the dead letters makes it: due now, its retry limits counted
+    /// afresh from here (its id, attempts and history kept).
+    pub fn replay_now(&mut self) {
+        self.attempts_before_replay = self.attempts;
+        self.next_attempt_ms = now_ms();
+        self.window_start_ms = self.next_attempt_ms;
     }
 
     /// Attaches the dedup key and its expiry.

@@ -22,7 +22,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::embedded::MemoryDedupStore;
-use super::event::{now_ms, DedupRecord, Event};
+use super::event::{id_ms, now_ms, DedupRecord, Event};
 use super::spool::{Completion, EventSummary, Spool, SpoolError, SpoolStats};
 use super::{SharedDedupStore, Storage};
 use crate::metrics::Metrics;
@@ -195,9 +195,7 @@ impl Spool for MemorySpool {
             return Completion::ready(Err(SpoolError::NotFound(id)));
         };
         let before = event.stored_size();
-        event.attempts_before_replay = event.attempts;
-        event.next_attempt_ms = now_ms();
-        event.window_start_ms = event.next_attempt_ms;
+        event.replay_now();
         s.bytes = s.bytes - before + event.stored_size();
         s.pending.insert(k, event.clone());
         Completion::ready(Ok(event))
@@ -230,8 +228,7 @@ impl Spool for MemorySpool {
             .pending
             .range(key(route, Uuid::nil())..=key(route, Uuid::max()))
             .next()?;
-        let (secs, nanos) = e.id.get_timestamp()?.to_unix();
-        Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+        id_ms(e.id)
     }
 
     fn sweep_expired_keys(&self) -> Completion<usize> {

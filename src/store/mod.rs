@@ -41,7 +41,7 @@ pub use dedup::{
     refill_dedup, BoxReserveFuture, DedupStore, Reserved, SharedDedupStore, StoreError,
 };
 pub use embedded::{EmbeddedSpool, MemoryDedupStore, SpoolConfig};
-pub use event::{now_ms, AttemptRecord, DedupRecord, Event, HISTORY_LEN};
+pub use event::{id_ms, now_ms, AttemptRecord, DedupRecord, Event, HISTORY_LEN};
 pub use spool::{Completion, Durability, EventSummary, Spool, SpoolError, SpoolStats};
 
 /// A task a backend needs run for as long as it is used (e.g. a sweeper of expired keys).

@@ -50,7 +50,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use http::Response;
 
-use crate::core::{Outcome, Rejection};
+use crate::core::{Counted, Outcome, Rejection};
 
 mod allowlist;
 mod dedup;
@@ -104,6 +104,15 @@ pub(crate) fn respond<B: From<Bytes>>(outcome: Outcome) -> Response<B> {
         res.extensions_mut().insert(r);
     }
     res
+}
+
+/// How a response is counted: as the core decided ([`Counted`] in its extensions), else — the
+/// handler's own answer — by its status.
+pub(crate) fn counted<B>(res: &Response<B>) -> Counted {
+    res.extensions()
+        .get::<Counted>()
+        .copied()
+        .unwrap_or_else(|| Counted::of_status(res.status()))
 }
 
 /// A [`Rejection`] as a response (see [`respond`]): status, JSON body, `Allow` / `Retry-After`,

@@ -44,6 +44,10 @@ struct Inner {
     warned: AtomicU32,
 }
 
+/// The longest a reservation is held without a commit: longer than any request (body timeout
+/// plus a `proxy` forward's timeout), far shorter than a dedup window.
+pub const IN_FLIGHT_TTL: Duration = Duration::from_secs(300);
+
 /// Keys per map shard, about: a sweep holds one shard's lock at a time, for this many entries
 /// (a few hundred microseconds; more, smaller shards would cost memory in table slack).
 const KEYS_PER_SHARD: usize = 16 * 1024;
@@ -276,7 +280,10 @@ impl MemoryDedupStore {
     fn reserve_now(&self, key: DedupKey, ttl: Duration) -> Reservation {
         use dashmap::mapref::entry::Entry;
         let now = self.now();
-        let expiry = Self::expiry(now, ttl);
+        // A reservation lasts at most IN_FLIGHT_TTL: one whose release was lost (a request
+        // future dropped before it was polled, a crash of a network store's client) frees itself
+        // in minutes, not after the whole dedup window. `commit` sets the full TTL.
+        let expiry = Self::expiry(now, ttl.min(IN_FLIGHT_TTL));
         match self.inner.map.entry(key) {
             Entry::Occupied(mut e) => {
                 let v = *e.get();
@@ -454,6 +461,26 @@ mod tests {
             1_000_000 / s.shards() <= KEYS_PER_SHARD,
             "{} shards",
             s.shards()
+        );
+    }
+
+    #[test]
+    fn a_reservation_never_settled_frees_itself_long_before_the_dedup_window() {
+        let s = MemoryDedupStore::new(10);
+        assert_eq!(
+            s.reserve_now(k(1), Duration::from_secs(24 * 3600)),
+            Reservation::Reserved
+        );
+        let held = *s.inner.map.get(&k(1)).unwrap() & EXPIRY_MASK;
+        assert!(
+            held <= s.now() + IN_FLIGHT_TTL.as_secs() as u32,
+            "held until {held}"
+        );
+        s.commit(k(1), Duration::from_secs(24 * 3600));
+        let kept = *s.inner.map.get(&k(1)).unwrap() & EXPIRY_MASK;
+        assert!(
+            kept >= s.now() + 24 * 3600,
+            "committed for the whole window"
         );
     }
 }

@@ -46,6 +46,13 @@ pub(super) fn dedup_key(d: &DedupRecord) -> [u8; 24] {
     k
 }
 
+/// The end (exclusive) of the range of dedup records expired now: they sort first.
+pub(super) fn expired_until() -> [u8; 8] {
+    crate::store::event::now_ms()
+        .saturating_add(1)
+        .to_be_bytes()
+}
+
 pub(super) fn decode_dedup_key(k: &[u8]) -> Option<DedupRecord> {
     let expires_ms = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
     let key = k.get(8..24)?.try_into().ok()?;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::keys::{self, decode, decode_dedup_key, encode, event_key, route_prefix};
 use super::writer::{self, DeferredDelete, Op, Space, MAX_GROUP, SWEEP_CHUNK};
-use crate::store::event::{now_ms, DedupRecord, Event};
+use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
 use crate::store::spool::{Completion, Durability, EventSummary, Spool, SpoolError, SpoolStats};
 
 impl From<fjall::Error> for SpoolError {
@@ -319,7 +319,7 @@ fn sweep_at_open(
     dedup: &fjall::Keyspace,
     durability: Durability,
 ) -> Result<usize, SpoolError> {
-    let until = now_ms().saturating_add(1).to_be_bytes();
+    let until = keys::expired_until();
     let mut removed = 0;
     loop {
         let mut keys = Vec::with_capacity(SWEEP_CHUNK);
@@ -496,9 +496,7 @@ impl Spool for EmbeddedSpool {
             Ok(None) => return Completion::ready(Err(SpoolError::NotFound(id))),
             Err(e) => return Completion::ready(Err(e)),
         };
-        event.attempts_before_replay = event.attempts;
-        event.next_attempt_ms = now_ms();
-        event.window_start_ms = event.next_attempt_ms;
+        event.replay_now();
         let key = event_key(route, id);
         // The writer moves it only if it is still a dead letter: of two concurrent replays of
         // one event, the second answers NotFound.
@@ -562,8 +560,7 @@ impl Spool for EmbeddedSpool {
                 h.by_route.insert(route.to_owned(), id);
             }
         }
-        let (secs, nanos) = id.get_timestamp()?.to_unix();
-        Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+        id_ms(id)
     }
 }
 

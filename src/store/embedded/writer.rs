@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::keys::{dedup_key, id_of};
+use super::keys::{dedup_key, expired_until, id_of};
 use super::spool::{lock, persist_mode, Shared};
-use crate::store::event::{now_ms, DedupRecord};
+use crate::store::event::DedupRecord;
 use crate::store::spool::{Durability, SpoolError};
 
 /// The most operations committed together.
@@ -82,6 +82,8 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     // Appends in the last batch that had any: more than one means concurrent senders.
     let mut last_appends = 0;
+    // Commits failed in a row.
+    let mut failures: u32 = 0;
     let linger = match s.config.durability {
         Durability::Fsync => s.config.linger,
         // Without a sync there is nothing to share.
@@ -167,16 +169,31 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
             last_appends = appends;
         }
         let swept = expired.as_ref().map(Vec::len).unwrap_or(0);
+        let mut committed = true;
         if !ops.is_empty() || !deletes.is_empty() || swept > 0 {
-            commit(
+            committed = commit(
                 &s,
                 &mut ops,
                 &mut deletes,
                 expired.as_deref().unwrap_or(&[]),
             );
         }
+        if committed {
+            failures = 0;
+        } else {
+            // A failing disk: back off (10 ms doubling to 1 s) instead of retrying the removals
+            // it refused in a tight loop; appends meanwhile are answered by each failed commit.
+            failures = (failures + 1).min(8);
+            std::thread::sleep(Duration::from_millis(5 << failures).min(Duration::from_secs(1)));
+        }
+        let expired = match (committed, expired) {
+            (false, Ok(_)) => Err(SpoolError::Storage("the sweep's commit failed".into())),
+            (_, expired) => expired,
+        };
         if let Some(sweep) = &mut sweeping {
-            sweep.removed += swept;
+            if committed {
+                sweep.removed += swept;
+            }
             let done = match &expired {
                 Err(_) => true,
                 Ok(keys) => keys.len() < SWEEP_CHUNK,
@@ -203,9 +220,8 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
 
 /// The next chunk of expired dedup keys (they are one range at the front of the keyspace).
 fn expired_chunk(s: &Shared) -> Result<Vec<fjall::Slice>, SpoolError> {
-    let until = now_ms().saturating_add(1).to_be_bytes();
     let mut keys = Vec::new();
-    for kv in s.dedup.range(..until).take(SWEEP_CHUNK) {
+    for kv in s.dedup.range(..expired_until()).take(SWEEP_CHUNK) {
         keys.push(kv.key()?);
     }
     Ok(keys)
@@ -245,6 +261,8 @@ struct Batch<'a> {
     /// Keys written or removed earlier in this batch: their size now, or `None` when removed.
     touched: HashMap<(Space, fjall::Slice), Option<u64>>,
     delta: Delta,
+    /// Records written or removed so far.
+    writes: usize,
 }
 
 impl<'a> Batch<'a> {
@@ -274,6 +292,7 @@ impl<'a> Batch<'a> {
     fn insert(&mut self, space: Space, key: &fjall::Slice, value: &fjall::Slice) {
         let ks = self.keyspace(space);
         self.batch.insert(ks, key.clone(), value.clone());
+        self.writes += 1;
         self.touched
             .insert((space, key.clone()), Some(value.len() as u64));
     }
@@ -281,6 +300,7 @@ impl<'a> Batch<'a> {
     fn remove(&mut self, space: Space, key: &fjall::Slice) {
         let ks = self.keyspace(space);
         self.batch.remove(ks, key.clone());
+        self.writes += 1;
         self.touched.insert((space, key.clone()), None);
     }
 
@@ -299,6 +319,7 @@ impl<'a> Batch<'a> {
                 if let Some(d) = dedup {
                     self.batch
                         .insert(&self.s.dedup, dedup_key(d).as_slice(), b"".as_slice());
+                    self.writes += 1;
                 }
                 self.delta.pending += 1;
                 self.delta.bytes += size as i64;
@@ -352,13 +373,13 @@ impl<'a> Batch<'a> {
 }
 
 /// Writes `ops`, `deletes` and the removal of `expired` dedup keys as one batch, then answers
-/// their callers and applies what the batch changed to the counts.
+/// their callers and applies what the batch changed to the counts. Returns whether it committed.
 fn commit(
     s: &Shared,
     ops: &mut Vec<Op>,
     deletes: &mut Vec<DeferredDelete>,
     expired: &[fjall::Slice],
-) {
+) -> bool {
     let synced = ops
         .iter()
         .any(|op| matches!(op, Op::Append { .. } | Op::Probe { .. }));
@@ -377,57 +398,63 @@ fn commit(
         batch: s.db.batch().durability(mode),
         touched: HashMap::new(),
         delta: Delta::default(),
+        writes: 0,
     };
     let mut answers: Vec<Result<(), SpoolError>> = Vec::with_capacity(ops.len());
     for op in ops.iter() {
         answers.push(b.add(op));
     }
-    let mut read_error = None;
-    for (key, _) in deletes.iter() {
-        if let Err(e) = b.add_delete(key) {
-            read_error = Some(e);
+    // A removal whose record cannot be read is tried again with a later batch; the others go.
+    let mut unread = Vec::new();
+    let mut written = Vec::with_capacity(deletes.len());
+    for (key, reply) in deletes.drain(..) {
+        match b.add_delete(&key) {
+            Ok(()) => written.push((key, reply)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a delivered event's record; its removal waits");
+                unread.push((key, reply));
+            }
         }
     }
     for key in expired {
         b.batch.remove(&s.dedup, key.clone());
+        b.writes += 1;
     }
-    let revived = ops.iter().zip(&answers).any(|(op, answer)| {
-        answer.is_ok()
-            && matches!(
-                op,
-                Op::Move {
-                    to: (Space::Pending, _),
-                    ..
-                }
-            )
-    });
-    let Batch { batch, delta, .. } = b;
-    let result = match read_error {
-        Some(e) => Err(e),
-        None => batch.commit().map_err(SpoolError::from),
+    let Batch {
+        batch,
+        delta,
+        writes,
+        ..
+    } = b;
+    let result = if writes == 0 {
+        // fjall answers an empty batch at once, without touching the journal: a probe alone
+        // must still reach the disk (and see a failed one), so it persists the journal itself.
+        let _ = batch;
+        match mode {
+            Some(m) if synced => s.db.persist(m).map_err(SpoolError::from),
+            _ => Ok(()),
+        }
+    } else {
+        batch.commit().map_err(SpoolError::from)
     };
     match &result {
         Ok(()) => {
             apply(&s.pending_count, delta.pending);
             apply(&s.dead_count, delta.dead);
             apply(&s.bytes, delta.bytes);
-            if mode == Some(fjall::PersistMode::SyncData) {
+            if mode == Some(fjall::PersistMode::SyncData) && (writes > 0 || synced) {
                 s.syncs.fetch_add(1, Ordering::AcqRel);
             }
+            note_oldest(s, ops, &answers);
         }
         Err(e) => {
-            tracing::error!(error = %e, operations = ops.len() + deletes.len(), "spool commit failed")
+            tracing::error!(error = %e, operations = ops.len() + written.len(), "spool commit failed")
         }
     }
     // Appends leave the queue whatever happened; committed ones are counted above first.
     s.queued.fetch_sub(delta.dequeued, Ordering::AcqRel);
     s.queued_bytes
         .fetch_sub(delta.dequeued_bytes, Ordering::AcqRel);
-    if revived && result.is_ok() {
-        let mut hint = lock(&s.oldest_hint);
-        hint.generation += 1;
-        hint.by_route.clear();
-    }
     for (op, answer) in ops.drain(..).zip(answers) {
         let answer = result.clone().and(answer);
         let reply = match op {
@@ -440,17 +467,53 @@ fn commit(
         };
         let _ = reply.send(answer);
     }
+    let mut again = unread;
     if result.is_err() {
-        // The removals were not written: they go again with the next batch (a delivered event
-        // is never left pending for good by one failed commit).
-        let mut again = lock(&s.deferred);
-        again.extend(deletes.drain(..));
+        // Not written: they go again with a later batch (a delivered event is never left
+        // pending for good by one failed commit).
+        again.append(&mut written);
+    } else {
+        for (_, reply) in written {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+    if !again.is_empty() {
+        lock(&s.deferred).append(&mut again);
+    }
+    result.is_ok()
+}
+
+/// Keeps the oldest-pending search hints true after a commit: a replayed event (an older id)
+/// resets them, and so does an append whose id is older than its route's hint (ids are made
+/// before their append is queued, so commits can land slightly out of id order).
+fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<(), SpoolError>]) {
+    let mut hint = lock(&s.oldest_hint);
+    if hint.by_route.is_empty() {
         return;
     }
-    for (_, reply) in deletes.drain(..) {
-        if let Some(reply) = reply {
-            let _ = reply.send(result.clone());
-        }
+    let stale = ops.iter().zip(answers).any(|(op, answer)| {
+        answer.is_ok()
+            && match op {
+                Op::Move {
+                    to: (Space::Pending, _),
+                    ..
+                } => true,
+                Op::Append { key, .. } => {
+                    let route = key.get(..key.len().saturating_sub(17)).unwrap_or_default();
+                    let id = id_of(key);
+                    std::str::from_utf8(route)
+                        .ok()
+                        .and_then(|r| hint.by_route.get(r))
+                        .is_some_and(|h| id.is_some_and(|id| id < *h))
+                }
+                _ => false,
+            }
+    });
+    if stale {
+        hint.generation += 1;
+        hint.by_route.clear();
     }
 }
 

@@ -9,9 +9,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::layer::Shared;
-use crate::core::{outcome, DedupKey};
+use crate::core::{Counted, DedupKey};
 use crate::store::{DedupStore, Reserved};
-use crate::tower::respond;
+use crate::tower::{counted, respond};
 
 pin_project! {
     /// Response future of [`Dedup`](super::Dedup).
@@ -102,22 +102,27 @@ where
                     shared,
                 } => {
                     let answer = std::task::ready!(reserve.poll(cx));
-                    let next = match outcome::reserved(&shared.scope, answer) {
-                        None => {
+                    let held = Reserved::hold(
+                        &shared.guard_store,
+                        &shared.scope,
+                        *key,
+                        shared.ttl,
+                        answer,
+                    );
+                    let next = match held {
+                        Ok(reserved) => {
                             let (Some(mut req), Some(mut svc)) = (req.take(), inner.take()) else {
                                 unreachable!("Reserving state is left once, right here");
                             };
                             // Held before the call, so a panic or drop inside still releases; a
-                            // clone rides in the request for a spooling layer to keep.
-                            let reserved =
-                                Reserved::new(shared.guard_store.clone(), *key, shared.ttl);
+                            // clone rides in the request for a spooling layer to take over.
                             req.extensions_mut().insert(reserved.clone());
                             State::Calling {
                                 fut: svc.call(req),
                                 reserved,
                             }
                         }
-                        Some(outcome) => State::Done {
+                        Err(outcome) => State::Done {
                             response: Some(respond(outcome)),
                         },
                     };
@@ -125,8 +130,12 @@ where
                 }
                 StateProj::Calling { fut, reserved } => {
                     let result = std::task::ready!(fut.poll(cx));
-                    let success = matches!(&result, Ok(res) if res.status().is_success());
-                    reserved.settle(success);
+                    // A layer that took the key over (fast ack) settles it when its append ends.
+                    if !reserved.is_handed_over() {
+                        let accepted =
+                            matches!(&result, Ok(res) if counted(res) == Counted::Accepted);
+                        reserved.settle(accepted);
+                    }
                     return Poll::Ready(result);
                 }
                 StateProj::Done { response } => {

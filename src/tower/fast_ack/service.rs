@@ -67,8 +67,12 @@ where
         if self.shared.wrapped.load(Ordering::Acquire) > 1 {
             return ResponseFuture::done(rejection_response(Rejection::AmbiguousDeliveryTarget));
         }
-        // The reservation is this layer's from here: held until the append ends.
+        // The reservation is this layer's from here: held until the append ends, whatever the
+        // layers outside do with the request meanwhile.
         let reservation = req.extensions_mut().remove::<Reserved>();
+        if let Some(r) = &reservation {
+            r.hand_over();
+        }
         let ext = req.extensions();
         let Some(payload) = ext.get::<ParsedPayload>() else {
             return ResponseFuture::done(rejection_response(Rejection::PayloadNotParsed));

@@ -8,6 +8,7 @@ use pin_project_lite::pin_project;
 
 use crate::core::{Counted, EventClass};
 use crate::metrics::RouteMetrics;
+use crate::tower::counted;
 
 pin_project! {
     /// Response future of [`RecordMetrics`](super::RecordMetrics).
@@ -36,14 +37,7 @@ where
         let result = std::task::ready!(this.fut.poll(cx));
         let route = &*this.route;
         match &result {
-            Ok(res) => {
-                let ext = res.extensions();
-                let counted = ext
-                    .get::<Counted>()
-                    .copied()
-                    .unwrap_or_else(|| Counted::of_status(res.status()));
-                route.record(counted, ext.get::<EventClass>().copied());
-            }
+            Ok(res) => route.record(counted(res), res.extensions().get::<EventClass>().copied()),
             Err(_) => route.record(Counted::Failed, None),
         }
         route.observe_ack(this.start.elapsed());
