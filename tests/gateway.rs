@@ -11,49 +11,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-struct Setup {
-    /// Holds the data dir until the test ends.
-    _dir: tempfile::TempDir,
-    upstream: Upstream,
-    gateway: Gateway,
-}
-
-/// An upstream and a gateway with one route to it (`route_extra` and `server_extra` added).
-async fn setup(server_extra: &str, route_extra: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let gateway =
-        Gateway::for_upstream(dir.path(), &upstream.url(), server_extra, route_extra).await;
-    Setup {
-        _dir: dir,
-        upstream,
-        gateway,
-    }
-}
-
-fn reason(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 async fn metrics(gateway: &Gateway) -> String {
     gateway.metrics().await
-}
-
-/// The value of the series `name{labels}` (labels as written in the exposition, sorted).
-fn series(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

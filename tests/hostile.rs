@@ -12,45 +12,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    upstream: Upstream,
-    gateway: Gateway,
-}
-
-async fn setup(server_extra: &str, route_extra: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let gateway =
-        Gateway::for_upstream(dir.path(), &upstream.url(), server_extra, route_extra).await;
-    Setup {
-        _dir: dir,
-        upstream,
-        gateway,
-    }
-}
-
-fn reason(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-/// The value of the series `name{labels}` (labels as written in the exposition, sorted).
-fn series(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// A raw HTTP/1.1 POST of `body` to `path`.
 fn post_raw(path: &str, body: &str, content_type: &str) -> String {
     format!(

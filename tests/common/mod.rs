@@ -411,3 +411,47 @@ pub async fn raw(addr: SocketAddr, request: &[u8], within: Duration) -> String {
     let _ = tokio::time::timeout(within, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A client with a bound on every request.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("a client")
+}
+
+/// An upstream and a gateway with one route to it.
+pub struct Setup {
+    /// Holds the data dir until the test ends.
+    pub dir: tempfile::TempDir,
+    pub upstream: Upstream,
+    pub gateway: Gateway,
+}
+
+/// An upstream and a gateway with one route to it (`route_extra` and `server_extra` added).
+pub async fn setup(server_extra: &str, route_extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gateway =
+        Gateway::for_upstream(dir.path(), &upstream.url(), server_extra, route_extra).await;
+    Setup {
+        dir,
+        upstream,
+        gateway,
+    }
+}
+
+/// The `error` of a JSON error body.
+pub fn reason(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The value of the series `name{labels}` (labels as written in the exposition, sorted).
+pub fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

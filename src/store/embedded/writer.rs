@@ -93,27 +93,13 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
         let busy = !lock(&s.deferred).is_empty() || sweeping.is_some();
         let next = if busy {
             // Removals (and a sweep's next chunk) wait a little for appends to ride with.
-            match rx.recv_timeout(DEFER_FOR) {
-                Ok(op) => Some(op),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    None
-                }
-            }
+            receive(&rx, DEFER_FOR, &mut open)
         } else {
             // Nothing to do: removals queued from now on must wake this thread.
             s.writer_idle.store(true, Ordering::SeqCst);
             let next = if lock(&s.deferred).is_empty() {
                 let wait = next_sweep.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(wait) {
-                    Ok(op) => Some(op),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        open = false;
-                        None
-                    }
-                }
+                receive(&rx, wait, &mut open)
             } else {
                 None
             };
@@ -215,6 +201,18 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
     // Queue closed: make everything written so far durable before exiting.
     if let Some(mode) = persist_mode(s.config.durability) {
         let _ = s.db.persist(mode);
+    }
+}
+
+/// The next op within `wait`, if one comes; `open` turns false when the queue is closed.
+fn receive(rx: &mpsc::Receiver<Op>, wait: Duration, open: &mut bool) -> Option<Op> {
+    match rx.recv_timeout(wait) {
+        Ok(op) => Some(op),
+        Err(mpsc::RecvTimeoutError::Timeout) => None,
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            *open = false;
+            None
+        }
     }
 }
 
