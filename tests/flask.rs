@@ -87,7 +87,12 @@ async fn the_providers_flask_handler_receives_through_the_gateway() {
         "ERROR Generation failed for 550e8400-e29b-41d4-a716-446655440001: CONTENT_POLICY_VIOLATION",
         "ERROR Generation failed for 550e8400-e29b-41d4-a716-446655440002: TIMEOUT",
     ];
-    let logged = async || want.iter().all(|w| flask.log().contains(w)).then_some(());
+    // Flask writes its access line after the handler returns: wait for those too.
+    let access = "\"POST /webhook/o3-video HTTP/1.1\" 200";
+    let logged = async || {
+        let log = flask.log();
+        (want.iter().all(|w| log.contains(w)) && log.matches(access).count() >= 3).then_some(())
+    };
     poll(Duration::from_secs(15), Duration::from_millis(50), logged).await;
     let log = flask.log();
     for line in want {
@@ -98,16 +103,10 @@ async fn the_providers_flask_handler_receives_through_the_gateway() {
         );
     }
     // Flask's access log: three POSTs answered 200, nothing else.
-    assert_eq!(
-        log.matches("\"POST /webhook/o3-video HTTP/1.1\" 200")
-            .count(),
-        3,
-        "{log}"
-    );
-    let metrics = gateway.metrics().await;
-    assert!(
-        metrics
-            .contains(r#"hookgate_deliveries_total{result="success",route="/webhook/o3-video"} 3"#),
-        "{metrics}"
-    );
+    assert_eq!(log.matches(access).count(), 3, "{log}");
+    // Counted once the gateway has read the answer, a moment after Flask logged it.
+    let success = r#"hookgate_deliveries_total{result="success",route="/webhook/o3-video"} 3"#;
+    let counted = async || Some(gateway.metrics().await).filter(|m| m.contains(success));
+    let metrics = poll(Duration::from_secs(10), Duration::from_millis(50), counted).await;
+    assert!(metrics.is_some(), "{}", gateway.metrics().await);
 }
