@@ -754,9 +754,24 @@ async fn clients_that_hang_up_get_one_event_each() {
     for h in hangups {
         h.await.unwrap();
     }
+    // The sender's retries: received or duplicate, after a 409 while the first is still in
+    // flight (retried, as the sender does).
     for n in 0..300 {
-        let (status, _, body) = send(&first.url, payload(n)).await;
-        assert_eq!(status, 200, "{body}");
+        let answered = async || {
+            let (status, _, body) = send(&first.url, payload(n)).await;
+            (status != 409).then_some((status, body))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            match answered().await {
+                Some(got) => break Some(got),
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                None => break None,
+            }
+        };
+        assert_eq!(got.as_ref().map(|g| g.0), Some(200), "{got:?}");
     }
     wait_for("every generation", Duration::from_secs(30), || {
         upstream

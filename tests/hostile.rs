@@ -454,7 +454,11 @@ async fn proxy_mode_bounds_forwards_in_flight() {
             tokio::spawn(async move { post(&c, &url, body).await.0 })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Two arrive; no third while they are held (1.5 s each).
+    s.upstream
+        .wait_arrived(before + 2, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let in_flight = s.upstream.arrived() - before;
     assert_eq!(
         in_flight, 2,
@@ -648,11 +652,16 @@ async fn clients_that_hang_up_get_one_event_each() {
     for h in hangups {
         h.await.unwrap();
     }
-    // The sender's retries, read to the end: each received or duplicate.
+    // The sender's retries, read to the end: each received or duplicate, after a 409 while the
+    // first is still in flight (retried, as the sender does).
     let c = client();
     for id in &ids {
-        let (status, _, text) = post(&c, &gateway.url(PATH), completed(id)).await;
-        assert_eq!(status, 200, "{text}");
+        let answered = async || {
+            let (status, _, text) = post(&c, &gateway.url(PATH), completed(id)).await;
+            (status != 409).then_some((status, text))
+        };
+        let got = poll(Duration::from_secs(10), Duration::from_millis(50), answered).await;
+        assert_eq!(got.as_ref().map(|g| g.0), Some(200), "{got:?}");
     }
     upstream.wait_for(300, Duration::from_secs(30)).await;
     // Drained; a restart delivers whatever was left unscheduled.
