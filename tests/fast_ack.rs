@@ -65,6 +65,14 @@ impl Upstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// How many delivered requests carried `body`.
+    fn delivered_copies(&self, body: &str) -> usize {
+        self.delivered()
+            .iter()
+            .filter(|s| s.body == body.as_bytes())
+            .count()
+    }
+
     fn delivered(&self) -> Vec<Seen> {
         self.seen()
             .into_iter()
@@ -686,10 +694,7 @@ async fn an_append_that_commits_after_the_client_left_is_delivered_and_keeps_its
     }
     // Committed anyway: delivered without a restart...
     wait_for("the delivery", Duration::from_secs(10), || {
-        upstream
-            .delivered()
-            .iter()
-            .any(|s| s.body == payload(n).as_bytes())
+        upstream.delivered_copies(&payload(n)) > 0
     })
     .await;
     // ...and the sender's retry is a duplicate, not a second event.
@@ -704,12 +709,7 @@ async fn an_append_that_commits_after_the_client_left_is_delivered_and_keeps_its
         .unwrap();
     assert_eq!(&body[..], br#"{"status":"duplicate"}"#);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let copies = upstream
-        .delivered()
-        .iter()
-        .filter(|s| s.body == payload(n).as_bytes())
-        .count();
-    assert_eq!(copies, 1);
+    assert_eq!(upstream.delivered_copies(&payload(n)), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -883,10 +883,7 @@ async fn a_layer_between_dedup_and_fast_ack_cannot_release_a_key_the_spool_holds
         }
     }
     wait_for("the delivery", Duration::from_secs(10), || {
-        upstream
-            .delivered()
-            .iter()
-            .any(|s| s.body == payload(n).as_bytes())
+        upstream.delivered_copies(&payload(n)) > 0
     })
     .await;
     // The sender retries the 503: the append committed, so this is a duplicate.

@@ -12,6 +12,24 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A gateway on free ports in `dir` with one route to `upstream`, its config text passed
+/// through `edit` first (for keys `setup` sets already).
+async fn start_edited(
+    dir: &std::path::Path,
+    upstream: &Upstream,
+    edit: impl FnOnce(String) -> String,
+) -> Gateway {
+    let (public, admin) = (free_port(), free_port());
+    let text = config(
+        public,
+        admin,
+        &dir.join("data"),
+        "",
+        &route(&upstream.url(), ""),
+    );
+    Gateway::start(dir, public, admin, &edit(text)).await
+}
+
 /// A raw HTTP/1.1 POST of `body` to `path`.
 fn post_raw(path: &str, body: &str, content_type: &str) -> String {
     format!(
@@ -296,16 +314,10 @@ async fn on_a_kept_alive_connection_the_header_deadline_runs_from_its_first_byte
 async fn sigterm_with_nothing_in_flight_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
-    let (public, admin) = (free_port(), free_port());
-    let text = config(
-        public,
-        admin,
-        &dir.path().join("data"),
-        "",
-        &route(&upstream.url(), ""),
-    )
-    .replace("shutdown_grace = \"1s\"", "shutdown_grace = \"15s\"");
-    let mut gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    let mut gateway = start_edited(dir.path(), &upstream, |text| {
+        text.replace("shutdown_grace = \"1s\"", "shutdown_grace = \"15s\"")
+    })
+    .await;
     assert_eq!(
         post(&client(), &gateway.url(PATH), completed(&generation()))
             .await
@@ -503,22 +515,8 @@ async fn a_schema_422_is_bounded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_are_listed_by_page() {
     let s = setup("", "[route.delivery]\nmax_attempts = 1").await;
-    s.upstream.set(Behavior {
-        status: 400,
-        ..Behavior::default()
-    });
+    let ids = dead_lettered(&s, 3).await;
     let c = client();
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let (status, _, text) = post(&c, &s.gateway.url(PATH), completed(&generation())).await;
-        assert_eq!(status, 200);
-        ids.push(
-            serde_json::from_str::<Value>(&text).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
     let list = async |query: &str| -> Value {
         let res = c
             .get(s.gateway.admin_url(&format!("/dead-letters{query}")))
@@ -635,15 +633,7 @@ async fn send_and_hang_up(addr: std::net::SocketAddr, body: String) {
 async fn clients_that_hang_up_get_one_event_each() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
-    let (public, admin) = (free_port(), free_port());
-    let text = config(
-        public,
-        admin,
-        &dir.path().join("data"),
-        "",
-        &route(&upstream.url(), ""),
-    );
-    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
+    let gateway = start_edited(dir.path(), &upstream, |text| text).await;
     let ids: Vec<String> = (0..300).map(|_| generation()).collect();
     let hangups: Vec<_> = ids
         .iter()
@@ -665,7 +655,11 @@ async fn clients_that_hang_up_get_one_event_each() {
     }
     upstream.wait_for(300, Duration::from_secs(30)).await;
     // Drained; a restart delivers whatever was left unscheduled.
-    let config_file = gateway.config.clone();
+    let (config_file, public, admin) = (
+        gateway.config.clone(),
+        gateway.public.port(),
+        gateway.admin.port(),
+    );
     drop(gateway);
     let _again = Gateway::start_file(dir.path(), public, admin, &config_file).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
