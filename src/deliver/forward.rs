@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::target::{error_chain, read_capped, HttpTarget};
+use super::target::{ExchangeError, HttpTarget};
 use super::DeliveryPolicy;
 use crate::core::outcome::{self, Outcome};
 use crate::store::Event;
@@ -48,22 +48,21 @@ impl Forwarder {
             }
             Err(_) => return outcome::forward_failed(route, id, true, &"no forward slot in time"),
         };
-        let exchange = async {
-            let response = self.target.send(event).await?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            Ok::<_, reqwest::Error>((status, headers, read_capped(response, MAX_ANSWER).await?))
-        };
+        let exchange = self.target.exchange(event, MAX_ANSWER);
         match tokio::time::timeout_at(deadline, exchange).await {
-            Err(_) => outcome::forward_failed(route, id, true, &"timeout"),
-            Ok(Err(e)) => outcome::forward_failed(route, id, e.is_timeout(), &error_chain(&e)),
-            Ok(Ok((_, _, Err(size)))) => outcome::forward_failed(
-                route,
-                id,
-                false,
-                &format!("the answer is larger than {MAX_ANSWER} bytes ({size} read)"),
-            ),
-            Ok(Ok((status, headers, Ok(body)))) => outcome::relayed(id, status, &headers, body),
+            Err(_) | Ok(Err(ExchangeError::Timeout)) => {
+                outcome::forward_failed(route, id, true, &"timeout")
+            }
+            Ok(Err(e)) => outcome::forward_failed(route, id, false, &e),
+            Ok(Ok(answer)) => match answer.body {
+                Err(size) => outcome::forward_failed(
+                    route,
+                    id,
+                    false,
+                    &format!("the answer is larger than {MAX_ANSWER} bytes ({size} read)"),
+                ),
+                Ok(body) => outcome::relayed(id, answer.status, &answer.headers, body),
+            },
         }
     }
 }

@@ -16,6 +16,7 @@
 //! ```
 
 mod forward;
+mod origin;
 pub mod policy;
 pub mod target;
 mod worker;

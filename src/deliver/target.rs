@@ -3,13 +3,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
+use http_body_util::Full;
 use tower_service::Service;
 
+use super::origin::{Exchanged, Failure, Origin};
 use super::policy::{parse_retry_after, AttemptResult, DeliveryPolicy};
 use crate::core::forward::{ATTEMPT, EVENT_ID, RECEIVED_AT, X_FORWARDED_FOR};
 use crate::core::{ClientIp, ConfigError};
@@ -89,12 +92,53 @@ fn formatted(args: std::fmt::Arguments<'_>) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&buf.bytes[..buf.len]).ok()
 }
 
-/// Delivers to an HTTP upstream with a pooled keep-alive HTTP/1.1 client.
+/// Delivers to an HTTP upstream over kept-alive HTTP/1.1 connections. An `http://` upstream
+/// goes through hookgate's own lean client (the origin parsed once, the connection driven in
+/// the caller's task; see `origin.rs`); an `https://` one (or one with credentials in its URL)
+/// through reqwest with rustls.
 #[derive(Clone, Debug)]
 pub struct HttpTarget {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    inner: Arc<TargetInner>,
+}
+
+#[derive(Debug)]
+struct TargetInner {
+    client: Client,
+    /// The URL's path, percent-encoded as parsed.
+    path: String,
+    /// The URL's own query, if any.
+    query: Option<String>,
+    /// The URL without query, as configured: `scheme://authority/path`.
+    base: String,
+    /// The request target when the event adds no query (parsed once).
+    plain_uri: http::Uri,
     timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum Client {
+    Lean(Arc<Origin>),
+    Reqwest(reqwest::Client),
+}
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ExchangeError {
+    /// No answer within the attempt's timeout.
+    Timeout,
+    /// No connection could be made.
+    Connect(String),
+    /// Anything else (a reset mid-answer, a malformed answer).
+    Failed(String),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("timeout"),
+            Self::Connect(e) | Self::Failed(e) => f.write_str(e),
+        }
+    }
 }
 
 impl HttpTarget {
@@ -134,104 +178,212 @@ impl HttpTarget {
                 )))
             }
         }
-        if url.host().is_none() {
+        let Some(host) = url.host_str() else {
             return Err(invalid(format!("{url} has no host")));
-        }
-        let builder = reqwest::Client::builder()
-            .connect_timeout(policy.connect_timeout)
-            .timeout(policy.timeout)
-            .pool_max_idle_per_host(policy.concurrency.max(1))
-            .redirect(reqwest::redirect::Policy::none());
-        #[cfg(feature = "https-upstream")]
-        let builder = {
-            match ca_pem {
-                Some(pem) => {
-                    let certs = reqwest::Certificate::from_pem_bundle(pem)
-                        .map_err(|e| invalid(format!("the CA file is not PEM: {e}")))?;
-                    if certs.is_empty() {
-                        return Err(invalid("the CA file holds no certificate".into()));
-                    }
-                    builder.tls_certs_merge(certs)
-                }
-                None => builder,
-            }
         };
-        #[cfg(not(feature = "https-upstream"))]
-        if ca_pem.is_some() {
-            return Err(invalid(
-                "a CA file needs hookgate's `https-upstream` feature".into(),
-            ));
-        }
-        let client = builder
-            .build()
-            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        let lean = url.scheme() == "http"
+            && url.username().is_empty()
+            && url.password().is_none()
+            && ca_pem.is_none();
+        let client = if lean {
+            let port = url.port_or_known_default().unwrap_or(80);
+            let authority = match url.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_owned(),
+            };
+            let host_header = HeaderValue::from_str(&authority)
+                .map_err(|e| invalid(format!("{url}: the host is not a header value: {e}")))?;
+            Client::Lean(Arc::new(Origin::new(
+                format!("{host}:{port}"),
+                host_header,
+                policy.connect_timeout,
+                policy.concurrency,
+            )))
+        } else {
+            Client::Reqwest(reqwest_client(policy, ca_pem).map_err(invalid)?)
+        };
+        let path = url.path().to_owned();
+        let plain_uri = http::Uri::try_from(path.as_str())
+            .map_err(|e| invalid(format!("{url}: the path is not a request target: {e}")))?;
+        let mut base = url.clone();
+        base.set_query(None);
         Ok(Self {
-            client,
-            url,
-            timeout: policy.timeout,
+            inner: Arc::new(TargetInner {
+                client,
+                query: url.query().filter(|q| !q.is_empty()).map(str::to_owned),
+                path,
+                base: base.to_string(),
+                plain_uri,
+                timeout: policy.timeout,
+            }),
         })
+    }
+
+    /// The upstream URL (without its query).
+    pub fn url(&self) -> &str {
+        &self.inner.base
+    }
+
+    #[cfg(test)]
+    fn url_for(&self, event: &Event) -> String {
+        self.inner.url_for(event)
+    }
+}
+
+impl TargetInner {
+    /// The query to send: the URL's own, then the request's (a reverse proxy forwards it:
+    /// senders put tokens and tags there).
+    fn query_for(&self, event: &Event) -> Option<String> {
+        let theirs = event
+            .uri
+            .split_once('?')
+            .map(|(_, q)| q)
+            .filter(|q| !q.is_empty());
+        match (&self.query, theirs) {
+            (None, None) => None,
+            (Some(own), None) => Some(own.clone()),
+            (None, Some(q)) => Some(q.to_owned()),
+            (Some(own), Some(q)) => Some(format!("{own}&{q}")),
+        }
+    }
+
+    /// The full URL of `event`'s attempt.
+    fn url_for(&self, event: &Event) -> String {
+        match self.query_for(event) {
+            Some(q) => format!("{}?{q}", self.base),
+            None => self.base.clone(),
+        }
     }
 }
 
 impl HttpTarget {
-    /// One attempt at `event`, answered with the upstream's whole response (the gateway's
-    /// `proxy` mode relays it to the sender).
-    pub fn send(
+    /// One exchange for `event` within the attempt's timeout: the upstream's status, headers and
+    /// body (read up to `limit` bytes). The request is built now; the future owns what it needs.
+    pub(crate) fn exchange(
         &self,
         event: &Event,
-    ) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static {
+        limit: usize,
+    ) -> impl Future<Output = Result<Exchanged, ExchangeError>> + Send + 'static {
         let method =
-            reqwest::Method::from_bytes(event.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        self.client
-            .request(method, self.url_for(event))
-            .headers(attempt_headers(event))
-            .timeout(self.timeout)
-            .body(event.body.clone())
-            .send()
-    }
-
-    /// The upstream URL.
-    pub fn url(&self) -> &str {
-        self.url.as_str()
-    }
-
-    /// The upstream URL with the request's query string added (after the URL's own), as a
-    /// reverse proxy forwards it: senders put tokens and tags there.
-    fn url_for(&self, event: &Event) -> reqwest::Url {
-        let mut url = self.url.clone();
-        if let Some((_, query)) = event.uri.split_once('?') {
-            if !query.is_empty() {
-                let merged = match url.query() {
-                    Some(own) if !own.is_empty() => format!("{own}&{query}"),
-                    _ => query.to_owned(),
+            http::Method::from_bytes(event.method.as_bytes()).unwrap_or(http::Method::POST);
+        let inner = self.inner.clone();
+        let prepared = match &inner.client {
+            Client::Lean(_) => {
+                let uri = match inner.query_for(event) {
+                    None => Ok(inner.plain_uri.clone()),
+                    Some(q) => http::Uri::try_from(format!("{}?{q}", inner.path))
+                        .map_err(|e| ExchangeError::Failed(format!("bad query: {e}"))),
                 };
-                url.set_query(Some(&merged));
+                uri.map(|uri| {
+                    let mut request = Request::new(Full::new(event.body.clone()));
+                    *request.method_mut() = method;
+                    *request.uri_mut() = uri;
+                    *request.headers_mut() = attempt_headers(event);
+                    Prepared::Lean(request)
+                })
             }
+            Client::Reqwest(client) => Ok(Prepared::Reqwest(
+                client
+                    .request(method, inner.url_for(event))
+                    .headers(attempt_headers(event))
+                    .body(event.body.clone()),
+            )),
+        };
+        async move {
+            let exchange = async {
+                match (prepared?, &inner.client) {
+                    (Prepared::Lean(request), Client::Lean(origin)) => {
+                        origin.exchange(request, limit).await.map_err(|e| match e {
+                            Failure::Connect(e) => ExchangeError::Connect(e),
+                            Failure::Failed(e) => ExchangeError::Failed(e),
+                        })
+                    }
+                    (Prepared::Reqwest(request), _) => {
+                        let response = request.send().await.map_err(reqwest_error)?;
+                        let status = response.status();
+                        let headers = response.headers().clone();
+                        let body = read_capped(response, limit).await.map_err(reqwest_error)?;
+                        Ok(Exchanged {
+                            status,
+                            headers,
+                            body,
+                        })
+                    }
+                    (Prepared::Lean(_), Client::Reqwest(_)) => {
+                        Err(ExchangeError::Failed("no client for the request".into()))
+                    }
+                }
+            };
+            tokio::time::timeout(inner.timeout, exchange)
+                .await
+                .unwrap_or(Err(ExchangeError::Timeout))
         }
-        url
     }
+}
+
+enum Prepared {
+    Lean(Request<Full<Bytes>>),
+    Reqwest(reqwest::RequestBuilder),
+}
+
+fn reqwest_error(e: reqwest::Error) -> ExchangeError {
+    if e.is_timeout() {
+        ExchangeError::Timeout
+    } else if e.is_connect() {
+        ExchangeError::Connect(error_chain(&e))
+    } else {
+        ExchangeError::Failed(error_chain(&e))
+    }
+}
+
+/// reqwest's pooled client, for `https://` upstreams (and URLs with credentials).
+fn reqwest_client(
+    policy: &DeliveryPolicy,
+    ca_pem: Option<&[u8]>,
+) -> Result<reqwest::Client, String> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(policy.connect_timeout)
+        .pool_max_idle_per_host(policy.concurrency.max(1))
+        .redirect(reqwest::redirect::Policy::none());
+    #[cfg(feature = "https-upstream")]
+    let builder = match ca_pem {
+        Some(pem) => {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("the CA file is not PEM: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA file holds no certificate".into());
+            }
+            builder.tls_certs_merge(certs)
+        }
+        None => builder,
+    };
+    #[cfg(not(feature = "https-upstream"))]
+    if ca_pem.is_some() {
+        return Err("a CA file needs hookgate's `https-upstream` feature".into());
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 impl Target for HttpTarget {
     fn deliver(&self, event: &Event) -> AttemptFuture {
-        let request = self.send(event);
+        // Read a small body so the connection can carry the next attempt; a larger one is left
+        // unread and its connection closed.
+        let exchange = self.exchange(event, DRAINED_ANSWER);
         Box::pin(async move {
-            match request.await {
-                Ok(res) => {
-                    let retry_after = res
-                        .headers()
+            match exchange.await {
+                Ok(answer) => AttemptResult::Status {
+                    code: answer.status.as_u16(),
+                    retry_after: answer
+                        .headers
                         .get(header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
-                    let code = res.status().as_u16();
-                    // Read a small body so the connection goes back to the pool; a larger one
-                    // is left unread and its connection closed.
-                    let _ = read_capped(res, DRAINED_ANSWER).await;
-                    AttemptResult::Status { code, retry_after }
-                }
-                Err(e) if e.is_timeout() => AttemptResult::Timeout,
-                Err(e) if e.is_connect() => AttemptResult::Connect(error_chain(&e)),
-                Err(e) => AttemptResult::Failed(error_chain(&e)),
+                        .and_then(parse_retry_after),
+                },
+                Err(ExchangeError::Timeout) => AttemptResult::Timeout,
+                Err(ExchangeError::Connect(e)) => AttemptResult::Connect(e),
+                Err(ExchangeError::Failed(e)) => AttemptResult::Failed(e),
             }
         })
     }
@@ -242,7 +394,7 @@ impl Target for HttpTarget {
 const DRAINED_ANSWER: usize = 64 * 1024;
 
 /// An answer's body read to its end, or `Err` once it passes `limit` bytes (the rest unread).
-pub(crate) async fn read_capped(
+async fn read_capped(
     mut res: reqwest::Response,
     limit: usize,
 ) -> Result<Result<Bytes, usize>, reqwest::Error> {
@@ -387,7 +539,7 @@ mod tests {
                 vec![],
                 Bytes::new(),
             );
-            assert_eq!(target.url_for(&e).as_str(), case.want, "{}", case.name);
+            assert_eq!(target.url_for(&e), case.want, "{}", case.name);
         }
     }
 

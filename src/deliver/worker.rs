@@ -408,7 +408,7 @@ async fn attempt(
             m.success.inc();
             m.attempts.observe(f64::from(event.attempts));
             m.spool_depth.dec();
-            tracing::info!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
+            tracing::debug!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
             // Not awaited: nobody waits on this record (the writer logs a failed commit), and
             // losing it only means one repeat after a restart.
             inner.spool.forget_delivered(&event);

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -214,17 +216,23 @@ fn build(config: &Config) -> Result<Built, StartError> {
     if let Some(filter) = filter {
         public.set_connection_filter(Arc::new(filter));
     }
+    // No read buffer in front of each connection: pingora's default is 64 KiB a connection
+    // (most of an idle connection's cost), and the request parser reads into its own buffer
+    // anyway. The small write buffer stays: an answer goes out in one write.
+    let buffers = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &s.listen {
-        match &s.tls {
-            None => public.add_tcp(addr),
+        let listener = ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers);
+        let listener = match &s.tls {
+            None => listener,
             Some(tls) => {
                 let cert = config.resolve(&tls.cert).display().to_string();
                 let key = config.resolve(&tls.key).display().to_string();
-                public
-                    .add_tls(addr, &cert, &key)
+                let settings = TlsSettings::intermediate(&cert, &key)
                     .map_err(|e| StartError::Other(format!("{file}: server.tls: {e}")))?;
+                listener.tls(settings)
             }
-        }
+        };
+        public.add_listener(listener);
     }
     server.add_service(public);
 

@@ -24,6 +24,7 @@ use pingora::listeners::ConnectionFilter;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 use crate::core::{
@@ -116,6 +117,9 @@ impl Drop for InFlight<'_> {
 /// has read it (RFC 9112 §9.6); webhook payloads are a few hundred bytes.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
+/// The first read of a kept-alive connection's next request: pingora's own first header read.
+const FIRST_READ: usize = 4096;
+
 /// What became of one request, and whether its connection must close.
 struct Decided {
     outcome: Outcome,
@@ -156,26 +160,25 @@ impl ServerApp for GatewayApp {
         let mut pipelined: Option<BytesMut> = None;
         let mut reused = false;
         loop {
-            // A kept-alive connection idles until the next request's first byte (up to
-            // `idle_timeout`); the header deadline starts there. A request already read along
-            // with the previous one (pipelined) starts now. A stream that cannot be peeked
-            // (TLS) gives the header read the idle time too.
-            let mut limit = gw.header_timeout;
+            // A kept-alive connection idles until the next request's first bytes (up to
+            // `idle_timeout`); the header deadline starts there. Those bytes are read here (one
+            // read, as the parser would make) and handed to the session as a prefix, like a
+            // request read along with the previous one (pipelined), which starts now.
             if reused && pipelined.as_ref().is_none_or(|p| p.is_empty()) {
-                let mut first = [0u8; 1];
+                let mut first = BytesMut::with_capacity(FIRST_READ);
                 let mut stop = shutdown.clone();
-                let peeked = tokio::select! {
+                let read = tokio::select! {
                     biased;
                     _ = stop.wait_for(|s| *s) => return None,
-                    peeked = tokio::time::timeout(gw.idle_timeout, stream.try_peek(&mut first)) => peeked,
+                    read = tokio::time::timeout(gw.idle_timeout, stream.read_buf(&mut first)) => read,
                 };
-                match peeked {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) => limit += gw.idle_timeout,
+                match read {
+                    Ok(Ok(n)) if n > 0 => pipelined = Some(first),
                     // Idle too long, or closed by the client: nothing to answer.
-                    Ok(Err(_)) | Err(_) => return None,
+                    _ => return None,
                 }
             }
+            let limit = gw.header_timeout;
             let mut session = ServerSession::new_http1(stream);
             // pingora's own per-read timer on a kept-alive connection; ours bounds the whole
             // header, so a trickling client is answered 408.

@@ -70,6 +70,12 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.store.memory.as_u64() < crate::store::embedded::MIN_MEMORY {
+            errors.push(invalid(
+                "store.memory".into(),
+                "must be at least 4MiB".into(),
+            ));
+        }
         if s.dedup_capacity == 0 {
             errors.push(invalid(
                 "server.dedup_capacity".into(),

@@ -49,7 +49,8 @@ impl Config {
             Backend::Embedded => embedded::open(
                 SpoolConfig::new(s.data_dir.join("spool"), s.durability)
                     .with_max_events(s.spool_max_events)
-                    .with_max_bytes(s.spool_max_size.as_u64()),
+                    .with_max_bytes(s.spool_max_size.as_u64())
+                    .with_memory(self.store.memory.as_u64()),
                 s.dedup_capacity,
                 metrics,
             ),

@@ -116,11 +116,23 @@ impl Default for Server {
 }
 
 /// `[store]`: where events and dedup keys are kept (DESIGN §5). Changing it needs a restart.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     /// `embedded` (the default) or `memory`.
     pub backend: Backend,
+    /// `embedded`: the memory its engine may use for write buffers and cache (default 32 MiB,
+    /// at least 4 MiB). The dedup keys (`server.dedup_capacity`) are counted apart.
+    pub memory: Size,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            backend: Backend::default(),
+            memory: Size(32 << 20),
+        }
+    }
 }
 
 /// A storage backend, one module of [`crate::store`] each.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use dedup::{MemoryDedupStore, IN_FLIGHT_TTL};
-pub use spool::{EmbeddedSpool, SpoolConfig};
+pub use spool::{EmbeddedSpool, SpoolConfig, MIN_MEMORY};
 
 use super::{refill_dedup, SharedDedupStore, SpoolError, Storage};
 use crate::metrics::Metrics;

@@ -47,11 +47,18 @@ pub struct SpoolConfig {
     /// alone never waits). Trades up to this much latency for fewer syncs: each costs tens of
     /// microseconds of CPU. Zero turns it off.
     pub linger: Duration,
+    /// The memory the store's engine may use, at most: its write buffers (memtables) and its
+    /// block cache. A steady load keeps the process flat at about this much plus the dedup keys
+    /// and the connections; the data on disk is not bounded by it.
+    pub memory: u64,
 }
+
+/// The smallest [`SpoolConfig::memory`]: the engine needs a write buffer of 1 MiB at least.
+pub const MIN_MEMORY: u64 = 4 << 20;
 
 impl SpoolConfig {
     /// A spool in `path` with `durability`, bounded at 1,000,000 events and 1 GiB, lingering
-    /// 100 µs for concurrent appends.
+    /// 100 µs for concurrent appends, using 32 MiB of memory.
     pub fn new(path: impl AsRef<Path>, durability: Durability) -> Self {
         Self {
             path: path.as_ref().to_owned(),
@@ -59,7 +66,15 @@ impl SpoolConfig {
             max_events: 1_000_000,
             max_bytes: 1 << 30,
             linger: Duration::from_micros(100),
+            memory: 32 << 20,
         }
+    }
+
+    /// Sets [`memory`](Self::memory) (at least [`MIN_MEMORY`]).
+    #[must_use]
+    pub fn with_memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes.max(MIN_MEMORY);
+        self
     }
 
     /// Bounds the spool at `events` events.
@@ -175,13 +190,25 @@ impl EmbeddedSpool {
             }
             _ => (config.path.clone(), None),
         };
+        // fjall's defaults (a 64 MiB memtable per keyspace) let a steady load grow the process
+        // by hundreds of MiB before anything is flushed, and the fresh pages cost CPU as well: a
+        // quarter of the budget caches blocks, the rest bounds the memtables, half of it for the
+        // pending events (a sealed memtable waits for its flush on the one engine worker).
+        let memory = config.memory.max(MIN_MEMORY);
+        let cache = memory / 4;
+        let buffers = memory - cache;
         let db = fjall::Database::builder(&path)
             .manual_journal_persist(true)
+            .cache_size(cache)
+            .worker_threads(1)
             .open()
             .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
-        let pending = db.keyspace("pending", fjall::KeyspaceCreateOptions::default)?;
-        let dead = db.keyspace("dead", fjall::KeyspaceCreateOptions::default)?;
-        let dedup = db.keyspace("dedup", fjall::KeyspaceCreateOptions::default)?;
+        let memtable = |share: u64| {
+            move || fjall::KeyspaceCreateOptions::default().max_memtable_size(buffers / share)
+        };
+        let pending = db.keyspace("pending", memtable(2))?;
+        let dead = db.keyspace("dead", memtable(4))?;
+        let dedup = db.keyspace("dedup", memtable(4))?;
         rekey_legacy_dead_letters(&db, &dead, config.durability)?;
         sweep_at_open(&db, &dedup, config.durability)?;
 
