@@ -51,6 +51,8 @@ pub struct Metrics {
     spool_depth: IntGaugeVec,
     spool_oldest_age: GaugeVec,
     dead_letters: IntGaugeVec,
+    upstream_up: IntGaugeVec,
+    probes: IntCounterVec,
 }
 
 /// Buckets for one delivery attempt: 1 ms to 60 s.
@@ -136,6 +138,20 @@ impl Metrics {
                 Opts::new("hookgate_dead_letters", "events in the dead letters"),
                 &["route"],
             )?,
+            upstream_up: IntGaugeVec::new(
+                Opts::new(
+                    "hookgate_upstream_up",
+                    "1 while the route's circuit is closed (deliveries flow), 0 while it is open (the upstream is down; one probe per interval)",
+                ),
+                &["route"],
+            )?,
+            probes: IntCounterVec::new(
+                Opts::new(
+                    "hookgate_upstream_probes_total",
+                    "deliveries sent as the probe of an open circuit, by result (success closes it)",
+                ),
+                &["route", "result"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.rejections.clone()))?;
@@ -150,6 +166,8 @@ impl Metrics {
         registry.register(Box::new(m.spool_depth.clone()))?;
         registry.register(Box::new(m.spool_oldest_age.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.upstream_up.clone()))?;
+        registry.register(Box::new(m.probes.clone()))?;
         Ok(m)
     }
 
@@ -176,6 +194,10 @@ impl Metrics {
         let _ = self.spool_depth.remove_label_values(&[name]);
         let _ = self.spool_oldest_age.remove_label_values(&[name]);
         let _ = self.dead_letters.remove_label_values(&[name]);
+        let _ = self.upstream_up.remove_label_values(&[name]);
+        for result in ["success", "failure"] {
+            let _ = self.probes.remove_label_values(&[name, result]);
+        }
         let _ = self.forwarded_invalid.remove_label_values(&[name]);
         let completed = [EventStatus::Completed.as_str(), ErrorCode::None.as_str()];
         let _ = self
@@ -220,6 +242,9 @@ impl Metrics {
                 spool_depth: self.spool_depth.with_label_values(&[route]),
                 oldest_age: self.spool_oldest_age.with_label_values(&[route]),
                 dead_letters: self.dead_letters.with_label_values(&[route]),
+                upstream_up: self.upstream_up.with_label_values(&[route]),
+                probe_success: self.probes.with_label_values(&[route, "success"]),
+                probe_failure: self.probes.with_label_values(&[route, "failure"]),
             },
         }))
     }
@@ -271,6 +296,12 @@ pub struct DeliveryMetrics {
     pub oldest_age: Gauge,
     /// `hookgate_dead_letters`
     pub dead_letters: IntGauge,
+    /// `hookgate_upstream_up`: 1 closed, 0 open.
+    pub upstream_up: IntGauge,
+    /// `hookgate_upstream_probes_total{result="success"}`
+    pub probe_success: IntCounter,
+    /// `hookgate_upstream_probes_total{result="failure"}`
+    pub probe_failure: IntCounter,
 }
 
 impl std::fmt::Debug for DeliveryMetrics {

@@ -1151,3 +1151,98 @@ async fn the_storage_backend_is_chosen_by_the_config() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("backend"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_upstream_opens_the_circuit_and_the_backlog_drains_when_it_returns() {
+    // Nothing listens on the upstream's port until the end.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}{PATH}");
+    let dir = tempfile::tempdir().unwrap();
+    // Three attempts per event at most: were a probe counted against its event, the probed
+    // events would be dead letters by the end.
+    let delivery = "[route.delivery]\nopen_after = 3\nbackoff = \"300ms\"\nmax_backoff = \"600ms\"\nmax_attempts = 3\nconcurrency = 4";
+    let gateway = Gateway::for_upstream(dir.path(), &url, "", delivery).await;
+    let r = r#"route="/webhook/o3-video""#;
+    let up = format!("hookgate_upstream_up{{{r}}}");
+    assert_eq!(series(&metrics(&gateway).await, &up), 1.0);
+
+    let mut sent = HashSet::new();
+    for _ in 0..40 {
+        let id = generation();
+        let (status, _, body) = post(&client(), &gateway.url(PATH), completed(&id)).await;
+        assert_eq!(status, 200, "{body}");
+        sent.insert(id);
+    }
+    let opened = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || {
+            let m = metrics(&gateway).await;
+            (series(&m, &up) == 0.0).then_some(m)
+        },
+    )
+    .await
+    .expect("the circuit opens");
+
+    // While it is open: no attempt counted against the waiting events, a probe per interval.
+    let retries = format!("hookgate_deliveries_total{{result=\"retry\",{r}}}");
+    let probes = format!("hookgate_upstream_probes_total{{result=\"failure\",{r}}}");
+    let before = opened;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = metrics(&gateway).await;
+    assert_eq!(
+        series(&after, &retries),
+        series(&before, &retries),
+        "{after}"
+    );
+    let probed = series(&after, &probes) - series(&before, &probes);
+    // 3 s at one probe per 300 ms doubling to 600 ms: 5 or 6; never one per event.
+    assert!(
+        (1.0..=7.0).contains(&probed),
+        "{probed} probes in 3 s\n{after}"
+    );
+    assert!(
+        gateway.log_text().contains("circuit open"),
+        "{}",
+        gateway.log_text()
+    );
+
+    // The upstream comes back: every event is delivered, once.
+    let upstream = Upstream::start_on(port).await;
+    let got = upstream.wait_for(sent.len(), Duration::from_secs(15)).await;
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["generation_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        sent.len(),
+        "delivered {} of {}",
+        ids.len(),
+        sent.len()
+    );
+    assert_eq!(ids.iter().cloned().collect::<HashSet<_>>(), sent);
+    let closed = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        async || {
+            let m = metrics(&gateway).await;
+            (series(&m, &up) == 1.0 && series(&m, &format!("hookgate_spool_depth{{{r}}}")) == 0.0)
+                .then_some(m)
+        },
+    )
+    .await
+    .expect("the circuit closes and the spool empties");
+    assert_eq!(
+        series(&closed, &format!("hookgate_dead_letters{{{r}}}")),
+        0.0,
+        "{closed}"
+    );
+    let succeeded = format!("hookgate_upstream_probes_total{{result=\"success\",{r}}}");
+    assert_eq!(series(&closed, &succeeded), 1.0, "{closed}");
+    assert!(
+        gateway.log_text().contains("circuit closed"),
+        "{}",
+        gateway.log_text()
+    );
+}

@@ -5,6 +5,8 @@
 //! - [`target`]: an HTTP upstream ([`HttpTarget`]) or a tower service ([`ServiceTarget`]).
 //! - [`Deliverer`]: one route's worker: steps 13–14 ([`Deliverer::accept`]), schedule,
 //!   dispatcher, concurrency limit, dead letters, graceful stop.
+//! - [`circuit`]: a route's circuit breaker (DESIGN §11): one probe per interval while the
+//!   upstream is down, no attempt counted against waiting events.
 //! - [`Forwarder`]: `proxy` mode's bounded synchronous forward.
 //!
 //! ```
@@ -15,6 +17,7 @@
 //! assert_eq!(classify(&AttemptResult::Status { code: 400, retry_after: None }), Verdict::Reject);
 //! ```
 
+pub mod circuit;
 mod forward;
 mod origin;
 pub mod policy;

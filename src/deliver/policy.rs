@@ -20,10 +20,14 @@ pub struct DeliveryPolicy {
     pub connect_timeout: Duration,
     /// Deliveries in flight at once for the route.
     pub concurrency: usize,
+    /// Attempts in a row finding the upstream down (no connection, no answer in time, a 5xx)
+    /// that open the route's circuit ([`circuit`](super::circuit)); 0 never opens it.
+    pub open_after: u32,
 }
 
 impl Default for DeliveryPolicy {
-    /// DESIGN §8's defaults: 10 attempts, 1 s doubling to 5 min, 24 h, 30 s per attempt, 16 at once.
+    /// DESIGN §8's defaults: 10 attempts, 1 s doubling to 5 min, 24 h, 30 s per attempt, 16 at
+    /// once; the circuit opens after 5 failures in a row.
     fn default() -> Self {
         Self {
             max_attempts: 10,
@@ -33,6 +37,7 @@ impl Default for DeliveryPolicy {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             concurrency: 16,
+            open_after: 5,
         }
     }
 }

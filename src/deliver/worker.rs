@@ -5,6 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use super::circuit::{Change, Circuit, Gate, Health};
 use super::policy::{classify, retry_delay, DeliveryPolicy, Verdict};
 use super::target::Target;
 use crate::core::outcome::{self, Counted, Outcome};
@@ -53,6 +55,11 @@ struct Inner {
     wake: Notify,
     stop: watch::Sender<bool>,
     permits: Arc<Semaphore>,
+    /// The route's circuit breaker; `open` mirrors it for the per-event fast path.
+    circuit: Mutex<Circuit>,
+    open: AtomicBool,
+    /// The circuit changed (closed, or a probe ended): the dispatcher looks again.
+    circuit_changed: Notify,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -99,7 +106,15 @@ impl Deliverer {
             .map(|(id, due)| Reverse((due, id)))
             .collect();
         let (stop, _) = watch::channel(false);
+        metrics.upstream_up.set(1);
         let inner = Arc::new(Inner {
+            circuit: Mutex::new(Circuit::new(
+                policy.open_after,
+                policy.backoff,
+                policy.max_backoff,
+            )),
+            open: AtomicBool::new(false),
+            circuit_changed: Notify::new(),
             permits: Arc::new(Semaphore::new(policy.concurrency.max(1))),
             route,
             spool,
@@ -191,7 +206,10 @@ impl Deliverer {
         if let (Some(target), Ok(runtime)) =
             (inner.target.get(), tokio::runtime::Handle::try_current())
         {
-            if !*inner.stop.borrow() && inner.lock_queue().is_empty() {
+            if !*inner.stop.borrow()
+                && !inner.open.load(Ordering::Relaxed)
+                && inner.lock_queue().is_empty()
+            {
                 if let Ok(permit) = inner.permits.clone().try_acquire_owned() {
                     runtime.spawn(attempt(inner.clone(), target.clone(), event, permit));
                     return;
@@ -318,7 +336,61 @@ impl Inner {
 
     fn push(&self, due_ms: u64, id: Uuid) {
         self.lock_queue().push(Reverse((due_ms, id)));
-        self.wake.notify_one();
+        // While the circuit is open the dispatcher waits for the probe's time, not for events:
+        // a down upstream costs no wake-up per event.
+        if !self.open.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn lock_circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
+        self.circuit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records what an attempt showed of the upstream, and logs and counts a change. Returns
+    /// whether the circuit is open now.
+    fn record_health(&self, health: Health, probe: bool) -> bool {
+        let (change, interval) = {
+            let mut circuit = self.lock_circuit();
+            let change = circuit.record(health, probe, Instant::now());
+            self.open.store(circuit.is_open(), Ordering::Relaxed);
+            (change, circuit.interval())
+        };
+        let route = &self.route;
+        match change {
+            Change::None => {}
+            Change::Opened => {
+                self.metrics.upstream_up.set(0);
+                tracing::warn!(
+                    %route,
+                    failures = self.policy.open_after,
+                    probe_every_ms = interval.unwrap_or_default().as_millis() as u64,
+                    "upstream down: circuit open; events wait in the spool, one probe per interval"
+                );
+            }
+            Change::Closed => {
+                self.metrics.upstream_up.set(1);
+                tracing::info!(
+                    %route,
+                    waiting = self.lock_queue().len(),
+                    "upstream back: circuit closed; delivering the backlog, oldest first"
+                );
+                self.wake.notify_one();
+            }
+        }
+        if probe || change != Change::None {
+            self.circuit_changed.notify_one();
+        }
+        interval.is_some()
+    }
+
+    /// An attempt that failed with the circuit open (the probe, one in flight when it opened, or
+    /// the one that opened it): its event goes back in the queue as it was, no attempt counted.
+    fn put_back(&self, mut event: Event) {
+        event.attempts -= 1;
+        let (id, due) = (event.id, event.next_attempt_ms);
+        self.keep_hot(event);
+        self.push(due, id);
     }
 
     /// Removes and returns the earliest event if due; otherwise how long until it is.
@@ -354,14 +426,35 @@ async fn dispatch(inner: Arc<Inner>) {
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let id = loop {
+        let (id, probe) = loop {
+            let gate = inner.lock_circuit().gate(Instant::now());
+            let probe = match gate {
+                Gate::Closed => false,
+                Gate::Probe => true,
+                // Open: nothing goes out until the probe's time (or the probe's end).
+                Gate::Wait(wait) => {
+                    let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
+                    tokio::select! {
+                        _ = sleep => {}
+                        _ = inner.circuit_changed.notified() => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    continue;
+                }
+            };
             match inner.pop_due() {
-                Ok(id) => break id,
+                Ok(id) => {
+                    if probe {
+                        inner.lock_circuit().probe_sent();
+                    }
+                    break (id, probe);
+                }
                 Err(wait) => {
                     let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
                     tokio::select! {
                         _ = sleep => {}
                         _ = inner.wake.notified() => {}
+                        _ = inner.circuit_changed.notified() => {}
                         _ = stop.wait_for(|s| *s) => return,
                     }
                 }
@@ -372,17 +465,58 @@ async fn dispatch(inner: Arc<Inner>) {
             None => inner.spool.get(&inner.route, id),
         };
         match stored {
+            Ok(Some(event)) if probe => {
+                tokio::spawn(attempt_probe(inner.clone(), target.clone(), event, permit));
+            }
             Ok(Some(event)) => {
                 tokio::spawn(attempt(inner.clone(), target.clone(), event, permit));
             }
             // Delivered or dead-lettered meanwhile (a replayed duplicate schedule): nothing to do.
-            Ok(None) => {}
+            Ok(None) => {
+                if probe {
+                    inner.lock_circuit().probe_unsent();
+                }
+            }
             Err(e) => {
+                if probe {
+                    inner.lock_circuit().probe_unsent();
+                }
                 tracing::warn!(route = %inner.route, event_id = %id, error = %e, "cannot read event from the spool; retrying in 1s");
                 inner.push(now_ms() + 1000, id);
             }
         }
     }
+}
+
+/// The probe of an open circuit: a delivery of the oldest due event whose failure counts no
+/// attempt against it (the event goes back in the queue as it was).
+async fn attempt_probe(
+    inner: Arc<Inner>,
+    target: Arc<dyn Target>,
+    mut event: Event,
+    permit: OwnedSemaphorePermit,
+) {
+    event.attempts += 1;
+    let started = Instant::now();
+    let result = target.deliver(&event).await;
+    inner
+        .metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    let health = Health::of(&result);
+    inner.record_health(health, true);
+    match health {
+        Health::Up => {
+            inner.metrics.probe_success.inc();
+            settle_attempt(&inner, event, result).await;
+        }
+        Health::Down => {
+            inner.metrics.probe_failure.inc();
+            tracing::info!(route = %inner.route, event_id = %event.id, outcome = %result, "probe failed; the upstream is still down");
+            inner.put_back(event);
+        }
+    }
+    drop(permit);
 }
 
 async fn attempt(
@@ -391,13 +525,27 @@ async fn attempt(
     mut event: Event,
     _permit: OwnedSemaphorePermit,
 ) {
-    let route = &inner.route;
-    let id = event.id;
     event.attempts += 1;
     let started = Instant::now();
     let result = target.deliver(&event).await;
+    inner
+        .metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    let health = Health::of(&result);
+    if inner.record_health(health, false) && health == Health::Down {
+        tracing::debug!(route = %inner.route, event_id = %event.id, outcome = %result, "attempt failed with the circuit open; not counted");
+        inner.put_back(event);
+        return;
+    }
+    settle_attempt(&inner, event, result).await;
+}
+
+/// What an attempt's result does to its event: delivered, dead-lettered, or rescheduled.
+async fn settle_attempt(inner: &Arc<Inner>, mut event: Event, result: super::AttemptResult) {
+    let route = &inner.route;
+    let id = event.id;
     let m = &inner.metrics;
-    m.duration.observe(started.elapsed().as_secs_f64());
     let verdict = classify(&result);
     if !matches!(verdict, Verdict::Success) {
         // A delivered event's history goes with it: only failures are worth the formatting.
@@ -414,7 +562,7 @@ async fn attempt(
             inner.spool.forget_delivered(&event);
         }
         Verdict::Reject => {
-            dead_letter(&inner, event, &result.to_string(), "rejected by the target").await;
+            dead_letter(inner, event, &result.to_string(), "rejected by the target").await;
         }
         Verdict::Retry { not_before } => {
             let tries = event.attempts - event.attempts_before_replay;
@@ -426,7 +574,7 @@ async fn attempt(
                 } else {
                     "max_age reached"
                 };
-                dead_letter(&inner, event, &result.to_string(), reason).await;
+                dead_letter(inner, event, &result.to_string(), reason).await;
                 return;
             }
             let delay = retry_delay(&inner.policy, tries, fastrand::f64(), not_before);

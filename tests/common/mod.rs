@@ -121,6 +121,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Self::start_on(0).await
+    }
+
+    /// [`start`](Self::start) on a given loopback port (0: any free one).
+    pub async fn start_on(port: u16) -> Upstream {
         let state = UpstreamState::default();
         let app = Router::new()
             .fallback(route_post(
@@ -153,7 +158,9 @@ impl Upstream {
                 },
             ))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();

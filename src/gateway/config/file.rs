@@ -266,6 +266,10 @@ pub struct Delivery {
     pub connect_timeout: Duration,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// Failed attempts in a row (no connection, timeout, 5xx) that open the route's circuit:
+    /// then one probe per interval (`backoff` doubling to `max_backoff`) until the upstream
+    /// answers. 0 turns the breaker off.
+    pub open_after: u32,
 }
 
 impl Default for Delivery {
@@ -279,6 +283,7 @@ impl Default for Delivery {
             timeout: p.timeout,
             connect_timeout: p.connect_timeout,
             concurrency: p.concurrency,
+            open_after: p.open_after,
         }
     }
 }
@@ -294,6 +299,7 @@ impl Delivery {
             timeout: self.timeout,
             connect_timeout: self.connect_timeout,
             concurrency: self.concurrency,
+            open_after: self.open_after,
         }
     }
 }
