@@ -240,7 +240,13 @@ async fn a_source_outside_the_allowlist_is_refused_before_any_byte() {
     .await;
     assert_eq!(status, 200);
     let m = metrics(&s.gateway).await;
-    assert_eq!(series(&m, "hookgate_connections_refused_total"), 1.0);
+    assert_eq!(
+        series(
+            &m,
+            r#"hookgate_connections_refused_total{reason="ip_not_allowed"}"#
+        ),
+        1.0
+    );
     assert_eq!(
         s.upstream.wait_for(1, Duration::from_secs(10)).await.len(),
         1
@@ -1245,4 +1251,80 @@ async fn a_down_upstream_opens_the_circuit_and_the_backlog_drains_when_it_return
         "{}",
         gateway.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_holds_and_the_next_one_is_refused_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup("max_connections = 3", "").await;
+    let request = |body: &str| {
+        format!(
+            "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Three connections, each answered and kept alive.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(s.gateway.public)
+            .await
+            .unwrap();
+        c.write_all(request(&completed(&generation())).as_bytes())
+            .await
+            .unwrap();
+        let answer = read_answer(&mut c).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        open.push(c);
+    }
+    let m = metrics(&s.gateway).await;
+    assert_eq!(series(&m, "hookgate_connections_open"), 3.0, "{m}");
+
+    // The fourth is closed unanswered.
+    let mut fourth = tokio::net::TcpStream::connect(s.gateway.public)
+        .await
+        .unwrap();
+    let _ = fourth
+        .write_all(request(&completed(&generation())).as_bytes())
+        .await;
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(10), fourth.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let over = r#"hookgate_connections_refused_total{reason="max_connections"}"#;
+    let m = metrics(&s.gateway).await;
+    assert_eq!(series(&m, over), 1.0, "{m}");
+    assert!(s.gateway.log_text().contains("max_connections"));
+
+    // One closes: a new connection is served again.
+    drop(open.pop());
+    let served = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || {
+            let mut c = tokio::net::TcpStream::connect(s.gateway.public)
+                .await
+                .ok()?;
+            c.write_all(request(&completed(&generation())).as_bytes())
+                .await
+                .ok()?;
+            let mut got = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut got))
+                .await
+                .ok()?
+                .ok()?;
+            String::from_utf8_lossy(&got[..n])
+                .starts_with("HTTP/1.1 200")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(served.is_some(), "no connection served after one closed");
+    // The others still work.
+    for c in &mut open {
+        c.write_all(request(&completed(&generation())).as_bytes())
+            .await
+            .unwrap();
+        assert!(read_answer(c).await.starts_with("HTTP/1.1 200"));
+    }
 }

@@ -38,7 +38,7 @@ mod service;
 pub use admin::{Attempt, DeadLetter};
 pub use config::{Config, ConfigFileError};
 
-use service::{Drain, Gateway, GatewayApp, PeerFilter, Route};
+use service::{Connections, Drain, Gateway, GatewayApp, PeerFilter, Route};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +138,25 @@ fn build(config: &Config) -> Result<Built, StartError> {
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
-    let refused = prometheus::IntCounter::new(
-        "hookgate_connections_refused_total",
-        "Connections dropped before any byte was read: the peer is in no route's allowlist.",
+    let refused = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "hookgate_connections_refused_total",
+            "Connections closed before any byte was read: the peer is in no route's allowlist (ip_not_allowed), or server.max_connections are open (max_connections).",
+        ),
+        &["reason"],
     )?;
     registry.register(Box::new(refused.clone()))?;
+    let open_connections = prometheus::IntGauge::new(
+        "hookgate_connections_open",
+        "Client connections open now (bounded by server.max_connections).",
+    )?;
+    registry.register(Box::new(open_connections.clone()))?;
+    let connections = Connections {
+        open: open_connections,
+        max: s.max_connections,
+        refused: refused.with_label_values(&["max_connections"]),
+        warned: std::sync::atomic::AtomicU64::new(0),
+    };
     let storage_error = |error| StartError::Spool {
         file: file.clone(),
         backend: format!("{:?}", config.store.backend).to_lowercase(),
@@ -188,7 +202,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
     }
     let filter = (!routes.values().any(|r| r.clients.trusts_proxies())).then(|| PeerFilter {
         allow: routes.values().map(|r| r.allow.clone()).collect(),
-        refused,
+        refused: refused.with_label_values(&["ip_not_allowed"]),
     });
 
     let conf = ServerConf {
@@ -211,6 +225,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
         idle_timeout: s.idle_timeout,
         unmatched: metrics.unrouted("(none)"),
         drain: drain.clone(),
+        connections,
     });
     let mut public = Service::new("hookgate".into(), GatewayApp(gateway));
     if let Some(filter) = filter {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,62 @@ pub(crate) struct Gateway {
     /// Requests for no route (and refused before one is known) are counted here.
     pub unmatched: RouteMetrics,
     pub drain: Arc<Drain>,
+    pub connections: Connections,
+}
+
+/// The client connections open, bounded by `server.max_connections`.
+pub(crate) struct Connections {
+    pub open: prometheus::IntGauge,
+    pub max: usize,
+    pub refused: prometheus::IntCounter,
+    /// When a refusal was last logged (seconds since the epoch): once a minute at most.
+    pub warned: AtomicU64,
+}
+
+/// One open connection, counted until dropped.
+struct Open<'a>(&'a Connections);
+
+impl Connections {
+    fn enter(&self) -> Option<Open<'_>> {
+        // The gauge is the count: one atomic add, undone when over the limit.
+        let before = usize::try_from(self.open.get()).unwrap_or(0);
+        if before >= self.max {
+            self.refuse();
+            return None;
+        }
+        self.open.inc();
+        if usize::try_from(self.open.get()).unwrap_or(0) > self.max {
+            self.open.dec();
+            self.refuse();
+            return None;
+        }
+        Some(Open(self))
+    }
+
+    fn refuse(&self) {
+        self.refused.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.warned.load(Ordering::Relaxed);
+        if now >= last + 60
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_connections = self.max,
+                "server.max_connections are open: new connections are closed unanswered (counted in hookgate_connections_refused_total{{reason=\"max_connections\"}}; logged once a minute)"
+            );
+        }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.dec();
+    }
 }
 
 /// Requests in flight, for a shutdown that waits for them and no longer.
@@ -157,6 +213,8 @@ impl ServerApp for GatewayApp {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let gw = &self.0;
+        // Over the limit: closed unanswered (pingora drops the stream).
+        let _open = gw.connections.enter()?;
         let mut pipelined: Option<BytesMut> = None;
         let mut reused = false;
         loop {

@@ -76,6 +76,12 @@ impl Config {
                 "must be at least 4MiB".into(),
             ));
         }
+        if s.max_connections == 0 {
+            errors.push(invalid(
+                "server.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
         if s.dedup_capacity == 0 {
             errors.push(invalid(
                 "server.dedup_capacity".into(),

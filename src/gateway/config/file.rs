@@ -92,6 +92,10 @@ pub struct Server {
     pub spool_max_size: Size,
     /// Dedup keys kept in memory, across routes (the oldest are evicted beyond).
     pub dedup_capacity: usize,
+    /// Client connections open at once, across listeners; one beyond is closed unanswered and
+    /// counted (`hookgate_connections_refused_total{reason="max_connections"}`). An idle
+    /// connection costs about 26 KiB.
+    pub max_connections: usize,
 }
 
 impl Default for Server {
@@ -111,6 +115,7 @@ impl Default for Server {
             spool_max_events: 1_000_000,
             spool_max_size: Size(1 << 30),
             dedup_capacity: 1_000_000,
+            max_connections: 4096,
         }
     }
 }
