@@ -90,7 +90,9 @@ pub struct Server {
     pub spool_max_events: u64,
     /// The most bytes the spool holds; beyond, 503 + `Retry-After`.
     pub spool_max_size: Size,
-    /// Dedup keys kept in memory, across routes (the oldest are evicted beyond).
+    /// Dedup keys kept in memory, across routes (the oldest are evicted beyond). The whole bound
+    /// is allocated at start: about 40 bytes a key, the table in powers of two (900,000 keys take
+    /// 36 MiB, 1,000,000 take 58 MiB; see the README's memory section).
     pub dedup_capacity: usize,
     /// Client connections open at once, across listeners; one beyond is closed unanswered and
     /// counted (`hookgate_connections_refused_total{reason="max_connections"}`). An idle
@@ -114,7 +116,7 @@ impl Default for Server {
             shutdown_grace: Duration::from_secs(2),
             spool_max_events: 1_000_000,
             spool_max_size: Size(1 << 30),
-            dedup_capacity: 1_000_000,
+            dedup_capacity: crate::store::embedded::DEFAULT_DEDUP_CAPACITY,
             max_connections: 4096,
         }
     }

@@ -22,7 +22,7 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use dedup::{MemoryDedupStore, IN_FLIGHT_TTL};
+pub use dedup::{MemoryDedupStore, DEFAULT_DEDUP_CAPACITY, IN_FLIGHT_TTL};
 pub use spool::{EmbeddedSpool, SpoolConfig, MIN_MEMORY};
 
 use super::{refill_dedup, SharedDedupStore, SpoolError, Storage};
