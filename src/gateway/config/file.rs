@@ -72,7 +72,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// What an acknowledgement survives: `fsync`, `os` or `memory`.
     pub durability: Durability,
-    /// Worker threads of the public listener.
+    /// Worker threads of the public listener, where requests are answered and fresh events
+    /// delivered (default: the machine's cores). Retries and recovery run on one more.
     pub threads: usize,
     /// Time allowed to receive a request's header (408 and close after it).
     #[serde(with = "humantime_serde")]
@@ -109,7 +110,7 @@ impl Default for Server {
             admin_token: None,
             data_dir: PathBuf::from("./data"),
             durability: Durability::Fsync,
-            threads: 2,
+            threads: std::thread::available_parallelism().map_or(2, usize::from),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

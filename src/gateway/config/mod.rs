@@ -62,7 +62,12 @@ allow = ["127.0.0.1/32", "::1/128"]
         let c = Config::parse("t.toml", MINIMAL).unwrap();
         assert_eq!(c.server.admin, "127.0.0.1:9090");
         assert_eq!(c.server.durability, Durability::Fsync);
-        assert_eq!(c.server.threads, 2);
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        assert_eq!(c.server.threads, cores);
+        assert_eq!(c.server.max_connections, 4096);
+        assert_eq!(c.server.dedup_capacity, 900_000);
+        assert_eq!(c.store.memory.as_u64(), 32 << 20);
+        assert_eq!(c.routes[0].delivery.open_after, 5);
         let r = &c.routes[0];
         assert_eq!(r.mode, Mode::FastAck);
         assert_eq!(r.profile, Profile::Runblob);
