@@ -173,14 +173,8 @@ impl Circuit {
 
 #[cfg(test)]
 mod tests {
+    use super::super::policy::status;
     use super::*;
-
-    fn status(code: u16) -> AttemptResult {
-        AttemptResult::Status {
-            code,
-            retry_after: None,
-        }
-    }
 
     #[test]
     fn what_counts_as_down() {

@@ -149,16 +149,18 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// An answer with `code` and no `Retry-After`, for tests.
+#[cfg(test)]
+pub(crate) fn status(code: u16) -> AttemptResult {
+    AttemptResult::Status {
+        code,
+        retry_after: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn status(code: u16) -> AttemptResult {
-        AttemptResult::Status {
-            code,
-            retry_after: None,
-        }
-    }
 
     #[test]
     fn outcomes() {

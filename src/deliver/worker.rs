@@ -211,7 +211,7 @@ impl Deliverer {
                 && inner.lock_queue().is_empty()
             {
                 if let Ok(permit) = inner.permits.clone().try_acquire_owned() {
-                    runtime.spawn(attempt(inner.clone(), target.clone(), event, permit));
+                    runtime.spawn(attempt(inner.clone(), target.clone(), event, permit, false));
                     return;
                 }
             }
@@ -465,11 +465,8 @@ async fn dispatch(inner: Arc<Inner>) {
             None => inner.spool.get(&inner.route, id),
         };
         match stored {
-            Ok(Some(event)) if probe => {
-                tokio::spawn(attempt_probe(inner.clone(), target.clone(), event, permit));
-            }
             Ok(Some(event)) => {
-                tokio::spawn(attempt(inner.clone(), target.clone(), event, permit));
+                tokio::spawn(attempt(inner.clone(), target.clone(), event, permit, probe));
             }
             // Delivered or dead-lettered meanwhile (a replayed duplicate schedule): nothing to do.
             Ok(None) => {
@@ -488,42 +485,15 @@ async fn dispatch(inner: Arc<Inner>) {
     }
 }
 
-/// The probe of an open circuit: a delivery of the oldest due event whose failure counts no
-/// attempt against it (the event goes back in the queue as it was).
-async fn attempt_probe(
-    inner: Arc<Inner>,
-    target: Arc<dyn Target>,
-    mut event: Event,
-    permit: OwnedSemaphorePermit,
-) {
-    event.attempts += 1;
-    let started = Instant::now();
-    let result = target.deliver(&event).await;
-    inner
-        .metrics
-        .duration
-        .observe(started.elapsed().as_secs_f64());
-    let health = Health::of(&result);
-    inner.record_health(health, true);
-    match health {
-        Health::Up => {
-            inner.metrics.probe_success.inc();
-            settle_attempt(&inner, event, result).await;
-        }
-        Health::Down => {
-            inner.metrics.probe_failure.inc();
-            tracing::info!(route = %inner.route, event_id = %event.id, outcome = %result, "probe failed; the upstream is still down");
-            inner.put_back(event);
-        }
-    }
-    drop(permit);
-}
-
+/// One attempt at `event`. A `probe` (of an open circuit) is counted as one; an attempt that fails
+/// with the circuit open (the probe, one in flight when it opened, or the one that opened it)
+/// counts nothing against its event, which goes back in the queue as it was.
 async fn attempt(
     inner: Arc<Inner>,
     target: Arc<dyn Target>,
     mut event: Event,
     _permit: OwnedSemaphorePermit,
+    probe: bool,
 ) {
     event.attempts += 1;
     let started = Instant::now();
@@ -533,8 +503,20 @@ async fn attempt(
         .duration
         .observe(started.elapsed().as_secs_f64());
     let health = Health::of(&result);
-    if inner.record_health(health, false) && health == Health::Down {
-        tracing::debug!(route = %inner.route, event_id = %event.id, outcome = %result, "attempt failed with the circuit open; not counted");
+    let open = inner.record_health(health, probe);
+    let (route, id) = (&inner.route, event.id);
+    match (probe, health) {
+        (true, Health::Up) => inner.metrics.probe_success.inc(),
+        (true, Health::Down) => {
+            inner.metrics.probe_failure.inc();
+            tracing::info!(%route, event_id = %id, outcome = %result, "probe failed; the upstream is still down");
+        }
+        (false, Health::Down) if open => {
+            tracing::debug!(%route, event_id = %id, outcome = %result, "attempt failed with the circuit open; not counted");
+        }
+        (false, _) => {}
+    }
+    if open && health == Health::Down {
         inner.put_back(event);
         return;
     }

@@ -6,8 +6,9 @@
 //! It is a pingora [`ServerApp`] that runs the HTTP/1.1 connection loop itself (rather than an
 //! `HttpServerApp` or a `ProxyHttp`): it keeps pingora's listeners, TLS, connection filter, parser
 //! and keep-alive, and adds what those cannot give — a header deadline counted from the first
-//! byte of a request (an idle kept-alive connection waits for that byte, then `header_timeout`
-//! runs), an answered 408, a body read for validation, and pipelined requests answered in order.
+//! bytes of a request (an idle kept-alive connection waits for them, reads them once and hands
+//! them to the session, then `header_timeout` runs), an answered 408, a body read for
+//! validation, pipelined requests answered in order, and `server.max_connections`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -245,7 +245,7 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
         self
     }
 
-    /// Bounds the in-memory dedup store [`build`](Self::build) makes (default 900,000 keys, about 36 MiB, taken at start).
+    /// Bounds the in-memory dedup store [`build`](Self::build) makes (default 450,000 keys, about 27 MiB, taken at start).
     pub fn with_dedup_capacity(mut self, keys: usize) -> Self {
         self.dedup_capacity = keys;
         self

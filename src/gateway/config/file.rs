@@ -92,8 +92,8 @@ pub struct Server {
     /// The most bytes the spool holds; beyond, 503 + `Retry-After`.
     pub spool_max_size: Size,
     /// Dedup keys kept in memory, across routes (the oldest are evicted beyond). The whole bound
-    /// is allocated at start: about 40 bytes a key, the table in powers of two (900,000 keys take
-    /// 36 MiB, 1,000,000 take 58 MiB; see the README's memory section).
+    /// is allocated at start, the table in powers of two (450,000 keys take 27 MiB, 900,000 take
+    /// 55 MiB; see the README's dedup store section).
     pub dedup_capacity: usize,
     /// Client connections open at once, across listeners; one beyond is closed unanswered and
     /// counted (`hookgate_connections_refused_total{reason="max_connections"}`). An idle

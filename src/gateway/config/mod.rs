@@ -65,7 +65,7 @@ allow = ["127.0.0.1/32", "::1/128"]
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         assert_eq!(c.server.threads, cores);
         assert_eq!(c.server.max_connections, 4096);
-        assert_eq!(c.server.dedup_capacity, 900_000);
+        assert_eq!(c.server.dedup_capacity, 450_000);
         assert_eq!(c.store.memory.as_u64(), 32 << 20);
         assert_eq!(c.routes[0].delivery.open_after, 5);
         let r = &c.routes[0];

@@ -2,9 +2,11 @@
 //! bounded by a FIFO ring of insertion order (the oldest key is evicted first when full).
 //!
 //! Memory: each entry is 20 bytes in the map (16-byte key, 4-byte expiry with the commit flag in
-//! its top bit) plus 16 bytes in the ring, all allocated at start. The map's table is a power of
-//! two of slots filled to 7/8 at most, so a capacity just under 917,504 × 2^k uses it best:
-//! 900,000 keys take about 36 MiB, 1,000,000 take 58 MiB (`examples/dedup_memory.rs` measures).
+//! its top bit) plus 16 bytes in the ring, all allocated at start, so the store never grows. The
+//! map's table is a power of two of slots sized to stay at most half full (a fuller table under
+//! churn would double: its deleted slots are reclaimed in place only below half), so a capacity
+//! just under 458,752 × 2^k uses it best: 450,000 keys take about 27 MiB, 900,000 about 55 MiB
+//! (`examples/dedup_memory.rs` measures).
 //!
 //! A key evicted before its TTL shortens the dedup window: size the capacity for the rate of
 //! accepted events times the TTL (100 events/s for 24 h is 8.64 million keys). Evicting a live key
@@ -45,9 +47,9 @@ struct Inner {
     warned: AtomicU32,
 }
 
-/// The default capacity, for both faces: 900,000 keys, about 36 MiB (just under the 917,504 that
-/// fill a table of 2^20 slots to 7/8).
-pub const DEFAULT_DEDUP_CAPACITY: usize = 900_000;
+/// The default capacity, for both faces: 450,000 keys, about 27 MiB (a table of 2^20 slots,
+/// which holds them at most half full; see the module docs).
+pub const DEFAULT_DEDUP_CAPACITY: usize = 450_000;
 
 /// The longest a reservation is held without a commit: longer than any request (body timeout
 /// plus a `proxy` forward's timeout), far shorter than a dedup window.
@@ -129,8 +131,11 @@ impl MemoryDedupStore {
                 // the process's memory is flat from its first minute (the table's pages are
                 // resident once a few keys per page have landed on them at random), and no
                 // doubling of a shard's table briefly holds both copies under its lock.
+                // Twice the keys: under churn (an eviction and an insert for each new key) a
+                // table's deleted slots pile up until it rehashes, in place only while it is at
+                // most half full; fuller, it would double, once the store first filled.
                 map: DashMap::with_capacity_and_hasher_and_shard_amount(
-                    capacity,
+                    capacity.saturating_mul(2),
                     BuildHasherDefault::default(),
                     shards,
                 ),
