@@ -2,7 +2,7 @@
 //! dispatcher may send now, and what an attempt's result does to the circuit.
 //!
 //! After `open_after` attempts in a row find the upstream down (no connection, no answer in
-//! time, a 5xx), the circuit opens: waiting events stay in the spool untouched, and one of them
+//! time, a 5xx), counting an event's own repeated failures once, the circuit opens: waiting events stay in the spool untouched, and one of them
 //! (the oldest due) goes out as a probe per interval, the interval doubling from the route's
 //! `backoff` up to its `max_backoff`. An attempt that fails with the circuit open (a probe, one
 //! still in flight when it opened, or the one that opened it) counts nothing against its event. Any
@@ -15,13 +15,15 @@
 //!
 //! let mut c = Circuit::new(2, Duration::from_secs(1), Duration::from_secs(4));
 //! let t = Instant::now();
-//! assert_eq!(c.record(Health::Down, false, t), Change::None);
-//! assert_eq!(c.record(Health::Down, false, t), Change::Opened);
+//! assert_eq!(c.record(Health::Down, false, 1, t), Change::None);
+//! // The same event failing again counts once: its own retries are not an outage.
+//! assert_eq!(c.record(Health::Down, false, 1, t), Change::None);
+//! assert_eq!(c.record(Health::Down, false, 2, t), Change::Opened);
 //! assert_eq!(c.gate(t), Gate::Wait(Some(Duration::from_secs(1))));
 //! let later = t + Duration::from_secs(1);
 //! assert_eq!(c.gate(later), Gate::Probe);
 //! c.probe_sent();
-//! assert_eq!(c.record(Health::Up, true, later), Change::Closed);
+//! assert_eq!(c.record(Health::Up, true, 2, later), Change::Closed);
 //! assert_eq!(c.gate(later), Gate::Closed);
 //! ```
 
@@ -77,6 +79,8 @@ pub struct Circuit {
     first_interval: Duration,
     max_interval: Duration,
     failures: u32,
+    /// The event of the last failure: an event's own retries count once towards opening.
+    last_failed: Option<u128>,
     open: Option<Open>,
 }
 
@@ -97,6 +101,7 @@ impl Circuit {
             first_interval,
             max_interval: max_interval.max(first_interval),
             failures: 0,
+            last_failed: None,
             open: None,
         }
     }
@@ -135,18 +140,25 @@ impl Circuit {
         }
     }
 
-    /// Records an attempt's `health`; `probe` says whether it was the probe.
-    pub fn record(&mut self, health: Health, probe: bool, now: Instant) -> Change {
+    /// Records the `health` an attempt at `event` showed; `probe` says whether it was the probe.
+    /// Failures count towards opening once per event in a row: one event the upstream keeps
+    /// refusing (a poison payload) is its own retries' business, not proof that the upstream is
+    /// down for everyone.
+    pub fn record(&mut self, health: Health, probe: bool, event: u128, now: Instant) -> Change {
         match health {
             Health::Up => {
                 self.failures = 0;
+                self.last_failed = None;
                 match self.open.take() {
                     Some(_) => Change::Closed,
                     None => Change::None,
                 }
             }
             Health::Down => {
-                self.failures = self.failures.saturating_add(1);
+                if self.last_failed != Some(event) {
+                    self.failures = self.failures.saturating_add(1);
+                }
+                self.last_failed = Some(event);
                 match &mut self.open {
                     Some(o) => {
                         if probe {
@@ -177,6 +189,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_event_failing_again_and_again_does_not_open_it() {
+        let mut c = Circuit::new(3, Duration::from_secs(1), Duration::from_secs(8));
+        let t = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(c.record(Health::Down, false, 7, t), Change::None);
+        }
+        assert!(!c.is_open());
+        // Two others failing too: three events in a row, the upstream is down.
+        assert_eq!(c.record(Health::Down, false, 8, t), Change::None);
+        assert_eq!(c.record(Health::Down, false, 9, t), Change::Opened);
+    }
+
+    #[test]
     fn what_counts_as_down() {
         for (result, want) in [
             (status(200), Health::Up),
@@ -196,24 +221,25 @@ mod tests {
     fn a_success_between_failures_keeps_it_closed() {
         let mut c = Circuit::new(3, Duration::from_secs(1), Duration::from_secs(8));
         let t = Instant::now();
-        for h in [
+        let results = [
             Health::Down,
             Health::Down,
             Health::Up,
             Health::Down,
             Health::Down,
-        ] {
-            assert_eq!(c.record(h, false, t), Change::None);
+        ];
+        for (event, h) in (0u128..).zip(results) {
+            assert_eq!(c.record(h, false, event, t), Change::None);
         }
         assert_eq!(c.gate(t), Gate::Closed);
-        assert_eq!(c.record(Health::Down, false, t), Change::Opened);
+        assert_eq!(c.record(Health::Down, false, 9, t), Change::Opened);
     }
 
     #[test]
     fn probes_back_off_to_the_largest_interval_one_at_a_time() {
         let mut c = Circuit::new(1, Duration::from_secs(1), Duration::from_secs(5));
         let mut t = Instant::now();
-        assert_eq!(c.record(Health::Down, false, t), Change::Opened);
+        assert_eq!(c.record(Health::Down, false, 0, t), Change::Opened);
         let mut seen = Vec::new();
         for _ in 0..5 {
             let Gate::Wait(Some(wait)) = c.gate(t) else {
@@ -225,19 +251,22 @@ mod tests {
             c.probe_sent();
             // One probe at a time, however long it takes.
             assert_eq!(c.gate(t + Duration::from_secs(60)), Gate::Wait(None));
-            assert_eq!(c.record(Health::Down, true, t), Change::None);
+            assert_eq!(c.record(Health::Down, true, 1, t), Change::None);
         }
         assert_eq!(seen, [1, 2, 4, 5, 5]);
         // Attempts that were in flight when it opened change nothing.
-        assert_eq!(c.record(Health::Down, false, t), Change::None);
+        assert_eq!(c.record(Health::Down, false, 2, t), Change::None);
         assert!(matches!(c.gate(t), Gate::Wait(Some(_))));
     }
 
     #[test]
     fn zero_never_opens() {
         let mut c = Circuit::new(0, Duration::from_secs(1), Duration::from_secs(5));
-        for _ in 0..100 {
-            assert_eq!(c.record(Health::Down, false, Instant::now()), Change::None);
+        for event in 0..100 {
+            assert_eq!(
+                c.record(Health::Down, false, event, Instant::now()),
+                Change::None
+            );
         }
         assert!(!c.is_open());
     }

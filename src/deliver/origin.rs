@@ -93,13 +93,13 @@ impl Origin {
             .headers_mut()
             .insert(http::header::HOST, self.host.clone());
         loop {
-            let (mut conn, fresh) = match self.checkout() {
+            let (conn, fresh) = match self.checkout() {
                 Some(conn) => (conn, false),
                 None => (self.connect().await?, true),
             };
             match conn.round_trip(request, limit).await {
-                Ok((answer, reusable)) => {
-                    if reusable {
+                Ok((answer, conn)) => {
+                    if let Some(conn) = conn {
                         self.checkin(conn);
                     }
                     return Ok(answer);
@@ -180,71 +180,78 @@ impl Conn {
         }
     }
 
-    /// One request and its answer, driving the connection in this task. Also says whether the
-    /// connection can carry another request.
+    /// One request and its answer, driving the connection in this task; gives the connection
+    /// back when it can carry another request.
     async fn round_trip(
-        &mut self,
+        self,
         request: Request<Body>,
         limit: usize,
-    ) -> Result<(Exchanged, bool), Trip> {
-        let Conn { send, io } = self;
-        let mut closed = false;
-        let work = async {
-            std::future::poll_fn(|cx| send.poll_ready(cx))
-                .await
-                .map_err(|_| ())?;
-            Ok::<_, ()>(send.try_send_request(request).await)
-        };
-        let mut work = std::pin::pin!(async {
-            let sent = match work.await {
-                Ok(sent) => sent,
-                Err(()) => return Err(Trip::Failed("the connection closed".into())),
-            };
-            let response = match sent {
-                Ok(response) => response,
-                Err(mut e) => {
-                    return Err(match e.take_message() {
-                        Some(request) => Trip::NotSent(Box::new(request)),
-                        None => Trip::Failed(error_text(e.error())),
-                    })
+    ) -> Result<(Exchanged, Option<Conn>), Trip> {
+        let Conn { mut send, io } = self;
+        // Dropped as soon as it ends: a request it had queued but not sent then comes back.
+        let mut io = Some(io);
+        let result = {
+            let mut work = std::pin::pin!(async {
+                if std::future::poll_fn(|cx| send.poll_ready(cx))
+                    .await
+                    .is_err()
+                {
+                    return Err(Trip::NotSent(Box::new(request)));
                 }
-            };
-            let (parts, mut body) = response.into_parts();
-            let mut read = BytesMut::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| Trip::Failed(error_text(&e)))?;
-                if let Ok(data) = frame.into_data() {
-                    if read.len() + data.len() > limit {
-                        return Ok((parts, Err(read.len() + data.len())));
+                let response = match send.try_send_request(request).await {
+                    Ok(response) => response,
+                    Err(mut e) => {
+                        return Err(match e.take_message() {
+                            Some(request) => Trip::NotSent(Box::new(request)),
+                            None => Trip::Failed(error_text(e.error())),
+                        })
                     }
-                    read.extend_from_slice(&data);
+                };
+                let (parts, mut body) = response.into_parts();
+                let mut read = BytesMut::new();
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| Trip::Failed(error_text(&e)))?;
+                    if let Ok(data) = frame.into_data() {
+                        if read.len() + data.len() > limit {
+                            return Ok((parts, Err(read.len() + data.len())));
+                        }
+                        read.extend_from_slice(&data);
+                    }
                 }
-            }
-            Ok((parts, Ok(read.freeze())))
-        });
-        let result = std::future::poll_fn(|cx| {
-            if !closed && io.as_mut().poll(cx).is_ready() {
-                closed = true;
-            }
-            let polled = work.as_mut().poll(cx);
-            // The request may have just been queued for the connection: let it write now.
-            if polled.is_pending() && !closed && io.as_mut().poll(cx).is_ready() {
-                closed = true;
-                return work.as_mut().poll(cx);
-            }
-            polled
-        })
-        .await?;
+                Ok((parts, Ok(read.freeze())))
+            });
+            std::future::poll_fn(|cx| {
+                if io.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
+                    io = None;
+                }
+                let polled = work.as_mut().poll(cx);
+                if polled.is_ready() {
+                    return polled;
+                }
+                // The request may have just been queued for the connection: let it write now.
+                // A connection that ends here (the upstream closed it while idle) is dropped,
+                // which hands the unsent request back instead of leaving it queued.
+                if io.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
+                    io = None;
+                    return work.as_mut().poll(cx);
+                }
+                std::task::Poll::Pending
+            })
+            .await?
+        };
         let (parts, body) = result;
         // An answer left partly unread spoils the connection.
-        let reusable = !closed && body.is_ok();
+        let conn = match (io, body.is_ok()) {
+            (Some(io), true) => Some(Conn { send, io }),
+            _ => None,
+        };
         Ok((
             Exchanged {
                 status: parts.status,
                 headers: parts.headers,
                 body,
             },
-            reusable,
+            conn,
         ))
     }
 }

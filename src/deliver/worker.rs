@@ -335,10 +335,15 @@ impl Inner {
     }
 
     fn push(&self, due_ms: u64, id: Uuid) {
-        self.lock_queue().push(Reverse((due_ms, id)));
-        // While the circuit is open the dispatcher waits for the probe's time, not for events:
-        // a down upstream costs no wake-up per event.
-        if !self.open.load(Ordering::Relaxed) {
+        let first = {
+            let mut queue = self.lock_queue();
+            queue.push(Reverse((due_ms, id)));
+            queue.len() == 1
+        };
+        // While the circuit is open the dispatcher waits for the probe's time, not for each
+        // event (a down upstream costs no wake-up per event); but an empty queue's first event
+        // must wake it, or the probe would wait for a sleep set when nothing was queued.
+        if first || !self.open.load(Ordering::Relaxed) {
             self.wake.notify_one();
         }
     }
@@ -349,10 +354,10 @@ impl Inner {
 
     /// Records what an attempt showed of the upstream, and logs and counts a change. Returns
     /// whether the circuit is open now.
-    fn record_health(&self, health: Health, probe: bool) -> bool {
+    fn record_health(&self, health: Health, probe: bool, event: Uuid) -> bool {
         let (change, interval) = {
             let mut circuit = self.lock_circuit();
-            let change = circuit.record(health, probe, Instant::now());
+            let change = circuit.record(health, probe, event.as_u128(), Instant::now());
             self.open.store(circuit.is_open(), Ordering::Relaxed);
             (change, circuit.interval())
         };
@@ -385,9 +390,14 @@ impl Inner {
     }
 
     /// An attempt that failed with the circuit open (the probe, one in flight when it opened, or
-    /// the one that opened it): its event goes back in the queue as it was, no attempt counted.
-    fn put_back(&self, mut event: Event) {
+    /// the one that opened it): its event goes back in the queue, no attempt counted. A failed
+    /// probe's event goes behind the events already due, so the next probe is another one: an
+    /// event only this upstream refuses cannot be the probe for ever.
+    fn put_back(&self, mut event: Event, probe: bool) {
         event.attempts -= 1;
+        if probe {
+            event.next_attempt_ms = event.next_attempt_ms.max(now_ms());
+        }
         let (id, due) = (event.id, event.next_attempt_ms);
         self.keep_hot(event);
         self.push(due, id);
@@ -487,7 +497,7 @@ async fn dispatch(inner: Arc<Inner>) {
 
 /// One attempt at `event`. A `probe` (of an open circuit) is counted as one; an attempt that fails
 /// with the circuit open (the probe, one in flight when it opened, or the one that opened it)
-/// counts nothing against its event, which goes back in the queue as it was.
+/// counts nothing against its event, which goes back in the queue.
 async fn attempt(
     inner: Arc<Inner>,
     target: Arc<dyn Target>,
@@ -495,6 +505,11 @@ async fn attempt(
     _permit: OwnedSemaphorePermit,
     probe: bool,
 ) {
+    // A probe whose task ends without a result (a target that panicked) must not leave the
+    // circuit waiting for it for good.
+    let mut unsent = ProbeGuard {
+        inner: probe.then(|| inner.clone()),
+    };
     event.attempts += 1;
     let started = Instant::now();
     let result = target.deliver(&event).await;
@@ -503,7 +518,8 @@ async fn attempt(
         .duration
         .observe(started.elapsed().as_secs_f64());
     let health = Health::of(&result);
-    let open = inner.record_health(health, probe);
+    let open = inner.record_health(health, probe, event.id);
+    unsent.inner = None;
     let (route, id) = (&inner.route, event.id);
     match (probe, health) {
         (true, Health::Up) => inner.metrics.probe_success.inc(),
@@ -517,10 +533,24 @@ async fn attempt(
         (false, _) => {}
     }
     if open && health == Health::Down {
-        inner.put_back(event);
+        inner.put_back(event, probe);
         return;
     }
     settle_attempt(&inner, event, result).await;
+}
+
+/// Frees the circuit's probe slot if a probe's task ends before recording its result.
+struct ProbeGuard {
+    inner: Option<Arc<Inner>>,
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = &self.inner {
+            inner.lock_circuit().probe_unsent();
+            inner.circuit_changed.notify_one();
+        }
+    }
 }
 
 /// What an attempt's result does to its event: delivered, dead-lettered, or rescheduled.

@@ -152,6 +152,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
     )?;
     registry.register(Box::new(open_connections.clone()))?;
     let connections = Connections {
+        count: std::sync::atomic::AtomicUsize::new(0),
         open: open_connections,
         max: s.max_connections,
         refused: refused.with_label_values(&["max_connections"]),

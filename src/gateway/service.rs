@@ -70,6 +70,9 @@ pub(crate) struct Gateway {
 
 /// The client connections open, bounded by `server.max_connections`.
 pub(crate) struct Connections {
+    /// Open connections, the count that decides.
+    pub count: AtomicUsize,
+    /// `hookgate_connections_open`, following `count`.
     pub open: prometheus::IntGauge,
     pub max: usize,
     pub refused: prometheus::IntCounter,
@@ -82,18 +85,13 @@ struct Open<'a>(&'a Connections);
 
 impl Connections {
     fn enter(&self) -> Option<Open<'_>> {
-        // The gauge is the count: one atomic add, undone when over the limit.
-        let before = usize::try_from(self.open.get()).unwrap_or(0);
-        if before >= self.max {
+        // One atomic add decides: of two connections racing for the last slot, one gets it.
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
             self.refuse();
             return None;
         }
         self.open.inc();
-        if usize::try_from(self.open.get()).unwrap_or(0) > self.max {
-            self.open.dec();
-            self.refuse();
-            return None;
-        }
         Some(Open(self))
     }
 
@@ -120,6 +118,7 @@ impl Connections {
 impl Drop for Open<'_> {
     fn drop(&mut self) {
         self.0.open.dec();
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
