@@ -325,16 +325,37 @@ struct Stack {
     server: tokio::task::JoinHandle<()>,
 }
 
+impl Stack {
+    /// Lets go of everything holding the spool: the server (and its connections) and the
+    /// deliverer.
+    async fn stop(self) {
+        let Stack {
+            server, deliverer, ..
+        } = self;
+        server.abort();
+        let _ = server.await;
+        drop(deliverer);
+    }
+}
+
+/// The whole `WebhookLayer` with fast acknowledgement into `spool`, loopback allowed.
+fn fast_ack_layer(
+    spool: Arc<dyn Spool>,
+    metrics: &Metrics,
+) -> WebhookLayer<hookgate::store::MemoryDedupStore, FastAckLayer<Body>> {
+    WebhookLayer::builder("o3-video")
+        .with_allow(["127.0.0.1/32"])
+        .unwrap()
+        .with_metrics(metrics)
+        .with_fast_ack::<Body>(spool, fast_policy())
+        .build()
+        .unwrap()
+}
+
 async fn stack(spool: Arc<dyn Spool>, upstream: Arc<Upstream>) -> Stack {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
-    let layer = WebhookLayer::builder("o3-video")
-        .with_allow(["127.0.0.1/32"])
-        .unwrap()
-        .with_metrics(&metrics)
-        .with_fast_ack::<Body>(spool, fast_policy())
-        .build()
-        .unwrap();
+    let layer = fast_ack_layer(spool, &metrics);
     let deliverer = layer.deliverer().clone();
     // One wrapped service: the method router itself (see FastAckLayer's docs).
     let app = Router::new().route_service(
@@ -460,23 +481,25 @@ async fn full_spool_answers_503_and_the_retry_is_accepted_once_space_frees() {
     s.server.abort();
 }
 
+/// Opens the fsync spool in `dir`, waiting (bounded) for a previous instance to release the
+/// directory once its last task ends.
+async fn reopen_fsync(dir: &std::path::Path) -> Arc<dyn Spool> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EmbeddedSpool::open(SpoolConfig::new(dir, Durability::Fsync)) {
+            Ok(s) => return Arc::new(s),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("cannot reopen the spool: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedup_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || async {
-        // The previous instance releases the directory once its last task ends.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)) {
-                Ok(s) => return Arc::new(s) as Arc<dyn Spool>,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot reopen the spool: {e}"),
-            }
-        }
-    };
+    let open = || reopen_fsync(dir.path());
     let first = stack(open().await, Upstream::new(200)).await;
     assert_eq!(send(&first.url, payload(1)).await.2["status"], "received");
     wait_for("delivery", Duration::from_secs(10), || {
@@ -485,12 +508,7 @@ async fn dedup_survives_a_restart() {
     .await;
     first.deliverer.shutdown(Duration::from_secs(2)).await;
     // Everything holding the spool goes: the server (and its connections) and the deliverer.
-    let Stack {
-        server, deliverer, ..
-    } = first;
-    server.abort();
-    let _ = server.await;
-    drop(deliverer);
+    first.stop().await;
 
     let second = stack(open().await, Upstream::new(200)).await;
     let (status, _, body) = send(&second.url, payload(1)).await;
@@ -673,13 +691,7 @@ async fn an_append_that_commits_after_the_client_left_is_delivered_and_keeps_its
         Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
     let upstream = Upstream::new(200);
     let metrics = Metrics::new(&Registry::new()).unwrap();
-    let layer = WebhookLayer::builder("o3-video")
-        .with_allow(["127.0.0.1/32"])
-        .unwrap()
-        .with_metrics(&metrics)
-        .with_fast_ack::<Body>(spool, fast_policy())
-        .build()
-        .unwrap();
+    let layer = fast_ack_layer(spool, &metrics);
     let mut svc = layer.layer(post(upstream_handler).with_state(upstream.clone()));
     // The response future is polled once, with the append queued, then dropped: the client hung
     // up. (If the commit won the race to that first poll, there is nothing to test: try again.)
@@ -721,18 +733,7 @@ async fn an_append_that_commits_after_the_client_left_is_delivered_and_keeps_its
 async fn clients_that_hang_up_get_one_event_each() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let open = || async {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)) {
-                Ok(s) => return Arc::new(s) as Arc<dyn Spool>,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(e) => panic!("cannot reopen the spool: {e}"),
-            }
-        }
-    };
+    let open = || reopen_fsync(dir.path());
     let upstream = Upstream::new(200);
     let first = stack(open().await, upstream.clone()).await;
     let addr = first
@@ -789,12 +790,7 @@ async fn clients_that_hang_up_get_one_event_each() {
     })
     .await;
     first.deliverer.shutdown(Duration::from_secs(2)).await;
-    let Stack {
-        server, deliverer, ..
-    } = first;
-    server.abort();
-    let _ = server.await;
-    drop(deliverer);
+    first.stop().await;
     // A restart delivers whatever was committed but never scheduled.
     let second = stack(open().await, upstream.clone()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -311,14 +311,7 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
         loop {
             let text = String::from_utf8_lossy(&got).into_owned();
             if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
+                let length = content_length(&text[..end]);
                 if got.len() >= end + 4 + length {
                     return text;
                 }
@@ -537,22 +530,7 @@ async fn admin_api_dead_letters_token_and_metrics() {
     .await;
     let c = client();
     let admin = |path: &str| s.gateway.admin_url(path);
-    s.upstream.set(Behavior {
-        status: 400,
-        ..Behavior::default()
-    });
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let (status, _, body) = post(&c, &s.gateway.url(PATH), completed(&generation())).await;
-        assert_eq!(status, 200);
-        ids.push(
-            serde_json::from_str::<Value>(&body).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    s.upstream.wait_for(2, Duration::from_secs(10)).await;
+    let ids = dead_lettered(&s, 2).await;
 
     // Open without the token: metrics, health, readiness.
     assert_eq!(c.get(admin("/healthz")).send().await.unwrap().status(), 200);

@@ -19,15 +19,7 @@ async fn start_edited(
     upstream: &Upstream,
     edit: impl FnOnce(String) -> String,
 ) -> Gateway {
-    let (public, admin) = (free_port(), free_port());
-    let text = config(
-        public,
-        admin,
-        &dir.join("data"),
-        "",
-        &route(&upstream.url(), ""),
-    );
-    Gateway::start(dir, public, admin, &edit(text)).await
+    Gateway::for_upstream_edited(dir, &upstream.url(), "", "", edit).await
 }
 
 /// A raw HTTP/1.1 POST of `body` to `path`.
@@ -66,14 +58,7 @@ async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<Answer> {
         let text = String::from_utf8_lossy(&got).into_owned();
         if let Some(end) = text.find("\r\n\r\n") {
             let head = text[..end].to_owned();
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
+            let length = content_length(&head);
             if got.len() >= end + 4 + length {
                 let status = head
                     .split(' ')
@@ -560,27 +545,6 @@ async fn dead_letters_are_listed_by_page() {
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert_eq!(rest, [ids[2].as_str()]);
-}
-
-async fn dead_lettered(s: &Setup, n: usize) -> Vec<String> {
-    s.upstream.set(Behavior {
-        status: 400,
-        ..Behavior::default()
-    });
-    let c = client();
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        let (status, _, text) = post(&c, &s.gateway.url(PATH), completed(&generation())).await;
-        assert_eq!(status, 200);
-        ids.push(
-            serde_json::from_str::<Value>(&text).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    s.upstream.wait_for(n, Duration::from_secs(10)).await;
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread")]

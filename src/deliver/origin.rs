@@ -21,6 +21,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::target::error_chain;
+
 type Body = Full<Bytes>;
 
 /// What an exchange came to.
@@ -203,14 +205,14 @@ impl Conn {
                     Err(mut e) => {
                         return Err(match e.take_message() {
                             Some(request) => Trip::NotSent(Box::new(request)),
-                            None => Trip::Failed(error_text(e.error())),
+                            None => Trip::Failed(error_chain(e.error())),
                         })
                     }
                 };
                 let (parts, mut body) = response.into_parts();
                 let mut read = BytesMut::new();
                 while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| Trip::Failed(error_text(&e)))?;
+                    let frame = frame.map_err(|e| Trip::Failed(error_chain(&e)))?;
                     if let Ok(data) = frame.into_data() {
                         if read.len() + data.len() > limit {
                             return Ok((parts, Err(read.len() + data.len())));
@@ -254,10 +256,6 @@ impl Conn {
             conn,
         ))
     }
-}
-
-fn error_text(e: &hyper::Error) -> String {
-    super::target::error_chain(e)
 }
 
 #[cfg(test)]

@@ -268,7 +268,7 @@ impl HttpTarget {
             http::Method::from_bytes(event.method.as_bytes()).unwrap_or(http::Method::POST);
         let inner = self.inner.clone();
         let prepared = match &inner.client {
-            Client::Lean(_) => {
+            Client::Lean(origin) => {
                 let uri = match inner.query_for(event) {
                     None => Ok(inner.plain_uri.clone()),
                     Some(q) => http::Uri::try_from(format!("{}?{q}", inner.path))
@@ -279,7 +279,7 @@ impl HttpTarget {
                     *request.method_mut() = method;
                     *request.uri_mut() = uri;
                     *request.headers_mut() = attempt_headers(event);
-                    Prepared::Lean(request)
+                    Prepared::Lean(origin.clone(), request)
                 })
             }
             Client::Reqwest(client) => Ok(Prepared::Reqwest(
@@ -291,14 +291,14 @@ impl HttpTarget {
         };
         async move {
             let exchange = async {
-                match (prepared?, &inner.client) {
-                    (Prepared::Lean(request), Client::Lean(origin)) => {
+                match prepared? {
+                    Prepared::Lean(origin, request) => {
                         origin.exchange(request, limit).await.map_err(|e| match e {
                             Failure::Connect(e) => ExchangeError::Connect(e),
                             Failure::Failed(e) => ExchangeError::Failed(e),
                         })
                     }
-                    (Prepared::Reqwest(request), _) => {
+                    Prepared::Reqwest(request) => {
                         let response = request.send().await.map_err(reqwest_error)?;
                         let status = response.status();
                         let headers = response.headers().clone();
@@ -309,9 +309,6 @@ impl HttpTarget {
                             body,
                         })
                     }
-                    (Prepared::Lean(_), Client::Reqwest(_)) => {
-                        Err(ExchangeError::Failed("no client for the request".into()))
-                    }
                 }
             };
             tokio::time::timeout(inner.timeout, exchange)
@@ -321,8 +318,9 @@ impl HttpTarget {
     }
 }
 
+/// A request built for its client.
 enum Prepared {
-    Lean(Request<Full<Bytes>>),
+    Lean(Arc<Origin>, Request<Full<Bytes>>),
     Reqwest(reqwest::RequestBuilder),
 }
 

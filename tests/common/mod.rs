@@ -278,6 +278,18 @@ impl Gateway {
         server: &str,
         route_extra: &str,
     ) -> Gateway {
+        Self::for_upstream_edited(dir, upstream, server, route_extra, |text| text).await
+    }
+
+    /// [`for_upstream`](Self::for_upstream), the config text passed through `edit` first (for
+    /// keys the helpers set already).
+    pub async fn for_upstream_edited(
+        dir: &Path,
+        upstream: &str,
+        server: &str,
+        route_extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Gateway {
         let (public, admin) = (free_port(), free_port());
         let text = config(
             public,
@@ -286,7 +298,7 @@ impl Gateway {
             server,
             &route(upstream, route_extra),
         );
-        Self::start(dir, public, admin, &text).await
+        Self::start(dir, public, admin, &edit(text)).await
     }
 
     pub async fn start_file(dir: &Path, public: u16, admin: u16, config: &Path) -> Gateway {
@@ -446,6 +458,40 @@ pub async fn setup(server_extra: &str, route_extra: &str) -> Setup {
         upstream,
         gateway,
     }
+}
+
+/// Sends `n` events the upstream refuses with 400 (so each becomes a dead letter at its first
+/// attempt, with `max_attempts` 1 or any refusal); returns their event ids once all arrived.
+pub async fn dead_lettered(s: &Setup, n: usize) -> Vec<String> {
+    s.upstream.set(Behavior {
+        status: 400,
+        ..Behavior::default()
+    });
+    let c = client();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (status, _, text) = post(&c, &s.gateway.url(PATH), completed(&generation())).await;
+        assert_eq!(status, 200);
+        ids.push(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    s.upstream.wait_for(n, Duration::from_secs(10)).await;
+    ids
+}
+
+/// The `Content-Length` of an answer's head (0 without one).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0)
 }
 
 /// The `error` of a JSON error body.
