@@ -53,6 +53,19 @@ pub struct Metrics {
     dead_letters: IntGaugeVec,
     upstream_up: IntGaugeVec,
     probes: IntCounterVec,
+    store: StoreMetrics,
+}
+
+/// The storage backend's health: whether it answers, how long its commands take, and (for a
+/// backend several instances share) how many events this instance took over from a silent one.
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    /// `hookgate_store_up`: 1 while the backend answers its health check.
+    pub up: IntGauge,
+    /// `hookgate_store_command_duration_seconds{command}`.
+    pub commands: HistogramVec,
+    /// `hookgate_store_takeovers_total{route}`.
+    pub takeovers: IntCounterVec,
 }
 
 /// Buckets for one delivery attempt: 1 ms to 60 s.
@@ -152,7 +165,29 @@ impl Metrics {
                 ),
                 &["route", "result"],
             )?,
+            store: StoreMetrics {
+                up: IntGauge::new(
+                    "hookgate_store_up",
+                    "1 while the storage backend answers (Redis: its health check, every 250 ms); 0 while new events get 503",
+                )?,
+                commands: HistogramVec::new(
+                    HistogramOpts::new(
+                        "hookgate_store_command_duration_seconds",
+                        "duration of one storage backend command (Redis round trip), by command",
+                    )
+                    .buckets(ACK_BUCKETS.to_vec()),
+                    &["command"],
+                )?,
+                takeovers: IntCounterVec::new(
+                    Opts::new(
+                        "hookgate_store_takeovers_total",
+                        "events this instance took over after they sat unacknowledged with another (silent) instance for the visibility timeout",
+                    ),
+                    &["route"],
+                )?,
+            },
         };
+        m.store.up.set(1);
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.rejections.clone()))?;
         registry.register(Box::new(m.ack_duration.clone()))?;
@@ -168,6 +203,9 @@ impl Metrics {
         registry.register(Box::new(m.dead_letters.clone()))?;
         registry.register(Box::new(m.upstream_up.clone()))?;
         registry.register(Box::new(m.probes.clone()))?;
+        registry.register(Box::new(m.store.up.clone()))?;
+        registry.register(Box::new(m.store.commands.clone()))?;
+        registry.register(Box::new(m.store.takeovers.clone()))?;
         Ok(m)
     }
 
@@ -247,6 +285,11 @@ impl Metrics {
                 probe_failure: self.probes.with_label_values(&[route, "failure"]),
             },
         }))
+    }
+
+    /// The storage backend's metrics.
+    pub fn store(&self) -> &StoreMetrics {
+        &self.store
     }
 
     /// `hookgate_dedup_entries`.

@@ -49,3 +49,111 @@ async fn memory_backend() {
 async fn memory_dedup_store() {
     conformance::dedup(|| SharedDedupStore::new(MemoryDedupStore::new(1000))).await;
 }
+
+#[cfg(feature = "redis")]
+#[path = "support/redis.rs"]
+mod redis_server;
+
+/// Opens the `redis` backend on `url` with a fresh prefix each time.
+#[cfg(feature = "redis")]
+fn redis(url: &str, bounds: Bounds) -> hookgate::store::Storage {
+    let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
+    let mut config = hookgate::store::redis::RedisConfig::new(url);
+    config.prefix = redis_server::prefix();
+    config.max_events = bounds.max_events;
+    config.max_bytes = bounds.max_bytes;
+    hookgate::store::redis::open(config, &metrics).unwrap()
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = redis_server::shared(dir.path());
+    conformance::spool(|b| redis(&url, b).spool).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dedup_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = redis_server::shared(dir.path());
+    let bounds = Bounds {
+        max_events: 100,
+        max_bytes: 1 << 20,
+    };
+    conformance::dedup(|| redis(&url, bounds).dedup).await;
+}
+
+/// A consumer of an instance long gone (nothing held, no read for `consumer_gone_after`) is
+/// removed from the route's group by the next instance that claims; the live one stays.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_removes_the_consumers_of_instances_long_gone() {
+    use hookgate::store::Event;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = redis_server::shared(dir.path());
+    let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
+    let mut config = hookgate::store::redis::RedisConfig::new(url.as_str());
+    config.prefix = redis_server::prefix();
+    config.consumer_gone_after = Duration::from_millis(50);
+    let event = || {
+        Event::new(
+            "r",
+            "127.0.0.1".parse().unwrap(),
+            "POST",
+            "/w",
+            vec![],
+            "{}".into(),
+        )
+    };
+    // Each instance's pending count in the route's group, by consumer.
+    let consumers = || {
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let list: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(format!("{}:queue:r", config.prefix))
+            .arg("hookgate")
+            .query(&mut c)
+            .unwrap();
+        list.iter()
+            .map(|c| match c.get("pending") {
+                Some(redis::Value::Int(n)) => *n,
+                other => panic!("pending: {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let gone = hookgate::store::redis::open(config.clone(), &metrics).unwrap();
+    let e = event();
+    gone.spool.append(&e).await.unwrap();
+    let shared = gone.spool.shared().expect("a shared spool");
+    let claimed = shared
+        .claim("r", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    gone.spool.delivered(&claimed[0]).await.unwrap();
+    assert_eq!(consumers(), [0], "the first instance, holding nothing");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let live = hookgate::store::redis::open(config.clone(), &metrics).unwrap();
+    live.spool.append(&event()).await.unwrap();
+    let shared = live.spool.shared().expect("a shared spool");
+    assert_eq!(
+        shared
+            .claim("r", 1, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        consumers(),
+        [1],
+        "the gone one removed, the live one (holding one) kept"
+    );
+}

@@ -60,6 +60,9 @@ struct Inner {
     open: AtomicBool,
     /// The circuit changed (closed, or a probe ended): the dispatcher looks again.
     circuit_changed: Notify,
+    /// The spool is shared by several instances: events are claimed from it, never scheduled
+    /// here, and the gauges are read from it.
+    shared: bool,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -97,10 +100,18 @@ impl Deliverer {
         metrics: DeliveryMetrics,
     ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), SpoolError> {
         let route = route.into();
-        let schedule = spool.pending_schedule(&route)?;
-        let dead = spool.dead_letters(&route, None, usize::MAX)?.len();
-        metrics.spool_depth.set(schedule.len() as i64);
-        metrics.dead_letters.set(dead as i64);
+        let shared = spool.shared().is_some();
+        // A shared spool's events are claimed as they come due, by whichever instance; its
+        // gauges are read from it once a second.
+        let schedule = if shared {
+            Vec::new()
+        } else {
+            let schedule = spool.pending_schedule(&route)?;
+            let dead = spool.dead_letters(&route, None, usize::MAX)?.len();
+            metrics.spool_depth.set(schedule.len() as i64);
+            metrics.dead_letters.set(dead as i64);
+            schedule
+        };
         let queue = schedule
             .into_iter()
             .map(|(id, due)| Reverse((due, id)))
@@ -126,11 +137,16 @@ impl Deliverer {
             hot: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stop,
+            shared,
         });
         let worker = {
             let inner = inner.clone();
             async move {
-                tokio::join!(dispatch(inner.clone()), track_oldest(inner));
+                if inner.shared {
+                    tokio::join!(claim(inner.clone()), track_shared(inner));
+                } else {
+                    tokio::join!(dispatch(inner.clone()), track_oldest(inner));
+                }
             }
         };
         let deliverer = Self {
@@ -200,6 +216,10 @@ impl Deliverer {
     /// Schedules a newly appended event (already durable in the spool) for an attempt now.
     pub fn schedule_new(&self, event: Event) {
         let inner = &self.inner;
+        if inner.shared {
+            // Claimed from the shared spool by whichever instance reads it first.
+            return;
+        }
         inner.metrics.spool_depth.inc();
         // The common case, straight to an attempt: a target, a free slot, nobody due before it
         // (and a runtime to run it on: outside one, the worker's dispatcher takes it).
@@ -246,9 +266,11 @@ impl Deliverer {
     /// afresh; its id and history are kept).
     pub async fn replay(&self, id: Uuid) -> Result<(), SpoolError> {
         let event = self.inner.spool.revive(&self.inner.route, id).await?;
-        self.inner.metrics.dead_letters.dec();
-        self.inner.metrics.spool_depth.inc();
-        self.inner.push(event.next_attempt_ms, id);
+        if !self.inner.shared {
+            self.inner.metrics.dead_letters.dec();
+            self.inner.metrics.spool_depth.inc();
+            self.inner.push(event.next_attempt_ms, id);
+        }
         tracing::info!(route = %self.inner.route, event_id = %id, "dead letter replayed");
         Ok(())
     }
@@ -262,7 +284,9 @@ impl Deliverer {
     /// Deletes dead letter `id` for good.
     pub async fn purge(&self, id: Uuid) -> Result<(), SpoolError> {
         self.inner.spool.purge(&self.inner.route, id).await?;
-        self.inner.metrics.dead_letters.dec();
+        if !self.inner.shared {
+            self.inner.metrics.dead_letters.dec();
+        }
         tracing::info!(route = %self.inner.route, event_id = %id, "dead letter purged");
         Ok(())
     }
@@ -533,7 +557,11 @@ async fn attempt(
         (false, _) => {}
     }
     if open && health == Health::Down {
-        inner.put_back(event, probe);
+        if inner.shared {
+            give_back(&inner, event, probe).await;
+        } else {
+            inner.put_back(event, probe);
+        }
         return;
     }
     settle_attempt(&inner, event, result).await;
@@ -567,7 +595,9 @@ async fn settle_attempt(inner: &Arc<Inner>, mut event: Event, result: super::Att
         Verdict::Success => {
             m.success.inc();
             m.attempts.observe(f64::from(event.attempts));
-            m.spool_depth.dec();
+            if !inner.shared {
+                m.spool_depth.dec();
+            }
             tracing::debug!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
             // Not awaited: nobody waits on this record (the writer logs a failed commit), and
             // losing it only means one repeat after a restart.
@@ -594,9 +624,15 @@ async fn settle_attempt(inner: &Arc<Inner>, mut event: Event, result: super::Att
             m.retry.inc();
             tracing::info!(%route, event_id = %id, attempt = event.attempts, outcome = %result, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
             match inner.spool.reschedule(&event).await {
+                // A shared spool queues it again when due, for whichever instance.
+                Ok(()) if inner.shared => return,
                 Ok(()) => {}
                 // Gone meanwhile (delivered by a duplicate schedule, or dead-lettered).
                 Err(SpoolError::NotFound(_)) => return,
+                Err(e) if inner.shared => {
+                    tracing::warn!(%route, event_id = %id, error = %e, "cannot store the retry schedule; the event is retried once its hold times out");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(%route, event_id = %id, error = %e, "cannot store the retry schedule; retrying from memory")
                 }
@@ -619,17 +655,156 @@ async fn dead_letter(inner: &Arc<Inner>, event: Event, outcome: &str, reason: &s
         Ok(()) => {
             m.dead_letter.inc();
             m.attempts.observe(f64::from(event.attempts));
-            m.spool_depth.dec();
-            m.dead_letters.inc();
+            if !inner.shared {
+                m.spool_depth.dec();
+                m.dead_letters.inc();
+            }
             tracing::warn!(%route, event_id = %id, attempt = event.attempts, outcome, reason, "event dead-lettered");
         }
         // Delivered or dead-lettered already by a duplicate schedule: counted there.
         Err(SpoolError::NotFound(_)) => {}
+        Err(e) if inner.shared => {
+            tracing::error!(%route, event_id = %id, error = %e, "cannot move the event to the dead letters; it is attempted again once its hold times out");
+        }
         Err(e) => {
             tracing::error!(%route, event_id = %id, error = %e, retry_in_ms = DEAD_LETTER_RETRY.as_millis() as u64, "cannot move the event to the dead letters; it stays queued");
             let due = now_ms() + DEAD_LETTER_RETRY.as_millis() as u64;
             inner.keep_hot(event);
             inner.push(due, id);
+        }
+    }
+}
+
+/// [`Inner::put_back`] for a shared spool: the event goes back to it, no attempt counted, due
+/// as `put_back` would queue it (a failed probe's behind the others), for whichever instance's
+/// circuit is closed.
+async fn give_back(inner: &Arc<Inner>, mut event: Event, probe: bool) {
+    event.attempts -= 1;
+    event.next_attempt_ms = event.next_attempt_ms.max(now_ms());
+    if probe {
+        event.next_attempt_ms = now_ms() + 1;
+    }
+    if let Err(e) = inner.spool.reschedule(&event).await {
+        tracing::warn!(route = %inner.route, event_id = %event.id, error = %e, "cannot give the event back to the shared spool; it is attempted again once its hold times out");
+    }
+}
+
+/// The dispatcher of a shared spool: claims as many due events as there are free delivery
+/// slots (one while the circuit wants a probe, none while it is open) and attempts each.
+async fn claim(inner: Arc<Inner>) {
+    /// The most events claimed at once.
+    const BATCH: usize = 64;
+    /// How long one claim waits for an event before looking again.
+    const WAIT: Duration = Duration::from_secs(1);
+    let Some(shared) = inner.spool.shared() else {
+        return;
+    };
+    let mut stop = inner.stop.subscribe();
+    let target = loop {
+        if let Some(t) = inner.target.get() {
+            break t.clone();
+        }
+        tokio::select! {
+            _ = inner.target_set.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    };
+    let mut failing = false;
+    loop {
+        let first = tokio::select! {
+            p = inner.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let gate = inner.lock_circuit().gate(Instant::now());
+        let probe = match gate {
+            Gate::Closed => false,
+            Gate::Probe => true,
+            Gate::Wait(wait) => {
+                drop(first);
+                let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = inner.circuit_changed.notified() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+        };
+        let mut permits = vec![first];
+        while !probe && permits.len() < BATCH {
+            match inner.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        if probe {
+            inner.lock_circuit().probe_sent();
+        }
+        let claimed = tokio::select! {
+            c = shared.claim(&inner.route, permits.len(), WAIT) => c,
+            _ = stop.wait_for(|s| *s) => {
+                if probe {
+                    inner.lock_circuit().probe_unsent();
+                }
+                return;
+            }
+        };
+        match claimed {
+            Ok(events) => {
+                if failing {
+                    failing = false;
+                    tracing::info!(route = %inner.route, "claiming from the shared spool again");
+                }
+                if probe && events.is_empty() {
+                    inner.lock_circuit().probe_unsent();
+                }
+                for (event, permit) in events.into_iter().zip(permits) {
+                    tokio::spawn(attempt(inner.clone(), target.clone(), event, permit, probe));
+                }
+            }
+            Err(e) => {
+                if probe {
+                    inner.lock_circuit().probe_unsent();
+                }
+                if !failing {
+                    failing = true;
+                    tracing::warn!(route = %inner.route, error = %e, "cannot claim events from the shared spool; trying again every second");
+                }
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(WAIT) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a shared spool's gauges of the route current (depth, dead letters, oldest pending,
+/// across every instance), once a second.
+async fn track_shared(inner: Arc<Inner>) {
+    let Some(shared) = inner.spool.shared() else {
+        return;
+    };
+    let mut stop = inner.stop.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Ok(g) = shared.gauges(&inner.route).await {
+            let m = &inner.metrics;
+            m.spool_depth.set(g.pending as i64);
+            m.dead_letters.set(g.dead as i64);
+            let age = g
+                .oldest_ms
+                .map(|oldest| now_ms().saturating_sub(oldest) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            m.oldest_age.set(age);
         }
     }
 }

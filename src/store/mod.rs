@@ -5,6 +5,7 @@
 //! | --- | --- | --- | --- |
 //! | `embedded` (default) | [`embedded`] | fjall under the data dir, group commit | in memory, refilled from the spool |
 //! | `memory` | [`memory`] | in memory, nothing on disk | in memory |
+//! | `redis` (feature `redis`) | `redis` | Redis Streams, a consumer group per route | `SET NX PX` in Redis |
 //!
 //! A backend opens into a [`Storage`]: what the gateway holds, as trait objects, whichever the
 //! config chose. Every backend passes the same [`conformance`] suite.
@@ -34,6 +35,8 @@ mod dedup;
 pub mod embedded;
 mod event;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod spool;
 
 pub use crate::core::Reservation;
@@ -42,7 +45,10 @@ pub use dedup::{
 };
 pub use embedded::{EmbeddedSpool, MemoryDedupStore, SpoolConfig};
 pub use event::{id_ms, now_ms, AttemptRecord, DedupRecord, Event, HISTORY_LEN};
-pub use spool::{Completion, Durability, EventSummary, Spool, SpoolError, SpoolStats};
+pub use spool::{
+    Completion, Durability, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture,
+    SpoolStats,
+};
 
 /// A task a backend needs run for as long as it is used (e.g. a sweeper of expired keys).
 pub type Background = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -11,6 +11,63 @@ use super::Config;
 use crate::core::ConfigError;
 
 impl Config {
+    /// `[store]`: the keys of the chosen backend, and none of another's.
+    fn check_store(&self) -> Vec<ConfigError> {
+        use super::Backend;
+        let invalid = |key: &str, reason: String| ConfigError::InvalidValue {
+            key: key.into(),
+            reason,
+        };
+        let st = &self.store;
+        let mut errors = Vec::new();
+        if st.backend != Backend::Redis {
+            if st.url.is_some() {
+                errors.push(invalid(
+                    "store.url",
+                    "is a key of backend = \"redis\"; set that backend or remove the key".into(),
+                ));
+            }
+            return errors;
+        }
+        if !cfg!(feature = "redis") {
+            errors.push(invalid(
+                "store.backend",
+                "this hookgate was built without the redis feature".into(),
+            ));
+        }
+        match st.url.as_ref().map(|u| u.resolve()) {
+            None => errors.push(invalid(
+                "store.url",
+                "backend = \"redis\" needs the server's URL, e.g. url = \"redis://127.0.0.1:6379/0\" or url = { env = \"REDIS_URL\" }".into(),
+            )),
+            Some(Err(reason)) => errors.push(invalid("store.url", reason)),
+            Some(Ok(url)) => {
+                #[cfg(feature = "redis")]
+                if let Err(e) = ::redis::Client::open(url.as_str()) {
+                    errors.push(invalid(
+                        "store.url",
+                        format!("not a redis URL: {e}"),
+                    ));
+                }
+                #[cfg(not(feature = "redis"))]
+                let _ = url;
+            }
+        }
+        if st.prefix.is_empty() || st.prefix.contains(char::is_whitespace) {
+            errors.push(invalid(
+                "store.prefix",
+                "must be a non-empty name without spaces".into(),
+            ));
+        }
+        if st.visibility_timeout < Duration::from_secs(1) {
+            errors.push(invalid(
+                "store.visibility_timeout",
+                "must be at least 1s".into(),
+            ));
+        }
+        errors
+    }
+
     pub(super) fn check(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         let invalid = |key: String, reason: String| ConfigError::InvalidValue { key, reason };
@@ -76,6 +133,7 @@ impl Config {
                 "must be at least 4MiB".into(),
             ));
         }
+        errors.extend(self.check_store());
         if s.max_connections == 0 {
             errors.push(invalid(
                 "server.max_connections".into(),

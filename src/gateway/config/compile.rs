@@ -60,6 +60,27 @@ impl Config {
                 s.dedup_capacity,
                 metrics,
             )),
+            #[cfg(feature = "redis")]
+            Backend::Redis => {
+                let st = &self.store;
+                let url = st
+                    .url
+                    .as_ref()
+                    .ok_or_else(|| SpoolError::Storage("store.url is not set".into()))?
+                    .resolve()
+                    .map_err(SpoolError::Storage)?;
+                let mut config = crate::store::redis::RedisConfig::new(url);
+                config.prefix = st.prefix.clone();
+                config.visibility_timeout = st.visibility_timeout;
+                config.wait_replicas = st.wait_replicas;
+                config.max_events = s.spool_max_events;
+                config.max_bytes = s.spool_max_size.as_u64();
+                crate::store::redis::open(config, metrics)
+            }
+            #[cfg(not(feature = "redis"))]
+            Backend::Redis => Err(SpoolError::Storage(
+                "this hookgate was built without the redis feature".into(),
+            )),
         }
     }
 

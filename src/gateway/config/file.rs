@@ -127,11 +127,23 @@ impl Default for Server {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
-    /// `embedded` (the default) or `memory`.
+    /// `embedded` (the default), `memory` or `redis`.
     pub backend: Backend,
     /// `embedded`: the memory its engine may use for write buffers and cache (default 32 MiB,
     /// at least 4 MiB). The dedup keys (`server.dedup_capacity`) are counted apart.
     pub memory: Size,
+    /// `redis`: the server, `redis://[user:password@]host:port/db` (`rediss://` for TLS), as a
+    /// string or `{ env = "NAME" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<SecretString>,
+    /// `redis`: every key starts with `{prefix}:` (instances sharing work share a prefix).
+    pub prefix: String,
+    /// `redis`: an event held unacknowledged this long by a silent instance is taken over by
+    /// another; also how long a dead instance's in-flight dedup reservation lasts.
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    /// `redis`: `WAIT` for this many replicas to confirm an event before its acknowledgement.
+    pub wait_replicas: u32,
 }
 
 impl Default for Store {
@@ -139,6 +151,44 @@ impl Default for Store {
         Self {
             backend: Backend::default(),
             memory: Size(32 << 20),
+            url: None,
+            prefix: "hookgate".into(),
+            visibility_timeout: Duration::from_secs(30),
+            wait_replicas: 0,
+        }
+    }
+}
+
+/// A value that may be kept out of the file: inline, or `{ env = "NAME" }`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SecretString {
+    /// The value itself.
+    Inline(String),
+    /// The value of an environment variable, read at start.
+    Env {
+        /// The variable's name.
+        env: String,
+    },
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretString::Inline(_) => f.write_str("Inline(***)"),
+            SecretString::Env { env } => f.debug_struct("Env").field("env", env).finish(),
+        }
+    }
+}
+
+impl SecretString {
+    /// The value, or why it cannot be had.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            SecretString::Inline(v) => Ok(v.clone()),
+            SecretString::Env { env } => {
+                std::env::var(env).map_err(|_| format!("the environment variable {env} is not set"))
+            }
         }
     }
 }
@@ -153,6 +203,9 @@ pub enum Backend {
     /// Everything in memory, nothing on disk: an acknowledgement survives nothing. For tests
     /// and trying hookgate out.
     Memory,
+    /// Redis, shared by several gateway instances: dedup keys, the spool (Streams) and dead
+    /// letters (feature `redis`).
+    Redis,
 }
 
 /// `tls = { cert = "...", key = "..." }`.

@@ -18,6 +18,7 @@
 //! ```
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -214,6 +215,47 @@ pub trait Spool: Send + Sync + 'static {
     /// Commits a write that changes nothing, at the spool's durability (synced under `fsync`):
     /// resolves `Ok` when the spool can store events now (for readiness checks).
     fn probe(&self) -> Completion;
+    /// How several instances share this spool's work, for a backend they share (Redis): each
+    /// instance then claims due events from the spool rather than scheduling what it appended.
+    /// `None` (the default) for a spool one process owns: its deliverer schedules each append
+    /// and recovers the rest from [`pending_schedule`](Self::pending_schedule) at start.
+    fn shared(&self) -> Option<&dyn SharedSpool> {
+        None
+    }
+}
+
+/// A boxed future borrowing its spool.
+pub type SpoolFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, SpoolError>> + Send + 'a>>;
+
+/// The work-sharing side of a spool several gateway instances use at once (DESIGN §5).
+///
+/// An event is *held* by the instance that claimed it until that instance records its
+/// delivery, reschedule or dead letter through the [`Spool`] methods. If the instance goes
+/// silent (killed, partitioned) for the backend's visibility timeout, another instance's
+/// `claim` takes the event over: nothing acknowledged waits on a dead instance.
+pub trait SharedSpool: Send + Sync {
+    /// Up to `max` events of `route` that are due and held by no live instance, now held by
+    /// this one; waits up to `wait` for the first.
+    fn claim<'a>(
+        &'a self,
+        route: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> SpoolFuture<'a, Vec<Event>>;
+    /// What `route` holds across every instance.
+    fn gauges<'a>(&'a self, route: &'a str) -> SpoolFuture<'a, RouteGauges>;
+}
+
+/// One route's share of a shared spool, for its gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouteGauges {
+    /// Events awaiting delivery (due, retrying, or held by an instance).
+    pub pending: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// When the oldest pending event was received, in Unix milliseconds.
+    pub oldest_ms: Option<u64>,
 }
 
 /// The summary of `event`.

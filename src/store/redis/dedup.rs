@@ -1,0 +1,148 @@
+//! [`RedisDedupStore`]: dedup keys in Redis, seen by every instance.
+//!
+//! - `reserve`: `SET key r:{instance} NX PX {in-flight TTL}` (one script, which also tells a
+//!   committed key from one in flight). The in-flight TTL is the visibility timeout: a request
+//!   whose instance died holds its key no longer than that.
+//! - `commit`: `SET key c PX {ttl}`: the key answers `duplicate` for its full TTL, everywhere.
+//! - `release`: deletes the key only while it is still this instance's reservation.
+//!
+//! `commit` and `release` are fire-and-forget (the trait's contract); a `reserve` of a key with
+//! one of them still on its way waits for it, so this instance never answers from before its
+//! own last write of that key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::Semaphore;
+
+use super::scripts::{RELEASE, RESERVE};
+use super::Conn;
+use crate::core::{DedupKey, Reservation};
+use crate::store::{BoxReserveFuture, DedupStore, StoreError};
+
+/// A [`DedupStore`] in Redis, shared by every instance on one prefix.
+#[derive(Clone)]
+pub struct RedisDedupStore {
+    conn: Conn,
+    marker: Arc<str>,
+    in_flight_ms: u64,
+    /// Keys with a commit or release on its way: closed when it lands.
+    writing: Arc<DashMap<u128, Arc<Semaphore>>>,
+}
+
+impl std::fmt::Debug for RedisDedupStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDedupStore")
+            .field("marker", &self.marker)
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisDedupStore {
+    pub(super) fn new(conn: Conn, instance: String, in_flight: Duration) -> Self {
+        Self {
+            conn,
+            marker: format!("r:{instance}").into(),
+            in_flight_ms: millis(in_flight),
+            writing: Arc::new(DashMap::new()),
+        }
+    }
+
+    fn key(&self, key: DedupKey) -> String {
+        self.conn.dedup_key(key)
+    }
+
+    /// Sends a fire-and-forget write of `key` on the backend's runtime; `reserve` of the same
+    /// key waits for it.
+    fn write<F, Fut>(&self, key: DedupKey, command: &'static str, f: F)
+    where
+        F: FnOnce(redis::aio::ConnectionManager, String, Arc<str>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), redis::RedisError>> + Send + 'static,
+    {
+        let done = Arc::new(Semaphore::new(0));
+        self.writing.insert(key.as_u128(), done.clone());
+        let (conn, name, marker, writing) = (
+            self.conn.clone(),
+            self.key(key),
+            self.marker.clone(),
+            self.writing.clone(),
+        );
+        conn.clone().spawn(async move {
+            if let Err(e) = conn.run(command, |c| f(c, name, marker)).await {
+                tracing::warn!(command, error = %e, "dedup write lost: a later duplicate may be let through, or a retry wait for the in-flight TTL");
+            }
+            done.close();
+            writing.remove_if(&key.as_u128(), |_, v| Arc::ptr_eq(v, &done));
+        });
+    }
+}
+
+impl DedupStore for RedisDedupStore {
+    type ReserveFuture = BoxReserveFuture;
+
+    fn reserve(&self, key: DedupKey, _ttl: Duration) -> BoxReserveFuture {
+        let earlier = self.writing.get(&key.as_u128()).map(|w| w.clone());
+        let (conn, name, marker, ms) = (
+            self.conn.clone(),
+            self.key(key),
+            self.marker.clone(),
+            self.in_flight_ms,
+        );
+        Box::pin(async move {
+            if let Some(earlier) = earlier {
+                // Closed when it lands (acquire then fails); bounded by the command timeout.
+                let _ = tokio::time::timeout(super::COMMAND_TIMEOUT, earlier.acquire()).await;
+            }
+            let answer = conn
+                .run("reserve", |mut c| async move {
+                    RESERVE
+                        .key(name)
+                        .arg(&*marker)
+                        .arg(ms)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await
+                .map_err(|e| {
+                    StoreError(match e {
+                        crate::store::SpoolError::Storage(s) => s,
+                        other => other.to_string(),
+                    })
+                })?;
+            Ok(match answer {
+                0 => Reservation::Reserved,
+                1 => Reservation::Duplicate,
+                _ => Reservation::InFlight,
+            })
+        })
+    }
+
+    fn commit(&self, key: DedupKey, ttl: Duration) {
+        let ms = millis(ttl);
+        self.write(key, "commit", move |mut c, name, _| async move {
+            redis::cmd("SET")
+                .arg(name)
+                .arg("c")
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut c)
+                .await
+        });
+    }
+
+    fn release(&self, key: DedupKey) {
+        self.write(key, "release", |mut c, name, marker| async move {
+            RELEASE
+                .key(name)
+                .arg(&*marker)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(drop)
+        });
+    }
+}

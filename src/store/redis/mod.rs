@@ -1,0 +1,309 @@
+//! The `redis` backend (feature `redis`): several gateway instances share one Redis for their
+//! dedup keys, their spool and their dead letters (DESIGN §5). hookgate uses Redis as it is; it
+//! does not imitate it.
+//!
+//! - [`RedisSpool`] (`spool.rs`): the [`Spool`](crate::store::Spool) on Redis Streams, and its
+//!   [`SharedSpool`](crate::store::SharedSpool) side: a consumer group per route, each instance
+//!   a consumer; retries wait in a sorted set; `XAUTOCLAIM` takes over what a silent instance
+//!   held for longer than the visibility timeout.
+//! - [`RedisDedupStore`] (`dedup.rs`): `SET NX PX` to reserve, renewed to the full TTL on commit,
+//!   a compare-and-delete on release.
+//!
+//! Every key starts with the configured prefix; a route's keys then carry the route:
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `{prefix}:stats` | hash | `events` (pending and dead), `dead`, `bytes`: the bounds, across instances |
+//! | `{prefix}:routes` | set | the routes that ever stored an event |
+//! | `{prefix}:ev:{route}` | hash | event id → the pending event (postcard) |
+//! | `{prefix}:pending:{route}` | sorted set | event id by its id's time: the oldest pending |
+//! | `{prefix}:queue:{route}` | stream | `u` (event id), `d` (due time): events to claim; group `hookgate` |
+//! | `{prefix}:retry:{route}` | sorted set | event id by due time: retries waiting |
+//! | `{prefix}:dead:{route}` | stream | `u`, `e` (the event): the dead letters, oldest first |
+//! | `{prefix}:deadix:{route}` | sorted set | `{event id}:{stream entry}`, by name: the dead letters by id, for pages |
+//! | `{prefix}:dedup:{key}` | string | `c` (committed) or `r:{instance}` (in flight), with its TTL |
+//!
+//! Every write that touches several keys is one Lua script, so counts stay exact whichever
+//! instance writes. The dedup key's hash already includes its route (two routes never share a
+//! key), so dedup keys are namespaced by the prefix and that hash.
+
+mod dedup;
+mod scripts;
+mod spool;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, RedisError};
+
+pub use dedup::RedisDedupStore;
+pub use spool::RedisSpool;
+
+use super::{SharedDedupStore, SpoolError, Storage};
+use crate::metrics::{Metrics, StoreMetrics};
+
+/// How long one command may take before it counts as failed (Redis hung or unreachable). Above
+/// the `WAIT` timeout, which is the longest a healthy command waits.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long `WAIT` waits for `wait_replicas` replicas.
+const WAIT_TIMEOUT_MS: u64 = 1000;
+
+/// How often the health check pings Redis.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// What the `redis` backend needs: the `[store]` keys and the spool's bounds.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS, `redis+unix://` for a socket).
+    pub url: String,
+    /// Every key starts with `{prefix}:`.
+    pub prefix: String,
+    /// An event held this long by a silent instance is taken over by another.
+    pub visibility_timeout: Duration,
+    /// `WAIT` for this many replicas before an append is acknowledged (0: no `WAIT`).
+    pub wait_replicas: u32,
+    /// The most events (pending and dead) held, across instances.
+    pub max_events: u64,
+    /// The most bytes held, across instances.
+    pub max_bytes: u64,
+    /// A consumer (instance) of a route's group that holds nothing and has not read for this
+    /// long is removed from the group (default 1 h; a live instance reads at least once a
+    /// second, or once per probe interval while its circuit is open, and one removed by
+    /// mistake is added back at its next read).
+    pub consumer_gone_after: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults for `url`: prefix `hookgate`, visibility 30 s, no `WAIT`, the default bounds.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "hookgate".into(),
+            visibility_timeout: Duration::from_secs(30),
+            wait_replicas: 0,
+            max_events: 1_000_000,
+            max_bytes: 1 << 30,
+            consumer_gone_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The connection every short command shares (one multiplexed socket), the health flag, and
+/// the metrics. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    inner: Arc<ConnInner>,
+}
+
+struct ConnInner {
+    /// The runtime the connections' tasks and the spool's writes run on (its own thread: the
+    /// backend works from any caller, inside a runtime or not). Shut down with the last handle.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    client: Client,
+    manager: ConnectionManager,
+    up: AtomicBool,
+    metrics: StoreMetrics,
+    prefix: String,
+}
+
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    // Reconnects quickly and gives up quickly: the health check and the next command start a
+    // new round, and every caller has its own deadline.
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(250))
+}
+
+pub(crate) fn storage_error(e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Storage(format!("redis: {e}"))
+}
+
+impl Conn {
+    fn open(url: &str, prefix: &str, metrics: StoreMetrics) -> Result<Self, SpoolError> {
+        let client = Client::open(url)
+            .map_err(|e| storage_error(format!("url {:?}: {e}", redacted(url))))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("hookgate-redis")
+            .enable_all()
+            .build()
+            .map_err(storage_error)?;
+        let handle = runtime.handle().clone();
+        let manager = {
+            let _in = handle.enter();
+            ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                manager_config(COMMAND_TIMEOUT + Duration::from_millis(500)),
+            )
+            .map_err(storage_error)?
+        };
+        Ok(Self {
+            inner: Arc::new(ConnInner {
+                runtime: Some(runtime),
+                handle,
+                client,
+                manager,
+                up: AtomicBool::new(true),
+                metrics,
+                prefix: prefix.to_owned(),
+            }),
+        })
+    }
+
+    pub(crate) fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.inner.prefix.clone();
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+
+    /// The Redis key of dedup key `key`.
+    pub(crate) fn dedup_key(&self, key: crate::core::DedupKey) -> String {
+        self.key(&["dedup", &format!("{:032x}", key.as_u128())])
+    }
+
+    /// Whether the last health check reached Redis.
+    pub(crate) fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Runs `f` on the backend's runtime.
+    pub(crate) fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.inner.handle.spawn(f);
+    }
+
+    /// A new connection of its own (for blocking reads), with `response_timeout`.
+    pub(crate) fn dedicated(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<ConnectionManager, SpoolError> {
+        let _in = self.inner.handle.enter();
+        ConnectionManager::new_lazy_with_config(
+            self.inner.client.clone(),
+            manager_config(response_timeout),
+        )
+        .map_err(storage_error)
+    }
+
+    pub(crate) fn metrics(&self) -> &StoreMetrics {
+        &self.inner.metrics
+    }
+
+    /// Runs `f` on the shared connection within [`COMMAND_TIMEOUT`], timed into the command
+    /// histogram. Fails at once while the health check says Redis is down.
+    pub(crate) async fn run<T, F, Fut>(&self, command: &str, f: F) -> Result<T, SpoolError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        if !self.is_up() {
+            return Err(SpoolError::Storage("redis is unreachable".into()));
+        }
+        self.run_anyway(command, f).await
+    }
+
+    /// [`run`](Self::run) whatever the health flag says (the health check itself).
+    async fn run_anyway<T, F, Fut>(&self, command: &str, f: F) -> Result<T, SpoolError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let started = Instant::now();
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, f(self.inner.manager.clone())).await;
+        self.inner
+            .metrics
+            .commands
+            .with_label_values(&[command])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(storage_error(format!("{command}: {e}"))),
+            Err(_) => Err(storage_error(format!(
+                "{command}: no answer within {} ms",
+                COMMAND_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+
+    /// Pings Redis every [`HEALTH_EVERY`]: keeps `hookgate_store_up` and the flag commands check,
+    /// and logs each change. Runs until dropped.
+    pub(crate) async fn health(self) {
+        let mut tick = tokio::time::interval(HEALTH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let pong = self
+                .run_anyway("ping", |mut c| async move {
+                    ::redis::cmd("PING").query_async::<String>(&mut c).await
+                })
+                .await;
+            let was = self.inner.up.swap(pong.is_ok(), Ordering::Relaxed);
+            self.inner.metrics.up.set(i64::from(pong.is_ok()));
+            match (&pong, was) {
+                (Err(e), true) => {
+                    tracing::error!(error = %e, "redis unreachable: new events get 503 until it answers again")
+                }
+                (Ok(_), false) => tracing::info!("redis answers again: accepting events"),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for ConnInner {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Never blocks, so the last handle may drop anywhere (even inside a runtime).
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Opens the `redis` backend: the spool and dedup store on `config.url`, reporting into
+/// `metrics`. No connection is made yet (a gateway may start before its Redis); the health
+/// check, the takeover of held events and the heartbeat of this instance's own are in
+/// [`Storage::background`].
+pub fn open(config: RedisConfig, metrics: &Metrics) -> Result<Storage, SpoolError> {
+    let conn = Conn::open(&config.url, &config.prefix, metrics.store().clone())?;
+    let spool = Arc::new(RedisSpool::new(conn.clone(), &config)?);
+    let dedup = RedisDedupStore::new(conn.clone(), spool.consumer(), config.visibility_timeout);
+    tracing::info!(
+        url = %redacted(&config.url),
+        prefix = %config.prefix,
+        consumer = %spool.consumer(),
+        visibility_timeout_ms = config.visibility_timeout.as_millis() as u64,
+        wait_replicas = config.wait_replicas,
+        "redis backend: spool, dedup keys and dead letters shared with every instance on this prefix"
+    );
+    Ok(Storage {
+        backend: "redis",
+        background: vec![Box::pin(conn.health()), Box::pin(spool.clone().heartbeat())],
+        spool,
+        dedup: SharedDedupStore::new(dedup),
+    })
+}
+
+/// The URL without its password, for logs.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

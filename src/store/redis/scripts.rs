@@ -1,0 +1,196 @@
+//! The Lua scripts behind every write that touches several keys: each runs atomically in Redis,
+//! so the bounds and counts stay exact whichever instance writes. `u` is an event id, `e` an
+//! encoded event; a stream entry of the queue carries `u` and `d` (the due time it was queued
+//! for: an entry whose event has another due time is stale and skipped).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Acks and deletes queue entry `ARGV[n]` if it is not empty (an event this instance claimed).
+macro_rules! ack {
+    ($queue:literal, $entry:literal) => {
+        concat!(
+            "if ARGV[",
+            $entry,
+            "] ~= '' then redis.call('XACK', KEYS[",
+            $queue,
+            "], 'hookgate', ARGV[",
+            $entry,
+            "]); redis.call('XDEL', KEYS[",
+            $queue,
+            "], ARGV[",
+            $entry,
+            "]) end\n"
+        )
+    };
+}
+
+/// KEYS: stats, ev, pending, queue, routes[, the event's dedup key]. ARGV: u, e, id_ms, due,
+/// max_events, max_bytes, route[, the dedup key's expiry (Unix ms)]. Returns 1, or `events N` /
+/// `bytes N` when full. The dedup key is committed with the event, atomically: once the event is
+/// stored, every instance answers its duplicates `duplicate`, whatever happens to this one.
+pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = tonumber(redis.call('HGET', KEYS[1], 'events') or '0')
+local b = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+local size = #ARGV[2]
+if n >= tonumber(ARGV[5]) then return 'events ' .. n end
+if b + size > tonumber(ARGV[6]) then return 'bytes ' .. b end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 1 end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'u', ARGV[1], 'd', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'events', 1)
+redis.call('HINCRBY', KEYS[1], 'bytes', size)
+redis.call('SADD', KEYS[5], ARGV[7])
+if KEYS[6] then redis.call('SET', KEYS[6], 'c', 'PXAT', ARGV[8]) end
+return 1
+",
+    )
+});
+
+/// KEYS: stats, ev, pending, queue, retry. ARGV: u, entry. Returns 1 if the event was pending.
+pub(super) static DELIVERED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        ack!("4", "2"),
+        r"
+local size = redis.call('HSTRLEN', KEYS[2], ARGV[1])
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'events', -1)
+redis.call('HINCRBY', KEYS[1], 'bytes', -size)
+return 1
+"
+    ))
+});
+
+/// KEYS: stats, ev, queue, retry. ARGV: u, e, due, entry. Returns 1 if the event was pending.
+pub(super) static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        ack!("3", "4"),
+        r"
+local old = redis.call('HSTRLEN', KEYS[2], ARGV[1])
+if old == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[2] - old)
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+return 1
+"
+    ))
+});
+
+/// KEYS: stats, ev, pending, queue, retry, dead, deadix. ARGV: u, e, entry. Returns 1 if the
+/// event was pending.
+pub(super) static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        ack!("4", "3"),
+        r"
+local old = redis.call('HSTRLEN', KEYS[2], ARGV[1])
+if old == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+local id = redis.call('XADD', KEYS[6], '*', 'u', ARGV[1], 'e', ARGV[2])
+redis.call('ZADD', KEYS[7], 0, ARGV[1] .. ':' .. id)
+redis.call('HINCRBY', KEYS[1], 'dead', 1)
+redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[2] - old)
+return 1
+"
+    ))
+});
+
+/// `dead_entry(index, u)`: the index member and stream entry of dead letter `u` (nil if none).
+/// `dead_size(stream, id)`: the size of the `e` field of entry `id` (0 if none).
+const DEAD_SIZE: &str = r"
+local function dead_entry(index, u)
+  local m = redis.call('ZRANGEBYLEX', index, '[' .. u .. ':', '(' .. u .. ';', 'LIMIT', 0, 1)
+  if #m == 0 then return nil end
+  return m[1], string.sub(m[1], #u + 2)
+end
+local function dead_size(key, id)
+  local r = redis.call('XRANGE', key, id, id)
+  if #r == 0 then return 0 end
+  local f = r[1][2]
+  for i = 1, #f, 2 do if f[i] == 'e' then return #f[i + 1] end end
+  return 0
+end
+";
+
+/// KEYS: stats, ev, pending, queue, dead, deadix. ARGV: u, e (the replayed event), id_ms, due.
+/// Returns 1 if it was a dead letter.
+pub(super) static REVIVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{DEAD_SIZE}{}",
+        r"
+local member, id = dead_entry(KEYS[6], ARGV[1])
+if not member then return 0 end
+local old = dead_size(KEYS[5], id)
+redis.call('XDEL', KEYS[5], id)
+redis.call('ZREM', KEYS[6], member)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'u', ARGV[1], 'd', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'dead', -1)
+redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[2] - old)
+return 1
+"
+    ))
+});
+
+/// KEYS: stats, dead, deadix. ARGV: u. Returns 1 if it was a dead letter.
+pub(super) static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{DEAD_SIZE}{}",
+        r"
+local member, id = dead_entry(KEYS[3], ARGV[1])
+if not member then return 0 end
+local old = dead_size(KEYS[2], id)
+redis.call('XDEL', KEYS[2], id)
+redis.call('ZREM', KEYS[3], member)
+redis.call('HINCRBY', KEYS[1], 'dead', -1)
+redis.call('HINCRBY', KEYS[1], 'events', -1)
+redis.call('HINCRBY', KEYS[1], 'bytes', -old)
+return 1
+"
+    ))
+});
+
+/// KEYS: retry, queue. ARGV: now, limit. Queues up to `limit` retries due by `now`; returns how
+/// many.
+pub(super) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #due, 2 do
+  redis.call('XADD', KEYS[2], '*', 'u', due[i], 'd', due[i + 1])
+  redis.call('ZREM', KEYS[1], due[i])
+end
+return #due / 2
+",
+    )
+});
+
+/// KEYS: the dedup key. ARGV: this instance's marker, the in-flight TTL (ms). Returns 0
+/// (reserved), 1 (committed: duplicate) or 2 (in flight).
+pub(super) static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+if redis.call('GET', KEYS[1]) == 'c' then return 1 end
+return 2
+",
+    )
+});
+
+/// KEYS: the dedup key. ARGV: this instance's marker. Deletes the key if it is still this
+/// instance's reservation (never a committed key, never another instance's).
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});

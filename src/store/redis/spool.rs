@@ -1,0 +1,997 @@
+//! [`RedisSpool`]: the spool on Redis Streams, shared by every instance on one prefix.
+//!
+//! - **Append**: one script checks the bounds (across instances), stores the event, and queues
+//!   its id on the route's stream; the acknowledgement waits for Redis's answer (and for
+//!   `WAIT wait_replicas` when set).
+//! - **Claim**: each instance is a consumer of the route's group (`XREADGROUP`); what it reads
+//!   it holds until it records the delivery, reschedule or dead letter (`XACK` + `XDEL` in the
+//!   same script). Retries wait in a sorted set until due, then go back on the stream.
+//! - **Takeover**: an entry held unacknowledged for `visibility_timeout` (the instance is gone)
+//!   is claimed by whichever instance looks next (`XAUTOCLAIM`). Each instance renews its own
+//!   held entries every third of the timeout (`XCLAIM ... JUSTID`), so a long delivery is not
+//!   taken over while it runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
+use redis::{RedisError, Value};
+use uuid::Uuid;
+
+use super::scripts::{APPEND, DEAD_LETTER, DELIVERED, PROMOTE, PURGE, RESCHEDULE, REVIVE};
+use super::{storage_error, Conn, RedisConfig, WAIT_TIMEOUT_MS};
+use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
+use crate::store::spool::{
+    Completion, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture, SpoolStats,
+};
+
+/// The consumer group of every route's stream.
+const GROUP: &str = "hookgate";
+
+/// How often a claim moves due retries back to the stream, at most.
+const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+
+/// How often a claim looks for entries a silent instance held too long, at most.
+const TAKEOVER_EVERY: Duration = Duration::from_secs(1);
+
+/// Retries moved to the stream per look.
+const PROMOTE_BATCH: usize = 256;
+
+/// How often a claim removes consumers of instances long gone from the route's group, at most.
+const TIDY_EVERY: Duration = Duration::from_secs(60);
+
+/// A [`Spool`] in Redis, shared by every gateway instance using the same prefix.
+pub struct RedisSpool {
+    conn: Conn,
+    consumer: String,
+    visibility: Duration,
+    gone_after: Duration,
+    wait_replicas: u32,
+    max_events: u64,
+    max_bytes: u64,
+    /// Events this instance claimed and has not settled: id → (route, stream entry).
+    held: Mutex<HashMap<Uuid, (String, String)>>,
+    /// Per route: the blocking connection and when it last promoted and took over.
+    routes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<RouteState>>>>,
+    /// The blocking-free connection for the trait's synchronous reads (admin, start-up).
+    sync: Mutex<Option<redis::Connection>>,
+    /// The last counts read, answered while Redis is unreachable.
+    last: [AtomicU64; 3],
+}
+
+struct RouteState {
+    blocking: Option<ConnectionManager>,
+    group: bool,
+    promoted: Option<Instant>,
+    took_over: Option<Instant>,
+    tidied: Option<Instant>,
+    cursor: String,
+}
+
+impl std::fmt::Debug for RedisSpool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSpool")
+            .field("consumer", &self.consumer)
+            .field("visibility", &self.visibility)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode(event: &Event) -> Result<Vec<u8>, SpoolError> {
+    postcard::to_stdvec(event).map_err(|e| SpoolError::Corrupt(event.id.to_string(), e.to_string()))
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<Event, SpoolError> {
+    postcard::from_bytes(bytes).map_err(|e| SpoolError::Corrupt(id.to_owned(), e.to_string()))
+}
+
+/// A script's 0/1 answer: 0 means the event was not where the write expected it.
+fn found(answer: i64, id: Uuid) -> Result<(), SpoolError> {
+    if answer == 1 {
+        Ok(())
+    } else {
+        Err(SpoolError::NotFound(id))
+    }
+}
+
+/// Runs `f` on the backend's runtime, resolving the returned completion with its result: the
+/// write goes on even if the completion is dropped.
+fn spawn<T: Send + 'static>(
+    conn: &Conn,
+    f: impl std::future::Future<Output = Result<T, SpoolError>> + Send + 'static,
+) -> Completion<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    conn.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    Completion::waiting(rx)
+}
+
+impl RedisSpool {
+    pub(super) fn new(conn: Conn, config: &RedisConfig) -> Result<Self, SpoolError> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "host".into());
+        Ok(Self {
+            consumer: format!("{host}-{}-{}", std::process::id(), Uuid::now_v7().simple()),
+            conn,
+            visibility: config.visibility_timeout.max(Duration::from_secs(1)),
+            gone_after: config.consumer_gone_after,
+            wait_replicas: config.wait_replicas,
+            max_events: config.max_events,
+            max_bytes: config.max_bytes,
+            held: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            sync: Mutex::new(None),
+            last: Default::default(),
+        })
+    }
+
+    /// This instance's consumer name in every route's group (host, pid, a unique suffix).
+    pub fn consumer(&self) -> String {
+        self.consumer.clone()
+    }
+
+    fn keys(&self, what: &str, route: &str) -> String {
+        self.conn.key(&[what, route])
+    }
+
+    /// Takes this instance's hold on `id`: the stream entry its settling write acks.
+    fn release_hold(&self, id: Uuid) -> String {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+            .map(|(_, entry)| entry)
+            .unwrap_or_default()
+    }
+
+    /// Runs a synchronous read on the connection kept for them (opened on first use, dropped
+    /// after an I/O error).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, SpoolError> {
+        if !self.conn.is_up() {
+            return Err(SpoolError::Storage("redis is unreachable".into()));
+        }
+        let started = Instant::now();
+        let mut slot = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let c = self
+                .conn
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(500))
+                .map_err(storage_error)?;
+            c.set_read_timeout(Some(super::COMMAND_TIMEOUT))
+                .map_err(storage_error)?;
+            c.set_write_timeout(Some(super::COMMAND_TIMEOUT))
+                .map_err(storage_error)?;
+            *slot = Some(c);
+        }
+        let Some(c) = slot.as_mut() else {
+            return Err(SpoolError::Storage("redis: no connection".into()));
+        };
+        let result = f(c);
+        self.conn
+            .metrics()
+            .commands
+            .with_label_values(&["read"])
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            if e.is_io_error() || e.is_unrecoverable_error() {
+                *slot = None;
+            }
+            storage_error(e)
+        })
+    }
+
+    /// The dead-letter stream entry of `id`, from the route's index.
+    fn dead_entry(&self, deadix: &str, id: Uuid) -> Result<Option<String>, SpoolError> {
+        let u = id.to_string();
+        let m: Vec<String> = self.read(|c| {
+            redis::cmd("ZRANGEBYLEX")
+                .arg(deadix)
+                .arg(format!("[{u}:"))
+                .arg(format!("({u};"))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1)
+                .query(c)
+        })?;
+        Ok(m.first()
+            .and_then(|m| m.split_once(':'))
+            .map(|(_, e)| e.to_owned()))
+    }
+
+    fn route_state(&self, route: &str) -> Arc<tokio::sync::Mutex<RouteState>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.to_owned())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(RouteState {
+                    blocking: None,
+                    group: false,
+                    promoted: None,
+                    took_over: None,
+                    tidied: None,
+                    cursor: "0-0".into(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Renews this instance's hold on every event it is delivering, every third of the
+    /// visibility timeout, so none is taken over while its attempt runs. Runs until dropped.
+    pub(super) async fn heartbeat(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.visibility / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut by_route: HashMap<String, Vec<String>> = HashMap::new();
+            for (route, entry) in self.held.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                by_route
+                    .entry(route.clone())
+                    .or_default()
+                    .push(entry.clone());
+            }
+            for (route, entries) in by_route {
+                let queue = self.keys("queue", &route);
+                let consumer = self.consumer.clone();
+                let renewed = self
+                    .conn
+                    .run("heartbeat", |mut c| async move {
+                        redis::cmd("XCLAIM")
+                            .arg(&queue)
+                            .arg(GROUP)
+                            .arg(&consumer)
+                            .arg(0)
+                            .arg(&entries)
+                            .arg("JUSTID")
+                            .query_async::<Vec<String>>(&mut c)
+                            .await
+                    })
+                    .await;
+                if let Err(e) = renewed {
+                    tracing::warn!(%route, error = %e, "cannot renew this instance's hold on its deliveries; another instance may take them over");
+                }
+            }
+        }
+    }
+
+    async fn claim_route(
+        &self,
+        route: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Event>, SpoolError> {
+        if !self.conn.is_up() {
+            return Err(SpoolError::Storage("redis is unreachable".into()));
+        }
+        let state = self.route_state(route);
+        let mut state = state.lock().await;
+        let queue = self.keys("queue", route);
+        if !state.group {
+            let q = queue.clone();
+            let created = self
+                .conn
+                .run("group", |mut c| async move {
+                    let r: Result<(), RedisError> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&q)
+                        .arg(GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async(&mut c)
+                        .await;
+                    match r {
+                        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                        other => other,
+                    }
+                })
+                .await;
+            created?;
+            state.group = true;
+        }
+        let now = Instant::now();
+        if state.promoted.is_none_or(|t| now - t >= PROMOTE_EVERY) {
+            state.promoted = Some(now);
+            let (retry, q) = (self.keys("retry", route), queue.clone());
+            let moved = self
+                .conn
+                .run("promote", |mut c| async move {
+                    PROMOTE
+                        .key(retry)
+                        .key(q)
+                        .arg(now_ms())
+                        .arg(PROMOTE_BATCH)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await?;
+            if moved > 0 {
+                tracing::debug!(route, moved, "retries due: queued again");
+            }
+        }
+        if state.tidied.is_none_or(|t| now - t >= TIDY_EVERY) {
+            state.tidied = Some(now);
+            self.tidy(route, &queue).await;
+        }
+        let mut entries = Vec::new();
+        if state.took_over.is_none_or(|t| now - t >= TAKEOVER_EVERY) {
+            state.took_over = Some(now);
+            let (q, consumer, cursor) =
+                (queue.clone(), self.consumer.clone(), state.cursor.clone());
+            let idle = self.visibility.as_millis() as u64;
+            let reply = self
+                .conn
+                .run("autoclaim", |mut c| async move {
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&q)
+                        .arg(GROUP)
+                        .arg(&consumer)
+                        .arg(idle)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(max)
+                        .query_async::<StreamAutoClaimReply>(&mut c)
+                        .await
+                })
+                .await?;
+            state.cursor = reply.next_stream_id;
+            if !reply.claimed.is_empty() {
+                self.conn
+                    .metrics()
+                    .takeovers
+                    .with_label_values(&[route])
+                    .inc_by(reply.claimed.len() as u64);
+                tracing::warn!(
+                    route,
+                    events = reply.claimed.len(),
+                    visibility_timeout_ms = idle,
+                    "took over events another instance held unacknowledged for the visibility timeout"
+                );
+                entries = reply.claimed;
+            }
+        }
+        if entries.is_empty() {
+            if state.blocking.is_none() {
+                state.blocking = Some(self.conn.dedicated(wait + Duration::from_secs(2))?);
+            }
+            let Some(mut blocking) = state.blocking.clone() else {
+                return Ok(Vec::new());
+            };
+            let read = tokio::time::timeout(
+                wait + super::COMMAND_TIMEOUT,
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("BLOCK")
+                    .arg(wait.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&queue)
+                    .arg(">")
+                    .query_async::<Option<StreamReadReply>>(&mut blocking),
+            )
+            .await;
+            // Not timed: a blocking read measures how long the route was idle.
+            let reply = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    if e.code() == Some("NOGROUP") {
+                        // The stream was deleted (FLUSHDB?): create the group again next time.
+                        state.group = false;
+                    }
+                    return Err(storage_error(format!("claim: {e}")));
+                }
+                Err(_) => return Err(storage_error("claim: no answer in time")),
+            };
+            entries = reply
+                .into_iter()
+                .flat_map(|r| r.keys)
+                .flat_map(|k| k.ids)
+                .collect();
+        }
+        drop(state);
+        self.load(route, &queue, entries).await
+    }
+
+    /// Removes the consumers of instances long gone (nothing held, no read for `gone_after`)
+    /// from the route's group, so it does not grow with every restart. Best effort.
+    async fn tidy(&self, route: &str, queue: &str) {
+        let q = queue.to_owned();
+        let consumers = self
+            .conn
+            .run("tidy", |mut c| async move {
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(&q)
+                    .arg(GROUP)
+                    .query_async::<Vec<HashMap<String, Value>>>(&mut c)
+                    .await
+            })
+            .await;
+        let Ok(consumers) = consumers else {
+            return;
+        };
+        let int = |c: &HashMap<String, Value>, k: &str| match c.get(k) {
+            Some(Value::Int(n)) => *n,
+            _ => -1,
+        };
+        for c in consumers {
+            let name = match c.get("name") {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            let gone = int(&c, "pending") == 0
+                && int(&c, "idle") > self.gone_after.as_millis() as i64
+                && name != self.consumer;
+            if !gone {
+                continue;
+            }
+            let (q, n) = (queue.to_owned(), name.clone());
+            let removed = self
+                .conn
+                .run("tidy", |mut c| async move {
+                    redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(&q)
+                        .arg(GROUP)
+                        .arg(&n)
+                        .query_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
+            if removed.is_ok() {
+                tracing::info!(route, consumer = %name, "removed the consumer of an instance long gone from the group");
+            }
+        }
+    }
+
+    /// The events of claimed `entries`, held from now; entries whose event is gone or was
+    /// queued for another due time (stale) are acknowledged and dropped.
+    async fn load(
+        &self,
+        route: &str,
+        queue: &str,
+        entries: Vec<StreamId>,
+    ) -> Result<Vec<Event>, SpoolError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = entries
+            .iter()
+            .map(|e| e.get::<String>("u").unwrap_or_default())
+            .collect();
+        let ev = self.keys("ev", route);
+        let blobs = {
+            let ids = ids.clone();
+            self.conn
+                .run("load", |mut c| async move {
+                    redis::cmd("HMGET")
+                        .arg(&ev)
+                        .arg(&ids)
+                        .query_async::<Vec<Option<Vec<u8>>>>(&mut c)
+                        .await
+                })
+                .await?
+        };
+        let mut events = Vec::with_capacity(entries.len());
+        let mut stale = Vec::new();
+        {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            for ((entry, id), blob) in entries.into_iter().zip(&ids).zip(blobs) {
+                let due: Option<u64> = entry.get::<String>("d").and_then(|d| d.parse().ok());
+                let event = match blob.map(|b| decode(id, &b)) {
+                    Some(Ok(e)) if Some(e.next_attempt_ms) == due => e,
+                    Some(Err(e)) => {
+                        tracing::error!(route, event_id = %id, error = %e, "undecodable event left in place");
+                        continue;
+                    }
+                    _ => {
+                        stale.push(entry.id);
+                        continue;
+                    }
+                };
+                held.insert(event.id, (route.to_owned(), entry.id));
+                events.push(event);
+            }
+        }
+        if !stale.is_empty() {
+            let q = queue.to_owned();
+            self.conn
+                .run("ack", |mut c| async move {
+                    redis::pipe()
+                        .cmd("XACK")
+                        .arg(&q)
+                        .arg(GROUP)
+                        .arg(&stale)
+                        .ignore()
+                        .cmd("XDEL")
+                        .arg(&q)
+                        .arg(&stale)
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await?;
+        }
+        Ok(events)
+    }
+
+    async fn route_gauges(&self, route: &str) -> Result<RouteGauges, SpoolError> {
+        let (pending, deadix) = (self.keys("pending", route), self.keys("deadix", route));
+        let (count, dead, oldest): (u64, u64, Vec<(String, f64)>) = self
+            .conn
+            .run("gauges", |mut c| async move {
+                redis::pipe()
+                    .cmd("ZCARD")
+                    .arg(&pending)
+                    .cmd("ZCARD")
+                    .arg(&deadix)
+                    .cmd("ZRANGE")
+                    .arg(&pending)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(RouteGauges {
+            pending: count,
+            dead,
+            oldest_ms: oldest.first().map(|(_, ms)| *ms as u64),
+        })
+    }
+}
+
+impl Spool for RedisSpool {
+    fn append(&self, event: &Event) -> Completion {
+        if !self.conn.is_up() {
+            return Completion::ready(Err(SpoolError::Storage("redis is unreachable".into())));
+        }
+        let blob = match encode(event) {
+            Ok(b) => b,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let route = event.route.clone();
+        let mut keys = vec![
+            self.conn.key(&["stats"]),
+            self.keys("ev", &route),
+            self.keys("pending", &route),
+            self.keys("queue", &route),
+            self.conn.key(&["routes"]),
+        ];
+        let dedup_expiry = event.dedup.map(|d| {
+            keys.push(
+                self.conn
+                    .dedup_key(crate::core::DedupKey::from_bytes(d.key)),
+            );
+            d.expires_ms.max(1)
+        });
+        let (id, due) = (event.id.to_string(), event.next_attempt_ms);
+        let id_time = id_ms(event.id).unwrap_or(event.received_ms);
+        let (conn, max_events, max_bytes, replicas) = (
+            self.conn.clone(),
+            self.max_events,
+            self.max_bytes,
+            self.wait_replicas,
+        );
+        spawn(&self.conn, async move {
+            let answer = conn
+                .run("append", |mut c| async move {
+                    let mut call = APPEND.prepare_invoke();
+                    for k in &keys {
+                        call.key(k);
+                    }
+                    call.arg(&id)
+                        .arg(blob)
+                        .arg(id_time)
+                        .arg(due)
+                        .arg(max_events)
+                        .arg(max_bytes)
+                        .arg(&route);
+                    if let Some(expiry) = dedup_expiry {
+                        call.arg(expiry);
+                    }
+                    let answer: Value = call.invoke_async(&mut c).await?;
+                    if replicas > 0 && matches!(answer, Value::Int(1)) {
+                        let acked: i64 = redis::cmd("WAIT")
+                            .arg(replicas)
+                            .arg(WAIT_TIMEOUT_MS)
+                            .query_async(&mut c)
+                            .await?;
+                        return Ok((answer, acked));
+                    }
+                    Ok((answer, i64::from(replicas)))
+                })
+                .await?;
+            match answer {
+                (Value::Int(1), acked) if acked >= i64::from(replicas) => Ok(()),
+                (Value::Int(1), acked) => Err(SpoolError::Storage(format!(
+                    "redis: only {acked} of {replicas} replicas confirmed the event within {WAIT_TIMEOUT_MS} ms"
+                ))),
+                (Value::BulkString(full), _) => {
+                    Err(SpoolError::Full(String::from_utf8_lossy(&full).into_owned()))
+                }
+                (Value::SimpleString(full), _) => Err(SpoolError::Full(full)),
+                (other, _) => Err(storage_error(format!("append: unexpected answer {other:?}"))),
+            }
+        })
+    }
+
+    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        let key = self.keys("ev", route);
+        let blob: Option<Vec<u8>> =
+            self.read(|c| redis::cmd("HGET").arg(&key).arg(id.to_string()).query(c))?;
+        blob.map(|b| decode(&id.to_string(), &b)).transpose()
+    }
+
+    fn delivered(&self, event: &Event) -> Completion {
+        let entry = self.release_hold(event.id);
+        let route = &event.route;
+        let keys = [
+            self.conn.key(&["stats"]),
+            self.keys("ev", route),
+            self.keys("pending", route),
+            self.keys("queue", route),
+            self.keys("retry", route),
+        ];
+        let (conn, id) = (self.conn.clone(), event.id.to_string());
+        spawn(&self.conn, async move {
+            conn.run("deliver", |mut c| async move {
+                let mut call = DELIVERED.prepare_invoke();
+                for k in &keys {
+                    call.key(k);
+                }
+                call.arg(&id).arg(&entry).invoke_async::<i64>(&mut c).await
+            })
+            .await
+            .map(drop)
+        })
+    }
+
+    fn reschedule(&self, event: &Event) -> Completion {
+        let entry = self.release_hold(event.id);
+        let blob = match encode(event) {
+            Ok(b) => b,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let route = &event.route;
+        let keys = [
+            self.conn.key(&["stats"]),
+            self.keys("ev", route),
+            self.keys("queue", route),
+            self.keys("retry", route),
+        ];
+        let (conn, id, uuid, due) = (
+            self.conn.clone(),
+            event.id.to_string(),
+            event.id,
+            event.next_attempt_ms,
+        );
+        spawn(&self.conn, async move {
+            let answer = conn
+                .run("reschedule", |mut c| async move {
+                    let mut call = RESCHEDULE.prepare_invoke();
+                    for k in &keys {
+                        call.key(k);
+                    }
+                    call.arg(&id)
+                        .arg(blob)
+                        .arg(due)
+                        .arg(&entry)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await?;
+            found(answer, uuid)
+        })
+    }
+
+    fn dead_letter(&self, event: &Event) -> Completion {
+        let entry = self.release_hold(event.id);
+        let blob = match encode(event) {
+            Ok(b) => b,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let route = &event.route;
+        let keys = [
+            self.conn.key(&["stats"]),
+            self.keys("ev", route),
+            self.keys("pending", route),
+            self.keys("queue", route),
+            self.keys("retry", route),
+            self.keys("dead", route),
+            self.keys("deadix", route),
+        ];
+        let (conn, id, uuid) = (self.conn.clone(), event.id.to_string(), event.id);
+        spawn(&self.conn, async move {
+            let answer = conn
+                .run("dead_letter", |mut c| async move {
+                    let mut call = DEAD_LETTER.prepare_invoke();
+                    for k in &keys {
+                        call.key(k);
+                    }
+                    call.arg(&id)
+                        .arg(blob)
+                        .arg(&entry)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await?;
+            found(answer, uuid)
+        })
+    }
+
+    fn pending(&self) -> Result<Vec<Event>, SpoolError> {
+        let routes: Vec<String> = self.read(|c| {
+            redis::cmd("SMEMBERS")
+                .arg(self.conn.key(&["routes"]))
+                .query(c)
+        })?;
+        let mut all = Vec::new();
+        for route in routes {
+            let key = self.keys("ev", &route);
+            let blobs: Vec<Vec<u8>> = self.read(|c| redis::cmd("HVALS").arg(&key).query(c))?;
+            for b in blobs {
+                all.push(decode("?", &b)?);
+            }
+        }
+        all.sort_by_key(|e| e.id);
+        Ok(all)
+    }
+
+    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
+        let key = self.keys("ev", route);
+        let blobs: Vec<Vec<u8>> = self.read(|c| redis::cmd("HVALS").arg(&key).query(c))?;
+        let mut schedule = blobs
+            .iter()
+            .map(|b| decode("?", b).map(|e| (e.id, e.next_attempt_ms)))
+            .collect::<Result<Vec<_>, _>>()?;
+        schedule.sort();
+        Ok(schedule)
+    }
+
+    /// None: the Redis dedup store keeps its keys in Redis itself, with their TTL.
+    fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError> {
+        Ok(Vec::new())
+    }
+
+    fn dead_letters(
+        &self,
+        route: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, SpoolError> {
+        let (dead, deadix) = (self.keys("dead", route), self.keys("deadix", route));
+        let start = match after {
+            // Past every member of `after` (`{id}:{entry}` < `{id};`).
+            Some(id) => format!("({id};"),
+            None => "-".to_owned(),
+        };
+        let count = limit.min(1 << 30);
+        let members: Vec<String> = self.read(|c| {
+            redis::cmd("ZRANGEBYLEX")
+                .arg(&deadix)
+                .arg(&start)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(count)
+                .query(c)
+        })?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for m in &members {
+            let entry = m.split_once(':').map_or("", |(_, e)| e);
+            pipe.cmd("XRANGE").arg(&dead).arg(entry).arg(entry);
+        }
+        let pages: Vec<StreamRangeReply> = self.read(|c| pipe.query(c))?;
+        pages
+            .iter()
+            .flat_map(|p| p.ids.first())
+            .map(|entry| {
+                let blob: Vec<u8> = entry.get("e").unwrap_or_default();
+                decode(&entry.id, &blob).map(|e| EventSummary::from(&e))
+            })
+            .collect()
+    }
+
+    fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        let (dead, deadix) = (self.keys("dead", route), self.keys("deadix", route));
+        let Some(entry) = self.dead_entry(&deadix, id)? else {
+            return Ok(None);
+        };
+        let page: StreamRangeReply = self.read(|c| {
+            redis::cmd("XRANGE")
+                .arg(&dead)
+                .arg(&entry)
+                .arg(&entry)
+                .query(c)
+        })?;
+        page.ids
+            .first()
+            .map(|e| decode(&e.id, &e.get::<Vec<u8>>("e").unwrap_or_default()))
+            .transpose()
+    }
+
+    fn revive(&self, route: &str, id: Uuid) -> Completion<Event> {
+        let route = route.to_owned();
+        let keys = [
+            self.conn.key(&["stats"]),
+            self.keys("ev", &route),
+            self.keys("pending", &route),
+            self.keys("queue", &route),
+            self.keys("dead", &route),
+            self.keys("deadix", &route),
+        ];
+        let conn = self.conn.clone();
+        spawn(&self.conn, async move {
+            let (dead, deadix) = (keys[4].clone(), keys[5].clone());
+            let uuid = id.to_string();
+            let member: Vec<String> = conn
+                .run("read", |mut c| {
+                    let u = uuid.clone();
+                    async move {
+                        redis::cmd("ZRANGEBYLEX")
+                            .arg(&deadix)
+                            .arg(format!("[{u}:"))
+                            .arg(format!("({u};"))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(1)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            let Some(entry) = member
+                .first()
+                .and_then(|m| m.split_once(':'))
+                .map(|(_, e)| e.to_owned())
+            else {
+                return Err(SpoolError::NotFound(id));
+            };
+            let page: StreamRangeReply = conn
+                .run("read", |mut c| async move {
+                    redis::cmd("XRANGE")
+                        .arg(&dead)
+                        .arg(&entry)
+                        .arg(&entry)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let Some(stored) = page.ids.first() else {
+                return Err(SpoolError::NotFound(id));
+            };
+            let mut event = decode(&uuid, &stored.get::<Vec<u8>>("e").unwrap_or_default())?;
+            event.replay_now();
+            let blob = encode(&event)?;
+            let id_time = id_ms(event.id).unwrap_or(event.received_ms);
+            let due = event.next_attempt_ms;
+            let answer = conn
+                .run("revive", |mut c| async move {
+                    let mut call = REVIVE.prepare_invoke();
+                    for k in &keys {
+                        call.key(k);
+                    }
+                    call.arg(&uuid)
+                        .arg(blob)
+                        .arg(id_time)
+                        .arg(due)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await?;
+            found(answer, id).map(|()| event)
+        })
+    }
+
+    fn purge(&self, route: &str, id: Uuid) -> Completion {
+        let keys = [
+            self.conn.key(&["stats"]),
+            self.keys("dead", route),
+            self.keys("deadix", route),
+        ];
+        let conn = self.conn.clone();
+        spawn(&self.conn, async move {
+            let answer = conn
+                .run("purge", |mut c| async move {
+                    let mut call = PURGE.prepare_invoke();
+                    for k in &keys {
+                        call.key(k);
+                    }
+                    call.arg(id.to_string()).invoke_async::<i64>(&mut c).await
+                })
+                .await?;
+            found(answer, id)
+        })
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let key = self.conn.key(&["stats"]);
+        let read: Result<[Option<u64>; 3], _> = self.read(|c| {
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("events")
+                .arg("dead")
+                .arg("bytes")
+                .query(c)
+        });
+        if let Ok(counts) = read {
+            for (slot, v) in self.last.iter().zip(counts) {
+                slot.store(v.unwrap_or(0), Ordering::Relaxed);
+            }
+        }
+        let [events, dead, bytes] = [0, 1, 2].map(|i| self.last[i].load(Ordering::Relaxed));
+        SpoolStats {
+            pending: events.saturating_sub(dead),
+            dead,
+            bytes,
+            syncs: 0,
+        }
+    }
+
+    fn oldest_pending_ms(&self, route: &str) -> Option<u64> {
+        let key = self.keys("pending", route);
+        let first: Vec<(String, f64)> = self
+            .read(|c| {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query(c)
+            })
+            .ok()?;
+        first.first().map(|(_, ms)| *ms as u64)
+    }
+
+    /// Nothing to sweep: Redis expires dedup keys itself.
+    fn sweep_expired_keys(&self) -> Completion<usize> {
+        Completion::ready(Ok(0))
+    }
+
+    fn probe(&self) -> Completion {
+        let conn = self.conn.clone();
+        spawn(&self.conn, async move {
+            conn.run("ping", |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
+            .await
+            .map(drop)
+        })
+    }
+
+    fn shared(&self) -> Option<&dyn SharedSpool> {
+        Some(self)
+    }
+}
+
+impl SharedSpool for RedisSpool {
+    fn claim<'a>(
+        &'a self,
+        route: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> SpoolFuture<'a, Vec<Event>> {
+        Box::pin(self.claim_route(route, max.max(1), wait))
+    }
+
+    fn gauges<'a>(&'a self, route: &'a str) -> SpoolFuture<'a, RouteGauges> {
+        Box::pin(self.route_gauges(route))
+    }
+}
