@@ -14,19 +14,75 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::scripts::{RELEASE, RESERVE};
 use super::Conn;
 use crate::core::{DedupKey, Reservation};
-use crate::store::{BoxReserveFuture, DedupStore, StoreError};
+use crate::store::{BoxReserveFuture, DedupStore, SpoolError, StoreError};
+
+/// A reservation queued for the next batch: the key's name and where its answer goes.
+type Reserve = (String, oneshot::Sender<Result<i64, SpoolError>>);
+
+/// The most reservations one batch carries.
+const BATCH: usize = 256;
+
+/// Runs reservation batches (one script a round trip) until every sender is gone.
+async fn reservations(
+    conn: Conn,
+    marker: Arc<str>,
+    ms: u64,
+    mut rx: mpsc::UnboundedReceiver<Reserve>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut invocation = RESERVE.prepare_invoke();
+        for (name, _) in &batch {
+            invocation.key(name);
+        }
+        invocation.arg(&*marker).arg(ms);
+        let answers = conn
+            .run("reserve", |mut c| async move {
+                invocation.invoke_async::<Vec<i64>>(&mut c).await
+            })
+            .await;
+        match answers {
+            Ok(answers) if answers.len() == batch.len() => {
+                for ((_, done), a) in batch.into_iter().zip(answers) {
+                    let _ = done.send(Ok(a));
+                }
+            }
+            Ok(answers) => {
+                let e = SpoolError::Storage(format!(
+                    "reserve: {} answers for {} keys",
+                    answers.len(),
+                    batch.len()
+                ));
+                for (_, done) in batch {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for (_, done) in batch {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
 
 /// A [`DedupStore`] in Redis, shared by every instance on one prefix.
 #[derive(Clone)]
 pub struct RedisDedupStore {
     conn: Conn,
     marker: Arc<str>,
-    in_flight_ms: u64,
+    reserves: mpsc::UnboundedSender<Reserve>,
     /// Keys with a commit or release on its way: closed when it lands.
     writing: Arc<DashMap<u128, Arc<Semaphore>>>,
 }
@@ -45,10 +101,14 @@ fn millis(d: Duration) -> u64 {
 
 impl RedisDedupStore {
     pub(super) fn new(conn: Conn, instance: String, in_flight: Duration) -> Self {
+        let marker: Arc<str> = format!("r:{instance}").into();
+        let in_flight_ms = millis(in_flight);
+        let (reserves, rx) = mpsc::unbounded_channel();
+        conn.spawn(reservations(conn.clone(), marker.clone(), in_flight_ms, rx));
         Self {
             conn,
-            marker: format!("r:{instance}").into(),
-            in_flight_ms: millis(in_flight),
+            marker,
+            reserves,
             writing: Arc::new(DashMap::new()),
         }
     }
@@ -87,30 +147,25 @@ impl DedupStore for RedisDedupStore {
 
     fn reserve(&self, key: DedupKey, _ttl: Duration) -> BoxReserveFuture {
         let earlier = self.writing.get(&key.as_u128()).map(|w| w.clone());
-        let (conn, name, marker, ms) = (
-            self.conn.clone(),
-            self.key(key),
-            self.marker.clone(),
-            self.in_flight_ms,
-        );
+        let (up, name, reserves) = (self.conn.is_up(), self.key(key), self.reserves.clone());
         Box::pin(async move {
+            if !up {
+                return Err(StoreError("redis is unreachable".into()));
+            }
             if let Some(earlier) = earlier {
                 // Closed when it lands (acquire then fails); bounded by the command timeout.
                 let _ = tokio::time::timeout(super::COMMAND_TIMEOUT, earlier.acquire()).await;
             }
-            let answer = conn
-                .run("reserve", |mut c| async move {
-                    RESERVE
-                        .key(name)
-                        .arg(&*marker)
-                        .arg(ms)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                })
+            let (done, answer) = oneshot::channel();
+            reserves
+                .send((name, done))
+                .map_err(|_| StoreError("the redis dedup store is closed".into()))?;
+            let answer = answer
                 .await
+                .unwrap_or(Err(SpoolError::Closed))
                 .map_err(|e| {
                     StoreError(match e {
-                        crate::store::SpoolError::Storage(s) => s,
+                        SpoolError::Storage(s) => s,
                         other => other.to_string(),
                     })
                 })?;
@@ -123,6 +178,10 @@ impl DedupStore for RedisDedupStore {
     }
 
     fn commit(&self, key: DedupKey, ttl: Duration) {
+        if self.conn.take_committed(key) {
+            // The append that stored its event committed it already, in the same script.
+            return;
+        }
         let ms = millis(ttl);
         self.write(key, "commit", move |mut c, name, _| async move {
             redis::cmd("SET")

@@ -27,6 +27,7 @@
 //! instance writes. The dedup key's hash already includes its route (two routes never share a
 //! key), so dedup keys are namespaced by the prefix and that hash.
 
+mod batch;
 mod dedup;
 mod scripts;
 mod spool;
@@ -109,7 +110,13 @@ struct ConnInner {
     up: AtomicBool,
     metrics: StoreMetrics,
     prefix: String,
+    /// Dedup keys committed with their event's append, whose `commit` need not be sent again.
+    committed: dashmap::DashSet<u128>,
 }
+
+/// Keys remembered in [`ConnInner::committed`] at most (a caller that appends events with dedup
+/// keys and never commits them cannot grow it; past this, commits are sent as usual).
+const COMMITTED_MAX: usize = 65_536;
 
 fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
     // Reconnects quickly and gives up quickly: the health check and the next command start a
@@ -154,6 +161,7 @@ impl Conn {
                 up: AtomicBool::new(true),
                 metrics,
                 prefix: prefix.to_owned(),
+                committed: dashmap::DashSet::new(),
             }),
         })
     }
@@ -170,6 +178,19 @@ impl Conn {
     /// The Redis key of dedup key `key`.
     pub(crate) fn dedup_key(&self, key: crate::core::DedupKey) -> String {
         self.key(&["dedup", &format!("{:032x}", key.as_u128())])
+    }
+
+    /// Records that `key` was committed with its event's append.
+    pub(crate) fn committed_with_event(&self, key: crate::core::DedupKey) {
+        if self.inner.committed.len() >= COMMITTED_MAX {
+            self.inner.committed.clear();
+        }
+        self.inner.committed.insert(key.as_u128());
+    }
+
+    /// Whether `key` was committed with its event's append (and forgets it).
+    pub(crate) fn take_committed(&self, key: crate::core::DedupKey) -> bool {
+        self.inner.committed.remove(&key.as_u128()).is_some()
     }
 
     /// Whether the last health check reached Redis.

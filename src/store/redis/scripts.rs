@@ -26,44 +26,74 @@ macro_rules! ack {
     };
 }
 
-/// KEYS: stats, ev, pending, queue, routes[, the event's dedup key]. ARGV: u, e, id_ms, due,
-/// max_events, max_bytes, route[, the dedup key's expiry (Unix ms)]. Returns 1, or `events N` /
-/// `bytes N` when full. The dedup key is committed with the event, atomically: once the event is
-/// stored, every instance answers its duplicates `duplicate`, whatever happens to this one.
+/// A batch of appends to one route. KEYS: stats, ev, pending, queue, routes, then the batch's
+/// dedup keys. ARGV: max_events, max_bytes, route, then six per event: u, e, id_ms, due, the
+/// index in KEYS of its dedup key (0: none), that key's expiry (Unix ms). Returns one answer per
+/// event: 1, or `events N` / `bytes N` when the spool is full. An event's dedup key is committed
+/// with it, atomically: once the event is stored, every instance answers its duplicates
+/// `duplicate`, whatever happens to this one.
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = tonumber(redis.call('HGET', KEYS[1], 'events') or '0')
 local b = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
-local size = #ARGV[2]
-if n >= tonumber(ARGV[5]) then return 'events ' .. n end
-if b + size > tonumber(ARGV[6]) then return 'bytes ' .. b end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 1 end
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('XADD', KEYS[4], '*', 'u', ARGV[1], 'd', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'events', 1)
-redis.call('HINCRBY', KEYS[1], 'bytes', size)
-redis.call('SADD', KEYS[5], ARGV[7])
-if KEYS[6] then redis.call('SET', KEYS[6], 'c', 'PXAT', ARGV[8]) end
-return 1
+local max_n, max_b = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out, added, added_b = {}, 0, 0
+for i = 4, #ARGV, 6 do
+  local u, e = ARGV[i], ARGV[i + 1]
+  if n + added >= max_n then
+    out[#out + 1] = 'events ' .. (n + added)
+  elseif b + added_b + #e > max_b then
+    out[#out + 1] = 'bytes ' .. (b + added_b)
+  else
+    if redis.call('HSETNX', KEYS[2], u, e) == 1 then
+      redis.call('ZADD', KEYS[3], ARGV[i + 2], u)
+      redis.call('XADD', KEYS[4], '*', 'u', u, 'd', ARGV[i + 3])
+      added, added_b = added + 1, added_b + #e
+      local k = tonumber(ARGV[i + 4])
+      if k > 0 then redis.call('SET', KEYS[k], 'c', 'PXAT', ARGV[i + 5]) end
+    end
+    out[#out + 1] = 1
+  end
+end
+if added > 0 then
+  redis.call('HINCRBY', KEYS[1], 'events', added)
+  redis.call('HINCRBY', KEYS[1], 'bytes', added_b)
+  redis.call('SADD', KEYS[5], ARGV[3])
+end
+return out
 ",
     )
 });
 
-/// KEYS: stats, ev, pending, queue, retry. ARGV: u, entry. Returns 1 if the event was pending.
+/// A batch of deliveries of one route. KEYS: stats, ev, pending, queue, retry. ARGV: two per
+/// event: u, its stream entry ('' if this instance did not claim it). Returns how many of the
+/// events were pending.
 pub(super) static DELIVERED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        ack!("4", "2"),
+    Script::new(
         r"
-local size = redis.call('HSTRLEN', KEYS[2], ARGV[1])
-if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'events', -1)
-redis.call('HINCRBY', KEYS[1], 'bytes', -size)
-return 1
-"
-    ))
+local removed, bytes, acks = 0, 0, {}
+for i = 1, #ARGV, 2 do
+  local u = ARGV[i]
+  if ARGV[i + 1] ~= '' then acks[#acks + 1] = ARGV[i + 1] end
+  local size = redis.call('HSTRLEN', KEYS[2], u)
+  if redis.call('HDEL', KEYS[2], u) == 1 then
+    redis.call('ZREM', KEYS[3], u)
+    redis.call('ZREM', KEYS[5], u)
+    removed, bytes = removed + 1, bytes + size
+  end
+end
+if #acks > 0 then
+  redis.call('XACK', KEYS[4], 'hookgate', unpack(acks))
+  redis.call('XDEL', KEYS[4], unpack(acks))
+end
+if removed > 0 then
+  redis.call('HINCRBY', KEYS[1], 'events', -removed)
+  redis.call('HINCRBY', KEYS[1], 'bytes', -bytes)
+end
+return removed
+",
+    )
 });
 
 /// KEYS: stats, ev, queue, retry. ARGV: u, e, due, entry. Returns 1 if the event was pending.
@@ -172,14 +202,22 @@ return #due / 2
     )
 });
 
-/// KEYS: the dedup key. ARGV: this instance's marker, the in-flight TTL (ms). Returns 0
-/// (reserved), 1 (committed: duplicate) or 2 (in flight).
+/// A batch of reservations. KEYS: the dedup keys. ARGV: this instance's marker, the in-flight
+/// TTL (ms). Returns per key 0 (reserved), 1 (committed: duplicate) or 2 (in flight).
 pub(super) static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-if redis.call('GET', KEYS[1]) == 'c' then return 1 end
-return 2
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 0
+  elseif redis.call('GET', KEYS[i]) == 'c' then
+    out[i] = 1
+  else
+    out[i] = 2
+  end
+end
+return out
 ",
     )
 });

@@ -21,8 +21,9 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamRea
 use redis::{RedisError, Value};
 use uuid::Uuid;
 
-use super::scripts::{APPEND, DEAD_LETTER, DELIVERED, PROMOTE, PURGE, RESCHEDULE, REVIVE};
-use super::{storage_error, Conn, RedisConfig, WAIT_TIMEOUT_MS};
+use super::batch::{self, Append, Delivered, Limits};
+use super::scripts::{DEAD_LETTER, PROMOTE, PURGE, RESCHEDULE, REVIVE};
+use super::{storage_error, Conn, RedisConfig};
 use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
 use crate::store::spool::{
     Completion, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture, SpoolStats,
@@ -49,9 +50,9 @@ pub struct RedisSpool {
     consumer: String,
     visibility: Duration,
     gone_after: Duration,
-    wait_replicas: u32,
-    max_events: u64,
-    max_bytes: u64,
+    /// Appends and deliveries queued for the next batch.
+    appends: tokio::sync::mpsc::UnboundedSender<Append>,
+    deliveries: tokio::sync::mpsc::UnboundedSender<Delivered>,
     /// Events this instance claimed and has not settled: id → (route, stream entry).
     held: Mutex<HashMap<Uuid, (String, String)>>,
     /// Per route: the blocking connection and when it last promoted and took over.
@@ -115,14 +116,22 @@ impl RedisSpool {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "host".into());
+        let (appends, appends_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (deliveries, deliveries_rx) = tokio::sync::mpsc::unbounded_channel();
+        let limits = Limits {
+            max_events: config.max_events,
+            max_bytes: config.max_bytes,
+            wait_replicas: config.wait_replicas,
+        };
+        conn.spawn(batch::appends(conn.clone(), appends_rx, limits));
+        conn.spawn(batch::deliveries(conn.clone(), deliveries_rx));
         Ok(Self {
             consumer: format!("{host}-{}-{}", std::process::id(), Uuid::now_v7().simple()),
             conn,
             visibility: config.visibility_timeout.max(Duration::from_secs(1)),
             gone_after: config.consumer_gone_after,
-            wait_replicas: config.wait_replicas,
-            max_events: config.max_events,
-            max_bytes: config.max_bytes,
+            appends,
+            deliveries,
             held: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
             sync: Mutex::new(None),
@@ -563,70 +572,22 @@ impl Spool for RedisSpool {
             Ok(b) => b,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let route = event.route.clone();
-        let mut keys = vec![
-            self.conn.key(&["stats"]),
-            self.keys("ev", &route),
-            self.keys("pending", &route),
-            self.keys("queue", &route),
-            self.conn.key(&["routes"]),
-        ];
-        let dedup_expiry = event.dedup.map(|d| {
-            keys.push(
-                self.conn
-                    .dedup_key(crate::core::DedupKey::from_bytes(d.key)),
-            );
-            d.expires_ms.max(1)
-        });
-        let (id, due) = (event.id.to_string(), event.next_attempt_ms);
-        let id_time = id_ms(event.id).unwrap_or(event.received_ms);
-        let (conn, max_events, max_bytes, replicas) = (
-            self.conn.clone(),
-            self.max_events,
-            self.max_bytes,
-            self.wait_replicas,
-        );
-        spawn(&self.conn, async move {
-            let answer = conn
-                .run("append", |mut c| async move {
-                    let mut call = APPEND.prepare_invoke();
-                    for k in &keys {
-                        call.key(k);
-                    }
-                    call.arg(&id)
-                        .arg(blob)
-                        .arg(id_time)
-                        .arg(due)
-                        .arg(max_events)
-                        .arg(max_bytes)
-                        .arg(&route);
-                    if let Some(expiry) = dedup_expiry {
-                        call.arg(expiry);
-                    }
-                    let answer: Value = call.invoke_async(&mut c).await?;
-                    if replicas > 0 && matches!(answer, Value::Int(1)) {
-                        let acked: i64 = redis::cmd("WAIT")
-                            .arg(replicas)
-                            .arg(WAIT_TIMEOUT_MS)
-                            .query_async(&mut c)
-                            .await?;
-                        return Ok((answer, acked));
-                    }
-                    Ok((answer, i64::from(replicas)))
-                })
-                .await?;
-            match answer {
-                (Value::Int(1), acked) if acked >= i64::from(replicas) => Ok(()),
-                (Value::Int(1), acked) => Err(SpoolError::Storage(format!(
-                    "redis: only {acked} of {replicas} replicas confirmed the event within {WAIT_TIMEOUT_MS} ms"
-                ))),
-                (Value::BulkString(full), _) => {
-                    Err(SpoolError::Full(String::from_utf8_lossy(&full).into_owned()))
-                }
-                (Value::SimpleString(full), _) => Err(SpoolError::Full(full)),
-                (other, _) => Err(storage_error(format!("append: unexpected answer {other:?}"))),
-            }
-        })
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let job = Append {
+            route: event.route.clone(),
+            id: event.id.to_string(),
+            blob,
+            id_ms: id_ms(event.id).unwrap_or(event.received_ms),
+            due: event.next_attempt_ms,
+            dedup: event
+                .dedup
+                .map(|d| (crate::core::DedupKey::from_bytes(d.key), d.expires_ms)),
+            done,
+        };
+        if self.appends.send(job).is_err() {
+            return Completion::ready(Err(SpoolError::Closed));
+        }
+        Completion::waiting(rx)
     }
 
     fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
@@ -637,27 +598,17 @@ impl Spool for RedisSpool {
     }
 
     fn delivered(&self, event: &Event) -> Completion {
-        let entry = self.release_hold(event.id);
-        let route = &event.route;
-        let keys = [
-            self.conn.key(&["stats"]),
-            self.keys("ev", route),
-            self.keys("pending", route),
-            self.keys("queue", route),
-            self.keys("retry", route),
-        ];
-        let (conn, id) = (self.conn.clone(), event.id.to_string());
-        spawn(&self.conn, async move {
-            conn.run("deliver", |mut c| async move {
-                let mut call = DELIVERED.prepare_invoke();
-                for k in &keys {
-                    call.key(k);
-                }
-                call.arg(&id).arg(&entry).invoke_async::<i64>(&mut c).await
-            })
-            .await
-            .map(drop)
-        })
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let job = Delivered {
+            route: event.route.clone(),
+            id: event.id.to_string(),
+            entry: self.release_hold(event.id),
+            done,
+        };
+        if self.deliveries.send(job).is_err() {
+            return Completion::ready(Err(SpoolError::Closed));
+        }
+        Completion::waiting(rx)
     }
 
     fn reschedule(&self, event: &Event) -> Completion {

@@ -1,0 +1,219 @@
+//! Appends and deliveries in batches: what queues while one batch is on its way to Redis goes
+//! in the next, one script per route (and one `WAIT` per batch), like the embedded spool's
+//! group commit. A lone event goes at once; under load a round trip carries many.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::scripts::{APPEND, DELIVERED};
+use super::{storage_error, Conn, WAIT_TIMEOUT_MS};
+use crate::store::spool::SpoolError;
+
+/// The most events one batch carries.
+const BATCH: usize = 256;
+
+/// One append, queued.
+pub(super) struct Append {
+    pub route: String,
+    pub id: String,
+    pub blob: Vec<u8>,
+    pub id_ms: u64,
+    pub due: u64,
+    /// The dedup key to commit with it: its hash and expiry (Unix ms).
+    pub dedup: Option<(crate::core::DedupKey, u64)>,
+    pub done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// One delivery, queued.
+pub(super) struct Delivered {
+    pub route: String,
+    pub id: String,
+    /// The stream entry this instance claimed it by ('' if none).
+    pub entry: String,
+    pub done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// Takes what is queued now, up to [`BATCH`], after waiting for the first; `None` once every
+/// sender is gone.
+async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Groups `batch` by route, keeping each route's order.
+fn by_route<T>(batch: Vec<T>, route: impl Fn(&T) -> &str) -> Vec<(String, Vec<T>)> {
+    let mut groups: Vec<(String, Vec<T>)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for job in batch {
+        let r = route(&job).to_owned();
+        match at.get(&r) {
+            Some(&i) => groups[i].1.push(job),
+            None => {
+                at.insert(r.clone(), groups.len());
+                groups.push((r, vec![job]));
+            }
+        }
+    }
+    groups
+}
+
+/// The bounds and durability every append batch checks.
+#[derive(Clone, Copy)]
+pub(super) struct Limits {
+    pub max_events: u64,
+    pub max_bytes: u64,
+    pub wait_replicas: u32,
+}
+
+/// Runs append batches until every sender is gone.
+pub(super) async fn appends(conn: Conn, mut rx: mpsc::UnboundedReceiver<Append>, limits: Limits) {
+    while let Some(batch) = next_batch(&mut rx).await {
+        let mut answered: Vec<(Append, Result<(), SpoolError>)> = Vec::with_capacity(batch.len());
+        for (route, jobs) in by_route(batch, |j| &j.route) {
+            let results = append_route(&conn, &route, &jobs, limits).await;
+            match results {
+                Ok(results) => answered.extend(jobs.into_iter().zip(results)),
+                Err(e) => answered.extend(jobs.into_iter().map(|j| (j, Err(e.clone())))),
+            }
+        }
+        if limits.wait_replicas > 0 && answered.iter().any(|(_, r)| r.is_ok()) {
+            // One WAIT covers every write this connection sent before it: the whole batch.
+            let replicas = limits.wait_replicas;
+            let acked = conn
+                .run("wait", |mut c| async move {
+                    redis::cmd("WAIT")
+                        .arg(replicas)
+                        .arg(WAIT_TIMEOUT_MS)
+                        .query_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
+            let refused = match acked {
+                Ok(n) if n >= i64::from(replicas) => None,
+                Ok(n) => Some(SpoolError::Storage(format!(
+                    "redis: only {n} of {replicas} replicas confirmed the event within {WAIT_TIMEOUT_MS} ms"
+                ))),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = refused {
+                for (_, r) in answered.iter_mut().filter(|(_, r)| r.is_ok()) {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        for (job, result) in answered {
+            if result.is_ok() {
+                if let Some((key, _)) = job.dedup {
+                    conn.committed_with_event(key);
+                }
+            }
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+async fn append_route(
+    conn: &Conn,
+    route: &str,
+    jobs: &[Append],
+    limits: Limits,
+) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
+    let mut keys = vec![
+        conn.key(&["stats"]),
+        conn.key(&["ev", route]),
+        conn.key(&["pending", route]),
+        conn.key(&["queue", route]),
+        conn.key(&["routes"]),
+    ];
+    let mut invocation = APPEND.prepare_invoke();
+    invocation
+        .arg(limits.max_events)
+        .arg(limits.max_bytes)
+        .arg(route);
+    for job in jobs {
+        let (index, expiry) = match job.dedup {
+            Some((key, expiry)) => {
+                keys.push(conn.dedup_key(key));
+                (keys.len(), expiry.max(1))
+            }
+            None => (0, 0),
+        };
+        invocation
+            .arg(&job.id)
+            .arg(&job.blob[..])
+            .arg(job.id_ms)
+            .arg(job.due)
+            .arg(index)
+            .arg(expiry);
+    }
+    for k in &keys {
+        invocation.key(k);
+    }
+    let answers: Vec<Value> = conn
+        .run("append", |mut c| async move {
+            invocation.invoke_async(&mut c).await
+        })
+        .await?;
+    if answers.len() != jobs.len() {
+        return Err(storage_error(format!(
+            "append: {} answers for {} events",
+            answers.len(),
+            jobs.len()
+        )));
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| match a {
+            Value::Int(1) => Ok(()),
+            Value::BulkString(full) => Err(SpoolError::Full(
+                String::from_utf8_lossy(&full).into_owned(),
+            )),
+            Value::SimpleString(full) => Err(SpoolError::Full(full)),
+            other => Err(storage_error(format!(
+                "append: unexpected answer {other:?}"
+            ))),
+        })
+        .collect())
+}
+
+/// Runs delivery batches until every sender is gone.
+pub(super) async fn deliveries(conn: Conn, mut rx: mpsc::UnboundedReceiver<Delivered>) {
+    while let Some(batch) = next_batch(&mut rx).await {
+        for (route, jobs) in by_route(batch, |j| &j.route) {
+            let keys = [
+                conn.key(&["stats"]),
+                conn.key(&["ev", &route]),
+                conn.key(&["pending", &route]),
+                conn.key(&["queue", &route]),
+                conn.key(&["retry", &route]),
+            ];
+            let mut invocation = DELIVERED.prepare_invoke();
+            for k in &keys {
+                invocation.key(k);
+            }
+            for job in &jobs {
+                invocation.arg(&job.id).arg(&job.entry);
+            }
+            let result = conn
+                .run("deliver", |mut c| async move {
+                    invocation.invoke_async::<i64>(&mut c).await
+                })
+                .await;
+            if let Err(e) = &result {
+                tracing::warn!(%route, events = jobs.len(), error = %e, "cannot record deliveries; their events are delivered again once their hold times out");
+            }
+            for job in jobs {
+                let _ = job.done.send(result.clone().map(drop));
+            }
+        }
+    }
+}
