@@ -157,3 +157,54 @@ async fn redis_removes_the_consumers_of_instances_long_gone() {
         "the gone one removed, the live one (holding one) kept"
     );
 }
+
+/// `wait_replicas`: an append is acknowledged once a real replica confirmed it; with the
+/// replica gone, the append fails (503 for the sender) after the WAIT timeout.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_wait_replicas_acknowledges_only_what_a_replica_confirmed() {
+    use hookgate::store::{Event, SpoolError};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    // No 5 s wait before the replica's first sync.
+    let primary = redis_server::RedisServer::start_with(
+        &dir.path().join("primary"),
+        &["--repl-diskless-sync-delay", "0"],
+    );
+    let mut replica = redis_server::RedisServer::replica_of(&dir.path().join("replica"), primary.port);
+    let info = |port: u16, section: &str| -> String {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("INFO").arg(section).query(&mut c).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !info(primary.port, "replication").contains("state=online") {
+        assert!(Instant::now() < deadline, "the replica never came online");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
+    let mut config = hookgate::store::redis::RedisConfig::new(primary.url());
+    config.prefix = redis_server::prefix();
+    config.wait_replicas = 1;
+    let storage = hookgate::store::redis::open(config.clone(), &metrics).unwrap();
+    let event = || Event::new("r", "127.0.0.1".parse().unwrap(), "POST", "/w", vec![], "{}".into());
+    let e = event();
+    storage.spool.append(&e).await.expect("confirmed by the replica");
+    // What the replica holds once the acknowledgement was given.
+    let mut c = redis::Client::open(replica.url()).unwrap().get_connection().unwrap();
+    let held: bool = redis::cmd("HEXISTS")
+        .arg(format!("{}:ev:r", config.prefix))
+        .arg(e.id.to_string())
+        .query(&mut c)
+        .unwrap();
+    assert!(held, "the replica has the acknowledged event");
+
+    replica.kill();
+    let refused = storage.spool.append(&event()).await;
+    assert!(
+        matches!(&refused, Err(SpoolError::Storage(m)) if m.contains("0 of 1 replicas")),
+        "{refused:?}"
+    );
+}

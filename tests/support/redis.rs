@@ -13,6 +13,7 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     pub dir: PathBuf,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -25,13 +26,24 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts one on a free port, its files under `dir`; waits until it answers.
     pub fn start(dir: &Path) -> RedisServer {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`start`](Self::start) with more `redis-server` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: dir.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.restart();
         server
+    }
+
+    /// A replica of the server on `primary`, its files under `dir`.
+    pub fn replica_of(dir: &Path, primary: u16) -> RedisServer {
+        Self::start_with(dir, &["--replicaof", "127.0.0.1", &primary.to_string()])
     }
 
     /// `redis://127.0.0.1:{port}`.
@@ -51,15 +63,16 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args([
+                // everysec (the default): an acknowledged write is in the kernel before the answer,
+                // so a SIGKILL of the server loses none.
                 "--appendonly",
                 "yes",
-                "--appendfsync",
-                "always",
                 "--save",
                 "",
                 "--daemonize",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()

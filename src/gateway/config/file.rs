@@ -159,8 +159,10 @@ impl Default for Store {
     }
 }
 
-/// A value that may be kept out of the file: inline, or `{ env = "NAME" }`.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A value that may be kept out of the file: inline, or `{ env = "NAME" }`. Never printed:
+/// the effective config (`check-config`) shows a URL's password, or any other inline value, as
+/// `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum SecretString {
     /// The value itself.
@@ -178,6 +180,34 @@ impl std::fmt::Debug for SecretString {
             SecretString::Inline(_) => f.write_str("Inline(***)"),
             SecretString::Env { env } => f.debug_struct("Env").field("env", env).finish(),
         }
+    }
+}
+
+impl Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            SecretString::Inline(v) => s.serialize_str(&redact(v)),
+            SecretString::Env { env } => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("env", env)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// `value` fit to print: a URL with its password as `***`, a URL without one as it is, anything
+/// else as `***`.
+fn redact(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut u) if u.has_host() => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        _ => "***".into(),
     }
 }
 
