@@ -171,7 +171,8 @@ async fn redis_wait_replicas_acknowledges_only_what_a_replica_confirmed() {
         &dir.path().join("primary"),
         &["--repl-diskless-sync-delay", "0"],
     );
-    let mut replica = redis_server::RedisServer::replica_of(&dir.path().join("replica"), primary.port);
+    let mut replica =
+        redis_server::RedisServer::replica_of(&dir.path().join("replica"), primary.port);
     let info = |port: u16, section: &str| -> String {
         let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
             .unwrap()
@@ -189,11 +190,27 @@ async fn redis_wait_replicas_acknowledges_only_what_a_replica_confirmed() {
     config.prefix = redis_server::prefix();
     config.wait_replicas = 1;
     let storage = hookgate::store::redis::open(config.clone(), &metrics).unwrap();
-    let event = || Event::new("r", "127.0.0.1".parse().unwrap(), "POST", "/w", vec![], "{}".into());
+    let event = || {
+        Event::new(
+            "r",
+            "127.0.0.1".parse().unwrap(),
+            "POST",
+            "/w",
+            vec![],
+            "{}".into(),
+        )
+    };
     let e = event();
-    storage.spool.append(&e).await.expect("confirmed by the replica");
+    storage
+        .spool
+        .append(&e)
+        .await
+        .expect("confirmed by the replica");
     // What the replica holds once the acknowledgement was given.
-    let mut c = redis::Client::open(replica.url()).unwrap().get_connection().unwrap();
+    let mut c = redis::Client::open(replica.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let held: bool = redis::cmd("HEXISTS")
         .arg(format!("{}:ev:r", config.prefix))
         .arg(e.id.to_string())

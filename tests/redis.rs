@@ -330,3 +330,144 @@ async fn dead_letters_are_shared_listed_replayed_and_purged_from_either_instance
         .unwrap();
     assert_eq!(stats["spool"]["dead"], 0, "{stats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_upstream_opens_the_circuit_and_every_event_waits_in_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = redis_server::shared(dir.path());
+    // Nothing listens there: every attempt is refused. Three attempts would dead-letter an
+    // event; the open circuit counts none while the upstream is down.
+    let port = free_port();
+    let gateway = start_gateway(
+        dir.path(),
+        "g",
+        &url,
+        &redis_server::prefix(),
+        &format!("http://127.0.0.1:{port}{PATH}"),
+        "[route.delivery]\nmax_attempts = 3\nbackoff = \"100ms\"\nmax_backoff = \"400ms\"\n",
+    )
+    .await;
+    let c = client();
+    let ids: Vec<String> = (0..20).map(|_| generation()).collect();
+    for id in &ids {
+        let (status, _, text) = post(&c, &gateway.url(PATH), completed(id)).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            "hookgate_upstream_up{route=\"/webhook/o3-video\"}"
+        ),
+        0.0,
+        "circuit open"
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "hookgate_deliveries_total{result=\"dead_letter\",route=\"/webhook/o3-video\"}"
+        ),
+        0.0,
+        "no attempt counted while the circuit is open:\n{metrics}"
+    );
+    let upstream = Upstream::start_on(port).await;
+    let all = poll(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        async || (arrivals(&upstream).len() >= ids.len()).then_some(()),
+    )
+    .await;
+    let seen = arrivals(&upstream);
+    assert!(
+        all.is_some(),
+        "{} of {} delivered; log:\n{}",
+        seen.len(),
+        ids.len(),
+        gateway.log_text()
+    );
+    for id in &ids {
+        assert_eq!(seen.get(id), Some(&1), "{id} delivered once");
+    }
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            "hookgate_upstream_up{route=\"/webhook/o3-video\"}"
+        ),
+        1.0,
+        "closed again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_gets_503_and_the_gateway_recovers_when_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis"));
+    let upstream = Upstream::start().await;
+    let gateway = start_gateway(
+        dir.path(),
+        "g",
+        &redis.url(),
+        &redis_server::prefix(),
+        &upstream.url(),
+        "",
+    )
+    .await;
+    let c = client();
+    let (status, _, _) = post(&c, &gateway.url(PATH), completed(&generation())).await;
+    assert_eq!(status, 200);
+
+    // Stopped, not gone: connections stay open and nothing answers.
+    redis.signal("STOP");
+    let refused = poll(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        async || {
+            let (status, headers, text) =
+                post(&c, &gateway.url(PATH), completed(&generation())).await;
+            match status {
+                503 => Some((headers.contains_key("retry-after"), reason(&text))),
+                200 => None,
+                other => panic!("unexpected {other}: {text}"),
+            }
+        },
+    )
+    .await;
+    let (retry_after, why) = refused.expect("503 while redis is hung");
+    assert!(retry_after, "503 with Retry-After");
+    assert!(
+        why == "dedup_unavailable" || why == "spool_unavailable",
+        "{why}"
+    );
+    let ready = reqwest::get(gateway.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while redis is hung");
+    assert_eq!(series(&gateway.metrics().await, "hookgate_store_up"), 0.0);
+
+    redis.signal("CONT");
+    let id = generation();
+    let back = poll(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        async || {
+            let (status, _, _) = post(&c, &gateway.url(PATH), completed(&id)).await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        back.is_some(),
+        "accepting again; log:\n{}",
+        gateway.log_text()
+    );
+    let delivered = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || arrivals(&upstream).contains_key(&id).then_some(()),
+    )
+    .await;
+    assert!(
+        delivered.is_some(),
+        "the event after the pause is delivered"
+    );
+}

@@ -743,14 +743,24 @@ async fn claim(inner: Arc<Inner>) {
         if probe {
             inner.lock_circuit().probe_sent();
         }
+        let claiming = shared.claim(&inner.route, permits.len(), WAIT);
+        tokio::pin!(claiming);
         let claimed = tokio::select! {
-            c = shared.claim(&inner.route, permits.len(), WAIT) => c,
-            _ = stop.wait_for(|s| *s) => {
-                if probe {
-                    inner.lock_circuit().probe_unsent();
-                }
-                return;
+            c = &mut claiming => Some(c),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(claimed) = claimed else {
+            if probe {
+                inner.lock_circuit().probe_unsent();
             }
+            // Let the read in flight end (a second at most): what it brings goes back to the
+            // spool for another instance now, not after the visibility timeout.
+            if let Ok(Ok(events)) = tokio::time::timeout(WAIT * 3, claiming).await {
+                for event in events {
+                    let _ = inner.spool.reschedule(&event).await;
+                }
+            }
+            return;
         };
         match claimed {
             Ok(events) => {

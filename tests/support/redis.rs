@@ -94,6 +94,17 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to it, by PID.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILLs it (by PID) and waits for the exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -105,6 +116,13 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            // A stopped process does not die of SIGKILL until it is continued on some systems.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(self.child.as_ref().map(|c| c.id()).unwrap_or(0).to_string())
+                .status();
+        }
         self.kill();
     }
 }

@@ -59,10 +59,10 @@ impl Config {
                 "must be a non-empty name without spaces".into(),
             ));
         }
-        if st.visibility_timeout < Duration::from_secs(1) {
+        if st.visibility_timeout < Duration::from_secs(3) {
             errors.push(invalid(
                 "store.visibility_timeout",
-                "must be at least 1s".into(),
+                "must be at least 3s (an instance renews its holds every third of it)".into(),
             ));
         }
         errors

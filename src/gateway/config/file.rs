@@ -201,12 +201,20 @@ impl Serialize for SecretString {
 /// else as `***`.
 fn redact(value: &str) -> String {
     match url::Url::parse(value) {
-        Ok(mut u) if u.has_host() => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
+        Ok(u) if u.has_host() || u.scheme().contains("unix") => redacted_url(value),
+        _ => "***".into(),
+    }
+}
+
+#[cfg(feature = "redis")]
+fn redacted_url(url: &str) -> String {
+    crate::store::redis::redacted(url)
+}
+
+#[cfg(not(feature = "redis"))]
+fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) if u.password().is_none() && u.query().is_none() => u.to_string(),
         _ => "***".into(),
     }
 }

@@ -198,7 +198,8 @@ allow = ["127.0.0.1/32", "::1/128"]
 
     #[test]
     fn the_redis_store_is_configured_and_checked() {
-        let redis = |store: &str| MINIMAL.replace("[[route]]", &format!("[store]\n{store}\n[[route]]"));
+        let redis =
+            |store: &str| MINIMAL.replace("[[route]]", &format!("[store]\n{store}\n[[route]]"));
         let c = load(&redis(
             "backend = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379/0\"\nprefix = \"hg\"\nvisibility_timeout = \"10s\"\nwait_replicas = 1",
         ))
@@ -208,8 +209,14 @@ allow = ["127.0.0.1/32", "::1/128"]
         assert_eq!(c.store.visibility_timeout, Duration::from_secs(10));
         assert_eq!(c.store.wait_replicas, 1);
         let printed = c.to_toml();
-        assert!(!printed.contains("hunter2"), "the password is never printed:\n{printed}");
-        assert!(printed.contains("redis://:***@127.0.0.1:6379/0"), "{printed}");
+        assert!(
+            !printed.contains("hunter2"),
+            "the password is never printed:\n{printed}"
+        );
+        assert!(
+            printed.contains("redis://:***@127.0.0.1:6379/0"),
+            "{printed}"
+        );
         let defaults = load(&redis("backend = \"redis\"\nurl = \"redis://127.0.0.1\"")).unwrap();
         assert_eq!(defaults.store.prefix, "hookgate");
         assert_eq!(defaults.store.visibility_timeout, Duration::from_secs(30));
@@ -222,15 +229,33 @@ allow = ["127.0.0.1/32", "::1/128"]
         assert!(env.to_toml().contains("HOOKGATE_TEST_CONFIG_REDIS_URL"));
         for (store, want) in [
             ("backend = \"redis\"", "store.url"),
-            ("backend = \"redis\"\nurl = { env = \"HOOKGATE_TEST_UNSET_VARIABLE\" }", "HOOKGATE_TEST_UNSET_VARIABLE is not set"),
-            ("backend = \"redis\"\nurl = \"http://127.0.0.1\"", "not a redis URL"),
-            ("backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nvisibility_timeout = \"100ms\"", "store.visibility_timeout"),
-            ("backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nprefix = \"\"", "store.prefix"),
+            (
+                "backend = \"redis\"\nurl = { env = \"HOOKGATE_TEST_UNSET_VARIABLE\" }",
+                "HOOKGATE_TEST_UNSET_VARIABLE is not set",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"http://127.0.0.1\"",
+                "not a redis URL",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nvisibility_timeout = \"100ms\"",
+                "store.visibility_timeout",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nprefix = \"\"",
+                "store.prefix",
+            ),
             ("url = \"redis://127.0.0.1\"", "store.url"),
-            ("backend = \"redis\"\nurl = \"redis://127.0.0.1\"\npassword = \"x\"", "password"),
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\npassword = \"x\"",
+                "password",
+            ),
         ] {
             let err = load(&redis(store)).expect_err(store).to_string();
-            assert!(err.contains(want) && err.contains("t.toml"), "{store}: {err}");
+            assert!(
+                err.contains(want) && err.contains("t.toml"),
+                "{store}: {err}"
+            );
         }
     }
 

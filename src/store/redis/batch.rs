@@ -74,40 +74,35 @@ pub(super) struct Limits {
     pub wait_replicas: u32,
 }
 
-/// Runs append batches until every sender is gone.
+/// Runs append batches until every sender is gone. With `wait_replicas`, each route's script
+/// and its `WAIT` go together on a connection of their own: `WAIT` blocks the connection it is
+/// sent on (the shared one would stall every other command), and it covers only the writes sent
+/// before it on that same connection.
 pub(super) async fn appends(conn: Conn, mut rx: mpsc::UnboundedReceiver<Append>, limits: Limits) {
+    let waiting = if limits.wait_replicas > 0 {
+        match conn.dedicated(super::COMMAND_TIMEOUT + std::time::Duration::from_millis(500)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "redis: no connection for WAIT; appends fail");
+                None
+            }
+        }
+    } else {
+        None
+    };
     while let Some(batch) = next_batch(&mut rx).await {
         let mut answered: Vec<(Append, Result<(), SpoolError>)> = Vec::with_capacity(batch.len());
         for (route, jobs) in by_route(batch, |j| &j.route) {
-            let results = append_route(&conn, &route, &jobs, limits).await;
+            let results = if limits.wait_replicas == 0 {
+                append_route(&conn, &route, &jobs, limits).await
+            } else if let Some(waiting) = &waiting {
+                append_route_and_wait(&conn, waiting, &route, &jobs, limits).await
+            } else {
+                Err(SpoolError::Storage("redis: no connection for WAIT".into()))
+            };
             match results {
                 Ok(results) => answered.extend(jobs.into_iter().zip(results)),
                 Err(e) => answered.extend(jobs.into_iter().map(|j| (j, Err(e.clone())))),
-            }
-        }
-        if limits.wait_replicas > 0 && answered.iter().any(|(_, r)| r.is_ok()) {
-            // One WAIT covers every write this connection sent before it: the whole batch.
-            let replicas = limits.wait_replicas;
-            let acked = conn
-                .run("wait", |mut c| async move {
-                    redis::cmd("WAIT")
-                        .arg(replicas)
-                        .arg(WAIT_TIMEOUT_MS)
-                        .query_async::<i64>(&mut c)
-                        .await
-                })
-                .await;
-            let refused = match acked {
-                Ok(n) if n >= i64::from(replicas) => None,
-                Ok(n) => Some(SpoolError::Storage(format!(
-                    "redis: only {n} of {replicas} replicas confirmed the event within {WAIT_TIMEOUT_MS} ms"
-                ))),
-                Err(e) => Some(e),
-            };
-            if let Some(e) = refused {
-                for (_, r) in answered.iter_mut().filter(|(_, r)| r.is_ok()) {
-                    *r = Err(e.clone());
-                }
             }
         }
         for (job, result) in answered {
@@ -121,12 +116,13 @@ pub(super) async fn appends(conn: Conn, mut rx: mpsc::UnboundedReceiver<Append>,
     }
 }
 
-async fn append_route(
+/// The append script's invocation for `jobs` of `route`.
+fn invocation(
     conn: &Conn,
     route: &str,
     jobs: &[Append],
     limits: Limits,
-) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
+) -> redis::ScriptInvocation<'static> {
     let mut keys = vec![
         conn.key(&["stats"]),
         conn.key(&["ev", route]),
@@ -158,16 +154,15 @@ async fn append_route(
     for k in &keys {
         invocation.key(k);
     }
-    let answers: Vec<Value> = conn
-        .run("append", |mut c| async move {
-            invocation.invoke_async(&mut c).await
-        })
-        .await?;
-    if answers.len() != jobs.len() {
+    invocation
+}
+
+/// The script's answers, one per job.
+fn answers(answers: Vec<Value>, jobs: usize) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
+    if answers.len() != jobs {
         return Err(storage_error(format!(
-            "append: {} answers for {} events",
-            answers.len(),
-            jobs.len()
+            "append: {} answers for {jobs} events",
+            answers.len()
         )));
     }
     Ok(answers
@@ -183,6 +178,82 @@ async fn append_route(
             ))),
         })
         .collect())
+}
+
+async fn append_route(
+    conn: &Conn,
+    route: &str,
+    jobs: &[Append],
+    limits: Limits,
+) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
+    let invocation = invocation(conn, route, jobs, limits);
+    let got: Vec<Value> = conn
+        .run("append", |mut c| async move {
+            invocation.invoke_async(&mut c).await
+        })
+        .await?;
+    answers(got, jobs.len())
+}
+
+/// [`append_route`], then `WAIT wait_replicas`, pipelined on `waiting`: an event fewer replicas
+/// confirmed in time is refused (503), and its dedup key given up, so the sender's retry is
+/// stored again rather than answered `duplicate` (the first copy stays and is delivered too:
+/// at least once).
+async fn append_route_and_wait(
+    conn: &Conn,
+    waiting: &redis::aio::ConnectionManager,
+    route: &str,
+    jobs: &[Append],
+    limits: Limits,
+) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
+    let invocation = invocation(conn, route, jobs, limits);
+    let replicas = limits.wait_replicas;
+    let (got, acked): (Vec<Value>, i64) = conn
+        .run_on(waiting.clone(), "append", |mut c| async move {
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&invocation)
+                .cmd("WAIT")
+                .arg(replicas)
+                .arg(WAIT_TIMEOUT_MS);
+            match pipe.query_async(&mut c).await {
+                // A pipeline does not load a script Redis does not know yet.
+                Err(e) if e.code() == Some("NOSCRIPT") => {
+                    invocation.load_async(&mut c).await?;
+                    pipe.query_async(&mut c).await
+                }
+                other => other,
+            }
+        })
+        .await?;
+    let mut results = answers(got, jobs.len())?;
+    if acked < i64::from(replicas) {
+        let refused = SpoolError::Storage(format!(
+            "redis: only {acked} of {replicas} replicas confirmed the event within {WAIT_TIMEOUT_MS} ms"
+        ));
+        let keys: Vec<String> = jobs
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .filter_map(|(j, _)| j.dedup.map(|(k, _)| conn.dedup_key(k)))
+            .collect();
+        if !keys.is_empty() {
+            let given_up = conn
+                .run("commit", |mut c| async move {
+                    redis::cmd("DEL")
+                        .arg(&keys)
+                        .query_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
+            if let Err(e) = given_up {
+                tracing::warn!(error = %e, "cannot give up the dedup keys of unconfirmed events: their retries are answered duplicate");
+            }
+        }
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            *r = Err(refused.clone());
+        }
+    }
+    Ok(results)
 }
 
 /// Runs delivery batches until every sender is gone.

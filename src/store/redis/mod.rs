@@ -50,11 +50,21 @@ use crate::metrics::{Metrics, StoreMetrics};
 /// the `WAIT` timeout, which is the longest a healthy command waits.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The shortest a dedup reservation lasts before its request stores the event (or its
+/// instance is gone): the visibility timeout, or this if longer.
+const MIN_IN_FLIGHT: Duration = Duration::from_secs(15);
+
 /// How long `WAIT` waits for `wait_replicas` replicas.
 const WAIT_TIMEOUT_MS: u64 = 1000;
 
 /// How often the health check pings Redis.
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// Failed health checks in a row that mark Redis down (one slow answer does not).
+const DOWN_AFTER: u32 = 2;
+
+/// Failed health checks in a row after which the shared connection is replaced.
+const REBUILD_AFTER: u32 = 8;
 
 /// What the `redis` backend needs: the `[store]` keys and the spool's bounds.
 #[derive(Debug, Clone)]
@@ -106,7 +116,9 @@ struct ConnInner {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     client: Client,
-    manager: ConnectionManager,
+    /// Replaced after [`REBUILD_AFTER`] failed health checks in a row: a socket whose peer
+    /// vanished without a reset (a lost host) is never noticed by the manager itself.
+    manager: std::sync::RwLock<ConnectionManager>,
     up: AtomicBool,
     metrics: StoreMetrics,
     prefix: String,
@@ -117,6 +129,11 @@ struct ConnInner {
 /// Keys remembered in [`ConnInner::committed`] at most (a caller that appends events with dedup
 /// keys and never commits them cannot grow it; past this, commits are sent as usual).
 const COMMITTED_MAX: usize = 65_536;
+
+/// The shared connection's: its response timeout above every command's deadline.
+fn shared_config() -> ConnectionManagerConfig {
+    manager_config(COMMAND_TIMEOUT + Duration::from_millis(500))
+}
 
 fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
     // Reconnects quickly and gives up quickly: the health check and the next command start a
@@ -146,18 +163,15 @@ impl Conn {
         let handle = runtime.handle().clone();
         let manager = {
             let _in = handle.enter();
-            ConnectionManager::new_lazy_with_config(
-                client.clone(),
-                manager_config(COMMAND_TIMEOUT + Duration::from_millis(500)),
-            )
-            .map_err(storage_error)?
+            ConnectionManager::new_lazy_with_config(client.clone(), shared_config())
+                .map_err(storage_error)?
         };
         Ok(Self {
             inner: Arc::new(ConnInner {
                 runtime: Some(runtime),
                 handle,
                 client,
-                manager,
+                manager: std::sync::RwLock::new(manager),
                 up: AtomicBool::new(true),
                 metrics,
                 prefix: prefix.to_owned(),
@@ -243,8 +257,28 @@ impl Conn {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        let manager = self
+            .inner
+            .manager
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.run_on(manager, command, f).await
+    }
+
+    /// [`run_anyway`](Self::run_anyway) on `manager` (a dedicated connection).
+    pub(crate) async fn run_on<T, F, Fut>(
+        &self,
+        manager: ConnectionManager,
+        command: &str,
+        f: F,
+    ) -> Result<T, SpoolError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         let started = Instant::now();
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, f(self.inner.manager.clone())).await;
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, f(manager)).await;
         self.inner
             .metrics
             .commands
@@ -260,11 +294,14 @@ impl Conn {
         }
     }
 
-    /// Pings Redis every [`HEALTH_EVERY`]: keeps `hookgate_store_up` and the flag commands check,
-    /// and logs each change. Runs until dropped.
+    /// Pings Redis every [`HEALTH_EVERY`]: keeps `hookgate_store_up` and the flag commands check
+    /// ([`DOWN_AFTER`] failures in a row mark it down, one success up), replaces the shared
+    /// connection after [`REBUILD_AFTER`], and logs each change. Runs until dropped.
     pub(crate) async fn health(self) {
         let mut tick = tokio::time::interval(HEALTH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        let mut checked_policy = false;
         loop {
             tick.tick().await;
             let pong = self
@@ -272,14 +309,60 @@ impl Conn {
                     ::redis::cmd("PING").query_async::<String>(&mut c).await
                 })
                 .await;
-            let was = self.inner.up.swap(pong.is_ok(), Ordering::Relaxed);
-            self.inner.metrics.up.set(i64::from(pong.is_ok()));
-            match (&pong, was) {
-                (Err(e), true) => {
+            failures = if pong.is_ok() { 0 } else { failures + 1 };
+            let up = failures < DOWN_AFTER;
+            let was = self.inner.up.swap(up, Ordering::Relaxed);
+            self.inner.metrics.up.set(i64::from(up));
+            match (&pong, was, up) {
+                (Err(e), true, false) => {
                     tracing::error!(error = %e, "redis unreachable: new events get 503 until it answers again")
                 }
-                (Ok(_), false) => tracing::info!("redis answers again: accepting events"),
+                (Ok(_), false, true) => tracing::info!("redis answers again: accepting events"),
                 _ => {}
+            }
+            if failures > 0 && failures.is_multiple_of(REBUILD_AFTER) {
+                let _in = self.inner.handle.enter();
+                match ConnectionManager::new_lazy_with_config(
+                    self.inner.client.clone(),
+                    shared_config(),
+                ) {
+                    Ok(fresh) => {
+                        *self
+                            .inner
+                            .manager
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner()) = fresh;
+                        tracing::warn!(failures, "redis: replaced the shared connection");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis: cannot replace the shared connection")
+                    }
+                }
+            }
+            if pong.is_ok() && !checked_policy {
+                checked_policy = true;
+                self.check_eviction_policy().await;
+            }
+        }
+    }
+
+    /// Logs an error if Redis may evict keys without a TTL (events, streams, counts): only
+    /// `noeviction` and the `volatile-*` policies are safe. Silent when `CONFIG` is not allowed.
+    async fn check_eviction_policy(&self) {
+        let policy = self
+            .run_anyway("read", |mut c| async move {
+                ::redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async::<Vec<String>>(&mut c)
+                    .await
+            })
+            .await;
+        if let Ok(policy) = policy {
+            if let Some(p) = policy.get(1) {
+                if p.starts_with("allkeys") {
+                    tracing::error!(maxmemory_policy = %p, "redis may evict any key when full, events included: set maxmemory-policy to noeviction or volatile-lru");
+                }
             }
         }
     }
@@ -301,7 +384,9 @@ impl Drop for ConnInner {
 pub fn open(config: RedisConfig, metrics: &Metrics) -> Result<Storage, SpoolError> {
     let conn = Conn::open(&config.url, &config.prefix, metrics.store().clone())?;
     let spool = Arc::new(RedisSpool::new(conn.clone(), &config)?);
-    let dedup = RedisDedupStore::new(conn.clone(), spool.consumer(), config.visibility_timeout);
+    // An in-flight reservation outlives the request that holds it (read, stored, WAITed for).
+    let in_flight = config.visibility_timeout.max(MIN_IN_FLIGHT);
+    let dedup = RedisDedupStore::new(conn.clone(), spool.consumer(), in_flight);
     tracing::info!(
         url = %redacted(&config.url),
         prefix = %config.prefix,
@@ -318,13 +403,50 @@ pub fn open(config: RedisConfig, metrics: &Metrics) -> Result<Storage, SpoolErro
     })
 }
 
-/// The URL without its password, for logs.
+/// The URL without its password (in the user part, or a `pass`/`password` query parameter), for
+/// logs.
 pub fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let secret =
+                |k: &str| k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password");
+            if u.query_pairs().any(|(k, _)| secret(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        _ => url.to_owned(),
+        Err(_) => "***".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(
+            redacted("redis://:hunter2@10.0.0.5:6379/0"),
+            "redis://:***@10.0.0.5:6379/0"
+        );
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=1&pass=hunter2"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

@@ -232,3 +232,36 @@ return 0
 ",
     )
 });
+
+/// KEYS: a route's queue. ARGV: this instance's consumer, then the stream entries it holds.
+/// Renews (`XCLAIM ... JUSTID`, idle time back to 0) each entry still pending with this
+/// consumer; returns those another instance has taken over meanwhile (never taken back).
+pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local lost = {}
+for i = 2, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], 'hookgate', ARGV[i], ARGV[i], 1, ARGV[1])
+  if #p == 1 then
+    redis.call('XCLAIM', KEYS[1], 'hookgate', ARGV[1], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+",
+    )
+});
+
+/// KEYS: a route's queue. ARGV: a consumer. Removes it from the group only if it holds nothing
+/// (checked in the same step: a consumer's pending entries are never discarded). Returns 1 if
+/// removed.
+pub(super) static REMOVE_CONSUMER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if #redis.call('XPENDING', KEYS[1], 'hookgate', '-', '+', 1, ARGV[1]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'hookgate', ARGV[1])
+return 1
+",
+    )
+});

@@ -22,7 +22,7 @@ use redis::{RedisError, Value};
 use uuid::Uuid;
 
 use super::batch::{self, Append, Delivered, Limits};
-use super::scripts::{DEAD_LETTER, PROMOTE, PURGE, RESCHEDULE, REVIVE};
+use super::scripts::{DEAD_LETTER, HEARTBEAT, PROMOTE, PURGE, REMOVE_CONSUMER, RESCHEDULE, REVIVE};
 use super::{storage_error, Conn, RedisConfig};
 use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
 use crate::store::spool::{
@@ -50,9 +50,11 @@ pub struct RedisSpool {
     consumer: String,
     visibility: Duration,
     gone_after: Duration,
-    /// Appends and deliveries queued for the next batch.
-    appends: tokio::sync::mpsc::UnboundedSender<Append>,
-    deliveries: tokio::sync::mpsc::UnboundedSender<Delivered>,
+    /// Appends and deliveries queued for the next batch (taken when dropped).
+    appends: Option<tokio::sync::mpsc::UnboundedSender<Append>>,
+    deliveries: Option<tokio::sync::mpsc::UnboundedSender<Delivered>>,
+    /// Disconnected once both batchers have sent everything queued and ended.
+    drained: Mutex<std::sync::mpsc::Receiver<()>>,
     /// Events this instance claimed and has not settled: id → (route, stream entry).
     held: Mutex<HashMap<Uuid, (String, String)>>,
     /// Per route: the blocking connection and when it last promoted and took over.
@@ -123,15 +125,26 @@ impl RedisSpool {
             max_bytes: config.max_bytes,
             wait_replicas: config.wait_replicas,
         };
-        conn.spawn(batch::appends(conn.clone(), appends_rx, limits));
-        conn.spawn(batch::deliveries(conn.clone(), deliveries_rx));
+        let (ended, drained) = std::sync::mpsc::channel::<()>();
+        let (a, d) = (ended.clone(), ended);
+        let c = conn.clone();
+        conn.spawn(async move {
+            batch::appends(c, appends_rx, limits).await;
+            drop(a);
+        });
+        let c = conn.clone();
+        conn.spawn(async move {
+            batch::deliveries(c, deliveries_rx).await;
+            drop(d);
+        });
         Ok(Self {
             consumer: format!("{host}-{}-{}", std::process::id(), Uuid::now_v7().simple()),
             conn,
             visibility: config.visibility_timeout.max(Duration::from_secs(1)),
             gone_after: config.consumer_gone_after,
-            appends,
-            deliveries,
+            appends: Some(appends),
+            deliveries: Some(deliveries),
+            drained: Mutex::new(drained),
             held: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
             sync: Mutex::new(None),
@@ -254,19 +267,26 @@ impl RedisSpool {
                 let renewed = self
                     .conn
                     .run("heartbeat", |mut c| async move {
-                        redis::cmd("XCLAIM")
-                            .arg(&queue)
-                            .arg(GROUP)
-                            .arg(&consumer)
-                            .arg(0)
-                            .arg(&entries)
-                            .arg("JUSTID")
-                            .query_async::<Vec<String>>(&mut c)
-                            .await
+                        let mut call = HEARTBEAT.key(&queue);
+                        call.arg(&consumer).arg(&entries);
+                        call.invoke_async::<Vec<String>>(&mut c).await
                     })
                     .await;
-                if let Err(e) = renewed {
-                    tracing::warn!(%route, error = %e, "cannot renew this instance's hold on its deliveries; another instance may take them over");
+                match renewed {
+                    Ok(lost) if !lost.is_empty() => {
+                        // Taken over while this instance was silent: the other one delivers
+                        // them now; this one's attempts may still finish (at least once).
+                        let lost: std::collections::HashSet<String> = lost.into_iter().collect();
+                        self.held
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .retain(|_, (_, entry)| !lost.contains(entry));
+                        tracing::warn!(%route, events = lost.len(), "events this instance held were taken over by another (it was silent for the visibility timeout)");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(%route, error = %e, "cannot renew this instance's hold on its deliveries; another instance may take them over")
+                    }
                 }
             }
         }
@@ -398,9 +418,14 @@ impl RedisSpool {
                         // The stream was deleted (FLUSHDB?): create the group again next time.
                         state.group = false;
                     }
+                    // A fresh connection next time (this one may be half-open).
+                    state.blocking = None;
                     return Err(storage_error(format!("claim: {e}")));
                 }
-                Err(_) => return Err(storage_error("claim: no answer in time")),
+                Err(_) => {
+                    state.blocking = None;
+                    return Err(storage_error("claim: no answer in time"));
+                }
             };
             entries = reply
                 .into_iter()
@@ -450,16 +475,14 @@ impl RedisSpool {
             let removed = self
                 .conn
                 .run("tidy", |mut c| async move {
-                    redis::cmd("XGROUP")
-                        .arg("DELCONSUMER")
-                        .arg(&q)
-                        .arg(GROUP)
+                    REMOVE_CONSUMER
+                        .key(&q)
                         .arg(&n)
-                        .query_async::<i64>(&mut c)
+                        .invoke_async::<i64>(&mut c)
                         .await
                 })
                 .await;
-            if removed.is_ok() {
+            if matches!(removed, Ok(1)) {
                 tracing::info!(route, consumer = %name, "removed the consumer of an instance long gone from the group");
             }
         }
@@ -494,29 +517,29 @@ impl RedisSpool {
                 .await?
         };
         let mut events = Vec::with_capacity(entries.len());
+        let mut claimed = Vec::with_capacity(entries.len());
         let mut stale = Vec::new();
-        {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            for ((entry, id), blob) in entries.into_iter().zip(&ids).zip(blobs) {
-                let due: Option<u64> = entry.get::<String>("d").and_then(|d| d.parse().ok());
-                let event = match blob.map(|b| decode(id, &b)) {
-                    Some(Ok(e)) if Some(e.next_attempt_ms) == due => e,
-                    Some(Err(e)) => {
-                        tracing::error!(route, event_id = %id, error = %e, "undecodable event left in place");
-                        continue;
-                    }
-                    _ => {
-                        stale.push(entry.id);
-                        continue;
-                    }
-                };
-                held.insert(event.id, (route.to_owned(), entry.id));
-                events.push(event);
+        for ((entry, id), blob) in entries.into_iter().zip(&ids).zip(blobs) {
+            let due: Option<u64> = entry.get::<String>("d").and_then(|d| d.parse().ok());
+            match blob.map(|b| decode(id, &b)) {
+                Some(Ok(e)) if Some(e.next_attempt_ms) == due => {
+                    claimed.push((e.id, entry.id));
+                    events.push(e);
+                }
+                Some(Err(e)) => {
+                    // Left in its hash (counted, and the oldest pending age shows it), its entry
+                    // acknowledged so it is not taken over again and again.
+                    tracing::error!(route, event_id = %id, key = %self.keys("ev", route), error = %e, "an event this version cannot decode: left in Redis, not delivered");
+                    stale.push(entry.id);
+                }
+                // Delivered meanwhile, or queued again for another due time.
+                _ => stale.push(entry.id),
             }
         }
         if !stale.is_empty() {
             let q = queue.to_owned();
-            self.conn
+            let acked = self
+                .conn
                 .run("ack", |mut c| async move {
                     redis::pipe()
                         .cmd("XACK")
@@ -531,7 +554,17 @@ impl RedisSpool {
                         .query_async::<()>(&mut c)
                         .await
                 })
-                .await?;
+                .await;
+            if let Err(e) = acked {
+                // They come back after the visibility timeout and are dropped then.
+                tracing::debug!(route, error = %e, "cannot drop stale queue entries");
+            }
+        }
+        // Held from here to their settling write; nothing awaits in between, so a cancelled
+        // claim never leaves an event held that nobody attempts.
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, entry) in claimed {
+            held.insert(id, (route.to_owned(), entry));
         }
         Ok(events)
     }
@@ -563,6 +596,24 @@ impl RedisSpool {
     }
 }
 
+/// How long a dropped spool waits for its queued writes to reach Redis.
+const DRAIN: Duration = Duration::from_secs(3);
+
+impl Drop for RedisSpool {
+    /// Sends what is queued (the last deliveries' records, above all) before the process goes:
+    /// a graceful stop leaves nothing to deliver twice. Waits [`DRAIN`] at most.
+    fn drop(&mut self) {
+        self.appends.take();
+        self.deliveries.take();
+        let drained = self.drained.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = drained.recv_timeout(DRAIN) {
+            tracing::warn!(
+                "redis: queued writes not sent within 3 s of the stop; their deliveries may repeat"
+            );
+        }
+    }
+}
+
 impl Spool for RedisSpool {
     fn append(&self, event: &Event) -> Completion {
         if !self.conn.is_up() {
@@ -584,7 +635,7 @@ impl Spool for RedisSpool {
                 .map(|d| (crate::core::DedupKey::from_bytes(d.key), d.expires_ms)),
             done,
         };
-        if self.appends.send(job).is_err() {
+        if self.appends.as_ref().is_none_or(|a| a.send(job).is_err()) {
             return Completion::ready(Err(SpoolError::Closed));
         }
         Completion::waiting(rx)
@@ -605,7 +656,11 @@ impl Spool for RedisSpool {
             entry: self.release_hold(event.id),
             done,
         };
-        if self.deliveries.send(job).is_err() {
+        if self
+            .deliveries
+            .as_ref()
+            .is_none_or(|d| d.send(job).is_err())
+        {
             return Completion::ready(Err(SpoolError::Closed));
         }
         Completion::waiting(rx)
