@@ -54,12 +54,32 @@ async fn memory_dedup_store() {
 #[path = "support/redis.rs"]
 mod redis_server;
 
+/// The `redis` backend's config for `url`, with a prefix no other test uses.
+#[cfg(feature = "redis")]
+fn redis_config(url: &str) -> hookgate::store::redis::RedisConfig {
+    let mut config = hookgate::store::redis::RedisConfig::new(url);
+    config.prefix = redis_server::prefix();
+    config
+}
+
+/// A new event of route `r`.
+#[cfg(feature = "redis")]
+fn event() -> hookgate::store::Event {
+    hookgate::store::Event::new(
+        "r",
+        "127.0.0.1".parse().unwrap(),
+        "POST",
+        "/w",
+        vec![],
+        "{}".into(),
+    )
+}
+
 /// Opens the `redis` backend on `url` with a fresh prefix each time.
 #[cfg(feature = "redis")]
 fn redis(url: &str, bounds: Bounds) -> hookgate::store::Storage {
     let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
-    let mut config = hookgate::store::redis::RedisConfig::new(url);
-    config.prefix = redis_server::prefix();
+    let mut config = redis_config(url);
     config.max_events = bounds.max_events;
     config.max_bytes = bounds.max_bytes;
     hookgate::store::redis::open(config, &metrics).unwrap()
@@ -90,24 +110,12 @@ async fn redis_dedup_store() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_removes_the_consumers_of_instances_long_gone() {
-    use hookgate::store::Event;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let (url, _server) = redis_server::shared(dir.path());
     let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
-    let mut config = hookgate::store::redis::RedisConfig::new(url.as_str());
-    config.prefix = redis_server::prefix();
+    let mut config = redis_config(&url);
     config.consumer_gone_after = Duration::from_millis(50);
-    let event = || {
-        Event::new(
-            "r",
-            "127.0.0.1".parse().unwrap(),
-            "POST",
-            "/w",
-            vec![],
-            "{}".into(),
-        )
-    };
     // Each instance's pending count in the route's group, by consumer.
     let consumers = || {
         let mut c = redis::Client::open(url.as_str())
@@ -163,7 +171,7 @@ async fn redis_removes_the_consumers_of_instances_long_gone() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_wait_replicas_acknowledges_only_what_a_replica_confirmed() {
-    use hookgate::store::{Event, SpoolError};
+    use hookgate::store::SpoolError;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     // No 5 s wait before the replica's first sync.
@@ -186,20 +194,9 @@ async fn redis_wait_replicas_acknowledges_only_what_a_replica_confirmed() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
-    let mut config = hookgate::store::redis::RedisConfig::new(primary.url());
-    config.prefix = redis_server::prefix();
+    let mut config = redis_config(&primary.url());
     config.wait_replicas = 1;
     let storage = hookgate::store::redis::open(config.clone(), &metrics).unwrap();
-    let event = || {
-        Event::new(
-            "r",
-            "127.0.0.1".parse().unwrap(),
-            "POST",
-            "/w",
-            vec![],
-            "{}".into(),
-        )
-    };
     let e = event();
     storage
         .spool

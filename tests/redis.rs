@@ -69,6 +69,31 @@ fn status_of(text: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits (bounded by `within`) until the upstream received every one of `ids`; asserts each
+/// arrived exactly once (`log` shown if not all arrived).
+async fn all_delivered_once(
+    upstream: &Upstream,
+    ids: &[String],
+    within: Duration,
+    log: impl Fn() -> String,
+) {
+    let all = poll(within, Duration::from_millis(100), async || {
+        (arrivals(upstream).len() >= ids.len()).then_some(())
+    })
+    .await;
+    let seen = arrivals(upstream);
+    assert!(
+        all.is_some(),
+        "{} of {} delivered within {within:?}; log:\n{}",
+        seen.len(),
+        ids.len(),
+        log()
+    );
+    for id in ids {
+        assert_eq!(seen.get(id), Some(&1), "{id} delivered once");
+    }
+}
+
 /// The generation ids the upstream received, with how many times each.
 fn arrivals(upstream: &Upstream) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
@@ -132,27 +157,14 @@ async fn two_instances_dedup_across_and_a_killed_instance_s_events_are_taken_ove
     let upstream = Upstream::start_on(port).await;
 
     // The survivor delivers every acknowledged event: a's after the visibility timeout (3 s).
-    let all = poll(
-        Duration::from_secs(3 + 15),
-        Duration::from_millis(100),
-        async || (arrivals(&upstream).len() >= ids.len()).then_some(()),
-    )
-    .await;
-    let seen = arrivals(&upstream);
-    assert!(
-        all.is_some(),
-        "{} of {} delivered within 18 s of the kill; b's log:\n{}",
-        seen.len(),
-        ids.len(),
+    all_delivered_once(&upstream, &ids, Duration::from_secs(3 + 15), || {
         b.log_text()
-    );
+    })
+    .await;
     eprintln!(
         "every event delivered {:?} after the kill",
         killed.elapsed()
     );
-    for id in &ids {
-        assert_eq!(seen.get(id), Some(&1), "{id} delivered once");
-    }
     let metrics = b.metrics().await;
     assert!(
         series(
@@ -372,23 +384,10 @@ async fn a_down_upstream_opens_the_circuit_and_every_event_waits_in_redis() {
         "no attempt counted while the circuit is open:\n{metrics}"
     );
     let upstream = Upstream::start_on(port).await;
-    let all = poll(
-        Duration::from_secs(15),
-        Duration::from_millis(100),
-        async || (arrivals(&upstream).len() >= ids.len()).then_some(()),
-    )
-    .await;
-    let seen = arrivals(&upstream);
-    assert!(
-        all.is_some(),
-        "{} of {} delivered; log:\n{}",
-        seen.len(),
-        ids.len(),
+    all_delivered_once(&upstream, &ids, Duration::from_secs(15), || {
         gateway.log_text()
-    );
-    for id in &ids {
-        assert_eq!(seen.get(id), Some(&1), "{id} delivered once");
-    }
+    })
+    .await;
     let metrics = gateway.metrics().await;
     assert_eq!(
         series(

@@ -441,24 +441,38 @@ impl Inner {
     }
 }
 
-async fn dispatch(inner: Arc<Inner>) {
-    let mut stop = inner.stop.subscribe();
-    let target = loop {
+/// The route's target once it is set; `None` if the worker stops first.
+async fn target_of(inner: &Inner, stop: &mut watch::Receiver<bool>) -> Option<Arc<dyn Target>> {
+    loop {
         if let Some(t) = inner.target.get() {
-            break t.clone();
+            return Some(t.clone());
         }
         tokio::select! {
             _ = inner.target_set.notified() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => return None,
         }
+    }
+}
+
+/// A free delivery slot; `None` if the worker stops first.
+async fn free_slot(
+    inner: &Inner,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        p = inner.permits.clone().acquire_owned() => p.ok(),
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
+async fn dispatch(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let Some(target) = target_of(&inner, &mut stop).await else {
+        return;
     };
     loop {
-        let permit = tokio::select! {
-            p = inner.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.wait_for(|s| *s) => return,
+        let Some(permit) = free_slot(&inner, &mut stop).await else {
+            return;
         };
         let (id, probe) = loop {
             let gate = inner.lock_circuit().gate(Instant::now());
@@ -700,23 +714,13 @@ async fn claim(inner: Arc<Inner>) {
         return;
     };
     let mut stop = inner.stop.subscribe();
-    let target = loop {
-        if let Some(t) = inner.target.get() {
-            break t.clone();
-        }
-        tokio::select! {
-            _ = inner.target_set.notified() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+    let Some(target) = target_of(&inner, &mut stop).await else {
+        return;
     };
     let mut failing = false;
     loop {
-        let first = tokio::select! {
-            p = inner.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.wait_for(|s| *s) => return,
+        let Some(first) = free_slot(&inner, &mut stop).await else {
+            return;
         };
         let gate = inner.lock_circuit().gate(Instant::now());
         let probe = match gate {

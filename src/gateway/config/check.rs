@@ -43,7 +43,12 @@ impl Config {
             Some(Err(reason)) => errors.push(invalid("store.url", reason)),
             Some(Ok(url)) => {
                 #[cfg(feature = "redis")]
-                if let Err(e) = ::redis::Client::open(url.as_str()) {
+                if url.starts_with("rediss:") || url.starts_with("valkeys:") {
+                    errors.push(invalid(
+                        "store.url",
+                        "TLS to Redis (rediss://) is not supported by this build; use redis:// on a private network, or a TLS tunnel (stunnel, spiped) to the server".into(),
+                    ));
+                } else if let Err(e) = ::redis::Client::open(url.as_str()) {
                     errors.push(invalid(
                         "store.url",
                         format!("not a redis URL: {e}"),

@@ -238,6 +238,10 @@ allow = ["127.0.0.1/32", "::1/128"]
                 "not a redis URL",
             ),
             (
+                "backend = \"redis\"\nurl = \"rediss://127.0.0.1\"",
+                "TLS to Redis (rediss://) is not supported",
+            ),
+            (
                 "backend = \"redis\"\nurl = \"redis://127.0.0.1\"\nvisibility_timeout = \"100ms\"",
                 "store.visibility_timeout",
             ),

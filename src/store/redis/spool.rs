@@ -100,6 +100,35 @@ fn found(answer: i64, id: Uuid) -> Result<(), SpoolError> {
     }
 }
 
+/// A script's call: its keys and arguments, sent as they are.
+fn call(
+    conn: &Conn,
+    command: &'static str,
+    script: &'static redis::Script,
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+) -> impl std::future::Future<Output = Result<i64, SpoolError>> + Send + 'static {
+    let conn = conn.clone();
+    async move {
+        conn.run(command, |mut c| async move {
+            let mut call = script.prepare_invoke();
+            for k in &keys {
+                call.key(k);
+            }
+            for a in &args {
+                call.arg(&a[..]);
+            }
+            call.invoke_async::<i64>(&mut c).await
+        })
+        .await
+    }
+}
+
+/// `v` as a script argument.
+fn arg(v: impl ToString) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
 /// Runs `f` on the backend's runtime, resolving the returned completion with its result: the
 /// write goes on even if the completion is dropped.
 fn spawn<T: Send + 'static>(
@@ -169,6 +198,13 @@ impl RedisSpool {
             .remove(&id)
             .map(|(_, entry)| entry)
             .unwrap_or_default()
+    }
+
+    /// What a write settling `event` needs: this instance's hold on it (the stream entry its
+    /// script acknowledges), and the event encoded.
+    fn settling(&self, event: &Event) -> Result<(String, Vec<u8>), SpoolError> {
+        let entry = self.release_hold(event.id);
+        Ok((entry, encode(event)?))
     }
 
     /// Runs a synchronous read on the connection kept for them (opened on first use, dropped
@@ -667,51 +703,37 @@ impl Spool for RedisSpool {
     }
 
     fn reschedule(&self, event: &Event) -> Completion {
-        let entry = self.release_hold(event.id);
-        let blob = match encode(event) {
-            Ok(b) => b,
+        let (entry, blob) = match self.settling(event) {
+            Ok(settling) => settling,
             Err(e) => return Completion::ready(Err(e)),
         };
         let route = &event.route;
-        let keys = [
+        let keys = vec![
             self.conn.key(&["stats"]),
             self.keys("ev", route),
             self.keys("queue", route),
             self.keys("retry", route),
         ];
-        let (conn, id, uuid, due) = (
-            self.conn.clone(),
-            event.id.to_string(),
+        let args = vec![
+            arg(event.id),
+            blob,
+            arg(event.next_attempt_ms),
+            entry.into_bytes(),
+        ];
+        let (written, id) = (
+            call(&self.conn, "reschedule", &RESCHEDULE, keys, args),
             event.id,
-            event.next_attempt_ms,
         );
-        spawn(&self.conn, async move {
-            let answer = conn
-                .run("reschedule", |mut c| async move {
-                    let mut call = RESCHEDULE.prepare_invoke();
-                    for k in &keys {
-                        call.key(k);
-                    }
-                    call.arg(&id)
-                        .arg(blob)
-                        .arg(due)
-                        .arg(&entry)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                })
-                .await?;
-            found(answer, uuid)
-        })
+        spawn(&self.conn, async move { found(written.await?, id) })
     }
 
     fn dead_letter(&self, event: &Event) -> Completion {
-        let entry = self.release_hold(event.id);
-        let blob = match encode(event) {
-            Ok(b) => b,
+        let (entry, blob) = match self.settling(event) {
+            Ok(settling) => settling,
             Err(e) => return Completion::ready(Err(e)),
         };
         let route = &event.route;
-        let keys = [
+        let keys = vec![
             self.conn.key(&["stats"]),
             self.keys("ev", route),
             self.keys("pending", route),
@@ -720,23 +742,12 @@ impl Spool for RedisSpool {
             self.keys("dead", route),
             self.keys("deadix", route),
         ];
-        let (conn, id, uuid) = (self.conn.clone(), event.id.to_string(), event.id);
-        spawn(&self.conn, async move {
-            let answer = conn
-                .run("dead_letter", |mut c| async move {
-                    let mut call = DEAD_LETTER.prepare_invoke();
-                    for k in &keys {
-                        call.key(k);
-                    }
-                    call.arg(&id)
-                        .arg(blob)
-                        .arg(&entry)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                })
-                .await?;
-            found(answer, uuid)
-        })
+        let args = vec![arg(event.id), blob, entry.into_bytes()];
+        let (written, id) = (
+            call(&self.conn, "dead_letter", &DEAD_LETTER, keys, args),
+            event.id,
+        );
+        spawn(&self.conn, async move { found(written.await?, id) })
     }
 
     fn pending(&self) -> Result<Vec<Event>, SpoolError> {
@@ -888,20 +899,8 @@ impl Spool for RedisSpool {
             let blob = encode(&event)?;
             let id_time = id_ms(event.id).unwrap_or(event.received_ms);
             let due = event.next_attempt_ms;
-            let answer = conn
-                .run("revive", |mut c| async move {
-                    let mut call = REVIVE.prepare_invoke();
-                    for k in &keys {
-                        call.key(k);
-                    }
-                    call.arg(&uuid)
-                        .arg(blob)
-                        .arg(id_time)
-                        .arg(due)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                })
-                .await?;
+            let args = vec![arg(&uuid), blob, arg(id_time), arg(due)];
+            let answer = call(&conn, "revive", &REVIVE, keys.to_vec(), args).await?;
             found(answer, id).map(|()| event)
         })
     }
@@ -912,19 +911,8 @@ impl Spool for RedisSpool {
             self.keys("dead", route),
             self.keys("deadix", route),
         ];
-        let conn = self.conn.clone();
-        spawn(&self.conn, async move {
-            let answer = conn
-                .run("purge", |mut c| async move {
-                    let mut call = PURGE.prepare_invoke();
-                    for k in &keys {
-                        call.key(k);
-                    }
-                    call.arg(id.to_string()).invoke_async::<i64>(&mut c).await
-                })
-                .await?;
-            found(answer, id)
-        })
+        let written = call(&self.conn, "purge", &PURGE, keys.to_vec(), vec![arg(id)]);
+        spawn(&self.conn, async move { found(written.await?, id) })
     }
 
     fn stats(&self) -> SpoolStats {
