@@ -222,3 +222,62 @@ async fn redis_wait_replicas_acknowledges_only_what_a_replica_confirmed() {
         "{refused:?}"
     );
 }
+
+/// The library face on Redis: a `FastAckLayer` over the shared spool acknowledges once Redis has
+/// the event, and its deliverer claims it back from Redis and calls the handler.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_spool_behind_the_fast_ack_layer() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::{service_fn, Layer, ServiceExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = redis_server::shared(dir.path());
+    let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
+    let storage = hookgate::store::redis::open(redis_config(&url), &metrics).unwrap();
+    for task in storage.background {
+        tokio::spawn(task);
+    }
+    let (tx, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+    let handler = service_fn(move |req: http::Request<Full<Bytes>>| {
+        let tx = tx.clone();
+        async move {
+            tx.send(req.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+        }
+    });
+    let fast_ack = hookgate::tower::FastAckLayer::<Full<Bytes>>::new(
+        "r",
+        storage.spool.clone(),
+        hookgate::deliver::DeliveryPolicy::default(),
+        &metrics.route("r"),
+    )
+    .unwrap();
+    let svc = hookgate::tower::ValidateLayer::new(hookgate::core::Validator::json())
+        .layer(fast_ack.layer(handler));
+    let mut req = http::Request::post("/")
+        .header("content-type", "application/json")
+        .body(Full::from(r#"{"a":1}"#))
+        .unwrap();
+    req.extensions_mut()
+        .insert(hookgate::tower::PeerAddr("127.0.0.1:9".parse().unwrap()));
+    let ack = svc
+        .oneshot(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        ack.starts_with(br#"{"status":"received","event_id":""#),
+        "{ack:?}"
+    );
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), delivered.recv())
+        .await
+        .expect("delivered from Redis within 10 s")
+        .unwrap();
+    assert_eq!(body, r#"{"a":1}"#);
+}

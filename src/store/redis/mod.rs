@@ -23,6 +23,26 @@
 //! | `{prefix}:deadix:{route}` | sorted set | `{event id}:{stream entry}`, by name: the dead letters by id, for pages |
 //! | `{prefix}:dedup:{key}` | string | `c` (committed) or `r:{instance}` (in flight), with its TTL |
 //!
+//! With the tower layers, open it and run its background tasks on your runtime:
+//!
+//! ```no_run
+//! use hookgate::deliver::DeliveryPolicy;
+//! use hookgate::metrics::Metrics;
+//! use hookgate::store::redis::{open, RedisConfig};
+//! use hookgate::tower::FastAckLayer;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let metrics = Metrics::new(&prometheus::Registry::new())?;
+//! let storage = open(RedisConfig::new("redis://127.0.0.1:6379/0"), &metrics)?;
+//! for task in storage.background {
+//!     tokio::spawn(task);       // the health check and the renewal of this instance's holds
+//! }
+//! let fast_ack = FastAckLayer::<http_body_util::Full<bytes::Bytes>>::new(
+//!     "o3-video", storage.spool, DeliveryPolicy::default(), &metrics.route("o3-video"))?;
+//! // storage.dedup is the DedupStore for DedupLayer / WebhookLayer.
+//! # Ok(()) }
+//! ```
+//!
 //! Every write that touches several keys is one Lua script, so counts stay exact whichever
 //! instance writes. The dedup key's hash already includes its route (two routes never share a
 //! key), so dedup keys are namespaced by the prefix and that hash.
