@@ -470,3 +470,78 @@ async fn a_hung_redis_gets_503_and_the_gateway_recovers_when_it_answers() {
         "the event after the pause is delivered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_sigkilled_under_load_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = redis_server::shared(dir.path());
+    let prefix = redis_server::prefix();
+    let upstream = Upstream::start().await;
+    let extra = "[route.delivery]\nbackoff = \"100ms\"\nmax_backoff = \"500ms\"\n";
+    let mut a = start_gateway(dir.path(), "a", &url, &prefix, &upstream.url(), extra).await;
+    let b = start_gateway(dir.path(), "b", &url, &prefix, &upstream.url(), extra).await;
+    // Four senders, bounded in requests and time, alternating between the instances; a
+    // refused or failed request (the killed instance's) is simply not acknowledged.
+    let senders: Vec<_> = (0..4)
+        .map(|n| {
+            let urls = [a.url(PATH), b.url(PATH)];
+            tokio::spawn(async move {
+                let c = client();
+                let mut acked = Vec::new();
+                let started = Instant::now();
+                for i in 0..5_000usize {
+                    if started.elapsed() > Duration::from_secs(4) {
+                        break;
+                    }
+                    let id = generation();
+                    let sent = c
+                        .post(&urls[(i + n) % 2])
+                        .header("content-type", "application/json")
+                        .body(completed(&id))
+                        .send()
+                        .await;
+                    if let Ok(r) = sent {
+                        if r.status() == 200
+                            && r.text().await.is_ok_and(|t| status_of(&t) == "received")
+                        {
+                            acked.push(id);
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.signal_and_wait("KILL");
+    let mut acked = Vec::new();
+    for s in senders {
+        acked.extend(s.await.unwrap());
+    }
+    eprintln!("{} events acknowledged across both instances", acked.len());
+    assert!(acked.len() > 100, "load went through");
+    // Whatever a held is taken over after the visibility timeout (3 s).
+    let want: HashSet<String> = acked.into_iter().collect();
+    let missing = || {
+        let seen = arrivals(&upstream);
+        want.iter().filter(|id| !seen.contains_key(*id)).count()
+    };
+    let done = poll(
+        Duration::from_secs(3 + 15),
+        Duration::from_millis(200),
+        async || (missing() == 0).then_some(()),
+    )
+    .await;
+    assert!(
+        done.is_some(),
+        "{} acknowledged events never delivered; b's log:\n{}",
+        missing(),
+        b.log_text()
+    );
+    let metrics = b.metrics().await;
+    let took_over = series(
+        &metrics,
+        "hookgate_store_takeovers_total{route=\"/webhook/o3-video\"}",
+    );
+    eprintln!("the survivor took over {took_over} events");
+}
