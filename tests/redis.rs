@@ -166,6 +166,8 @@ async fn two_instances_dedup_across_and_a_killed_instance_s_events_are_taken_ove
         killed.elapsed()
     );
     let metrics = b.metrics().await;
+    // The store's families (the command histogram by command, takeovers) pass Prometheus's lint.
+    common::promtool::check(metrics.as_bytes());
     assert!(
         series(
             &metrics,
