@@ -551,6 +551,8 @@ async fn admin_api_dead_letters_token_and_metrics() {
     assert_eq!(wrong.status(), 401);
     let denied = c
         .post(admin(&format!("/dead-letters/{}/replay", ids[0])))
+        .header("content-type", "application/json")
+        .body("{}")
         .send()
         .await
         .unwrap();
@@ -582,6 +584,8 @@ async fn admin_api_dead_letters_token_and_metrics() {
     let res = c
         .post(admin(&format!("/dead-letters/{}/replay", ids[0])))
         .bearer_auth("s3cret")
+        .header("content-type", "application/json")
+        .body("{}")
         .send()
         .await
         .unwrap();
@@ -618,6 +622,8 @@ async fn admin_api_dead_letters_token_and_metrics() {
     let res = c
         .delete(admin(&format!("/dead-letters/{}", ids[1])))
         .bearer_auth("s3cret")
+        .header("content-type", "application/json")
+        .body("{}")
         .send()
         .await
         .unwrap();
@@ -626,6 +632,8 @@ async fn admin_api_dead_letters_token_and_metrics() {
     let res = c
         .post(admin("/dead-letters/replay?route=nope"))
         .bearer_auth("s3cret")
+        .header("content-type", "application/json")
+        .body("{}")
         .send()
         .await
         .unwrap();
@@ -633,6 +641,8 @@ async fn admin_api_dead_letters_token_and_metrics() {
     let res = c
         .post(admin("/dead-letters/replay"))
         .bearer_auth("s3cret")
+        .header("content-type", "application/json")
+        .body("{}")
         .send()
         .await
         .unwrap();
@@ -1305,4 +1315,83 @@ async fn max_connections_holds_and_the_next_one_is_refused_and_counted() {
             .unwrap();
         assert!(read_answer(c).await.starts_with("HTTP/1.1 200"));
     }
+}
+
+/// A web page cannot make the browser replay or purge dead letters through the loopback admin
+/// port: a cross-site form POST (no token configured) is refused and replays nothing, and so is
+/// any change without `Content-Type: application/json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_refuse_web_pages_and_non_json_requests() {
+    let s = setup("", "[route.delivery]\nmax_attempts = 1\n").await;
+    let ids = dead_lettered(&s, 2).await;
+    let c = client();
+    let admin = |path: &str| s.gateway.admin_url(path);
+    let count = async || -> u64 {
+        let list: Value = c
+            .get(admin("/dead-letters"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["count"].as_u64().unwrap_or(0)
+    };
+    assert!(
+        poll(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            async || (count().await == 2).then_some(())
+        )
+        .await
+        .is_some(),
+        "two dead letters"
+    );
+    // What a browser sends for <form method=post action=http://127.0.0.1:9090/dead-letters/replay>.
+    let form = c
+        .post(admin("/dead-letters/replay"))
+        .header("origin", "http://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 403);
+    assert_eq!(reason(&form.text().await.unwrap()), "cross_site_request");
+    for (name, value) in [("origin", "null"), ("sec-fetch-site", "same-site")] {
+        let res = c
+            .delete(admin(&format!("/dead-letters/{}", ids[0])))
+            .header(name, value)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{name}: {value}");
+    }
+    for content_type in [
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        None,
+    ] {
+        let mut req = c.post(admin(&format!("/dead-letters/{}/replay", ids[0])));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 415, "{content_type:?}");
+        assert_eq!(reason(&res.text().await.unwrap()), "json_required");
+    }
+    assert_eq!(count().await, 2, "nothing replayed or purged");
+    assert_eq!(s.upstream.received().len(), 2, "nothing delivered again");
+    // The CLI's (and curl's) way is taken.
+    let res = c
+        .post(admin("/dead-letters/replay"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["count"], 2);
 }

@@ -575,6 +575,8 @@ async fn the_admin_api_does_not_echo_a_long_id() {
     let long = "z".repeat(10_000);
     let res = c
         .post(s.gateway.admin_url(&format!("/dead-letters/{long}/replay")))
+        .header("content-type", "application/json")
+        .body("{}")
         .send()
         .await
         .unwrap();

@@ -324,6 +324,8 @@ async fn dead_letters_are_shared_listed_replayed_and_purged_from_either_instance
     let id = listed[0]["id"].as_str().unwrap();
     let replay = c
         .post(b.admin_url(&format!("/dead-letters/{id}/replay")))
+        .header("content-type", "application/json")
+        .body("{}")
         .send()
         .await
         .unwrap();
@@ -331,7 +333,13 @@ async fn dead_letters_are_shared_listed_replayed_and_purged_from_either_instance
     upstream.wait_for(5, Duration::from_secs(10)).await;
     assert_eq!(upstream.received()[4].status, 200);
     // The rest purged through a.
-    let purge = c.delete(a.admin_url("/dead-letters")).send().await.unwrap();
+    let purge = c
+        .delete(a.admin_url("/dead-letters"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let text = purge.text().await.unwrap();
     assert!(text.contains("\"count\":3"), "{text}");
     let stats: serde_json::Value = c

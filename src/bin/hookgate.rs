@@ -184,7 +184,7 @@ fn dead_letters(
     let admin = admin
         .or_else(|| loaded.as_ref().map(|c| c.server.admin.clone()))
         .unwrap_or_else(|| "127.0.0.1:9090".into());
-    let token = token.or_else(|| loaded.as_ref().and_then(|c| c.server.admin_token.clone()));
+    let token = token.or_else(|| loaded.as_ref().and_then(|c| c.admin_token()));
     let base = format!("http://{admin}");
     let route_query = |route: &Option<String>| {
         route
@@ -234,7 +234,14 @@ fn dead_letters(
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()?;
+        let mutating = method != reqwest::Method::GET;
         let mut request = client.request(method, &url);
+        if mutating {
+            // The admin API takes changes only as JSON (never from a web page's form).
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body("{}");
+        }
         if let Some(token) = &token {
             request = request.bearer_auth(token);
         }

@@ -175,6 +175,37 @@ fn spool_error(e: SpoolError) -> Response<Vec<u8>> {
     }
 }
 
+/// Why a request that changes something (a replay, a purge) is refused, if it is: a web page's
+/// (a cross-site form or script aimed at the loopback admin port carries `Origin`, or a
+/// `Sec-Fetch-Site` other than `none`), or one without `Content-Type: application/json` (which
+/// a form cannot send, and a script cannot send cross-origin without a preflight this API never
+/// answers). The CLI and curl send neither browser header.
+fn refuse_mutation(headers: &http::HeaderMap) -> Option<Response<Vec<u8>>> {
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .map(|v| v.to_str().unwrap_or("?"));
+    if headers.contains_key(header::ORIGIN) || fetch_site.is_some_and(|s| s != "none") {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "cross_site_request",
+            "the admin API does not take changes from web pages (Origin or Sec-Fetch-Site sent); use the CLI or curl",
+        ));
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|m| m.essence_str() == "application/json");
+    if !json {
+        return Some(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "json_required",
+            "a request that replays or purges needs Content-Type: application/json (a body of {} will do)",
+        ));
+    }
+    None
+}
+
 /// `?a=b&c=d` into pairs (values percent-decoded).
 fn query(q: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
@@ -217,6 +248,11 @@ impl ServeHttp for Admin {
                     http::HeaderValue::from_static("Bearer"),
                 );
                 return res;
+            }
+        }
+        if matches!(method, Method::POST | Method::DELETE) {
+            if let Some(refusal) = refuse_mutation(&req.headers) {
+                return refusal;
             }
         }
         let route = params.get("route").map(String::as_str);

@@ -256,7 +256,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
         "hookgate-admin".into(),
         admin::Admin {
             registry,
-            token: s.admin_token.clone(),
+            token: config.admin_token(),
             spool: storage.spool.clone(),
             max_events: s.spool_max_events,
             max_bytes: s.spool_max_size.as_u64(),

@@ -35,7 +35,7 @@ impl Config {
                 "this hookgate was built without the redis feature".into(),
             ));
         }
-        match st.url.as_ref().map(|u| u.resolve()) {
+        match st.url.as_ref().map(|u| self.secret(u)) {
             None => errors.push(invalid(
                 "store.url",
                 "backend = \"redis\" needs the server's URL, e.g. url = \"redis://127.0.0.1:6379/0\" or url = { env = \"REDIS_URL\" }".into(),
@@ -103,12 +103,24 @@ impl Config {
                 "must differ from every server.listen address".into(),
             ));
         }
-        if let Some(token) = &s.admin_token {
-            if token.trim().is_empty() {
-                errors.push(invalid(
-                    "server.admin_token".into(),
-                    "is empty; remove the key to disable the token".into(),
-                ));
+        match s.admin_token.as_ref().map(|t| self.secret(t)) {
+            Some(Ok(token)) if token.trim().is_empty() => errors.push(invalid(
+                "server.admin_token".into(),
+                "is empty; remove the key to disable the token".into(),
+            )),
+            Some(Err(reason)) => errors.push(invalid("server.admin_token".into(), reason)),
+            Some(Ok(_)) => {}
+            None => {
+                // Without a token the admin API replays and deletes dead letters for anyone who
+                // can reach it: only the machine itself, then.
+                if let Ok(addr) = s.admin.parse::<SocketAddr>() {
+                    if !addr.ip().is_loopback() {
+                        errors.push(invalid(
+                            "server.admin".into(),
+                            format!("{addr} is not a loopback address: set server.admin_token (a string, {{ env = \"NAME\" }} or {{ file = \"path\" }}), or bind the admin listener to 127.0.0.1 or [::1]"),
+                        ));
+                    }
+                }
             }
         }
         if s.threads == 0 {

@@ -66,9 +66,8 @@ impl Config {
                 let url = st
                     .url
                     .as_ref()
-                    .ok_or_else(|| SpoolError::Storage("store.url is not set".into()))?
-                    .resolve()
-                    .map_err(SpoolError::Storage)?;
+                    .ok_or_else(|| SpoolError::Storage("store.url is not set".into()))
+                    .and_then(|u| self.secret(u).map_err(SpoolError::Storage))?;
                 let mut config = crate::store::redis::RedisConfig::new(url);
                 config.prefix = st.prefix.clone();
                 config.visibility_timeout = st.visibility_timeout;

@@ -61,13 +61,11 @@ pub struct Server {
     pub tls: Option<Tls>,
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/dead-letters`.
     pub admin: String,
-    /// Bearer token required by the admin API (not by `/metrics`, `/healthz`, `/readyz`).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "redacted"
-    )]
-    pub admin_token: Option<String>,
+    /// Bearer token required by the admin API (not by `/metrics`, `/healthz`, `/readyz`): a
+    /// string, `{ env = "NAME" }` or `{ file = "path" }`. Required when `admin` is not a
+    /// loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<SecretString>,
     /// The embedded spool and its dedup keys live here.
     pub data_dir: PathBuf,
     /// What an acknowledgement survives: `fsync`, `os` or `memory`.
@@ -159,8 +157,9 @@ impl Default for Store {
     }
 }
 
-/// A value that may be kept out of the file: inline, or `{ env = "NAME" }`. Never printed:
-/// the effective config (`check-config`) shows a URL's password, or any other inline value, as
+/// A value that may be kept out of the file: inline, `{ env = "NAME" }` or `{ file = "path" }`
+/// (relative to the config file; its content, trailing whitespace trimmed). Never printed: the
+/// effective config (`check-config`) shows a URL's password, or any other inline value, as
 /// `***`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
@@ -172,6 +171,11 @@ pub enum SecretString {
         /// The variable's name.
         env: String,
     },
+    /// The content of a file, read at start.
+    File {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 impl std::fmt::Debug for SecretString {
@@ -179,6 +183,7 @@ impl std::fmt::Debug for SecretString {
         match self {
             SecretString::Inline(_) => f.write_str("Inline(***)"),
             SecretString::Env { env } => f.debug_struct("Env").field("env", env).finish(),
+            SecretString::File { file } => f.debug_struct("File").field("file", file).finish(),
         }
     }
 }
@@ -191,6 +196,11 @@ impl Serialize for SecretString {
             SecretString::Env { env } => {
                 let mut m = s.serialize_map(Some(1))?;
                 m.serialize_entry("env", env)?;
+                m.end()
+            }
+            SecretString::File { file } => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("file", file)?;
                 m.end()
             }
         }
@@ -220,12 +230,22 @@ fn redacted_url(url: &str) -> String {
 }
 
 impl SecretString {
-    /// The value, or why it cannot be had.
-    pub fn resolve(&self) -> Result<String, String> {
+    /// The value, or why it cannot be had; a relative `file` is taken from `base`.
+    pub fn resolve_in(&self, base: &Path) -> Result<String, String> {
         match self {
             SecretString::Inline(v) => Ok(v.clone()),
             SecretString::Env { env } => {
                 std::env::var(env).map_err(|_| format!("the environment variable {env} is not set"))
+            }
+            SecretString::File { file } => {
+                let path = if file.is_absolute() {
+                    file.clone()
+                } else {
+                    base.join(file)
+                };
+                std::fs::read_to_string(&path)
+                    .map(|v| v.trim_end().to_owned())
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
             }
         }
     }
@@ -458,13 +478,6 @@ impl Serialize for Size {
     }
 }
 
-fn redacted<S: serde::Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match token {
-        Some(_) => s.serialize_str("(set)"),
-        None => s.serialize_none(),
-    }
-}
-
 /// `listen = "a"` or `listen = ["a", "b"]`.
 mod one_or_many {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -559,6 +572,19 @@ impl Config {
             .parent()
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The value of `secret` (a relative `file` taken from the config file's directory).
+    pub fn secret(&self, secret: &SecretString) -> Result<String, String> {
+        secret.resolve_in(&self.base_dir())
+    }
+
+    /// The admin token, if one is set (checked when the file was loaded).
+    pub fn admin_token(&self) -> Option<String> {
+        self.server
+            .admin_token
+            .as_ref()
+            .and_then(|t| self.secret(t).ok())
     }
 
     /// `path` as written, or relative to the config file's directory.

@@ -264,6 +264,47 @@ allow = ["127.0.0.1/32", "::1/128"]
     }
 
     #[test]
+    fn a_reachable_admin_needs_a_token_from_the_file_the_environment_or_a_file() {
+        let admin = |extra: &str| {
+            MINIMAL.replace(
+                "[server]\n",
+                &format!("[server]\nadmin = \"0.0.0.0:9090\"\n{extra}"),
+            )
+        };
+        let err = load(&admin("")).expect_err("no token").to_string();
+        assert!(
+            err.contains("server.admin") && err.contains("not a loopback address"),
+            "{err}"
+        );
+        assert!(load(&MINIMAL.replace("[server]\n", "[server]\nadmin = \"[::1]:9090\"\n")).is_ok());
+        let c = load(&admin("admin_token = \"s3cret\"\n")).unwrap();
+        assert_eq!(c.admin_token().as_deref(), Some("s3cret"));
+        assert!(!c.to_toml().contains("s3cret"), "never printed");
+        std::env::set_var("HOOKGATE_TEST_ADMIN_TOKEN", "from-env");
+        let c = load(&admin(
+            "admin_token = { env = \"HOOKGATE_TEST_ADMIN_TOKEN\" }\n",
+        ))
+        .unwrap();
+        assert_eq!(c.admin_token().as_deref(), Some("from-env"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "from-file\n").unwrap();
+        let text = admin("admin_token = { file = \"token\" }\n");
+        let c = Config::parse(dir.path().join("t.toml"), &text).unwrap();
+        assert_eq!(
+            c.admin_token().as_deref(),
+            Some("from-file"),
+            "trailing newline trimmed"
+        );
+        let err = load(&admin("admin_token = { file = \"/nonexistent/token\" }\n"))
+            .expect_err("unreadable")
+            .to_string();
+        assert!(
+            err.contains("server.admin_token") && err.contains("cannot read"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_error_is_reported_at_once() {
         let text = MINIMAL
             .replace("\"::1/128\"", "\"::1/129\"")
