@@ -1395,3 +1395,167 @@ async fn admin_changes_refuse_web_pages_and_non_json_requests() {
         .unwrap();
     assert_eq!(res.json::<Value>().await.unwrap()["count"], 2);
 }
+
+/// Step 9 on a Standard Webhooks route: two secrets (one inline, one from a file: rotation), the
+/// sender's `webhook-id` as the default dedup key, and each refusal counted by its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_route_verifies_standard_webhooks_signatures() {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let dir = tempfile::tempdir().unwrap();
+    // The old secret inline, the new one in a file next to the config.
+    let (old, new) = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "whsec_dGhlIG5ldyBzZWNyZXQgYWZ0ZXIgcm90YXRpb24=",
+    );
+    std::fs::write(dir.path().join("new-secret"), format!("{new}\n")).unwrap();
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::for_upstream(
+        dir.path(),
+        &upstream.url(),
+        "",
+        &format!(
+            "profile = \"json\"\n[route.signature]\nscheme = \"standard_webhooks\"\nsecrets = [\"{old}\", {{ file = \"new-secret\" }}]\ntolerance = \"5m\"\n"
+        ),
+    )
+    .await;
+    let sign = |secret: &str, id: &str, ts: i64, body: &str| {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{ts}.{body}").as_bytes());
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let c = client();
+    let send = async |id: &str, ts: i64, sig: Option<&str>, body: &str| {
+        let mut req = c
+            .post(gateway.url(PATH))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string());
+        if let Some(sig) = sig {
+            req = req.header("webhook-signature", sig);
+        }
+        let res = req.body(body.to_owned()).send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    };
+    let body = r#"{"type":"video.ready","data":{"id":1}}"#;
+    // Signed with either secret: accepted.
+    let (status, text) = send("msg_1", now, Some(&sign(old, "msg_1", now, body)), body).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = send("msg_2", now, Some(&sign(new, "msg_2", now, body)), body).await;
+    assert_eq!(status, 200, "{text}");
+    // The sender's retry of msg_1 (signed again) is a duplicate: webhook-id is the dedup key.
+    let (status, text) = send("msg_1", now, Some(&sign(new, "msg_1", now, body)), body).await;
+    assert_eq!((status, text.contains("duplicate")), (200, true), "{text}");
+    // Refusals, each with its reason.
+    let tampered = r#"{"type":"video.ready","data":{"id":2}}"#;
+    let sig3 = sign(old, "msg_3", now, body);
+    for (what, (status, text), want) in [
+        (
+            "one byte changed",
+            send("msg_3", now, Some(&sig3), tampered).await,
+            "bad_signature",
+        ),
+        (
+            "no signature",
+            send("msg_3", now, None, body).await,
+            "missing_signature",
+        ),
+        (
+            "signed by another secret",
+            send(
+                "msg_3",
+                now,
+                Some(&sign("whsec_c2VjcmV0", "msg_3", now, body)),
+                body,
+            )
+            .await,
+            "bad_signature",
+        ),
+        (
+            "too old",
+            send(
+                "msg_4",
+                now - 301,
+                Some(&sign(old, "msg_4", now - 301, body)),
+                body,
+            )
+            .await,
+            "stale_timestamp",
+        ),
+        (
+            "from the future",
+            send(
+                "msg_4",
+                now + 301,
+                Some(&sign(old, "msg_4", now + 301, body)),
+                body,
+            )
+            .await,
+            "stale_timestamp",
+        ),
+    ] {
+        assert_eq!(
+            (status, reason(&text)),
+            (401, want.to_owned()),
+            "{what}: {text}"
+        );
+    }
+    let got = upstream.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2, "the two accepted, once each");
+    assert!(
+        !got[0].header("webhook-signature").is_empty(),
+        "signature headers forwarded"
+    );
+    let m = metrics(&gateway).await;
+    assert_eq!(
+        series(
+            &m,
+            &format!("hookgate_rejections_total{{reason=\"bad_signature\",route=\"{PATH}\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        series(
+            &m,
+            &format!("hookgate_rejections_total{{reason=\"stale_timestamp\",route=\"{PATH}\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        series(
+            &m,
+            &format!("hookgate_rejections_total{{reason=\"missing_signature\",route=\"{PATH}\"}}")
+        ),
+        1.0
+    );
+    // check-config never prints a secret.
+    let out = std::process::Command::new(binary())
+        .args(["check-config"])
+        .arg(&gateway.config)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !printed.contains("MfKQ9r8GKYqr") && !printed.contains("dGhlIG5ldyBz"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("header:webhook-id"),
+        "the default dedup key shown:\n{printed}"
+    );
+}

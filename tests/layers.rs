@@ -589,3 +589,70 @@ async fn metrics_count_a_known_sequence_and_pass_promtool() {
     prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &r.gather(), &mut text).unwrap();
     promtool::check(&text);
 }
+
+/// Step 9 in the tower face: a GitHub-signed route. A valid signature reaches the handler, a
+/// forged one is 401 before the body is parsed, and `X-GitHub-Delivery` is the dedup key.
+#[tokio::test]
+async fn a_signed_route_refuses_forged_bodies_and_dedups_by_delivery_id() {
+    use hmac::Mac as _;
+    use hookgate::core::{SignatureScheme, SignatureVerifier, Validator};
+    let secrets = ["old-secret".to_owned(), "new-secret".to_owned()];
+    let verifier = SignatureVerifier::new(
+        "signature",
+        SignatureScheme::Github,
+        &secrets,
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let server = serve(|b| b.with_validator(Validator::json()).with_signature(verifier)).await;
+    let sign = |secret: &str, body: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let push = |delivery: &str, signature: Option<String>, body: &str| {
+        let mut req = client()
+            .post(server.url())
+            .header("content-type", "application/json")
+            .header("x-github-delivery", delivery);
+        if let Some(s) = signature {
+            req = req.header("x-hub-signature-256", s);
+        }
+        req.body(body.to_owned())
+    };
+    let body = r#"{"action":"opened","number":1}"#;
+    let (status, answer) = send(push("d-1", Some(sign("new-secret", body)), body)).await;
+    assert_eq!(status, 200, "{answer}");
+    // GitHub's redelivery of d-1, signed with the other listed secret: a duplicate.
+    let (status, answer) = send(push("d-1", Some(sign("old-secret", body)), body)).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("duplicate")),
+        "{answer}"
+    );
+    let forged = r#"{"action":"opened","number":2}"#;
+    let (status, answer) = send(push("d-2", Some(sign("new-secret", body)), forged)).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("bad_signature")),
+        "{answer}"
+    );
+    // Refused before parsing: not even JSON is looked at.
+    let (status, answer) = send(push("d-3", Some(sign("guess", "{")), "{")).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("bad_signature")),
+        "{answer}"
+    );
+    let (status, answer) = send(push("d-4", None, body)).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("missing_signature")),
+        "{answer}"
+    );
+    assert_eq!(
+        server.handler.calls.load(Ordering::SeqCst),
+        1,
+        "only the genuine one reached the handler"
+    );
+}

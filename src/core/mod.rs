@@ -3,7 +3,7 @@
 //! gateway. Nothing here does I/O or knows about tower, pingora or a storage backend.
 //!
 //! - steps 2–3: [`ClientIpResolver`], [`Allowlist`]; steps 4, 6, 7: [`request_head`];
-//! - steps 10–11: [`Validator`]; step 12's key: [`DedupKeySpec`];
+//! - step 9: [`SignatureVerifier`]; steps 10–11: [`Validator`]; step 12's key: [`DedupKeySpec`];
 //! - steps 12–14 and every answer: [`outcome`] ([`Outcome`], [`Answer`]), [`Rejection`];
 //! - which headers travel: [`forward`].
 //!
@@ -29,6 +29,7 @@ pub mod forward;
 pub mod outcome;
 mod rejection;
 pub mod request_head;
+mod signature;
 mod validate;
 
 pub use allowlist::Allowlist;
@@ -37,6 +38,10 @@ pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
 pub use outcome::{Answer, Counted, Outcome, Reservation};
 pub use rejection::{
     cut, FieldError, Reason, Rejection, MAX_LISTED_FIELDS, RETRY_AFTER_SECS, SPOOL_RETRY_AFTER_SECS,
+};
+pub use signature::{
+    HmacAlgorithm, HmacScheme, SignatureEncoding, SignatureFailure, SignatureScheme,
+    SignatureVerifier,
 };
 pub use validate::{ErrorCode, EventClass, EventStatus, Payload, PayloadValidator, Validator};
 

@@ -113,6 +113,9 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// In `proxy` mode, the upstream did not answer within the route's delivery timeout (504).
     UpstreamTimeout,
+    /// The request's signature is missing, does not verify, or its timestamp is outside the
+    /// window (401; step 9).
+    Signature(super::SignatureFailure),
 }
 
 /// The stable, machine-readable name of a [`Rejection`]: used in the JSON error body, the log line
@@ -164,11 +167,17 @@ pub enum Reason {
     MalformedRequest,
     /// `missing_host`
     MissingHost,
+    /// `missing_signature`
+    MissingSignature,
+    /// `bad_signature`
+    BadSignature,
+    /// `stale_timestamp`
+    StaleTimestamp,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (`ALL[r.index()] == r`).
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 25] = [
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
         Reason::PeerAddressUnknown,
@@ -191,6 +200,9 @@ impl Reason {
         Reason::DuplicateKey,
         Reason::MalformedRequest,
         Reason::MissingHost,
+        Reason::MissingSignature,
+        Reason::BadSignature,
+        Reason::StaleTimestamp,
     ];
 
     /// The stable string form.
@@ -218,6 +230,9 @@ impl Reason {
             Reason::DuplicateKey => "duplicate_key",
             Reason::MalformedRequest => "malformed_request",
             Reason::MissingHost => "missing_host",
+            Reason::MissingSignature => "missing_signature",
+            Reason::BadSignature => "bad_signature",
+            Reason::StaleTimestamp => "stale_timestamp",
         }
     }
 
@@ -304,6 +319,9 @@ impl Rejection {
             Rejection::MalformedRequest { .. } => Reason::MalformedRequest,
             Rejection::MissingHost => Reason::MissingHost,
             Rejection::HeaderTimeout => Reason::RequestTimeout,
+            Rejection::Signature(super::SignatureFailure::Missing) => Reason::MissingSignature,
+            Rejection::Signature(super::SignatureFailure::Bad) => Reason::BadSignature,
+            Rejection::Signature(super::SignatureFailure::Stale) => Reason::StaleTimestamp,
         }
     }
 
@@ -333,6 +351,7 @@ impl Rejection {
             Rejection::RouteNotFound => StatusCode::NOT_FOUND,
             Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -404,6 +423,15 @@ impl Rejection {
             Rejection::RouteNotFound => "no webhook route has this path".into(),
             Rejection::UpstreamUnavailable => "the upstream could not be reached; retry later".into(),
             Rejection::UpstreamTimeout => "the upstream did not answer in time; retry later".into(),
+            Rejection::Signature(super::SignatureFailure::Missing) => {
+                "the request carries no signature of the route's scheme".into()
+            }
+            Rejection::Signature(super::SignatureFailure::Bad) => {
+                "the signature does not match the body with any of the route's secrets".into()
+            }
+            Rejection::Signature(super::SignatureFailure::Stale) => {
+                "the signed timestamp is outside the route's tolerance".into()
+            }
         }
     }
 

@@ -194,6 +194,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
                 clients: ClientIpResolver::new(compiled.trusted),
                 validator: compiled.validator,
                 dedup_key: compiled.dedup_key,
+                signature: compiled.signature,
                 dedup_ttl: rc.dedup.ttl,
                 max_body: rc.max_body.as_u64(),
                 deliverer,

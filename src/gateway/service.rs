@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 use crate::core::{
     cut, request_head, Allowlist, Answer, ClientIpResolver, Counted, DedupKeySpec, EventClass,
-    Outcome, Rejection, Validator,
+    Outcome, Rejection, SignatureVerifier, Validator,
 };
 use crate::deliver::{Deliverer, Forwarder};
 use crate::metrics::RouteMetrics;
@@ -48,6 +48,8 @@ pub(crate) struct Route {
     pub dedup_key: DedupKeySpec,
     pub dedup_ttl: Duration,
     pub max_body: u64,
+    /// Step 9, when the route is signed.
+    pub signature: Option<SignatureVerifier>,
     /// Steps 13–14 and delivery (`fast_ack`).
     pub deliverer: Deliverer,
     /// The synchronous forward (`proxy`).
@@ -371,6 +373,12 @@ impl Route {
             Ok(body) => body,
             Err(r) => return Decided::reject(r, true),
         };
+        // Step 9: over the raw bytes, as received.
+        if let Some(signature) = &self.signature {
+            if let Err(r) = signature.verify_now(&session.req_header().headers, &body) {
+                return Decided::reject(r, false);
+            }
+        }
         // Steps 10–11.
         let payload = match self.validator.check(&body) {
             Ok(p) => p,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tower_layer::{Identity, Layer};
 
 use super::{DedupLayer, IpAllowlistLayer, MetricsLayer, PeerIpFn, ValidateLayer};
-use crate::core::{Allowlist, ConfigError, DedupKeySpec, Validator};
+use crate::core::{Allowlist, ConfigError, DedupKeySpec, SignatureVerifier, Validator};
 use crate::deliver::{Deliverer, DeliveryPolicy};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::store::{DedupStore, MemoryDedupStore, Spool, SpoolError};
@@ -119,10 +119,11 @@ impl WebhookLayer {
             validator: Validator::runblob(),
             max_body: DEFAULT_MAX_BODY,
             read_timeout: DEFAULT_READ_TIMEOUT,
-            dedup_key: DedupKeySpec::default(),
+            dedup_key: None,
             dedup_ttl: DEFAULT_DEDUP_TTL,
             dedup_capacity: DEFAULT_DEDUP_CAPACITY,
             metrics: None,
+            signature: None,
         }
     }
 }
@@ -152,10 +153,11 @@ pub struct WebhookLayerBuilder<M = DirectAck> {
     validator: Validator,
     max_body: u64,
     read_timeout: Duration,
-    dedup_key: DedupKeySpec,
+    dedup_key: Option<DedupKeySpec>,
     dedup_ttl: Duration,
     dedup_capacity: usize,
     metrics: Option<Metrics>,
+    signature: Option<SignatureVerifier>,
 }
 
 impl<M: AckMode> WebhookLayerBuilder<M> {
@@ -185,6 +187,7 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
             dedup_ttl: self.dedup_ttl,
             dedup_capacity: self.dedup_capacity,
             metrics: self.metrics,
+            signature: self.signature,
         }
     }
 
@@ -235,7 +238,15 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
 
     /// Dedups by `key` (default `/generation_id`).
     pub fn with_dedup_key(mut self, key: DedupKeySpec) -> Self {
-        self.dedup_key = key;
+        self.dedup_key = Some(key);
+        self
+    }
+
+    /// Step 9: refuses (401) a request whose signature `verifier` does not accept, checked over
+    /// the raw body before it is parsed. Unless a dedup key is set, the scheme's delivery id
+    /// becomes it ([`SignatureVerifier::default_dedup_key`]).
+    pub fn with_signature(mut self, verifier: SignatureVerifier) -> Self {
+        self.signature = Some(verifier);
         self
     }
 
@@ -298,6 +309,14 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
                 reason: "must be at least 1s".into(),
             });
         }
+        let dedup_key = match (self.dedup_key, &self.signature) {
+            (Some(key), _) => key,
+            (None, Some(sig)) => match sig.default_dedup_key() {
+                Some(k) => DedupKeySpec::parse("dedup.key", k)?,
+                None => DedupKeySpec::default(),
+            },
+            (None, None) => DedupKeySpec::default(),
+        };
         let route = metrics.route(&self.route);
         let ack = self.ack.build(&self.route, &route, &store)?;
         let mut allowlist = IpAllowlistLayer::new(allow)
@@ -309,10 +328,16 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
         Ok(WebhookLayer {
             metrics: MetricsLayer::new(route),
             allowlist,
-            validate: ValidateLayer::new(self.validator)
-                .with_max_body(self.max_body)
-                .with_read_timeout(self.read_timeout),
-            dedup: DedupLayer::new(store, self.route, self.dedup_key, self.dedup_ttl),
+            validate: {
+                let v = ValidateLayer::new(self.validator)
+                    .with_max_body(self.max_body)
+                    .with_read_timeout(self.read_timeout);
+                match self.signature {
+                    Some(sig) => v.with_signature(sig),
+                    None => v,
+                }
+            },
+            dedup: DedupLayer::new(store, self.route, dedup_key, self.dedup_ttl),
             ack,
         })
     }

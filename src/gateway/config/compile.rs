@@ -3,7 +3,10 @@
 //! backend `[store] backend` names — the one place a backend is chosen.
 
 use super::{Backend, Config, Profile, Route};
-use crate::core::{Allowlist, ConfigError, DedupKeySpec, Validator};
+use crate::core::{
+    Allowlist, ConfigError, DedupKeySpec, HmacAlgorithm, HmacScheme, SignatureEncoding,
+    SignatureScheme, SignatureVerifier, Validator,
+};
 use crate::deliver::HttpTarget;
 use crate::metrics::Metrics;
 use crate::store::{embedded, memory, SpoolConfig, SpoolError, Storage};
@@ -15,6 +18,7 @@ pub struct CompiledRoute {
     pub(crate) trusted: Allowlist,
     pub(crate) validator: Validator,
     pub(crate) dedup_key: DedupKeySpec,
+    pub(crate) signature: Option<SignatureVerifier>,
     pub(crate) upstream: HttpTarget,
 }
 
@@ -83,12 +87,81 @@ impl Config {
         }
     }
 
+    /// `[route.signature]` as a verifier: its secrets read, the scheme's keys checked.
+    fn signature(
+        &self,
+        key: &str,
+        sig: &super::Signature,
+    ) -> Result<SignatureVerifier, ConfigError> {
+        use super::{HmacAlgorithmName, SignatureEncodingName, SignatureSchemeName};
+        let invalid = |k: &str, reason: String| ConfigError::InvalidValue {
+            key: format!("{key}.{k}"),
+            reason,
+        };
+        let hmac_only = [
+            ("header", sig.header.is_some()),
+            ("algorithm", sig.algorithm.is_some()),
+            ("encoding", sig.encoding.is_some()),
+            ("prefix", sig.prefix.is_some()),
+        ];
+        let scheme = match sig.scheme {
+            SignatureSchemeName::Hmac => {
+                let header = sig.header.as_deref().ok_or_else(|| {
+                    invalid(
+                        "header",
+                        "scheme = \"hmac\" needs the header that carries the signature".into(),
+                    )
+                })?;
+                let header = http::HeaderName::from_bytes(header.as_bytes()).map_err(|e| {
+                    invalid("header", format!("{header:?} is not a header name: {e}"))
+                })?;
+                SignatureScheme::Hmac(HmacScheme {
+                    header,
+                    algorithm: match sig.algorithm {
+                        Some(HmacAlgorithmName::Sha512) => HmacAlgorithm::Sha512,
+                        _ => HmacAlgorithm::Sha256,
+                    },
+                    encoding: match sig.encoding {
+                        Some(SignatureEncodingName::Base64) => SignatureEncoding::Base64,
+                        _ => SignatureEncoding::Hex,
+                    },
+                    prefix: sig.prefix.clone().unwrap_or_default(),
+                })
+            }
+            other => {
+                if let Some((k, _)) = hmac_only.iter().find(|(_, set)| *set) {
+                    return Err(invalid(k, "is a key of scheme = \"hmac\" only".into()));
+                }
+                match other {
+                    SignatureSchemeName::StandardWebhooks => SignatureScheme::StandardWebhooks,
+                    SignatureSchemeName::Github => SignatureScheme::Github,
+                    _ => SignatureScheme::Stripe,
+                }
+            }
+        };
+        let mut secrets = Vec::with_capacity(sig.secrets.len());
+        for (j, secret) in sig.secrets.iter().enumerate() {
+            secrets.push(
+                self.secret(secret)
+                    .map_err(|reason| invalid(&format!("secrets[{j}]"), reason))?,
+            );
+        }
+        SignatureVerifier::new(key, scheme, &secrets, sig.tolerance)
+    }
+
     fn compile_route(&self, i: usize, route: &Route) -> Result<CompiledRoute, Vec<ConfigError>> {
         let key = |k: &str| format!("route[{i}].{k}");
         let allow = Allowlist::new(&key("allow"), &route.allow);
         let trusted = Allowlist::new(&key("trusted_proxies"), &route.trusted_proxies);
         let validator = self.validator(i, route);
-        let dedup_key = DedupKeySpec::parse(&key("dedup.key"), &route.dedup.key);
+        let dedup_key = DedupKeySpec::parse(
+            &key("dedup.key"),
+            route.dedup.key.as_deref().unwrap_or("/generation_id"),
+        );
+        let signature = match &route.signature {
+            None => Ok(None),
+            Some(sig) => self.signature(&key("signature"), sig).map(Some),
+        };
         let upstream = match &route.upstream_ca {
             None => crate::deliver::HttpTarget::new(
                 &key("upstream"),
@@ -112,21 +185,23 @@ impl Config {
                     })
             }
         };
-        match (allow, trusted, validator, dedup_key, upstream) {
-            (Ok(allow), Ok(trusted), Ok(validator), Ok(dedup_key), Ok(upstream)) => {
+        match (allow, trusted, validator, dedup_key, signature, upstream) {
+            (Ok(allow), Ok(trusted), Ok(validator), Ok(dedup_key), Ok(signature), Ok(upstream)) => {
                 Ok(CompiledRoute {
                     allow,
                     trusted,
                     validator,
                     dedup_key,
+                    signature,
                     upstream,
                 })
             }
-            (allow, trusted, validator, dedup_key, upstream) => Err([
+            (allow, trusted, validator, dedup_key, signature, upstream) => Err([
                 allow.err(),
                 trusted.err(),
                 validator.err(),
                 dedup_key.err(),
+                signature.err(),
                 upstream.err(),
             ]
             .into_iter()

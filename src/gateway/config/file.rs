@@ -337,6 +337,9 @@ pub struct Route {
     /// The dedup key and window.
     #[serde(default)]
     pub dedup: Dedup,
+    /// `[route.signature]`: step 9 (401 when the request's signature does not verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
     /// Retries, timeouts and concurrency of deliveries (and of `proxy` forwarding).
     #[serde(default)]
     pub delivery: Delivery,
@@ -346,8 +349,11 @@ pub struct Route {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dedup {
-    /// A JSON pointer, `header:NAME` or `body`.
-    pub key: String,
+    /// A JSON pointer, `header:NAME` or `body`. Left out: the sender's own delivery id on a
+    /// signed route (`header:webhook-id`, `header:X-GitHub-Delivery`, `/id` for Stripe), else
+    /// `/generation_id`; filled in when the file is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// How long an accepted key answers `duplicate`.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
@@ -356,10 +362,73 @@ pub struct Dedup {
 impl Default for Dedup {
     fn default() -> Self {
         Self {
-            key: "/generation_id".into(),
+            key: None,
             ttl: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// `[route.signature]`: the sender's scheme and the secrets it signs with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// `standard_webhooks`, `github`, `stripe` or `hmac`.
+    pub scheme: SignatureSchemeName,
+    /// One or more (several while rotating): strings, `{ env = "NAME" }` or `{ file = "path" }`.
+    pub secrets: Vec<SecretString>,
+    /// `standard_webhooks`, `stripe`: how far the signed timestamp may be from now, either way.
+    #[serde(default = "default_tolerance", with = "humantime_serde")]
+    pub tolerance: Duration,
+    /// `hmac`: the header carrying the signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// `hmac`: `sha256` (default) or `sha512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<HmacAlgorithmName>,
+    /// `hmac`: `hex` (default) or `base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<SignatureEncodingName>,
+    /// `hmac`: text before the signature (`"sha256="`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+fn default_tolerance() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `signature.scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureSchemeName {
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    StandardWebhooks,
+    /// GitHub (`X-Hub-Signature-256`).
+    Github,
+    /// Stripe (`Stripe-Signature`).
+    Stripe,
+    /// An HMAC of the body in a configured header.
+    Hmac,
+}
+
+/// `signature.algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmacAlgorithmName {
+    /// HMAC-SHA-256.
+    Sha256,
+    /// HMAC-SHA-512.
+    Sha512,
+}
+
+/// `signature.encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncodingName {
+    /// Hexadecimal.
+    Hex,
+    /// Standard base64.
+    Base64,
 }
 
 /// `[route.delivery]`; a key left out takes [`DeliveryPolicy::default`]'s value.
@@ -552,6 +621,7 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         config.source = path.to_owned();
+        config.fill_in_dedup_keys();
         // The values that need nothing built, then what the routes build (each CIDR, schema,
         // dedup key and upstream is checked by building it, once; the gateway keeps the result).
         let mut errors = config.check();
@@ -563,6 +633,22 @@ impl Config {
             Ok(config)
         } else {
             Err(ConfigFileError::Invalid { file, errors })
+        }
+    }
+
+    /// Each route's dedup key left out: its signature scheme's delivery id, else
+    /// `/generation_id` (so the effective config shows it).
+    fn fill_in_dedup_keys(&mut self) {
+        for route in &mut self.routes {
+            if route.dedup.key.is_none() {
+                let key = match route.signature.as_ref().map(|s| s.scheme) {
+                    Some(SignatureSchemeName::StandardWebhooks) => "header:webhook-id",
+                    Some(SignatureSchemeName::Github) => "header:X-GitHub-Delivery",
+                    Some(SignatureSchemeName::Stripe) => "/id",
+                    Some(SignatureSchemeName::Hmac) | None => "/generation_id",
+                };
+                route.dedup.key = Some(key.into());
+            }
         }
     }
 

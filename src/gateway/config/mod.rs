@@ -72,7 +72,7 @@ allow = ["127.0.0.1/32", "::1/128"]
         assert_eq!(r.mode, Mode::FastAck);
         assert_eq!(r.profile, Profile::Runblob);
         assert_eq!(r.max_body.as_u64(), 1 << 20);
-        assert_eq!(r.dedup.key, "/generation_id");
+        assert_eq!(r.dedup.key.as_deref(), Some("/generation_id"));
         assert_eq!(r.dedup.ttl, Duration::from_secs(86400));
         assert_eq!(r.delivery.max_backoff, Duration::from_secs(300));
         assert_eq!(Config::route_name(r), "/webhook/o3-video");
@@ -302,6 +302,59 @@ allow = ["127.0.0.1/32", "::1/128"]
             err.contains("server.admin_token") && err.contains("cannot read"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn signatures_are_configured_and_checked() {
+        let signed =
+            |sig: &str| MINIMAL.to_owned() + "profile = \"json\"\n[route.signature]\n" + sig + "\n";
+        let c = load(&signed(
+            "scheme = \"standard_webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].dedup.key.as_deref(), Some("header:webhook-id"));
+        assert!(c.compiled[0].signature.is_some());
+        assert!(!c.to_toml().contains("MfKQ9r8"), "secrets never printed");
+        let gh = load(&signed("scheme = \"github\"\nsecrets = [\"s\"]")).unwrap();
+        assert_eq!(
+            gh.routes[0].dedup.key.as_deref(),
+            Some("header:X-GitHub-Delivery")
+        );
+        let stripe = load(&signed(
+            "scheme = \"stripe\"\nsecrets = [\"whsec_x\"]\ntolerance = \"1m\"",
+        ))
+        .unwrap();
+        assert_eq!(stripe.routes[0].dedup.key.as_deref(), Some("/id"));
+        let explicit = load(
+            &(signed("scheme = \"github\"\nsecrets = [\"s\"]").replace(
+                "allow = [",
+                "dedup = { key = \"header:X-Other\" }\nallow = [",
+            )),
+        )
+        .unwrap();
+        assert_eq!(
+            explicit.routes[0].dedup.key.as_deref(),
+            Some("header:X-Other"),
+            "a set key stays"
+        );
+        let hmac = load(&signed(
+            "scheme = \"hmac\"\nsecrets = [\"s\"]\nheader = \"X-Signature\"\nalgorithm = \"sha512\"\nencoding = \"base64\"\nprefix = \"v1=\"",
+        ))
+        .unwrap();
+        assert_eq!(hmac.routes[0].dedup.key.as_deref(), Some("/generation_id"));
+        for (sig, want) in [
+            ("scheme = \"hmac\"\nsecrets = [\"s\"]", "route[0].signature.header"),
+            ("scheme = \"github\"\nsecrets = [\"s\"]\nheader = \"X-Sig\"", "route[0].signature.header: is a key of scheme = \"hmac\" only"),
+            ("scheme = \"github\"\nsecrets = []", "at least one secret"),
+            ("scheme = \"standard_webhooks\"\nsecrets = [\"whsec_not*base64\"]", "not a Standard Webhooks secret"),
+            ("scheme = \"github\"\nsecrets = [{ env = \"HOOKGATE_TEST_UNSET_SECRET\" }]", "route[0].signature.secrets[0]: the environment variable HOOKGATE_TEST_UNSET_SECRET is not set"),
+            ("scheme = \"rsa\"\nsecrets = [\"s\"]", "scheme"),
+            ("scheme = \"github\"\nsecrets = [\"s\"]\nsecret = \"s\"", "secret"),
+        ] {
+            let err = load(&signed(sig)).expect_err(sig).to_string();
+            assert!(err.contains(want) && err.contains("t.toml"), "{sig}: {err}");
+            assert!(!err.contains("not*base64"), "a secret's value never in an error: {err}");
+        }
     }
 
     #[test]

@@ -129,7 +129,11 @@ where
                     let checked = match collected {
                         Ok(c) => {
                             let raw = c.to_bytes();
-                            shared.validator.check(&raw).map(|p| (p, raw))
+                            let signed = match (&shared.signature, parts.as_ref()) {
+                                (Some(sig), Some(p)) => sig.verify_now(&p.headers, &raw),
+                                _ => Ok(()),
+                            };
+                            signed.and_then(|()| shared.validator.check(&raw).map(|p| (p, raw)))
                         }
                         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                             Err(Rejection::PayloadTooLarge {

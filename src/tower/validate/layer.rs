@@ -4,7 +4,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::Validate;
-use crate::core::Validator;
+use crate::core::{SignatureVerifier, Validator};
 
 /// The default body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
@@ -16,6 +16,7 @@ pub(crate) struct Shared {
     pub(crate) validator: Validator,
     pub(crate) max_body: u64,
     pub(crate) read_timeout: Duration,
+    pub(crate) signature: Option<SignatureVerifier>,
 }
 
 /// Builds [`Validate`] services.
@@ -33,6 +34,7 @@ impl ValidateLayer {
                 validator,
                 max_body: DEFAULT_MAX_BODY,
                 read_timeout: DEFAULT_READ_TIMEOUT,
+                signature: None,
             }),
         }
     }
@@ -40,6 +42,13 @@ impl ValidateLayer {
     /// Refuses bodies larger than `bytes` (413).
     pub fn with_max_body(mut self, bytes: u64) -> Self {
         Arc::make_mut(&mut self.shared).max_body = bytes;
+        self
+    }
+
+    /// Step 9 first: refuses (401) a request whose signature `verifier` does not accept, over
+    /// the raw body bytes as received, before they are parsed.
+    pub fn with_signature(mut self, verifier: SignatureVerifier) -> Self {
+        Arc::make_mut(&mut self.shared).signature = Some(verifier);
         self
     }
 
