@@ -1559,3 +1559,71 @@ async fn a_signed_route_verifies_standard_webhooks_signatures() {
         "the default dedup key shown:\n{printed}"
     );
 }
+
+/// Step 5: a burst beyond the route's limit gets 429 + `Retry-After`, another address is not
+/// affected, and the allowed rate passes again after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_rate_limit_gets_429_and_other_clients_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    // 127.0.0.2 is a second client (Linux answers the whole of 127/8).
+    let gateway = Gateway::for_upstream_edited(
+        dir.path(),
+        &upstream.url(),
+        "",
+        "rate_limit = { per_ip = \"5/s\", burst = 5 }\n",
+        |text| text.replace("\"127.0.0.1/32\"", "\"127.0.0.0/8\""),
+    )
+    .await;
+    let s = Setup {
+        dir,
+        upstream,
+        gateway,
+    };
+    let c = client();
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (status, headers, text) =
+            post(&c, &s.gateway.url(PATH), completed(&generation())).await;
+        if status == 429 {
+            assert_eq!(reason(&text), "rate_limited");
+            assert_eq!(headers["retry-after"], "1");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        5,
+        "{statuses:?}"
+    );
+    let other = from([127, 0, 0, 2]);
+    let (status, _, text) = post(&other, &s.gateway.url(PATH), completed(&generation())).await;
+    assert_eq!(status, 200, "another address is not affected: {text}");
+    // At the allowed rate (one per 200 ms) every request passes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        let (status, _, text) = post(&c, &s.gateway.url(PATH), completed(&generation())).await;
+        assert_eq!(status, 200, "{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let m = metrics(&s.gateway).await;
+    assert_eq!(
+        series(
+            &m,
+            &format!("hookgate_rejections_total{{reason=\"rate_limited\",route=\"{PATH}\"}}")
+        ),
+        5.0
+    );
+}

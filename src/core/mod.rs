@@ -3,7 +3,7 @@
 //! gateway. Nothing here does I/O or knows about tower, pingora or a storage backend.
 //!
 //! - steps 2–3: [`ClientIpResolver`], [`Allowlist`]; steps 4, 6, 7: [`request_head`];
-//! - step 9: [`SignatureVerifier`]; steps 10–11: [`Validator`]; step 12's key: [`DedupKeySpec`];
+//! - step 5: [`RateLimit`]; step 9: [`SignatureVerifier`]; steps 10–11: [`Validator`]; step 12's key: [`DedupKeySpec`];
 //! - steps 12–14 and every answer: [`outcome`] ([`Outcome`], [`Answer`]), [`Rejection`];
 //! - which headers travel: [`forward`].
 //!
@@ -27,6 +27,7 @@ mod client_ip;
 mod dedup_key;
 pub mod forward;
 pub mod outcome;
+mod rate_limit;
 mod rejection;
 pub mod request_head;
 mod signature;
@@ -36,6 +37,7 @@ pub use allowlist::Allowlist;
 pub use client_ip::{ClientIp, ClientIpResolver};
 pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
 pub use outcome::{Answer, Counted, Outcome, Reservation};
+pub use rate_limit::{RateLimit, DEFAULT_MAX_KEYS};
 pub use rejection::{
     cut, FieldError, Reason, Rejection, MAX_LISTED_FIELDS, RETRY_AFTER_SECS, SPOOL_RETRY_AFTER_SECS,
 };

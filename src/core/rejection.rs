@@ -116,6 +116,11 @@ pub enum Rejection {
     /// The request's signature is missing, does not verify, or its timestamp is outside the
     /// window (401; step 9).
     Signature(super::SignatureFailure),
+    /// The client sent more than the route's rate limit allows (429, with `Retry-After`).
+    RateLimited {
+        /// Seconds until the next request would pass.
+        retry_after: u32,
+    },
 }
 
 /// The stable, machine-readable name of a [`Rejection`]: used in the JSON error body, the log line
@@ -173,11 +178,13 @@ pub enum Reason {
     BadSignature,
     /// `stale_timestamp`
     StaleTimestamp,
+    /// `rate_limited`
+    RateLimited,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (`ALL[r.index()] == r`).
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
         Reason::PeerAddressUnknown,
@@ -203,6 +210,7 @@ impl Reason {
         Reason::MissingSignature,
         Reason::BadSignature,
         Reason::StaleTimestamp,
+        Reason::RateLimited,
     ];
 
     /// The stable string form.
@@ -233,6 +241,7 @@ impl Reason {
             Reason::MissingSignature => "missing_signature",
             Reason::BadSignature => "bad_signature",
             Reason::StaleTimestamp => "stale_timestamp",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -322,6 +331,7 @@ impl Rejection {
             Rejection::Signature(super::SignatureFailure::Missing) => Reason::MissingSignature,
             Rejection::Signature(super::SignatureFailure::Bad) => Reason::BadSignature,
             Rejection::Signature(super::SignatureFailure::Stale) => Reason::StaleTimestamp,
+            Rejection::RateLimited { .. } => Reason::RateLimited,
         }
     }
 
@@ -352,6 +362,7 @@ impl Rejection {
             Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
+            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -361,6 +372,7 @@ impl Rejection {
             Rejection::DuplicateInFlight | Rejection::DedupUnavailable => Some(RETRY_AFTER_SECS),
             // A full or failing disk takes longer than a race to clear.
             Rejection::SpoolFull | Rejection::SpoolUnavailable => Some(SPOOL_RETRY_AFTER_SECS),
+            Rejection::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -431,6 +443,9 @@ impl Rejection {
             }
             Rejection::Signature(super::SignatureFailure::Stale) => {
                 "the signed timestamp is outside the route's tolerance".into()
+            }
+            Rejection::RateLimited { retry_after } => {
+                format!("too many requests from this address; retry in {retry_after} s")
             }
         }
     }

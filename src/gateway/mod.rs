@@ -195,6 +195,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
                 validator: compiled.validator,
                 dedup_key: compiled.dedup_key,
                 signature: compiled.signature,
+                rate_limit: compiled.rate_limit,
                 dedup_ttl: rc.dedup.ttl,
                 max_body: rc.max_body.as_u64(),
                 deliverer,

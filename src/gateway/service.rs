@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 use crate::core::{
     cut, request_head, Allowlist, Answer, ClientIpResolver, Counted, DedupKeySpec, EventClass,
-    Outcome, Rejection, SignatureVerifier, Validator,
+    Outcome, RateLimit, Rejection, SignatureVerifier, Validator,
 };
 use crate::deliver::{Deliverer, Forwarder};
 use crate::metrics::RouteMetrics;
@@ -50,6 +50,8 @@ pub(crate) struct Route {
     pub max_body: u64,
     /// Step 9, when the route is signed.
     pub signature: Option<SignatureVerifier>,
+    /// Step 5, when the route limits each client.
+    pub rate_limit: Option<RateLimit>,
     /// Steps 13–14 and delivery (`fast_ack`).
     pub deliverer: Deliverer,
     /// The synchronous forward (`proxy`).
@@ -354,6 +356,14 @@ impl Route {
         }
         if let Err(r) = self.allow.check(client.ip) {
             return refuse_unread(session, r, gw.body_timeout);
+        }
+        // Steps 4–5: a method that is refused anyway is not counted against the client.
+        if let Some(limit) = &self.rate_limit {
+            if let Err(r) =
+                request_head::check_method(&req.method).and_then(|()| limit.check(client.ip))
+            {
+                return refuse_unread(session, r, gw.body_timeout);
+            }
         }
         let declared = match request_head::check(&req.method, &req.headers, self.max_body) {
             Ok(n) => n,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tower_layer::{Identity, Layer};
 
 use super::{DedupLayer, IpAllowlistLayer, MetricsLayer, PeerIpFn, ValidateLayer};
-use crate::core::{Allowlist, ConfigError, DedupKeySpec, SignatureVerifier, Validator};
+use crate::core::{Allowlist, ConfigError, DedupKeySpec, RateLimit, SignatureVerifier, Validator};
 use crate::deliver::{Deliverer, DeliveryPolicy};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::store::{DedupStore, MemoryDedupStore, Spool, SpoolError};
@@ -124,6 +124,7 @@ impl WebhookLayer {
             dedup_capacity: DEFAULT_DEDUP_CAPACITY,
             metrics: None,
             signature: None,
+            rate_limit: None,
         }
     }
 }
@@ -158,6 +159,7 @@ pub struct WebhookLayerBuilder<M = DirectAck> {
     dedup_capacity: usize,
     metrics: Option<Metrics>,
     signature: Option<SignatureVerifier>,
+    rate_limit: Option<RateLimit>,
 }
 
 impl<M: AckMode> WebhookLayerBuilder<M> {
@@ -188,6 +190,7 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
             dedup_capacity: self.dedup_capacity,
             metrics: self.metrics,
             signature: self.signature,
+            rate_limit: self.rate_limit,
         }
     }
 
@@ -239,6 +242,12 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
     /// Dedups by `key` (default `/generation_id`).
     pub fn with_dedup_key(mut self, key: DedupKeySpec) -> Self {
         self.dedup_key = Some(key);
+        self
+    }
+
+    /// Step 5: each client address (IPv6 by /64) gets `limit`; beyond, 429 + `Retry-After`.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
         self
     }
 
@@ -324,6 +333,9 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
             .with_metrics(route.clone());
         if let Some(f) = self.peer_ip {
             allowlist = allowlist.with_peer_ip(f);
+        }
+        if let Some(limit) = self.rate_limit {
+            allowlist = allowlist.with_rate_limit(limit);
         }
         Ok(WebhookLayer {
             metrics: MetricsLayer::new(route),

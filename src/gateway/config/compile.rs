@@ -4,7 +4,7 @@
 
 use super::{Backend, Config, Profile, Route};
 use crate::core::{
-    Allowlist, ConfigError, DedupKeySpec, HmacAlgorithm, HmacScheme, SignatureEncoding,
+    Allowlist, ConfigError, DedupKeySpec, HmacAlgorithm, HmacScheme, RateLimit, SignatureEncoding,
     SignatureScheme, SignatureVerifier, Validator,
 };
 use crate::deliver::HttpTarget;
@@ -19,6 +19,7 @@ pub struct CompiledRoute {
     pub(crate) validator: Validator,
     pub(crate) dedup_key: DedupKeySpec,
     pub(crate) signature: Option<SignatureVerifier>,
+    pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) upstream: HttpTarget,
 }
 
@@ -162,6 +163,11 @@ impl Config {
             None => Ok(None),
             Some(sig) => self.signature(&key("signature"), sig).map(Some),
         };
+        let rate_limit = route
+            .rate_limit
+            .as_ref()
+            .map(|r| RateLimit::parse(&key("rate_limit"), &r.per_ip, r.burst))
+            .transpose();
         let upstream = match &route.upstream_ca {
             None => crate::deliver::HttpTarget::new(
                 &key("upstream"),
@@ -185,23 +191,33 @@ impl Config {
                     })
             }
         };
-        match (allow, trusted, validator, dedup_key, signature, upstream) {
-            (Ok(allow), Ok(trusted), Ok(validator), Ok(dedup_key), Ok(signature), Ok(upstream)) => {
-                Ok(CompiledRoute {
-                    allow,
-                    trusted,
-                    validator,
-                    dedup_key,
-                    signature,
-                    upstream,
-                })
-            }
-            (allow, trusted, validator, dedup_key, signature, upstream) => Err([
+        match (
+            allow, trusted, validator, dedup_key, signature, rate_limit, upstream,
+        ) {
+            (
+                Ok(allow),
+                Ok(trusted),
+                Ok(validator),
+                Ok(dedup_key),
+                Ok(signature),
+                Ok(rate_limit),
+                Ok(upstream),
+            ) => Ok(CompiledRoute {
+                allow,
+                trusted,
+                validator,
+                dedup_key,
+                signature,
+                rate_limit,
+                upstream,
+            }),
+            (allow, trusted, validator, dedup_key, signature, rate_limit, upstream) => Err([
                 allow.err(),
                 trusted.err(),
                 validator.err(),
                 dedup_key.err(),
                 signature.err(),
+                rate_limit.err(),
                 upstream.err(),
             ]
             .into_iter()

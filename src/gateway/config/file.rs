@@ -337,6 +337,9 @@ pub struct Route {
     /// The dedup key and window.
     #[serde(default)]
     pub dedup: Dedup,
+    /// `rate_limit = { per_ip = "50/s", burst = 100 }`: step 5 (429 + `Retry-After` beyond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
     /// `[route.signature]`: step 9 (401 when the request's signature does not verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
@@ -366,6 +369,17 @@ impl Default for Dedup {
             ttl: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// `rate_limit = { per_ip = "50/s", burst = 100 }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests per client address: `N/s`, `N/m` or `N/h` (IPv6 counted by /64).
+    pub per_ip: String,
+    /// Requests an address may send at once (default: the `N` of `per_ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// `[route.signature]`: the sender's scheme and the secrets it signs with.

@@ -358,6 +358,30 @@ allow = ["127.0.0.1/32", "::1/128"]
     }
 
     #[test]
+    fn rate_limits_are_configured_and_checked() {
+        let limited =
+            |rl: &str| MINIMAL.replace("allow = [", &format!("rate_limit = {rl}\nallow = ["));
+        let c = load(&limited("{ per_ip = \"50/s\", burst = 100 }")).unwrap();
+        assert!(c.compiled[0].rate_limit.is_some());
+        assert!(load(&limited("{ per_ip = \"600/m\" }")).is_ok());
+        for (rl, want) in [
+            (
+                "{ per_ip = \"fast\" }",
+                "route[0].rate_limit: per_ip = \"fast\"",
+            ),
+            ("{ per_ip = \"5/d\" }", "not a unit"),
+            (
+                "{ per_ip = \"5/s\", burst = 0 }",
+                "burst must be at least 1",
+            ),
+            ("{ per_ip = \"5/s\", brust = 3 }", "brust"),
+        ] {
+            let err = load(&limited(rl)).expect_err(rl).to_string();
+            assert!(err.contains(want) && err.contains("t.toml"), "{rl}: {err}");
+        }
+    }
+
+    #[test]
     fn every_error_is_reported_at_once() {
         let text = MINIMAL
             .replace("\"::1/128\"", "\"::1/129\"")

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::IpAllowlist;
-use crate::core::{Allowlist, ClientIpResolver};
+use crate::core::{Allowlist, ClientIpResolver, RateLimit};
 use crate::metrics::RouteMetrics;
 use crate::tower::{default_peer_ip, PeerIpFn};
 
@@ -13,6 +13,7 @@ pub(crate) struct Shared {
     pub(crate) resolver: ClientIpResolver,
     pub(crate) peer_ip: PeerIpFn,
     pub(crate) metrics: Option<RouteMetrics>,
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 /// Builds [`IpAllowlist`] services.
@@ -40,6 +41,7 @@ impl IpAllowlistLayer {
                 resolver: ClientIpResolver::default(),
                 peer_ip: default_peer_ip,
                 metrics: None,
+                rate_limit: None,
             }),
         }
     }
@@ -57,6 +59,12 @@ impl IpAllowlistLayer {
     /// Reads the peer address with `f` instead of [`default_peer_ip`].
     pub fn with_peer_ip(self, f: PeerIpFn) -> Self {
         self.edit(|s| s.peer_ip = f)
+    }
+
+    /// Step 5 right after the allowlist: a client (its resolved address; IPv6 by /64) sending
+    /// `POST`s beyond `limit` gets 429 with `Retry-After`.
+    pub fn with_rate_limit(self, limit: RateLimit) -> Self {
+        self.edit(|s| s.rate_limit = Some(limit))
     }
 
     /// Counts unparseable `X-Forwarded-For` headers from trusted proxies.

@@ -72,6 +72,14 @@ where
         if let Err(rejection) = shared.allow.check(client.ip) {
             return ResponseFuture::rejected(rejection_response(rejection));
         }
+        if let Some(limit) = &shared.rate_limit {
+            // A method refused anyway (405, further in) is not counted against the client.
+            if req.method() == http::Method::POST {
+                if let Err(rejection) = limit.check(client.ip) {
+                    return ResponseFuture::rejected(rejection_response(rejection));
+                }
+            }
+        }
         req.extensions_mut().insert(client);
         ResponseFuture::inner(self.inner.call(req))
     }
