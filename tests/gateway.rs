@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -1625,5 +1625,144 @@ async fn a_burst_beyond_the_rate_limit_gets_429_and_other_clients_pass() {
             &format!("hookgate_rejections_total{{reason=\"rate_limited\",route=\"{PATH}\"}}")
         ),
         5.0
+    );
+}
+
+/// Allowlist sources: a published JSON list (fetched every second from a server on loopback)
+/// and a file. A client allowed throughout never fails while the list changes; an address dropped
+/// from the list is refused after the refresh; an empty or failing list keeps the last good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_allowlist_is_refreshed_without_failing_a_request() {
+    use axum::routing::get;
+    let list = Arc::new(Mutex::new((
+        200u16,
+        r#"{"hooks":["127.0.0.1/32","127.0.0.2/32"]}"#.to_owned(),
+    )));
+    let served = list.clone();
+    let app = axum::Router::new().route(
+        "/meta",
+        get(move || {
+            let (status, body) = served.lock().unwrap().clone();
+            async move { (axum::http::StatusCode::from_u16(status).unwrap(), body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let meta = format!("http://{}/meta", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ranges.txt"), "# a partner\n127.0.0.3/32\n").unwrap();
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::for_upstream_edited(dir.path(), &upstream.url(), "", "", |text| {
+        text.replace(
+            "allow = [\"127.0.0.1/32\", \"::1/128\"]",
+            &format!("allow = [{{ url = \"{meta}\", pointer = \"/hooks\", refresh = \"1s\" }}, {{ file = \"ranges.txt\" }}]"),
+        )
+    })
+    .await;
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let accepted = async |c: &reqwest::Client| {
+        c.post(gateway.url(PATH))
+            .header("content-type", "application/json")
+            .body(completed(&generation()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    };
+    assert!(
+        accepted(&from(2)).await,
+        "127.0.0.2 is on the published list"
+    );
+    assert!(accepted(&from(3)).await, "127.0.0.3 is in the file");
+
+    // 127.0.0.1 sends without pause (bounded) while the list changes under it.
+    let url = gateway.url(PATH);
+    let steady = tokio::spawn(async move {
+        let c = from(1);
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(6) && ok < 20_000 {
+            let res = c
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(completed(&generation()))
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status() == 200 => ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+        (ok, failed)
+    });
+    *list.lock().unwrap() = (200, r#"{"hooks":["127.0.0.1/32"]}"#.to_owned());
+    let dropped = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || (!accepted(&from(2)).await).then_some(()),
+    )
+    .await;
+    assert!(
+        dropped.is_some(),
+        "127.0.0.2 refused once the list dropped it"
+    );
+    // An empty list and a failing server are refused: the last good list stays.
+    *list.lock().unwrap() = (200, r#"{"hooks":[]}"#.to_owned());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    *list.lock().unwrap() = (500, "oops".to_owned());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(accepted(&from(3)).await, "the file's entry stays");
+    let (ok, failed) = steady.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests from an address allowed throughout failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 50, "the load went through: {ok}");
+    let m = metrics(&gateway).await;
+    assert!(
+        series(
+            &m,
+            &format!("hookgate_allowlist_refresh_failures_total{{route=\"{PATH}\"}}")
+        ) >= 2.0,
+        "{m}"
+    );
+    assert_eq!(
+        series(
+            &m,
+            &format!("hookgate_allowlist_entries{{route=\"{PATH}\"}}")
+        ),
+        2.0
+    );
+    let log = gateway.log_text();
+    assert!(
+        log.contains("allowlist refresh failed; keeping the last good list"),
+        "{log}"
+    );
+    server.abort();
+
+    // A source that cannot be read the first time: the start (and check-config) fails, naming it.
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&gateway.config)
+        .unwrap()
+        .replace(&meta, "http://127.0.0.1:9/meta");
+    std::fs::write(&bad, text).unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("route[0].allow[0]") && err.contains("cannot fetch"),
+        "{err}"
     );
 }

@@ -124,6 +124,146 @@ impl Allowlist {
     }
 }
 
+impl Allowlist {
+    /// The networks of a file's text: one CIDR or address a line; blank lines and `#` comments
+    /// (whole lines or after an entry) skipped. `key` names the source in errors (with the line).
+    pub fn from_lines(key: &str, text: &str) -> Result<Self, ConfigError> {
+        let mut list = Allowlist::default();
+        for (n, line) in text.lines().enumerate() {
+            let entry = line.split('#').next().unwrap_or("").trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let net = parse_net(entry).map_err(|reason| ConfigError::InvalidCidr {
+                key: format!("{key}: line {}", n + 1),
+                entry: entry.to_owned(),
+                reason,
+            })?;
+            list.insert(net);
+        }
+        Ok(list)
+    }
+
+    /// The networks of a published JSON list: the array of CIDR strings at `pointer` (a JSON
+    /// pointer such as GitHub meta's `/hooks`; empty for a top-level array). An empty array, a
+    /// missing pointer or an entry that is not a CIDR is refused: never an allow-all, never a
+    /// silently shorter list.
+    pub fn from_json(key: &str, body: &[u8], pointer: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::InvalidValue {
+            key: key.to_owned(),
+            reason,
+        };
+        let doc: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let at = doc
+            .pointer(pointer)
+            .ok_or_else(|| invalid(format!("no {pointer:?} in the document")))?;
+        let items = at
+            .as_array()
+            .ok_or_else(|| invalid(format!("{pointer:?} is not an array")))?;
+        if items.is_empty() {
+            return Err(invalid(format!("{pointer:?} is an empty list; refused (it would allow nothing, or be a publishing mistake)")));
+        }
+        let mut list = Allowlist::default();
+        for (i, item) in items.iter().enumerate() {
+            let entry = item
+                .as_str()
+                .ok_or_else(|| invalid(format!("{pointer}/{i} is not a string")))?;
+            let net = parse_net(entry).map_err(|reason| ConfigError::InvalidCidr {
+                key: format!("{key}: {pointer}/{i}"),
+                entry: entry.to_owned(),
+                reason,
+            })?;
+            list.insert(net);
+        }
+        Ok(list)
+    }
+
+    /// Every network of `lists`, in one list.
+    pub fn union<'a>(lists: impl IntoIterator<Item = &'a Allowlist>) -> Allowlist {
+        let mut all = Allowlist::default();
+        for list in lists {
+            for net in &list.entries {
+                all.insert(*net);
+            }
+        }
+        all
+    }
+}
+
+/// An [`Allowlist`] whose networks can be replaced while it is in use (a refreshed published
+/// list, a reloaded file): every clone sees the new networks at once, and a lookup never waits
+/// for a replacement. Cheap to clone.
+///
+/// ```
+/// use hookgate::core::{Allowlist, LiveAllowlist};
+///
+/// let live = LiveAllowlist::new(Allowlist::new("allow", ["10.0.0.0/8"]).unwrap());
+/// let seen_by_a_listener = live.clone();
+/// live.replace(Allowlist::new("allow", ["192.0.2.0/24"]).unwrap());
+/// assert!(!seen_by_a_listener.contains("10.0.0.1".parse().unwrap()));
+/// assert!(seen_by_a_listener.contains("192.0.2.1".parse().unwrap()));
+/// ```
+#[derive(Clone)]
+pub struct LiveAllowlist(std::sync::Arc<arc_swap::ArcSwap<Allowlist>>);
+
+impl std::fmt::Debug for LiveAllowlist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.load().fmt(f)
+    }
+}
+
+impl Default for LiveAllowlist {
+    fn default() -> Self {
+        Self::new(Allowlist::default())
+    }
+}
+
+impl From<Allowlist> for LiveAllowlist {
+    fn from(list: Allowlist) -> Self {
+        Self::new(list)
+    }
+}
+
+impl LiveAllowlist {
+    /// Starts with `list`.
+    pub fn new(list: Allowlist) -> Self {
+        Self(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(list)))
+    }
+
+    /// Replaces the networks for every clone.
+    pub fn replace(&self, list: Allowlist) {
+        self.0.store(std::sync::Arc::new(list));
+    }
+
+    /// The networks now.
+    pub fn current(&self) -> std::sync::Arc<Allowlist> {
+        self.0.load_full()
+    }
+
+    /// [`Allowlist::contains`] on the networks now.
+    #[inline]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.load().contains(ip)
+    }
+
+    /// [`Allowlist::check`] on the networks now.
+    #[inline]
+    pub fn check(&self, ip: IpAddr) -> Result<(), Rejection> {
+        self.0.load().check(ip)
+    }
+
+    /// Networks now.
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    /// Whether there are none now.
+    pub fn is_empty(&self) -> bool {
+        self.0.load().is_empty()
+    }
+}
+
 fn parse_net(entry: &str) -> Result<IpNet, String> {
     let entry = entry.trim();
     if entry.is_empty() {
@@ -147,6 +287,46 @@ fn parse_net(entry: &str) -> Result<IpNet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_from_files_and_published_json() {
+        let file = "# the sender's ranges\n10.0.0.0/8\n\n192.0.2.7  # one host\n2001:db8::/32\n";
+        let list = Allowlist::from_lines("allow[1]", file).unwrap();
+        assert_eq!(list.len(), 3);
+        assert!(list.contains(ip("192.0.2.7")));
+        let err = Allowlist::from_lines("allow[1]", "10.0.0.0/8\nnope\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("allow[1]: line 2") && err.contains("nope"),
+            "{err}"
+        );
+        // GitHub's meta document shape.
+        let meta = br#"{"verifiable_password_authentication":false,"hooks":["192.30.252.0/22","185.199.108.0/22","2a0a:a440::/29"],"web":["140.82.112.0/20"]}"#;
+        let hooks = Allowlist::from_json("allow[2]", meta, "/hooks").unwrap();
+        assert_eq!(hooks.len(), 3);
+        assert!(hooks.contains(ip("192.30.252.1")) && !hooks.contains(ip("140.82.112.1")));
+        assert_eq!(
+            Allowlist::from_json("a", br#"["10.0.0.0/8"]"#, "")
+                .unwrap()
+                .len(),
+            1
+        );
+        for (body, pointer, want) in [
+            (&br#"{"hooks":[]}"#[..], "/hooks", "empty list"),
+            (br#"{"hooks":["10.0.0.0/8","bogus"]}"#, "/hooks", "bogus"),
+            (br#"{"web":["10.0.0.0/8"]}"#, "/hooks", "no \"/hooks\""),
+            (br#"{"hooks":"10.0.0.0/8"}"#, "/hooks", "not an array"),
+            (b"<html>", "/hooks", "not JSON"),
+        ] {
+            let err = Allowlist::from_json("allow[2]", body, pointer)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        let all = Allowlist::union([&list, &hooks]);
+        assert_eq!(all.len(), 6);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

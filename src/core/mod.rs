@@ -33,7 +33,7 @@ pub mod request_head;
 mod signature;
 mod validate;
 
-pub use allowlist::Allowlist;
+pub use allowlist::{Allowlist, LiveAllowlist};
 pub use client_ip::{ClientIp, ClientIpResolver};
 pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
 pub use outcome::{Answer, Counted, Outcome, Reservation};

@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::store::{Background, Spool, SpoolError};
 
 mod admin;
+mod allow;
 pub mod config;
 mod service;
 
@@ -165,6 +166,23 @@ fn build(config: &Config) -> Result<Built, StartError> {
     };
     let storage = config.open_storage(&metrics).map_err(storage_error)?;
 
+    let allow_entries = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "hookgate_allowlist_entries",
+            "Networks in the route's allowlist now (inline, files and published lists together).",
+        ),
+        &["route"],
+    )?;
+    registry.register(Box::new(allow_entries.clone()))?;
+    let allow_failures = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "hookgate_allowlist_refresh_failures_total",
+            "Refreshes of a published allowlist that failed or were refused (unreachable, not 2xx, not JSON, empty, a bad entry); the last good list stays.",
+        ),
+        &["route"],
+    )?;
+    registry.register(Box::new(allow_failures.clone()))?;
+
     let mut routes = HashMap::new();
     let mut deliverers = HashMap::new();
     let mut workers: Vec<Background> = storage.background;
@@ -180,6 +198,16 @@ fn build(config: &Config) -> Result<Built, StartError> {
         )
         .map_err(storage_error)?;
         let compiled = compiled.clone();
+        let entries = allow_entries.with_label_values(&[&name]);
+        entries.set(compiled.allow.live.len() as i64);
+        let failures = allow_failures.with_label_values(&[&name]);
+        if compiled.allow.refreshes() {
+            workers.push(Box::pin(compiled.allow.clone().refresh(
+                name.clone(),
+                entries,
+                failures,
+            )));
+        }
         let target: Arc<dyn Target> = Arc::new(compiled.upstream.clone());
         deliverer.set_target(target);
         workers.push(Box::pin(worker));
@@ -190,7 +218,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
                 forwarder: Forwarder::new(name.clone(), compiled.upstream, &policy),
                 name,
                 mode: rc.mode,
-                allow: compiled.allow,
+                allow: compiled.allow.live.clone(),
                 clients: ClientIpResolver::new(compiled.trusted),
                 validator: compiled.validator,
                 dedup_key: compiled.dedup_key,

@@ -29,7 +29,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 use crate::core::{
-    cut, request_head, Allowlist, Answer, ClientIpResolver, Counted, DedupKeySpec, EventClass,
+    cut, request_head, Answer, ClientIpResolver, Counted, DedupKeySpec, EventClass, LiveAllowlist,
     Outcome, RateLimit, Rejection, SignatureVerifier, Validator,
 };
 use crate::deliver::{Deliverer, Forwarder};
@@ -42,7 +42,7 @@ use super::config::Mode;
 pub(crate) struct Route {
     pub name: String,
     pub mode: Mode,
-    pub allow: Allowlist,
+    pub allow: LiveAllowlist,
     pub clients: ClientIpResolver,
     pub validator: Validator,
     pub dedup_key: DedupKeySpec,
@@ -585,7 +585,7 @@ fn body_error(e: &pingora::Error) -> Rejection {
 /// TLS), when no route believes `X-Forwarded-For` (the peer is then the client).
 #[derive(Debug)]
 pub(crate) struct PeerFilter {
-    pub allow: Vec<Allowlist>,
+    pub allow: Vec<LiveAllowlist>,
     pub refused: prometheus::IntCounter,
 }
 

@@ -14,7 +14,7 @@ use crate::store::{embedded, memory, SpoolConfig, SpoolError, Storage};
 /// One route as [`Config::parse`] built it: its allowlists, validator, dedup key and upstream.
 #[derive(Clone)]
 pub struct CompiledRoute {
-    pub(crate) allow: Allowlist,
+    pub(crate) allow: crate::gateway::allow::RouteAllow,
     pub(crate) trusted: Allowlist,
     pub(crate) validator: Validator,
     pub(crate) dedup_key: DedupKeySpec,
@@ -152,7 +152,8 @@ impl Config {
 
     fn compile_route(&self, i: usize, route: &Route) -> Result<CompiledRoute, Vec<ConfigError>> {
         let key = |k: &str| format!("route[{i}].{k}");
-        let allow = Allowlist::new(&key("allow"), &route.allow);
+        let allow =
+            crate::gateway::allow::RouteAllow::build(&key("allow"), &route.allow, &self.base_dir());
         let trusted = Allowlist::new(&key("trusted_proxies"), &route.trusted_proxies);
         let validator = self.validator(i, route);
         let dedup_key = DedupKeySpec::parse(

@@ -326,8 +326,10 @@ pub struct Route {
     /// With `profile = "schema"`: the JSON Schema file (relative to the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<PathBuf>,
-    /// Allowed client networks (CIDR). Required: write `0.0.0.0/0` and `::/0` to allow all.
-    pub allow: Vec<String>,
+    /// Allowed client networks: CIDRs, `{ file = "..." }` (one a line, `#` comments) and
+    /// `{ url = "...", pointer = "/hooks", refresh = "1h" }` (a published JSON list, refreshed).
+    /// Required: write `0.0.0.0/0` and `::/0` to allow all.
+    pub allow: Vec<AllowEntry>,
     /// Peers whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -369,6 +371,36 @@ impl Default for Dedup {
             ttl: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// One `allow` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AllowEntry {
+    /// A CIDR or an address.
+    Cidr(String),
+    /// A file of CIDRs, one a line (`#` comments), relative to the config file; read at start
+    /// (and at each reload).
+    File {
+        /// The file.
+        file: PathBuf,
+    },
+    /// A published JSON list (GitHub's meta `hooks` array is the model), fetched at start and
+    /// every `refresh`; a failed refresh keeps the last good list.
+    Url {
+        /// `https://...` (or `http://` on a private network).
+        url: String,
+        /// A JSON pointer to the array of CIDR strings (`/hooks`); empty for a top-level array.
+        #[serde(default)]
+        pointer: String,
+        /// How often it is fetched again (default 1 h, at least 1 s).
+        #[serde(default = "default_refresh", with = "humantime_serde")]
+        refresh: Duration,
+    },
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// `rate_limit = { per_ip = "50/s", burst = 100 }`.
