@@ -1766,3 +1766,214 @@ async fn a_published_allowlist_is_refreshed_without_failing_a_request() {
         "{err}"
     );
 }
+
+/// A client on 127.0.0.`last` (Linux answers the whole of 127/8).
+fn client_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// SIGHUP reloads the whole file: an allowlist file changed under continuous load (no request
+/// from an address allowed in both fails; the dropped one is refused after), a broken file
+/// refused with the old config serving, and `hookgate reload` adding a route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("allow.txt"), "127.0.0.1/32\n127.0.0.2/32\n").unwrap();
+    let upstream = Upstream::start().await;
+    let mut gateway = Gateway::for_upstream_edited(dir.path(), &upstream.url(), "", "", |text| {
+        text.replace(
+            "allow = [\"127.0.0.1/32\", \"::1/128\"]",
+            "allow = [{ file = \"allow.txt\" }]",
+        )
+    })
+    .await;
+    let accepted = async |c: &reqwest::Client, path: &str| {
+        c.post(gateway.url(path))
+            .header("content-type", "application/json")
+            .body(completed(&generation()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    };
+    assert!(accepted(&client_from(2), PATH).await);
+    let url = gateway.url(PATH);
+    let steady = tokio::spawn(async move {
+        let c = client_from(1);
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(4) && ok < 20_000 {
+            match c
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(completed(&generation()))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+        (ok, failed)
+    });
+    let hup = |pid: u32| {
+        assert!(std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success());
+    };
+    std::fs::write(dir.path().join("allow.txt"), "127.0.0.1/32\n").unwrap();
+    hup(gateway.pid());
+    let dropped = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || (!accepted(&client_from(2), PATH).await).then_some(()),
+    )
+    .await;
+    assert!(dropped.is_some(), "127.0.0.2 refused after the reload");
+    // A broken file: refused, logged, counted; the running config stays.
+    let good = std::fs::read_to_string(&gateway.config).unwrap();
+    std::fs::write(
+        &gateway.config,
+        good.replace("[[route]]", "[[route]]\nallow_typo = 1"),
+    )
+    .unwrap();
+    hup(gateway.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed) = steady.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 50, "{ok}");
+    assert!(
+        accepted(&client_from(1), PATH).await,
+        "the old config serves"
+    );
+    let m = metrics(&gateway).await;
+    assert_eq!(
+        series(&m, "hookgate_config_reloads_total{result=\"success\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        series(&m, "hookgate_config_reloads_total{result=\"failure\"}"),
+        1.0,
+        "{m}"
+    );
+    let log = gateway.log_text();
+    assert!(
+        log.contains("reload refused; the running configuration stays")
+            && log.contains("allow_typo"),
+        "{log}"
+    );
+
+    // `hookgate reload` (through the admin API) with a second route added.
+    let second = good.clone() + &format!("[[route]]\npath = \"/webhook/second\"\nupstream = \"{}\"\nallow = [\"127.0.0.1/32\"]\n", upstream.url());
+    std::fs::write(&gateway.config, second).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["reload", "--admin", &gateway.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded"));
+    let before = upstream.received().len();
+    assert!(
+        accepted(&client_from(1), "/webhook/second").await,
+        "the new route serves"
+    );
+    assert!(
+        upstream
+            .wait_for(before + 1, Duration::from_secs(10))
+            .await
+            .len()
+            > before,
+        "and delivers"
+    );
+    // A refused file through the CLI: exit 1, the errors printed.
+    std::fs::write(&gateway.config, "[server\n").unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["reload", "--admin", &gateway.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("config_invalid")
+    );
+    gateway.signal_and_wait("TERM");
+}
+
+/// The TLS certificate replaced on disk and SIGHUP: new handshakes get the new certificate, and a
+/// connection opened before keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_the_tls_certificate_without_dropping_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, first) = tls_files(dir.path());
+    let upstream = Upstream::start().await;
+    let tls = format!("tls = {{ cert = {cert:?}, key = {key:?} }}");
+    let gateway = Gateway::for_upstream(dir.path(), &upstream.url(), &tls, "").await;
+    let trusting = |der: &pingora::tls::CertificateDer<'static>| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_der(der).unwrap()])
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{}{PATH}", gateway.public.port());
+    let send = async |c: &reqwest::Client| {
+        c.post(&url)
+            .header("content-type", "application/json")
+            .body(completed(&generation()))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    let old_client = trusting(&first);
+    assert_eq!(
+        send(&old_client).await.unwrap(),
+        200,
+        "the first certificate"
+    );
+    // A new certificate on disk, then SIGHUP.
+    let renewed = tempfile::tempdir().unwrap();
+    let (new_cert, new_key, second) = tls_files(renewed.path());
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    assert!(std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(gateway.pid().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let swapped = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || send(&trusting(&second)).await.ok().filter(|s| *s == 200),
+    )
+    .await;
+    assert!(
+        swapped.is_some(),
+        "a new handshake gets the new certificate"
+    );
+    assert!(
+        send(&trusting(&first)).await.is_err(),
+        "and no longer the old one"
+    );
+    // The connection opened before the swap (kept alive in the old client's pool) still works.
+    assert_eq!(
+        send(&old_client).await.unwrap(),
+        200,
+        "no connection dropped"
+    );
+}

@@ -656,3 +656,23 @@ async fn a_signed_route_refuses_forged_bodies_and_dedups_by_delivery_id() {
         "only the genuine one reached the handler"
     );
 }
+
+/// A live allowlist replaced while the layer serves: the next request is checked against the new
+/// networks (what an application refreshing a published list does).
+#[tokio::test]
+async fn a_live_allowlist_replaced_while_serving() {
+    use hookgate::core::{Allowlist, LiveAllowlist};
+    let live = LiveAllowlist::new(Allowlist::new("allow", ["127.0.0.1/32"]).unwrap());
+    let handle = live.clone();
+    let server = serve(|b| b.with_live_allow(live)).await;
+    let (status, _) = post_json(&server.url(), completed(&uuid(41))).await;
+    assert_eq!(status, 200);
+    let published = br#"{"hooks":["192.0.2.0/24"]}"#;
+    handle.replace(Allowlist::from_json("allow", published, "/hooks").unwrap());
+    let (status, answer) = post_json(&server.url(), completed(&uuid(42))).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (403, Some("ip_not_allowed")),
+        "{answer}"
+    );
+}

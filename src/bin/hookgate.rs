@@ -65,6 +65,16 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Reload the configuration file of a running gateway (as SIGHUP does), through its admin
+    /// API: prints what was reloaded and what needs a restart, or why the file was refused.
+    Reload {
+        /// The admin listener (default: `server.admin` of --config, else 127.0.0.1:9090).
+        #[arg(long)]
+        admin: Option<String>,
+        /// The admin token (default: `server.admin_token` of --config).
+        #[arg(long, env = "HOOKGATE_ADMIN_TOKEN")]
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,15 +174,17 @@ fn main() -> ExitCode {
             admin,
             token,
             action,
-        } => dead_letters(cli.config, admin, token, action),
+        } => dead_letters(cli.config, admin, token, Some(action)),
+        Command::Reload { admin, token } => dead_letters(cli.config, admin, token, None),
     }
 }
 
+/// One admin API call: a dead-letter `action`, or (`None`) a reload.
 fn dead_letters(
     config: Option<PathBuf>,
     admin: Option<String>,
     token: Option<String>,
-    action: DeadLetterAction,
+    action: Option<DeadLetterAction>,
 ) -> ExitCode {
     let loaded = match config.map(Config::load).transpose() {
         Ok(c) => c,
@@ -196,29 +208,32 @@ fn dead_letters(
             .unwrap_or_default()
     };
     let (method, url) = match &action {
-        DeadLetterAction::List { route, limit } => {
-            let q = route_query(route);
-            let sep = if q.is_empty() { '?' } else { '&' };
-            (
-                reqwest::Method::GET,
-                format!("{base}/dead-letters{q}{sep}limit={limit}"),
-            )
-        }
-        DeadLetterAction::Replay(Selection { id: Some(id), .. }) => (
-            reqwest::Method::POST,
-            format!("{base}/dead-letters/{id}/replay"),
-        ),
-        DeadLetterAction::Replay(Selection { route, .. }) => (
-            reqwest::Method::POST,
-            format!("{base}/dead-letters/replay{}", route_query(route)),
-        ),
-        DeadLetterAction::Purge(Selection { id: Some(id), .. }) => {
-            (reqwest::Method::DELETE, format!("{base}/dead-letters/{id}"))
-        }
-        DeadLetterAction::Purge(Selection { route, .. }) => (
-            reqwest::Method::DELETE,
-            format!("{base}/dead-letters{}", route_query(route)),
-        ),
+        None => (reqwest::Method::POST, format!("{base}/reload")),
+        Some(action) => match action {
+            DeadLetterAction::List { route, limit } => {
+                let q = route_query(route);
+                let sep = if q.is_empty() { '?' } else { '&' };
+                (
+                    reqwest::Method::GET,
+                    format!("{base}/dead-letters{q}{sep}limit={limit}"),
+                )
+            }
+            DeadLetterAction::Replay(Selection { id: Some(id), .. }) => (
+                reqwest::Method::POST,
+                format!("{base}/dead-letters/{id}/replay"),
+            ),
+            DeadLetterAction::Replay(Selection { route, .. }) => (
+                reqwest::Method::POST,
+                format!("{base}/dead-letters/replay{}", route_query(route)),
+            ),
+            DeadLetterAction::Purge(Selection { id: Some(id), .. }) => {
+                (reqwest::Method::DELETE, format!("{base}/dead-letters/{id}"))
+            }
+            DeadLetterAction::Purge(Selection { route, .. }) => (
+                reqwest::Method::DELETE,
+                format!("{base}/dead-letters{}", route_query(route)),
+            ),
+        },
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -33,12 +33,13 @@ use crate::store::{Event, EventSummary, Spool, SpoolError};
 /// The admin application.
 pub(crate) struct Admin {
     pub registry: prometheus::Registry,
-    pub token: Option<String>,
+    /// The admin token, the deliverers by route name (both swapped by a reload).
+    pub shared: Arc<super::Shared>,
+    /// Where `POST /reload` asks the reload service.
+    pub reload: tokio::sync::mpsc::UnboundedSender<super::reload::ReloadRequest>,
     pub spool: Arc<dyn Spool>,
     pub max_events: u64,
     pub max_bytes: u64,
-    /// By route name.
-    pub deliverers: HashMap<String, Deliverer>,
     /// Set on SIGTERM: not ready any more, so a balancer moves on.
     pub drain: Arc<super::service::Drain>,
 }
@@ -231,7 +232,8 @@ impl ServeHttp for Admin {
             ("GET", "/readyz") => return self.ready().await,
             _ => {}
         }
-        if let Some(token) = &self.token {
+        let token = self.shared.admin_token.load_full();
+        if let Some(token) = token.as_ref() {
             let given = authorization
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
@@ -285,9 +287,10 @@ impl ServeHttp for Admin {
                 self.all(route, |d| Box::pin(async move { d.purge_all().await }))
                     .await
             }
+            (Method::POST, ["reload"]) => self.reload().await,
             (Method::POST, ["dead-letters", id, "replay"]) => self.one(id, true).await,
             (Method::DELETE, ["dead-letters", id]) => self.one(id, false).await,
-            (_, ["metrics" | "healthz" | "readyz"])
+            (_, ["metrics" | "healthz" | "readyz" | "reload"])
             | (_, ["dead-letters"])
             | (_, ["dead-letters", "replay"])
             | (_, ["dead-letters", _, "replay"])
@@ -346,15 +349,16 @@ impl Admin {
     }
 
     /// The deliverers `route` names (all of them without one), by route name.
-    fn routes(&self, route: Option<&str>) -> Result<Vec<&Deliverer>, Refusal> {
+    fn routes(&self, route: Option<&str>) -> Result<Vec<Deliverer>, Refusal> {
+        let deliverers = self.shared.deliverers.load();
         match route {
             None => {
-                let mut all: Vec<&Deliverer> = self.deliverers.values().collect();
+                let mut all: Vec<Deliverer> = deliverers.values().cloned().collect();
                 all.sort_by(|a, b| a.route().cmp(b.route()));
                 Ok(all)
             }
-            Some(name) => match self.deliverers.get(name) {
-                Some(d) => Ok(vec![d]),
+            Some(name) => match deliverers.get(name) {
+                Some(d) => Ok(vec![d.clone()]),
                 None => Err(Box::new(no_route(name))),
             },
         }
@@ -386,10 +390,10 @@ impl Admin {
     }
 
     /// The dead letter `id` (whichever route's) and its route's deliverer.
-    fn find(&self, id: Uuid) -> Result<(Event, &Deliverer), Refusal> {
-        for d in self.deliverers.values() {
+    fn find(&self, id: Uuid) -> Result<(Event, Deliverer), Refusal> {
+        for d in self.shared.deliverers.load().values() {
             match d.dead_letter(id) {
-                Ok(Some(e)) => return Ok((e, d)),
+                Ok(Some(e)) => return Ok((e, d.clone())),
                 Ok(None) => {}
                 Err(e) => return Err(Box::new(spool_error(e))),
             }
@@ -429,13 +433,44 @@ impl Admin {
             Err(res) => return *res,
         };
         let mut count = 0;
-        for d in deliverers {
+        for d in &deliverers {
             match op(d).await {
                 Ok(n) => count += n,
                 Err(e) => return spool_error(e),
             }
         }
         json(StatusCode::OK, &serde_json::json!({ "count": count }))
+    }
+
+    /// Reloads the configuration file (as SIGHUP does) and answers how it went.
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.reload.send(tx).is_err() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reload_unavailable",
+                "the gateway is stopping",
+            );
+        }
+        match rx.await {
+            Ok(Ok(restart)) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "reloaded", "needs_restart": restart }),
+            ),
+            Ok(Err(errors)) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({
+                    "error": "config_invalid",
+                    "detail": "the file was refused; the running configuration stays",
+                    "errors": errors,
+                }),
+            ),
+            Err(_) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reload_unavailable",
+                "the gateway is stopping",
+            ),
+        }
     }
 
     async fn one(&self, id: &str, replay: bool) -> Response<Vec<u8>> {

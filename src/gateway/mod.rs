@@ -15,6 +15,8 @@
 //! ```
 
 use std::collections::HashMap;
+
+use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use crate::store::{Background, Spool, SpoolError};
 mod admin;
 mod allow;
 pub mod config;
+mod reload;
 mod service;
 
 pub use admin::{Attempt, DeadLetter};
@@ -85,7 +88,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let server = built.server;
     let signals = GracefulSignals {
         drain: built.drain,
-        deliverers: built.deliverers,
+        shared: built.shared.clone(),
         grace: config.server.shutdown_grace,
     };
     tracing::info!(
@@ -112,7 +115,133 @@ struct Built {
     server: Server,
     spool: Arc<dyn Spool>,
     drain: Arc<Drain>,
-    deliverers: Vec<Deliverer>,
+    shared: Arc<Shared>,
+}
+
+/// What the listeners, the admin API and the reload share: swapped whole by a reload.
+pub(crate) struct Shared {
+    /// The routes by path.
+    pub routes: ArcSwap<HashMap<String, Arc<Route>>>,
+    /// Every route's allowlist, for the connection filter.
+    pub filter: ArcSwap<Vec<crate::core::LiveAllowlist>>,
+    /// Off once a route trusts a proxy (the peer is then the proxy, not the client).
+    pub filter_on: std::sync::atomic::AtomicBool,
+    /// The deliverers by route name (a removed route's keeps running until the stop).
+    pub deliverers: ArcSwap<HashMap<String, Deliverer>>,
+    pub admin_token: ArcSwap<Option<String>>,
+    /// The TLS certificate, when the listeners serve HTTPS.
+    pub certificate: Option<Arc<reload::Certificate>>,
+    pub metrics: Metrics,
+    pub spool: Arc<dyn Spool>,
+    pub allow_entries: prometheus::IntGaugeVec,
+    pub allow_failures: prometheus::IntCounterVec,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("routes", &self.routes.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Puts `routes` in place at once; `deliverers` join the ones already running.
+    pub(crate) fn swap_routes(
+        &self,
+        routes: HashMap<String, Arc<Route>>,
+        deliverers: HashMap<String, Deliverer>,
+    ) {
+        let filter_on = !routes.values().any(|r| r.clients.trusts_proxies());
+        self.filter
+            .store(Arc::new(routes.values().map(|r| r.allow.clone()).collect()));
+        self.filter_on
+            .store(filter_on, std::sync::atomic::Ordering::Relaxed);
+        let mut all = (**self.deliverers.load()).clone();
+        all.extend(deliverers);
+        self.deliverers.store(Arc::new(all));
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// Every deliverer started, removed routes' included.
+    pub(crate) fn all_deliverers(&self) -> Vec<Deliverer> {
+        self.deliverers.load().values().cloned().collect()
+    }
+}
+
+/// Routes built from a config: by path, their deliverers by name, the workers of the deliverers
+/// started for them, and their allowlists' refreshers.
+pub(crate) struct RouteSet {
+    pub routes: HashMap<String, Arc<Route>>,
+    pub deliverers: HashMap<String, Deliverer>,
+    pub workers: Vec<Background>,
+    pub refreshers: Vec<Background>,
+}
+
+/// Builds the routes of `config`, reusing the running deliverer of a route of the same name
+/// (its events keep flowing through a reload) and starting one for a new route.
+pub(crate) fn build_routes(
+    config: &Config,
+    shared: &Shared,
+    existing: &HashMap<String, Deliverer>,
+) -> Result<RouteSet, SpoolError> {
+    let mut set = RouteSet {
+        routes: HashMap::new(),
+        deliverers: HashMap::new(),
+        workers: Vec::new(),
+        refreshers: Vec::new(),
+    };
+    for (rc, compiled) in config.compiled_routes() {
+        let name = Config::route_name(rc).to_owned();
+        let route_metrics = shared.metrics.route(&name);
+        let policy = rc.delivery.policy();
+        let compiled = compiled.clone();
+        let deliverer = match existing.get(&name) {
+            Some(d) => d.clone(),
+            None => {
+                let (deliverer, worker) = Deliverer::new(
+                    name.clone(),
+                    shared.spool.clone(),
+                    policy.clone(),
+                    route_metrics.delivery().clone(),
+                )?;
+                let target: Arc<dyn Target> = Arc::new(compiled.upstream.clone());
+                deliverer.set_target(target);
+                set.workers.push(Box::pin(worker));
+                deliverer
+            }
+        };
+        let entries = shared.allow_entries.with_label_values(&[&name]);
+        entries.set(compiled.allow.live.len() as i64);
+        let failures = shared.allow_failures.with_label_values(&[&name]);
+        if compiled.allow.refreshes() {
+            set.refreshers.push(Box::pin(compiled.allow.clone().refresh(
+                name.clone(),
+                entries,
+                failures,
+            )));
+        }
+        set.deliverers.insert(name.clone(), deliverer.clone());
+        set.routes.insert(
+            rc.path.clone(),
+            Arc::new(Route {
+                forwarder: Forwarder::new(name.clone(), compiled.upstream, &policy),
+                name,
+                mode: rc.mode,
+                allow: compiled.allow.live.clone(),
+                clients: ClientIpResolver::new(compiled.trusted),
+                validator: compiled.validator,
+                dedup_key: compiled.dedup_key,
+                signature: compiled.signature,
+                rate_limit: compiled.rate_limit,
+                dedup_ttl: rc.dedup.ttl,
+                max_body: rc.max_body.as_u64(),
+                deliverer,
+                metrics: route_metrics,
+            }),
+        );
+    }
+    Ok(set)
 }
 
 fn build(config: &Config) -> Result<Built, StartError> {
@@ -182,57 +311,44 @@ fn build(config: &Config) -> Result<Built, StartError> {
         &["route"],
     )?;
     registry.register(Box::new(allow_failures.clone()))?;
-
-    let mut routes = HashMap::new();
-    let mut deliverers = HashMap::new();
-    let mut workers: Vec<Background> = storage.background;
-    for (rc, compiled) in config.compiled_routes() {
-        let name = Config::route_name(rc).to_owned();
-        let route_metrics = metrics.route(&name);
-        let policy = rc.delivery.policy();
-        let (deliverer, worker) = Deliverer::new(
-            name.clone(),
-            storage.spool.clone(),
-            policy.clone(),
-            route_metrics.delivery().clone(),
-        )
-        .map_err(storage_error)?;
-        let compiled = compiled.clone();
-        let entries = allow_entries.with_label_values(&[&name]);
-        entries.set(compiled.allow.live.len() as i64);
-        let failures = allow_failures.with_label_values(&[&name]);
-        if compiled.allow.refreshes() {
-            workers.push(Box::pin(compiled.allow.clone().refresh(
-                name.clone(),
-                entries,
-                failures,
-            )));
-        }
-        let target: Arc<dyn Target> = Arc::new(compiled.upstream.clone());
-        deliverer.set_target(target);
-        workers.push(Box::pin(worker));
-        deliverers.insert(name.clone(), deliverer.clone());
-        routes.insert(
-            rc.path.clone(),
-            Arc::new(Route {
-                forwarder: Forwarder::new(name.clone(), compiled.upstream, &policy),
-                name,
-                mode: rc.mode,
-                allow: compiled.allow.live.clone(),
-                clients: ClientIpResolver::new(compiled.trusted),
-                validator: compiled.validator,
-                dedup_key: compiled.dedup_key,
-                signature: compiled.signature,
-                rate_limit: compiled.rate_limit,
-                dedup_ttl: rc.dedup.ttl,
-                max_body: rc.max_body.as_u64(),
-                deliverer,
-                metrics: route_metrics,
-            }),
-        );
+    let reloads = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "hookgate_config_reloads_total",
+            "Configuration reloads (SIGHUP, POST /reload), by result: success, or failure (the file was refused; the running configuration stays).",
+        ),
+        &["result"],
+    )?;
+    registry.register(Box::new(reloads.clone()))?;
+    for result in ["success", "failure"] {
+        reloads.with_label_values(&[result]);
     }
-    let filter = (!routes.values().any(|r| r.clients.trusts_proxies())).then(|| PeerFilter {
-        allow: routes.values().map(|r| r.allow.clone()).collect(),
+    let certificate = match &s.tls {
+        Some(tls) => Some(Arc::new(reload::Certificate::new(
+            reload::Certificate::load(&config.resolve(&tls.cert), &config.resolve(&tls.key))
+                .map_err(|e| StartError::Other(format!("{file}: server.tls: {e}")))?,
+        ))),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        routes: ArcSwap::default(),
+        filter: ArcSwap::default(),
+        filter_on: std::sync::atomic::AtomicBool::new(true),
+        deliverers: ArcSwap::default(),
+        admin_token: ArcSwap::new(Arc::new(config.admin_token())),
+        certificate,
+        metrics: metrics.clone(),
+        spool: storage.spool.clone(),
+        allow_entries,
+        allow_failures,
+    });
+    let mut workers: Vec<Background> = storage.background;
+    let set = build_routes(config, &shared, &HashMap::new()).map_err(storage_error)?;
+    workers.extend(set.workers);
+    let refreshers = set.refreshers;
+    let filter_wanted = !set.routes.values().any(|r| r.clients.trusts_proxies());
+    shared.swap_routes(set.routes, set.deliverers);
+    let filter = filter_wanted.then(|| PeerFilter {
+        shared: shared.clone(),
         refused: refused.with_label_values(&["ip_not_allowed"]),
     });
 
@@ -249,7 +365,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
 
     let drain = Arc::new(Drain::default());
     let gateway = Arc::new(Gateway {
-        routes,
+        shared: shared.clone(),
         dedup: storage.dedup.clone(),
         header_timeout: s.header_timeout,
         body_timeout: s.body_timeout,
@@ -273,8 +389,12 @@ fn build(config: &Config) -> Result<Built, StartError> {
             Some(tls) => {
                 let cert = config.resolve(&tls.cert).display().to_string();
                 let key = config.resolve(&tls.key).display().to_string();
-                let settings = TlsSettings::intermediate(&cert, &key)
+                let mut settings = TlsSettings::intermediate(&cert, &key)
                     .map_err(|e| StartError::Other(format!("{file}: server.tls: {e}")))?;
+                // Each handshake takes the certificate of now: a reload replaces it.
+                if let Some(cert) = &shared.certificate {
+                    settings.set_cert_resolver(cert.clone());
+                }
                 listener.tls(settings)
             }
         };
@@ -282,15 +402,16 @@ fn build(config: &Config) -> Result<Built, StartError> {
     }
     server.add_service(public);
 
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut admin = Service::new(
         "hookgate-admin".into(),
         admin::Admin {
             registry,
-            token: config.admin_token(),
+            shared: shared.clone(),
+            reload: reload_tx,
             spool: storage.spool.clone(),
             max_events: s.spool_max_events,
             max_bytes: s.spool_max_size.as_u64(),
-            deliverers: deliverers.clone(),
             drain: drain.clone(),
         },
     );
@@ -298,21 +419,31 @@ fn build(config: &Config) -> Result<Built, StartError> {
     admin.threads = Some(1);
     server.add_service(admin);
 
-    let deliverers: Vec<Deliverer> = deliverers.into_values().collect();
     let delivery = background_service(
         "hookgate-delivery",
         DeliveryService {
             workers: Mutex::new(workers),
-            deliverers: deliverers.clone(),
+            shared: shared.clone(),
             grace: s.shutdown_grace,
         },
     );
     server.add_service(delivery);
+    let reloader = background_service(
+        "hookgate-reload",
+        reload::ReloadService {
+            shared: shared.clone(),
+            config: Mutex::new(config.clone()),
+            requests: Mutex::new(Some(reload_rx)),
+            refreshers: Mutex::new(refreshers),
+            reloads,
+        },
+    );
+    server.add_service(reloader);
     Ok(Built {
         server,
         spool: storage.spool,
         drain,
-        deliverers,
+        shared,
     })
 }
 
@@ -320,7 +451,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
 /// finish (up to the grace).
 struct DeliveryService {
     workers: Mutex<Vec<Background>>,
-    deliverers: Vec<Deliverer>,
+    shared: Arc<Shared>,
     grace: Duration,
 }
 
@@ -330,7 +461,7 @@ impl BackgroundService for DeliveryService {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         let tasks: Vec<_> = workers.into_iter().map(tokio::spawn).collect();
         let _ = shutdown.wait_for(|stop| *stop).await;
-        stop_deliveries(&self.deliverers, self.grace).await;
+        stop_deliveries(&self.shared.all_deliverers(), self.grace).await;
         for task in tasks {
             task.abort();
         }
@@ -357,7 +488,7 @@ async fn stop_deliveries(deliverers: &[Deliverer], grace: Duration) {
 /// flight, or when `grace` has passed. SIGQUIT keeps pingora's meaning (graceful upgrade).
 struct GracefulSignals {
     drain: Arc<Drain>,
-    deliverers: Vec<Deliverer>,
+    shared: Arc<Shared>,
     grace: Duration,
 }
 
@@ -382,10 +513,11 @@ impl ShutdownSignalWatch for GracefulSignals {
             }
         }
         let started = std::time::Instant::now();
+        let deliverers = self.shared.all_deliverers();
         let in_flight = async {
             tokio::join!(
                 self.drain.drain(self.grace),
-                stop_deliveries(&self.deliverers, self.grace)
+                stop_deliveries(&deliverers, self.grace)
             )
             .0
         };

@@ -10,7 +10,6 @@
 //! them to the session, then `header_timeout` runs), an answered 408, a body read for
 //! validation, pipelined requests answered in order, and `server.max_connections`.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,7 +60,8 @@ pub(crate) struct Route {
 
 /// What the public listener shares across connections.
 pub(crate) struct Gateway {
-    pub routes: HashMap<String, Arc<Route>>,
+    /// The routes (swapped whole by a reload), the admin token and the certificate.
+    pub shared: Arc<super::Shared>,
     pub dedup: SharedDedupStore,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -300,8 +300,11 @@ impl Gateway {
         }
         let started = Instant::now();
         let (route, decided) = self.handle(&mut session).await;
-        let metrics = route.map(|r| &r.metrics).unwrap_or(&self.unmatched);
-        let name = route.map(|r| r.name.as_str()).unwrap_or("");
+        let metrics = route
+            .as_ref()
+            .map(|r| &r.metrics)
+            .unwrap_or(&self.unmatched);
+        let name = route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
         record(metrics, name, &decided, peer_ip(&session));
         let close = decided.close;
         if !write_answer(&mut session, decided.outcome.answer(), close).await {
@@ -324,16 +327,18 @@ impl Gateway {
     }
 
     /// Steps 1–14 for one request; the route it matched and what became of it.
-    async fn handle(&self, session: &mut ServerSession) -> (Option<&Route>, Decided) {
+    async fn handle(&self, session: &mut ServerSession) -> (Option<Arc<Route>>, Decided) {
         let req = session.req_header();
         if let Err(r) = request_head::check_host(req.version, &req.headers) {
             return (None, refuse_unread(session, r, self.body_timeout));
         }
-        let Some(route) = self.routes.get(req.uri.path()) else {
+        // The routes as they are now: a reload meanwhile does not change this request's.
+        let Some(route) = self.shared.routes.load().get(req.uri.path()).cloned() else {
             let decided = refuse_unread(session, Rejection::RouteNotFound, self.body_timeout);
             return (None, decided);
         };
-        (Some(route), route.handle(self, session).await)
+        let decided = route.handle(self, session).await;
+        (Some(route), decided)
     }
 }
 
@@ -585,7 +590,7 @@ fn body_error(e: &pingora::Error) -> Rejection {
 /// TLS), when no route believes `X-Forwarded-For` (the peer is then the client).
 #[derive(Debug)]
 pub(crate) struct PeerFilter {
-    pub allow: Vec<LiveAllowlist>,
+    pub shared: Arc<super::Shared>,
     pub refused: prometheus::IntCounter,
 }
 
@@ -595,8 +600,16 @@ impl ConnectionFilter for PeerFilter {
         let Some(addr) = addr else {
             return true; // not an IP connection: the per-request check decides
         };
+        // A reload that made a route trust a proxy turns the filter off: the peer is the proxy.
+        if !self
+            .shared
+            .filter_on
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return true;
+        }
         let ip = addr.ip().to_canonical();
-        let ok = self.allow.iter().any(|a| a.contains(ip));
+        let ok = self.shared.filter.load().iter().any(|a| a.contains(ip));
         if !ok {
             self.refused.inc();
             tracing::info!(client = %ip, reason = "ip_not_allowed", "connection refused");

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tower_layer::{Identity, Layer};
 
 use super::{DedupLayer, IpAllowlistLayer, MetricsLayer, PeerIpFn, ValidateLayer};
-use crate::core::{Allowlist, ConfigError, DedupKeySpec, RateLimit, SignatureVerifier, Validator};
+use crate::core::{
+    Allowlist, ConfigError, DedupKeySpec, LiveAllowlist, RateLimit, SignatureVerifier, Validator,
+};
 use crate::deliver::{Deliverer, DeliveryPolicy};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::store::{DedupStore, MemoryDedupStore, Spool, SpoolError};
@@ -148,7 +150,7 @@ impl<S, D, A: Layer<S>> Layer<S> for WebhookLayer<D, A> {
 pub struct WebhookLayerBuilder<M = DirectAck> {
     ack: M,
     route: String,
-    allow: Option<Allowlist>,
+    allow: Option<LiveAllowlist>,
     trusted_proxies: Allowlist,
     peer_ip: Option<PeerIpFn>,
     validator: Validator,
@@ -194,13 +196,20 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
         }
     }
 
+    /// Admits clients inside `allow`, whose networks can be replaced while the layer serves (a
+    /// published list refreshed by the application: [`Allowlist::from_json`]).
+    pub fn with_live_allow(mut self, allow: LiveAllowlist) -> Self {
+        self.allow = Some(allow);
+        self
+    }
+
     /// Admits clients inside these CIDRs (`"0.0.0.0/0"` and `"::/0"` must be written out to allow all).
     pub fn with_allow<I, S>(mut self, cidrs: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.allow = Some(Allowlist::new("allow", cidrs)?);
+        self.allow = Some(Allowlist::new("allow", cidrs)?.into());
         Ok(self)
     }
 

@@ -3,13 +3,13 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::IpAllowlist;
-use crate::core::{Allowlist, ClientIpResolver, RateLimit};
+use crate::core::{Allowlist, ClientIpResolver, LiveAllowlist, RateLimit};
 use crate::metrics::RouteMetrics;
 use crate::tower::{default_peer_ip, PeerIpFn};
 
 #[derive(Clone)]
 pub(crate) struct Shared {
-    pub(crate) allow: Allowlist,
+    pub(crate) allow: LiveAllowlist,
     pub(crate) resolver: ClientIpResolver,
     pub(crate) peer_ip: PeerIpFn,
     pub(crate) metrics: Option<RouteMetrics>,
@@ -33,11 +33,13 @@ impl std::fmt::Debug for IpAllowlistLayer {
 }
 
 impl IpAllowlistLayer {
-    /// Admits clients inside `allow`; trusts no proxy.
-    pub fn new(allow: Allowlist) -> Self {
+    /// Admits clients inside `allow`; trusts no proxy. A [`LiveAllowlist`] can be replaced while
+    /// the layer serves (a refreshed published list: `Allowlist::from_json`), every request
+    /// then checked against the new networks.
+    pub fn new(allow: impl Into<LiveAllowlist>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                allow,
+                allow: allow.into(),
                 resolver: ClientIpResolver::default(),
                 peer_ip: default_peer_ip,
                 metrics: None,

@@ -1,0 +1,279 @@
+//! Reloading the configuration without a restart (DESIGN §8): on SIGHUP, or `POST /reload` on the
+//! admin API (`hookgate reload`), the file is read and checked again; if it passes, the routes
+//! (allowlists and their sources, validators, secrets, rate limits, dedup keys, modes), the admin
+//! token and the TLS certificate are swapped in at once, each request seeing the old set or the
+//! new one, never a mix, and no connection dropped. A file that fails is refused with its errors
+//! logged, and the running configuration stays. Counted in `hookgate_config_reloads_total{result}`.
+//!
+//! What needs a restart (listeners, `[store]`, `[server]` limits, a route's upstream or delivery
+//! settings, whose events are delivered by the worker started with it) is named in a warning.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::tls::sign::CertifiedKey;
+use tokio::sync::{mpsc, oneshot};
+
+use super::config::Config;
+use super::{RouteSet, Shared};
+use crate::deliver::Deliverer;
+
+/// What a reload answers: the errors of a refused file, or what needs a restart.
+pub(crate) type ReloadResult = Result<Vec<String>, Vec<String>>;
+
+/// A reload asked for (by the admin API), with where its result goes.
+pub(crate) type ReloadRequest = oneshot::Sender<ReloadResult>;
+
+/// The TLS certificate the listeners present, replaceable: every new handshake takes the
+/// current one; connections already open keep theirs.
+#[derive(Debug)]
+pub(crate) struct Certificate(ArcSwap<CertifiedKey>);
+
+impl Certificate {
+    /// Reads and checks `cert` and `key` (PEM).
+    pub(crate) fn load(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<CertifiedKey, String> {
+        let (certs, key_der) = pingora::tls::load_certs_and_key_files(
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        )
+        .map_err(|e| format!("cannot load the certificate or key: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "no PEM certificate in {} or no PEM private key in {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        pingora::tls::install_default_crypto_provider();
+        let provider = pingora::tls::CryptoProvider::get_default()
+            .ok_or_else(|| "no TLS crypto provider".to_owned())?;
+        CertifiedKey::from_der(certs, key_der, provider)
+            .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))
+    }
+
+    pub(crate) fn new(key: CertifiedKey) -> Self {
+        Self(ArcSwap::from_pointee(key))
+    }
+
+    fn replace(&self, key: CertifiedKey) {
+        self.0.store(Arc::new(key));
+    }
+}
+
+impl pingora::tls::ResolvesServerCert for Certificate {
+    fn resolve(&self, _: pingora::tls::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Watches for SIGHUP and admin reloads; holds the running configuration.
+pub(crate) struct ReloadService {
+    pub shared: Arc<Shared>,
+    pub config: Mutex<Config>,
+    pub requests: Mutex<Option<mpsc::UnboundedReceiver<ReloadRequest>>>,
+    /// The first routes' allowlist refreshers, started with the service.
+    pub refreshers: Mutex<Vec<crate::store::Background>>,
+    pub reloads: prometheus::IntCounterVec,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut refreshing: Vec<tokio::task::JoinHandle<()>> =
+            std::mem::take(&mut *self.refreshers.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .map(tokio::spawn)
+                .collect();
+        let Some(mut requests) = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGHUP; reload through the admin API");
+                None
+            }
+        };
+        loop {
+            let answer = tokio::select! {
+                _ = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    None
+                }
+                r = requests.recv() => match r {
+                    Some(r) => {
+                        tracing::info!("admin API: reloading the configuration");
+                        Some(r)
+                    }
+                    None => return,
+                },
+                _ = shutdown.changed() => break,
+            };
+            let result = self.reload(&mut refreshing).await;
+            if let Some(answer) = answer {
+                let _ = answer.send(result);
+            }
+        }
+        for task in refreshing {
+            task.abort();
+        }
+    }
+}
+
+impl ReloadService {
+    async fn reload(&self, refreshing: &mut Vec<tokio::task::JoinHandle<()>>) -> ReloadResult {
+        let source = self
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .source
+            .clone();
+        // Reading may fetch published allowlists: off the runtime's threads.
+        let read = tokio::task::spawn_blocking(move || Config::load(&source)).await;
+        let config = match read {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return self.refused(e.to_string().lines().map(str::to_owned).collect()),
+            Err(e) => return self.refused(vec![format!("the reload failed: {e}")]),
+        };
+        let certificate = match (&config.server.tls, &self.shared.certificate) {
+            (Some(tls), Some(_)) => {
+                match Certificate::load(&config.resolve(&tls.cert), &config.resolve(&tls.key)) {
+                    Ok(key) => Some(key),
+                    Err(e) => return self.refused(vec![format!("server.tls: {e}")]),
+                }
+            }
+            _ => None,
+        };
+        let restart = {
+            let running = self.config.lock().unwrap_or_else(|e| e.into_inner());
+            needs_restart(&running, &config)
+        };
+        let existing: HashMap<String, Deliverer> = (**self.shared.deliverers.load()).clone();
+        let set = match super::build_routes(&config, &self.shared, &existing) {
+            Ok(set) => set,
+            Err(e) => return self.refused(vec![e.to_string()]),
+        };
+        let RouteSet {
+            routes,
+            deliverers,
+            workers,
+            refreshers,
+        } = set;
+        for worker in workers {
+            tokio::spawn(worker);
+        }
+        // The swap: each request reads the old set or the new one, whole.
+        self.shared.swap_routes(routes, deliverers);
+        self.shared
+            .admin_token
+            .store(Arc::new(config.admin_token()));
+        if let (Some(cert), Some(key)) = (&self.shared.certificate, certificate) {
+            cert.replace(key);
+        }
+        for task in refreshing.drain(..) {
+            task.abort();
+        }
+        refreshing.extend(refreshers.into_iter().map(tokio::spawn));
+        for what in &restart {
+            tracing::warn!(setting = %what, "changed in the file; takes effect after a restart");
+        }
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        self.reloads.with_label_values(&["success"]).inc();
+        tracing::info!(needs_restart = restart.len(), "configuration reloaded");
+        Ok(restart)
+    }
+
+    fn refused(&self, errors: Vec<String>) -> ReloadResult {
+        self.reloads.with_label_values(&["failure"]).inc();
+        for e in &errors {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+        }
+        Err(errors)
+    }
+}
+
+/// The settings changed between `running` and `new` that only a restart applies.
+fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let (a, b) = (&running.server, &new.server);
+    let server: [(&str, String, String); 9] = [
+        (
+            "server.listen",
+            format!("{:?}", a.listen),
+            format!("{:?}", b.listen),
+        ),
+        ("server.admin", a.admin.clone(), b.admin.clone()),
+        (
+            "server.tls",
+            format!("{}", a.tls.is_some()),
+            format!("{}", b.tls.is_some()),
+        ),
+        (
+            "server.data_dir",
+            format!("{:?}", a.data_dir),
+            format!("{:?}", b.data_dir),
+        ),
+        (
+            "server.durability",
+            format!("{:?}", a.durability),
+            format!("{:?}", b.durability),
+        ),
+        (
+            "server.threads",
+            a.threads.to_string(),
+            b.threads.to_string(),
+        ),
+        (
+            "server.max_connections",
+            a.max_connections.to_string(),
+            b.max_connections.to_string(),
+        ),
+        (
+            "server.spool_max_events",
+            a.spool_max_events.to_string(),
+            b.spool_max_events.to_string(),
+        ),
+        (
+            "server.dedup_capacity",
+            a.dedup_capacity.to_string(),
+            b.dedup_capacity.to_string(),
+        ),
+    ];
+    for (key, x, y) in server {
+        if x != y {
+            changed.push(key.to_owned());
+        }
+    }
+    if format!("{:?}", running.store) != format!("{:?}", new.store) {
+        changed.push("[store]".into());
+    }
+    let before: HashMap<&str, &super::config::Route> = running
+        .routes
+        .iter()
+        .map(|r| (Config::route_name(r), r))
+        .collect();
+    for route in &new.routes {
+        let name = Config::route_name(route);
+        if let Some(old) = before.get(name) {
+            if old.upstream != route.upstream
+                || format!("{:?}", old.delivery) != format!("{:?}", route.delivery)
+            {
+                changed.push(format!("route {name:?}: upstream or [route.delivery]"));
+            }
+        }
+    }
+    changed
+}
