@@ -1383,6 +1383,16 @@ async fn admin_changes_refuse_web_pages_and_non_json_requests() {
         assert_eq!(res.status(), 415, "{content_type:?}");
         assert_eq!(reason(&res.text().await.unwrap()), "json_required");
     }
+    // A page rebinding its own name to the loopback address sends its name as Host: refused
+    // (no token is set), so it cannot read the dead letters' bodies either.
+    let rebound = c
+        .get(admin("/dead-letters"))
+        .header("host", "attacker.example:9090")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    assert_eq!(reason(&rebound.text().await.unwrap()), "host_not_allowed");
     assert_eq!(count().await, 2, "nothing replayed or purged");
     assert_eq!(s.upstream.received().len(), 2, "nothing delivered again");
     // The CLI's (and curl's) way is taken.

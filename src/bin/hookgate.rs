@@ -186,7 +186,8 @@ fn dead_letters(
     token: Option<String>,
     action: Option<DeadLetterAction>,
 ) -> ExitCode {
-    let loaded = match config.map(Config::load).transpose() {
+    // Only the admin listener and token of the file: no route secret or published list needed.
+    let loaded = match config.map(Config::admin_endpoint).transpose() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -194,9 +195,9 @@ fn dead_letters(
         }
     };
     let admin = admin
-        .or_else(|| loaded.as_ref().map(|c| c.server.admin.clone()))
+        .or_else(|| loaded.as_ref().map(|(a, _)| a.clone()))
         .unwrap_or_else(|| "127.0.0.1:9090".into());
-    let token = token.or_else(|| loaded.as_ref().and_then(|c| c.admin_token()));
+    let token = token.or_else(|| loaded.and_then(|(_, t)| t));
     let base = format!("http://{admin}");
     let route_query = |route: &Option<String>| {
         route

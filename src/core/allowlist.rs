@@ -23,6 +23,11 @@ use prefix_trie::PrefixSet;
 
 use super::{ConfigError, Rejection};
 
+/// The widest IPv4 network a published list may hold (`/8`).
+pub const MIN_PUBLISHED_V4: u8 = 8;
+/// The widest IPv6 network a published list may hold (`/16`).
+pub const MIN_PUBLISHED_V6: u8 = 16;
+
 /// A set of IPv4 and IPv6 networks. Empty means nothing is allowed.
 #[derive(Clone, Default)]
 pub struct Allowlist {
@@ -174,6 +179,19 @@ impl Allowlist {
                 entry: entry.to_owned(),
                 reason,
             })?;
+            // A provider publishes its own ranges, never a large part of the Internet: a list
+            // that does is a mistake or an attack, not a list to trust.
+            let widest = match net {
+                IpNet::V4(_) => MIN_PUBLISHED_V4,
+                IpNet::V6(_) => MIN_PUBLISHED_V6,
+            };
+            if net.prefix_len() < widest {
+                return Err(ConfigError::InvalidCidr {
+                    key: format!("{key}: {pointer}/{i}"),
+                    entry: entry.to_owned(),
+                    reason: format!("wider than /{widest}: a published list is refused with it (write wide networks in the file itself)"),
+                });
+            }
             list.insert(net);
         }
         Ok(list)
@@ -318,6 +336,12 @@ mod tests {
             (br#"{"web":["10.0.0.0/8"]}"#, "/hooks", "no \"/hooks\""),
             (br#"{"hooks":"10.0.0.0/8"}"#, "/hooks", "not an array"),
             (b"<html>", "/hooks", "not JSON"),
+            (br#"{"hooks":["0.0.0.0/0"]}"#, "/hooks", "wider than /8"),
+            (
+                br#"{"hooks":["10.0.0.0/8","::/0"]}"#,
+                "/hooks",
+                "wider than /16",
+            ),
         ] {
             let err = Allowlist::from_json("allow[2]", body, pointer)
                 .unwrap_err()

@@ -36,6 +36,9 @@ use sha2::{Sha256, Sha512};
 
 use super::{ConfigError, Rejection};
 
+/// The shortest Standard Webhooks key accepted, in bytes.
+const MIN_KEY_BYTES: usize = 16;
+
 /// How a route's sender signs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -160,13 +163,21 @@ impl SignatureVerifier {
             let k = match scheme {
                 SignatureScheme::StandardWebhooks => {
                     let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-                    base64::engine::general_purpose::STANDARD
+                    let key = base64::engine::general_purpose::STANDARD
                         .decode(b64)
                         .map_err(|_| {
                             invalid(format!(
                                 "secrets[{i}] is not a Standard Webhooks secret (whsec_ and base64)"
                             ))
-                        })?
+                        })?;
+                    // The spec's secrets are 24 to 64 bytes; an empty or tiny key is forgeable.
+                    if key.len() < MIN_KEY_BYTES {
+                        return Err(invalid(format!(
+                            "secrets[{i}] decodes to {} bytes; a Standard Webhooks secret has at least {MIN_KEY_BYTES}",
+                            key.len()
+                        )));
+                    }
+                    key
                 }
                 _ => secret.as_bytes().to_vec(),
             };
@@ -184,12 +195,15 @@ impl SignatureVerifier {
         &self.scheme
     }
 
-    /// The dedup key a route of this scheme uses unless one is configured: the sender's own
-    /// delivery id (`header:webhook-id`, `header:X-GitHub-Delivery`, the event's `/id`).
+    /// The dedup key a route of this scheme uses unless one is configured: what the signature
+    /// covers that names the delivery (`header:webhook-id`, signed with the body; Stripe's
+    /// event `/id`; for GitHub, whose delivery id is unsigned, the body).
     pub fn default_dedup_key(&self) -> Option<&'static str> {
         match self.scheme {
             SignatureScheme::StandardWebhooks => Some("header:webhook-id"),
-            SignatureScheme::Github => Some("header:X-GitHub-Delivery"),
+            // GitHub signs neither its delivery id nor a time: the body itself, so a captured
+            // delivery replayed under a new id is still a duplicate.
+            SignatureScheme::Github => Some("body"),
             SignatureScheme::Stripe => Some("/id"),
             SignatureScheme::Hmac(_) => None,
         }
@@ -476,7 +490,7 @@ mod tests {
             reason(v.verify(&HeaderMap::new(), b"Hello, World!", 0)),
             Some(Reason::MissingSignature)
         );
-        assert_eq!(v.default_dedup_key(), Some("header:X-GitHub-Delivery"));
+        assert_eq!(v.default_dedup_key(), Some("body"));
     }
 
     // HMAC-SHA256("whsec_test_secret", "1700000000.{\"id\":\"evt_1\"}"), hex, by Python's hmac.
@@ -625,6 +639,17 @@ mod tests {
             "{err}"
         );
         assert!(SignatureVerifier::new("s", SignatureScheme::Github, &[], FIVE_MIN).is_err());
+        for short in ["whsec_", "whsec_AA=="] {
+            let err = SignatureVerifier::new(
+                "s",
+                SignatureScheme::StandardWebhooks,
+                &[short.into()],
+                FIVE_MIN,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("at least 16"), "{short}: {err}");
+        }
         assert!(
             SignatureVerifier::new("s", SignatureScheme::Github, &[String::new()], FIVE_MIN)
                 .is_err()

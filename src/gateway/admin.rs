@@ -176,6 +176,25 @@ fn spool_error(e: SpoolError) -> Response<Vec<u8>> {
     }
 }
 
+/// Whether the request's `Host` is an IP address or `localhost` (or absent, as from HTTP/1.0
+/// tools): a page that rebinds its own DNS name to the loopback address sends its name instead.
+fn addressed_directly(headers: &http::HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case("localhost.")
+        || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Why a request that changes something (a replay, a purge) is refused, if it is: a web page's
 /// (a cross-site form or script aimed at the loopback admin port carries `Origin`, or a
 /// `Sec-Fetch-Site` other than `none`), or one without `Content-Type: application/json` (which
@@ -233,6 +252,13 @@ impl ServeHttp for Admin {
             _ => {}
         }
         let token = self.shared.admin_token.load_full();
+        if token.is_none() && !addressed_directly(&req.headers) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                "without server.admin_token the admin API answers only requests addressed to an IP address or localhost (a web page rebinding its own name to this address must not read it)",
+            );
+        }
         if let Some(token) = token.as_ref() {
             let given = authorization
                 .as_ref()

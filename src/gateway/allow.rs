@@ -79,9 +79,48 @@ async fn fetch(
 fn client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(FETCH_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::limited(3))
+        // GitHub's API refuses requests without one.
+        .user_agent(concat!("hookgate/", env!("CARGO_PKG_VERSION")))
+        // A redirect could lead anywhere, plain HTTP included: the configured URL or nothing.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// The last list each published source gave this process, by URL and pointer: a reload whose
+/// fetch fails keeps it (a provider's outage must not block a certificate or secret rotation).
+static LAST_GOOD: std::sync::LazyLock<
+    Mutex<std::collections::HashMap<(String, String), Allowlist>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn remember(url: &str, pointer: &str, list: &Allowlist) {
+    LAST_GOOD
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((url.to_owned(), pointer.to_owned()), list.clone());
+}
+
+/// Whether `url` may be fetched: `https`, or `http` to a loopback address (a list served on the
+/// machine itself); a published list over plain HTTP could be replaced on the way.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!("{url}: a published list must be fetched over https (http only from a loopback address)"))
+            }
+        }
+        other => Err(format!("{url}: the scheme {other:?} is not http or https")),
+    }
 }
 
 impl RouteAllow {
@@ -132,6 +171,7 @@ impl RouteAllow {
                     if *refresh < Duration::from_secs(1) {
                         return Err(invalid("refresh must be at least 1s".into()));
                     }
+                    check_url(url).map_err(&invalid)?;
                     let first = std::thread::scope(|s| {
                         s.spawn(|| {
                             let rt = tokio::runtime::Builder::new_current_thread()
@@ -143,8 +183,25 @@ impl RouteAllow {
                         })
                         .join()
                         .unwrap_or_else(|_| Err("the fetch panicked".into()))
-                    })
-                    .map_err(invalid)?;
+                    });
+                    let first = match first {
+                        Ok(list) => {
+                            remember(url, pointer, &list);
+                            list
+                        }
+                        // A reload: the list this process fetched before stands in.
+                        Err(e) => match LAST_GOOD
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&(url.clone(), pointer.clone()))
+                        {
+                            Some(last) => {
+                                tracing::warn!(key = %k, error = %e, "published allowlist unreachable: keeping the list fetched before");
+                                last.clone()
+                            }
+                            None => return Err(invalid(e)),
+                        },
+                    };
                     published.push(Published {
                         key: k.clone(),
                         url: url.clone(),
@@ -227,6 +284,7 @@ impl RouteAllow {
                     tick.tick().await;
                     match fetch(&client, &p.key, &p.url, &p.pointer).await {
                         Ok(list) => {
+                            remember(&p.url, &p.pointer, &list);
                             let changed = {
                                 let mut last = p.last.lock().unwrap_or_else(|e| e.into_inner());
                                 let changed = last.networks() != list.networks();

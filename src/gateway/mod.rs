@@ -432,6 +432,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
         "hookgate-reload",
         reload::ReloadService {
             shared: shared.clone(),
+            started: config.clone(),
             config: Mutex::new(config.clone()),
             requests: Mutex::new(Some(reload_rx)),
             refreshers: Mutex::new(refreshers),

@@ -76,6 +76,8 @@ impl pingora::tls::ResolvesServerCert for Certificate {
 /// Watches for SIGHUP and admin reloads; holds the running configuration.
 pub(crate) struct ReloadService {
     pub shared: Arc<Shared>,
+    /// The configuration the process started with: what needs a restart is compared to it.
+    pub started: Config,
     pub config: Mutex<Config>,
     pub requests: Mutex<Option<mpsc::UnboundedReceiver<ReloadRequest>>>,
     /// The first routes' allowlist refreshers, started with the service.
@@ -157,10 +159,20 @@ impl ReloadService {
             }
             _ => None,
         };
-        let restart = {
-            let running = self.config.lock().unwrap_or_else(|e| e.into_inner());
-            needs_restart(&running, &config)
+        // The admin token, read once here (a file or variable gone since the check refuses the
+        // reload rather than leaving the API open). The listener stays where it started: a
+        // token the running address needs cannot be removed by a reload.
+        let token = match &config.server.admin_token {
+            Some(t) => match config.secret(t) {
+                Ok(t) => Some(t),
+                Err(e) => return self.refused(vec![format!("server.admin_token: {e}")]),
+            },
+            None => None,
         };
+        if let Err(e) = token_kept(&self.started.server.admin, token.as_deref()) {
+            return self.refused(vec![e]);
+        }
+        let restart = needs_restart(&self.started, &config);
         let existing: HashMap<String, Deliverer> = (**self.shared.deliverers.load()).clone();
         let set = match super::build_routes(&config, &self.shared, &existing) {
             Ok(set) => set,
@@ -177,9 +189,7 @@ impl ReloadService {
         }
         // The swap: each request reads the old set or the new one, whole.
         self.shared.swap_routes(routes, deliverers);
-        self.shared
-            .admin_token
-            .store(Arc::new(config.admin_token()));
+        self.shared.admin_token.store(Arc::new(token));
         if let (Some(cert), Some(key)) = (&self.shared.certificate, certificate) {
             cert.replace(key);
         }
@@ -205,61 +215,85 @@ impl ReloadService {
     }
 }
 
-/// The settings changed between `running` and `new` that only a restart applies.
+/// A reload may not remove the token of an admin listener that runs (as started) on a
+/// non-loopback address: the file's new `server.admin` only applies after a restart.
+fn token_kept(running_admin: &str, token: Option<&str>) -> Result<(), String> {
+    let listening = running_admin.parse::<std::net::SocketAddr>();
+    if token.is_none() && listening.is_ok_and(|a| !a.ip().is_loopback()) {
+        return Err(format!(
+            "server.admin_token: the admin listener runs on {running_admin}, not a loopback address; it keeps its token until a restart"
+        ));
+    }
+    Ok(())
+}
+
+/// The settings changed between `running` (as the process started) and `new` that only a
+/// restart applies.
 fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
-    let mut changed = Vec::new();
     let (a, b) = (&running.server, &new.server);
-    let server: [(&str, String, String); 9] = [
+    let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    let server: [(&str, String, String); 15] = [
+        ("server.listen", show(&a.listen), show(&b.listen)),
+        ("server.admin", show(&a.admin), show(&b.admin)),
         (
-            "server.listen",
-            format!("{:?}", a.listen),
-            format!("{:?}", b.listen),
+            "server.tls (on or off, its files' paths)",
+            show(&a.tls),
+            show(&b.tls),
         ),
-        ("server.admin", a.admin.clone(), b.admin.clone()),
-        (
-            "server.tls",
-            format!("{}", a.tls.is_some()),
-            format!("{}", b.tls.is_some()),
-        ),
-        (
-            "server.data_dir",
-            format!("{:?}", a.data_dir),
-            format!("{:?}", b.data_dir),
-        ),
+        ("server.data_dir", show(&a.data_dir), show(&b.data_dir)),
         (
             "server.durability",
-            format!("{:?}", a.durability),
-            format!("{:?}", b.durability),
+            show(&a.durability),
+            show(&b.durability),
         ),
-        (
-            "server.threads",
-            a.threads.to_string(),
-            b.threads.to_string(),
-        ),
+        ("server.threads", show(&a.threads), show(&b.threads)),
         (
             "server.max_connections",
-            a.max_connections.to_string(),
-            b.max_connections.to_string(),
+            show(&a.max_connections),
+            show(&b.max_connections),
         ),
         (
             "server.spool_max_events",
-            a.spool_max_events.to_string(),
-            b.spool_max_events.to_string(),
+            show(&a.spool_max_events),
+            show(&b.spool_max_events),
+        ),
+        (
+            "server.spool_max_size",
+            show(&a.spool_max_size),
+            show(&b.spool_max_size),
         ),
         (
             "server.dedup_capacity",
-            a.dedup_capacity.to_string(),
-            b.dedup_capacity.to_string(),
+            show(&a.dedup_capacity),
+            show(&b.dedup_capacity),
         ),
+        (
+            "server.header_timeout",
+            show(&a.header_timeout),
+            show(&b.header_timeout),
+        ),
+        (
+            "server.body_timeout",
+            show(&a.body_timeout),
+            show(&b.body_timeout),
+        ),
+        (
+            "server.idle_timeout",
+            show(&a.idle_timeout),
+            show(&b.idle_timeout),
+        ),
+        (
+            "server.shutdown_grace",
+            show(&a.shutdown_grace),
+            show(&b.shutdown_grace),
+        ),
+        ("[store]", show(&running.store), show(&new.store)),
     ];
-    for (key, x, y) in server {
-        if x != y {
-            changed.push(key.to_owned());
-        }
-    }
-    if format!("{:?}", running.store) != format!("{:?}", new.store) {
-        changed.push("[store]".into());
-    }
+    let mut changed: Vec<String> = server
+        .into_iter()
+        .filter(|(_, x, y)| x != y)
+        .map(|(key, _, _)| key.to_owned())
+        .collect();
     let before: HashMap<&str, &super::config::Route> = running
         .routes
         .iter()
@@ -269,11 +303,34 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
         let name = Config::route_name(route);
         if let Some(old) = before.get(name) {
             if old.upstream != route.upstream
-                || format!("{:?}", old.delivery) != format!("{:?}", route.delivery)
+                || old.upstream_ca != route.upstream_ca
+                || show(&old.delivery) != show(&route.delivery)
             {
-                changed.push(format!("route {name:?}: upstream or [route.delivery]"));
+                changed.push(format!(
+                    "route {name:?}: upstream, upstream_ca or [route.delivery] (its deliveries run as started)"
+                ));
             }
         }
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_kept;
+
+    #[test]
+    fn a_reload_cannot_open_a_reachable_admin_listener() {
+        assert!(
+            token_kept("10.0.0.5:9090", None).is_err(),
+            "started reachable, token removed"
+        );
+        assert!(token_kept("[2001:db8::1]:9090", None).is_err());
+        assert!(token_kept("10.0.0.5:9090", Some("t")).is_ok());
+        assert!(
+            token_kept("127.0.0.1:9090", None).is_ok(),
+            "loopback needs none"
+        );
+        assert!(token_kept("[::1]:9090", None).is_ok());
+    }
 }

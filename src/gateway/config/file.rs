@@ -210,8 +210,11 @@ impl Serialize for SecretString {
 /// `value` fit to print: a URL with its password as `***`, a URL without one as it is, anything
 /// else as `***`.
 fn redact(value: &str) -> String {
+    // A store URL is shown (its password masked); any other inline value is a secret.
     match url::Url::parse(value) {
-        Ok(u) if u.has_host() || u.scheme().contains("unix") => redacted_url(value),
+        Ok(u) if u.scheme().starts_with("redis") || u.scheme().starts_with("valkey") => {
+            redacted_url(value)
+        }
         _ => "***".into(),
     }
 }
@@ -354,9 +357,9 @@ pub struct Route {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dedup {
-    /// A JSON pointer, `header:NAME` or `body`. Left out: the sender's own delivery id on a
-    /// signed route (`header:webhook-id`, `header:X-GitHub-Delivery`, `/id` for Stripe), else
-    /// `/generation_id`; filled in when the file is read.
+    /// A JSON pointer, `header:NAME` or `body`. Left out: on a signed route what its signature
+    /// covers that names the delivery (`header:webhook-id`, `/id` for Stripe, `body` for GitHub),
+    /// else `/generation_id`; filled in when the file is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// How long an accepted key answers `duplicate`.
@@ -371,6 +374,27 @@ impl Default for Dedup {
             ttl: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// `message` with every double-quoted value masked: serde quotes the value it refused, which may
+/// be a secret (`invalid type: string "whsec_...", expected a sequence`). Names quoted with
+/// backticks stay.
+fn unquoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One `allow` entry.
@@ -662,9 +686,39 @@ impl Config {
     pub fn parse(path: impl AsRef<Path>, text: &str) -> Result<Self, ConfigFileError> {
         let path = path.as_ref();
         let file = path.display().to_string();
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigFileError::Syntax {
-            file: file.clone(),
-            message: e.to_string().trim_end().to_owned(),
+        // toml's own message quotes the offending line, which may hold a secret: the position
+        // and the message only.
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = text.get(..span.start.min(text.len())).unwrap_or("");
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - line_start + 1;
+                // The key being set there (the word before the last `=`), never its value.
+                let head = &before[line_start..];
+                let key = head
+                    .rfind('=')
+                    .and_then(|eq| {
+                        head[..eq]
+                            .trim_end()
+                            .rsplit(|c: char| c.is_whitespace() || c == '{' || c == ',')
+                            .next()
+                    })
+                    .map(|k| k.trim_matches('"'))
+                    .filter(|k| !k.is_empty());
+                match key {
+                    Some(key) => format!("line {line}, column {column}, {key}: "),
+                    None => format!("line {line}, column {column}: "),
+                }
+            });
+            ConfigFileError::Syntax {
+                file: file.clone(),
+                message: format!(
+                    "{}{}",
+                    at.unwrap_or_default(),
+                    unquoted(e.message().trim_end())
+                ),
+            }
         })?;
         config.source = path.to_owned();
         config.fill_in_dedup_keys();
@@ -689,7 +743,7 @@ impl Config {
             if route.dedup.key.is_none() {
                 let key = match route.signature.as_ref().map(|s| s.scheme) {
                     Some(SignatureSchemeName::StandardWebhooks) => "header:webhook-id",
-                    Some(SignatureSchemeName::Github) => "header:X-GitHub-Delivery",
+                    Some(SignatureSchemeName::Github) => "body",
                     Some(SignatureSchemeName::Stripe) => "/id",
                     Some(SignatureSchemeName::Hmac) | None => "/generation_id",
                 };
@@ -704,6 +758,56 @@ impl Config {
             .parent()
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The admin listener and token of the file at `path`, read without building the rest (no
+    /// route secret read, no published list fetched): what the CLI needs to talk to a running
+    /// gateway from a shell that does not hold the gateway's secrets.
+    pub fn admin_endpoint(
+        path: impl AsRef<Path>,
+    ) -> Result<(String, Option<String>), ConfigFileError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigFileError::Read {
+            file: file.clone(),
+            error,
+        })?;
+        #[derive(Deserialize, Default)]
+        struct Admin {
+            #[serde(default)]
+            admin: Option<String>,
+            #[serde(default)]
+            admin_token: Option<SecretString>,
+        }
+        #[derive(Deserialize)]
+        struct Only {
+            #[serde(default)]
+            server: Admin,
+        }
+        let only: Only = toml::from_str(&text).map_err(|e| ConfigFileError::Syntax {
+            file: file.clone(),
+            message: e.message().to_owned(),
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let token = only
+            .server
+            .admin_token
+            .map(|t| t.resolve_in(&base))
+            .transpose()
+            .map_err(|reason| ConfigFileError::Invalid {
+                file,
+                errors: vec![ConfigError::InvalidValue {
+                    key: "server.admin_token".into(),
+                    reason,
+                }],
+            })?;
+        Ok((
+            only.server.admin.unwrap_or_else(|| Server::default().admin),
+            token,
+        ))
     }
 
     /// The value of `secret` (a relative `file` taken from the config file's directory).

@@ -316,9 +316,14 @@ allow = ["127.0.0.1/32", "::1/128"]
         assert!(c.compiled[0].signature.is_some());
         assert!(!c.to_toml().contains("MfKQ9r8"), "secrets never printed");
         let gh = load(&signed("scheme = \"github\"\nsecrets = [\"s\"]")).unwrap();
-        assert_eq!(
-            gh.routes[0].dedup.key.as_deref(),
-            Some("header:X-GitHub-Delivery")
+        assert_eq!(gh.routes[0].dedup.key.as_deref(), Some("body"));
+        // A secret mistyped where the file's syntax refuses it is never echoed.
+        let err = load(&signed("scheme = \"github\"\nsecrets = \"SECRETVALUE\""))
+            .expect_err("a string")
+            .to_string();
+        assert!(
+            err.contains("secrets") && !err.contains("SECRETVALUE"),
+            "{err}"
         );
         let stripe = load(&signed(
             "scheme = \"stripe\"\nsecrets = [\"whsec_x\"]\ntolerance = \"1m\"",

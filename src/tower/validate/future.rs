@@ -131,7 +131,11 @@ where
                             let raw = c.to_bytes();
                             let signed = match (&shared.signature, parts.as_ref()) {
                                 (Some(sig), Some(p)) => sig.verify_now(&p.headers, &raw),
-                                _ => Ok(()),
+                                // No headers to check: refused, never passed.
+                                (Some(_), None) => Err(Rejection::Signature(
+                                    crate::core::SignatureFailure::Missing,
+                                )),
+                                (None, _) => Ok(()),
                             };
                             signed.and_then(|()| shared.validator.check(&raw).map(|p| (p, raw)))
                         }
