@@ -1466,7 +1466,8 @@ async fn a_signed_route_verifies_standard_webhooks_signatures() {
     // The sender's retry of msg_1 (signed again) is a duplicate: webhook-id is the dedup key.
     let (status, text) = send("msg_1", now, Some(&sign(new, "msg_1", now, body)), body).await;
     assert_eq!((status, text.contains("duplicate")), (200, true), "{text}");
-    // Refusals, each with its reason.
+    // Refusals, each with its reason (the timestamps 30 s beyond the window: the clock moves on
+    // between here and the gateway; the exact edges are the core's unit vectors).
     let tampered = r#"{"type":"video.ready","data":{"id":2}}"#;
     let sig3 = sign(old, "msg_3", now, body);
     for (what, (status, text), want) in [
@@ -1495,8 +1496,8 @@ async fn a_signed_route_verifies_standard_webhooks_signatures() {
             "too old",
             send(
                 "msg_4",
-                now - 301,
-                Some(&sign(old, "msg_4", now - 301, body)),
+                now - 330,
+                Some(&sign(old, "msg_4", now - 330, body)),
                 body,
             )
             .await,
@@ -1506,8 +1507,8 @@ async fn a_signed_route_verifies_standard_webhooks_signatures() {
             "from the future",
             send(
                 "msg_4",
-                now + 301,
-                Some(&sign(old, "msg_4", now + 301, body)),
+                now + 330,
+                Some(&sign(old, "msg_4", now + 330, body)),
                 body,
             )
             .await,
@@ -1608,14 +1609,14 @@ async fn a_burst_beyond_the_rate_limit_gets_429_and_other_clients_pass() {
         }
         statuses.push(status);
     }
+    // The burst passes; beyond it 429s (a token comes back every 200 ms, so a slow machine may
+    // see one or two more pass: the count is what the metric says).
+    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused >= 3, "{statuses:?}");
     assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        5,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        5,
+        refused + statuses.iter().filter(|s| **s == 200).count(),
+        10,
         "{statuses:?}"
     );
     let other = from([127, 0, 0, 2]);
@@ -1634,7 +1635,7 @@ async fn a_burst_beyond_the_rate_limit_gets_429_and_other_clients_pass() {
             &m,
             &format!("hookgate_rejections_total{{reason=\"rate_limited\",route=\"{PATH}\"}}")
         ),
-        5.0
+        refused as f64
     );
 }
 

@@ -195,15 +195,15 @@ impl SignatureVerifier {
         &self.scheme
     }
 
-    /// The dedup key a route of this scheme uses unless one is configured: what the signature
-    /// covers that names the delivery (`header:webhook-id`, signed with the body; Stripe's
-    /// event `/id`; for GitHub, whose delivery id is unsigned, the body).
+    /// The dedup key a route of this scheme uses unless one is configured: the sender's delivery
+    /// id (`header:webhook-id`, signed with the body; Stripe's event `/id`; GitHub's
+    /// `header:X-GitHub-Delivery`, which GitHub does not sign).
     pub fn default_dedup_key(&self) -> Option<&'static str> {
         match self.scheme {
             SignatureScheme::StandardWebhooks => Some("header:webhook-id"),
-            // GitHub signs neither its delivery id nor a time: the body itself, so a captured
-            // delivery replayed under a new id is still a duplicate.
-            SignatureScheme::Github => Some("body"),
+            // GitHub's own advice. It signs neither this id nor a time: where a captured
+            // delivery replayed under a new id matters, set `dedup = { key = "body" }`.
+            SignatureScheme::Github => Some("header:X-GitHub-Delivery"),
             SignatureScheme::Stripe => Some("/id"),
             SignatureScheme::Hmac(_) => None,
         }
@@ -490,7 +490,7 @@ mod tests {
             reason(v.verify(&HeaderMap::new(), b"Hello, World!", 0)),
             Some(Reason::MissingSignature)
         );
-        assert_eq!(v.default_dedup_key(), Some("body"));
+        assert_eq!(v.default_dedup_key(), Some("header:X-GitHub-Delivery"));
     }
 
     // HMAC-SHA256("whsec_test_secret", "1700000000.{\"id\":\"evt_1\"}"), hex, by Python's hmac.

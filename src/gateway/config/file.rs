@@ -357,9 +357,9 @@ pub struct Route {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dedup {
-    /// A JSON pointer, `header:NAME` or `body`. Left out: on a signed route what its signature
-    /// covers that names the delivery (`header:webhook-id`, `/id` for Stripe, `body` for GitHub),
-    /// else `/generation_id`; filled in when the file is read.
+    /// A JSON pointer, `header:NAME` or `body`. Left out: on a signed route the sender's delivery
+    /// id (`header:webhook-id`, `header:X-GitHub-Delivery`, `/id` for Stripe), else
+    /// `/generation_id`; filled in when the file is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// How long an accepted key answers `duplicate`.
@@ -743,7 +743,7 @@ impl Config {
             if route.dedup.key.is_none() {
                 let key = match route.signature.as_ref().map(|s| s.scheme) {
                     Some(SignatureSchemeName::StandardWebhooks) => "header:webhook-id",
-                    Some(SignatureSchemeName::Github) => "body",
+                    Some(SignatureSchemeName::Github) => "header:X-GitHub-Delivery",
                     Some(SignatureSchemeName::Stripe) => "/id",
                     Some(SignatureSchemeName::Hmac) | None => "/generation_id",
                 };

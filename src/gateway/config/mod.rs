@@ -316,7 +316,10 @@ allow = ["127.0.0.1/32", "::1/128"]
         assert!(c.compiled[0].signature.is_some());
         assert!(!c.to_toml().contains("MfKQ9r8"), "secrets never printed");
         let gh = load(&signed("scheme = \"github\"\nsecrets = [\"s\"]")).unwrap();
-        assert_eq!(gh.routes[0].dedup.key.as_deref(), Some("body"));
+        assert_eq!(
+            gh.routes[0].dedup.key.as_deref(),
+            Some("header:X-GitHub-Delivery")
+        );
         // A secret mistyped where the file's syntax refuses it is never echoed.
         let err = load(&signed("scheme = \"github\"\nsecrets = \"SECRETVALUE\""))
             .expect_err("a string")
