@@ -54,8 +54,12 @@ impl Certificate {
         pingora::tls::install_default_crypto_provider();
         let provider = pingora::tls::CryptoProvider::get_default()
             .ok_or_else(|| "no TLS crypto provider".to_owned())?;
-        CertifiedKey::from_der(certs, key_der, provider)
-            .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))
+        let identity = CertifiedKey::from_der(certs, key_der, provider)
+            .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+        identity
+            .keys_match()
+            .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+        Ok(identity)
     }
 
     pub(crate) fn new(key: CertifiedKey) -> Self {

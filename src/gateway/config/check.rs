@@ -240,28 +240,11 @@ impl Config {
 }
 
 fn check_tls(cert: &Path, key: &Path) -> Result<(), String> {
-    use pingora::tls::{version, ServerConfig};
     for (what, path) in [("cert", cert), ("key", key)] {
         if let Err(e) = std::fs::metadata(path) {
             return Err(format!("{what}: cannot read {}: {e}", path.display()));
         }
     }
-    let (certs, key_der) = pingora::tls::load_certs_and_key_files(
-        &cert.display().to_string(),
-        &key.display().to_string(),
-    )
-    .map_err(|e| format!("cannot load the certificate or key: {e}"))?
-    .ok_or_else(|| {
-        format!(
-            "no PEM certificate in {} or no PEM private key in {}",
-            cert.display(),
-            key.display()
-        )
-    })?;
-    pingora::tls::install_default_crypto_provider();
-    ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
-    Ok(())
+    // What the listeners load (at start and at each reload): loading it is the check.
+    crate::gateway::reload::Certificate::load(cert, key).map(drop)
 }
