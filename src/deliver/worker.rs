@@ -454,6 +454,21 @@ async fn target_of(inner: &Inner, stop: &mut watch::Receiver<bool>) -> Option<Ar
     }
 }
 
+/// While the circuit is open: waits until the probe's time (`wait`; none known, an hour) or the
+/// circuit changes. `false` if the worker stops first.
+async fn circuit_wait(
+    inner: &Inner,
+    wait: Option<Duration>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
+    tokio::select! {
+        _ = sleep => true,
+        _ = inner.circuit_changed.notified() => true,
+        _ = stop.wait_for(|s| *s) => false,
+    }
+}
+
 /// A free delivery slot; `None` if the worker stops first.
 async fn free_slot(
     inner: &Inner,
@@ -481,11 +496,8 @@ async fn dispatch(inner: Arc<Inner>) {
                 Gate::Probe => true,
                 // Open: nothing goes out until the probe's time (or the probe's end).
                 Gate::Wait(wait) => {
-                    let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
-                    tokio::select! {
-                        _ = sleep => {}
-                        _ = inner.circuit_changed.notified() => {}
-                        _ = stop.wait_for(|s| *s) => return,
+                    if !circuit_wait(&inner, wait, &mut stop).await {
+                        return;
                     }
                     continue;
                 }
@@ -728,11 +740,8 @@ async fn claim(inner: Arc<Inner>) {
             Gate::Probe => true,
             Gate::Wait(wait) => {
                 drop(first);
-                let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
-                tokio::select! {
-                    _ = sleep => {}
-                    _ = inner.circuit_changed.notified() => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                if !circuit_wait(&inner, wait, &mut stop).await {
+                    return;
                 }
                 continue;
             }

@@ -122,10 +122,6 @@ struct Built {
 pub(crate) struct Shared {
     /// The routes by path.
     pub routes: ArcSwap<HashMap<String, Arc<Route>>>,
-    /// Every route's allowlist, for the connection filter.
-    pub filter: ArcSwap<Vec<crate::core::LiveAllowlist>>,
-    /// Off once a route trusts a proxy (the peer is then the proxy, not the client).
-    pub filter_on: std::sync::atomic::AtomicBool,
     /// The deliverers by route name (a removed route's keeps running until the stop).
     pub deliverers: ArcSwap<HashMap<String, Deliverer>>,
     pub admin_token: ArcSwap<Option<String>>,
@@ -152,11 +148,6 @@ impl Shared {
         routes: HashMap<String, Arc<Route>>,
         deliverers: HashMap<String, Deliverer>,
     ) {
-        let filter_on = !routes.values().any(|r| r.clients.trusts_proxies());
-        self.filter
-            .store(Arc::new(routes.values().map(|r| r.allow.clone()).collect()));
-        self.filter_on
-            .store(filter_on, std::sync::atomic::Ordering::Relaxed);
         let mut all = (**self.deliverers.load()).clone();
         all.extend(deliverers);
         self.deliverers.store(Arc::new(all));
@@ -331,8 +322,6 @@ fn build(config: &Config) -> Result<Built, StartError> {
     };
     let shared = Arc::new(Shared {
         routes: ArcSwap::default(),
-        filter: ArcSwap::default(),
-        filter_on: std::sync::atomic::AtomicBool::new(true),
         deliverers: ArcSwap::default(),
         admin_token: ArcSwap::new(Arc::new(config.admin_token())),
         certificate,

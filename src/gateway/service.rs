@@ -600,16 +600,13 @@ impl ConnectionFilter for PeerFilter {
         let Some(addr) = addr else {
             return true; // not an IP connection: the per-request check decides
         };
+        let routes = self.shared.routes.load();
         // A reload that made a route trust a proxy turns the filter off: the peer is the proxy.
-        if !self
-            .shared
-            .filter_on
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if routes.values().any(|r| r.clients.trusts_proxies()) {
             return true;
         }
         let ip = addr.ip().to_canonical();
-        let ok = self.shared.filter.load().iter().any(|a| a.contains(ip));
+        let ok = routes.values().any(|r| r.allow.contains(ip));
         if !ok {
             self.refused.inc();
             tracing::info!(client = %ip, reason = "ip_not_allowed", "connection refused");

@@ -123,13 +123,8 @@ fn invocation(
     jobs: &[Append],
     limits: Limits,
 ) -> redis::ScriptInvocation<'static> {
-    let mut keys = vec![
-        conn.key(&["stats"]),
-        conn.key(&["ev", route]),
-        conn.key(&["pending", route]),
-        conn.key(&["queue", route]),
-        conn.key(&["routes"]),
-    ];
+    let mut keys = conn.script_keys(route, &["ev", "pending", "queue"]);
+    keys.push(conn.key(&["routes"]));
     let mut invocation = APPEND.prepare_invoke();
     invocation
         .arg(limits.max_events)
@@ -260,13 +255,7 @@ async fn append_route_and_wait(
 pub(super) async fn deliveries(conn: Conn, mut rx: mpsc::UnboundedReceiver<Delivered>) {
     while let Some(batch) = next_batch(&mut rx).await {
         for (route, jobs) in by_route(batch, |j| &j.route) {
-            let keys = [
-                conn.key(&["stats"]),
-                conn.key(&["ev", &route]),
-                conn.key(&["pending", &route]),
-                conn.key(&["queue", &route]),
-                conn.key(&["retry", &route]),
-            ];
+            let keys = conn.script_keys(&route, &["ev", "pending", "queue", "retry"]);
             let mut invocation = DELIVERED.prepare_invoke();
             for k in &keys {
                 invocation.key(k);

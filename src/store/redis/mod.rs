@@ -209,6 +209,13 @@ impl Conn {
         k
     }
 
+    /// A script's keys: the shared counts, then each of `names` of `route` (`ev`, `queue`, ...).
+    pub(crate) fn script_keys(&self, route: &str, names: &[&str]) -> Vec<String> {
+        std::iter::once(self.key(&["stats"]))
+            .chain(names.iter().map(|n| self.key(&[n, route])))
+            .collect()
+    }
+
     /// The Redis key of dedup key `key`.
     pub(crate) fn dedup_key(&self, key: crate::core::DedupKey) -> String {
         self.key(&["dedup", &format!("{:032x}", key.as_u128())])

@@ -707,13 +707,9 @@ impl Spool for RedisSpool {
             Ok(settling) => settling,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let route = &event.route;
-        let keys = vec![
-            self.conn.key(&["stats"]),
-            self.keys("ev", route),
-            self.keys("queue", route),
-            self.keys("retry", route),
-        ];
+        let keys = self
+            .conn
+            .script_keys(&event.route, &["ev", "queue", "retry"]);
         let args = vec![
             arg(event.id),
             blob,
@@ -732,16 +728,10 @@ impl Spool for RedisSpool {
             Ok(settling) => settling,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let route = &event.route;
-        let keys = vec![
-            self.conn.key(&["stats"]),
-            self.keys("ev", route),
-            self.keys("pending", route),
-            self.keys("queue", route),
-            self.keys("retry", route),
-            self.keys("dead", route),
-            self.keys("deadix", route),
-        ];
+        let keys = self.conn.script_keys(
+            &event.route,
+            &["ev", "pending", "queue", "retry", "dead", "deadix"],
+        );
         let args = vec![arg(event.id), blob, entry.into_bytes()];
         let (written, id) = (
             call(&self.conn, "dead_letter", &DEAD_LETTER, keys, args),
@@ -845,15 +835,9 @@ impl Spool for RedisSpool {
     }
 
     fn revive(&self, route: &str, id: Uuid) -> Completion<Event> {
-        let route = route.to_owned();
-        let keys = [
-            self.conn.key(&["stats"]),
-            self.keys("ev", &route),
-            self.keys("pending", &route),
-            self.keys("queue", &route),
-            self.keys("dead", &route),
-            self.keys("deadix", &route),
-        ];
+        let keys = self
+            .conn
+            .script_keys(route, &["ev", "pending", "queue", "dead", "deadix"]);
         let conn = self.conn.clone();
         spawn(&self.conn, async move {
             let (dead, deadix) = (keys[4].clone(), keys[5].clone());
@@ -900,18 +884,14 @@ impl Spool for RedisSpool {
             let id_time = id_ms(event.id).unwrap_or(event.received_ms);
             let due = event.next_attempt_ms;
             let args = vec![arg(&uuid), blob, arg(id_time), arg(due)];
-            let answer = call(&conn, "revive", &REVIVE, keys.to_vec(), args).await?;
+            let answer = call(&conn, "revive", &REVIVE, keys, args).await?;
             found(answer, id).map(|()| event)
         })
     }
 
     fn purge(&self, route: &str, id: Uuid) -> Completion {
-        let keys = [
-            self.conn.key(&["stats"]),
-            self.keys("dead", route),
-            self.keys("deadix", route),
-        ];
-        let written = call(&self.conn, "purge", &PURGE, keys.to_vec(), vec![arg(id)]);
+        let keys = self.conn.script_keys(route, &["dead", "deadix"]);
+        let written = call(&self.conn, "purge", &PURGE, keys, vec![arg(id)]);
         spawn(&self.conn, async move { found(written.await?, id) })
     }
 
