@@ -419,6 +419,17 @@ async fn a_full_spool_answers_503_and_the_retry_is_accepted() {
     assert_eq!(headers["retry-after"], "5");
     let ready = c.get(s.gateway.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "not ready while full");
+    // The fill gauges (what HookgateSpoolFilling compares) read full: 2 of 2, bytes held.
+    let full = async || {
+        let m = metrics(&s.gateway).await;
+        (series(&m, "hookgate_spool_stored_events") == 2.0).then_some(m)
+    };
+    let m = poll(Duration::from_secs(5), Duration::from_millis(100), full)
+        .await
+        .expect("hookgate_spool_stored_events reads 2");
+    assert_eq!(series(&m, "hookgate_spool_max_events"), 2.0);
+    assert_eq!(series(&m, "hookgate_spool_max_bytes"), (1u64 << 30) as f64);
+    assert!(series(&m, "hookgate_spool_stored_bytes") > 200.0, "{m}");
     s.upstream.set(Behavior::default());
     // The backlog drains; the sender's retry is then accepted, not taken for a duplicate.
     let retry = async || {
@@ -1858,6 +1869,11 @@ async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
         1.0,
         "{m}"
     );
+    assert_eq!(
+        series(&m, "hookgate_config_last_reload_successful"),
+        0.0,
+        "the file on disk is not what runs: {m}"
+    );
     let log = gateway.log_text();
     assert!(
         log.contains("reload refused; the running configuration stays")
@@ -1878,6 +1894,9 @@ async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded"));
+    let m = metrics(&gateway).await;
+    assert_eq!(series(&m, "hookgate_config_last_reload_successful"), 1.0);
+    assert_eq!(series(&m, "hookgate_config_restart_pending"), 0.0);
     let before = upstream.received().len();
     assert!(
         accepted(&client_from(1), "/webhook/second").await,
@@ -1891,6 +1910,18 @@ async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
             > before,
         "and delivers"
     );
+    // A setting only a restart applies: reloaded, and the restart is pending.
+    let slower = std::fs::read_to_string(&gateway.config)
+        .unwrap()
+        .replace("shutdown_grace = \"1s\"", "shutdown_grace = \"2s\"");
+    std::fs::write(&gateway.config, slower).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["reload", "--admin", &gateway.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("server.shutdown_grace"));
+    let m = metrics(&gateway).await;
+    assert_eq!(series(&m, "hookgate_config_restart_pending"), 1.0, "{m}");
     // A refused file through the CLI: exit 1, the errors printed.
     std::fs::write(&gateway.config, "[server\n").unwrap();
     let out = std::process::Command::new(binary())

@@ -21,6 +21,8 @@ Examples:
   hookgate dead-letters list                            list the dead letters (admin API on 127.0.0.1:9090)
   hookgate dead-letters replay --all --route /webhook/o3-video
   hookgate dead-letters purge 0190c5d2-8f3a-7c1e-9b2d-3e4f5a6b7c8d
+  hookgate reload                                       reload the config file (as SIGHUP does)
+  hookgate completions bash > /etc/bash_completion.d/hookgate
   RUST_LOG=hookgate=debug hookgate --log-format json --config hookgate.toml";
 
 /// A webhook gateway: IP allowlist, payload validation, dedup, fast acknowledgement from a durable
@@ -75,6 +77,20 @@ enum Command {
         #[arg(long, env = "HOOKGATE_ADMIN_TOKEN")]
         token: Option<String>,
     },
+    /// Print a shell completion script to stdout, e.g.
+    /// `hookgate completions bash > /etc/bash_completion.d/hookgate`.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+}
+
+/// The shells `hookgate completions` writes for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +192,25 @@ fn main() -> ExitCode {
             action,
         } => dead_letters(cli.config, admin, token, Some(action)),
         Command::Reload { admin, token } => dead_letters(cli.config, admin, token, None),
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Into memory first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "hookgate", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("hookgate: writing the completion script: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

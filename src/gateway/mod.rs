@@ -36,6 +36,7 @@ use crate::store::{Background, Spool, SpoolError};
 mod admin;
 mod allow;
 pub mod config;
+mod metrics;
 mod reload;
 mod service;
 
@@ -259,24 +260,16 @@ fn build(config: &Config) -> Result<Built, StartError> {
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
-    let refused = prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
-            "hookgate_connections_refused_total",
-            "Connections closed before any byte was read: the peer is in no route's allowlist (ip_not_allowed), or server.max_connections are open (max_connections).",
-        ),
-        &["reason"],
+    let own = metrics::GatewayMetrics::register(
+        &registry,
+        s.spool_max_events,
+        s.spool_max_size.as_u64(),
     )?;
-    registry.register(Box::new(refused.clone()))?;
-    let open_connections = prometheus::IntGauge::new(
-        "hookgate_connections_open",
-        "Client connections open now (bounded by server.max_connections).",
-    )?;
-    registry.register(Box::new(open_connections.clone()))?;
     let connections = Connections {
         count: std::sync::atomic::AtomicUsize::new(0),
-        open: open_connections,
+        open: own.open_connections.clone(),
         max: s.max_connections,
-        refused: refused.with_label_values(&["max_connections"]),
+        refused: own.refused.with_label_values(&["max_connections"]),
         warned: std::sync::atomic::AtomicU64::new(0),
     };
     let storage_error = |error| StartError::Spool {
@@ -286,33 +279,6 @@ fn build(config: &Config) -> Result<Built, StartError> {
     };
     let storage = config.open_storage(&metrics).map_err(storage_error)?;
 
-    let allow_entries = prometheus::IntGaugeVec::new(
-        prometheus::Opts::new(
-            "hookgate_allowlist_entries",
-            "Networks in the route's allowlist now (inline, files and published lists together).",
-        ),
-        &["route"],
-    )?;
-    registry.register(Box::new(allow_entries.clone()))?;
-    let allow_failures = prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
-            "hookgate_allowlist_refresh_failures_total",
-            "Refreshes of a published allowlist that failed or were refused (unreachable, not 2xx, not JSON, empty, a bad entry); the last good list stays.",
-        ),
-        &["route"],
-    )?;
-    registry.register(Box::new(allow_failures.clone()))?;
-    let reloads = prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
-            "hookgate_config_reloads_total",
-            "Configuration reloads (SIGHUP, POST /reload), by result: success, or failure (the file was refused; the running configuration stays).",
-        ),
-        &["result"],
-    )?;
-    registry.register(Box::new(reloads.clone()))?;
-    for result in ["success", "failure"] {
-        reloads.with_label_values(&[result]);
-    }
     let certificate = match &s.tls {
         Some(tls) => Some(Arc::new(reload::Certificate::new(
             reload::Certificate::load(&config.resolve(&tls.cert), &config.resolve(&tls.key))
@@ -327,8 +293,8 @@ fn build(config: &Config) -> Result<Built, StartError> {
         certificate,
         metrics: metrics.clone(),
         spool: storage.spool.clone(),
-        allow_entries,
-        allow_failures,
+        allow_entries: own.allow_entries.clone(),
+        allow_failures: own.allow_failures.clone(),
     });
     let mut workers: Vec<Background> = storage.background;
     let set = build_routes(config, &shared, &HashMap::new()).map_err(storage_error)?;
@@ -338,7 +304,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
     shared.swap_routes(set.routes, set.deliverers);
     let filter = filter_wanted.then(|| PeerFilter {
         shared: shared.clone(),
-        refused: refused.with_label_values(&["ip_not_allowed"]),
+        refused: own.refused.with_label_values(&["ip_not_allowed"]),
     });
 
     let conf = ServerConf {
@@ -414,6 +380,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
             workers: Mutex::new(workers),
             shared: shared.clone(),
             grace: s.shutdown_grace,
+            fill: own.spool,
         },
     );
     server.add_service(delivery);
@@ -425,7 +392,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
             config: Mutex::new(config.clone()),
             requests: Mutex::new(Some(reload_rx)),
             refreshers: Mutex::new(refreshers),
-            reloads,
+            reloads: own.reloads,
         },
     );
     server.add_service(reloader);
@@ -443,6 +410,8 @@ struct DeliveryService {
     workers: Mutex<Vec<Background>>,
     shared: Arc<Shared>,
     grace: Duration,
+    /// The spool's stored counts against its bounds, kept current while the gateway runs.
+    fill: metrics::SpoolFill,
 }
 
 #[async_trait]
@@ -450,7 +419,11 @@ impl BackgroundService for DeliveryService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         let tasks: Vec<_> = workers.into_iter().map(tokio::spawn).collect();
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        let tracking = self.fill.track(self.shared.spool.clone(), shutdown.clone());
+        let stopped = async {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        tokio::join!(tracking, stopped);
         stop_deliveries(&self.shared.all_deliverers(), self.grace).await;
         for task in tasks {
             task.abort();

@@ -86,7 +86,7 @@ pub(crate) struct ReloadService {
     pub requests: Mutex<Option<mpsc::UnboundedReceiver<ReloadRequest>>>,
     /// The first routes' allowlist refreshers, started with the service.
     pub refreshers: Mutex<Vec<crate::store::Background>>,
-    pub reloads: prometheus::IntCounterVec,
+    pub reloads: super::metrics::Reloads,
 }
 
 #[async_trait]
@@ -205,13 +205,13 @@ impl ReloadService {
             tracing::warn!(setting = %what, "changed in the file; takes effect after a restart");
         }
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
-        self.reloads.with_label_values(&["success"]).inc();
+        self.reloads.passed(!restart.is_empty());
         tracing::info!(needs_restart = restart.len(), "configuration reloaded");
         Ok(restart)
     }
 
     fn refused(&self, errors: Vec<String>) -> ReloadResult {
-        self.reloads.with_label_values(&["failure"]).inc();
+        self.reloads.refused();
         for e in &errors {
             tracing::error!(error = %e, "reload refused; the running configuration stays");
         }

@@ -271,6 +271,8 @@ impl RedisSpool {
             .unwrap_or_else(|e| e.into_inner())
             .entry(route.to_owned())
             .or_insert_with(|| {
+                // The route's takeovers series starts at zero, so dashboards and alerts see it.
+                self.conn.metrics().takeovers.with_label_values(&[route]);
                 Arc::new(tokio::sync::Mutex::new(RouteState {
                     blocking: None,
                     group: false,
