@@ -495,6 +495,11 @@ fn alert_tests_catch_a_changed_threshold() {
     const MUTANTS: &[(&str, &str, &str)] = &[
         ("HookgateDown", "== 0", "== 1"),
         ("HookgateDown", "for: 1m", "for: 3m"),
+        (
+            "HookgateDown",
+            "unless on(job, instance) hookgate_connections_open",
+            "unless on(job, instance) up",
+        ),
         ("HookgateAbsent", "for: 5m", "for: 10m"),
         ("HookgateAbsent", "up{job=\"hookgate\"}", "up{job=\"node\"}"),
         (
@@ -530,10 +535,16 @@ fn alert_tests_catch_a_changed_threshold() {
         ),
         ("HookgateUpstreamDown", "== 0", "== 1"),
         ("HookgateUpstreamDown", "for: 5m", "for: 10m"),
+        (
+            "HookgateUpstreamDown",
+            "hookgate_spool_depth > 0",
+            "hookgate_spool_depth > 5",
+        ),
         ("HookgateRejectionsHigh", "> 0.2", "> 0.25"),
         ("HookgateRejectionsHigh", "> 0.2", "> 0.15"),
         ("HookgateRejectionsHigh", "> 0.05", "> 0.01"),
         ("HookgateRejectionsHigh", "for: 10m", "for: 20m"),
+        ("HookgateRejectionsHigh", ", route!=\"(none)\"", ""),
         ("HookgateAckSlow", "[5m]))) > 1", "[5m]))) > 2.5"),
         ("HookgateAckSlow", "0.99", "0.9"),
         ("HookgateAckSlow", "for: 10m", "for: 20m"),

@@ -177,7 +177,13 @@ impl SpoolFill {
                 _ = stop.wait_for(|s| *s) => return,
             }
             let spool = spool.clone();
-            if let Ok(stats) = tokio::task::spawn_blocking(move || spool.stats()).await {
+            let read = tokio::task::spawn_blocking(move || spool.stats());
+            // A hung store must not hold the stop up for the read's bound.
+            let read = tokio::select! {
+                read = read => read,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            if let Ok(stats) = read {
                 let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
                 self.stored_events.set(clamp(stats.pending + stats.dead));
                 self.stored_bytes.set(clamp(stats.bytes));

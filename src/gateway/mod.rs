@@ -389,6 +389,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
         reload::ReloadService {
             shared: shared.clone(),
             started: config.clone(),
+            delivering: Mutex::new(reload::Delivering::of(&config.routes)),
             config: Mutex::new(config.clone()),
             requests: Mutex::new(Some(reload_rx)),
             refreshers: Mutex::new(refreshers),

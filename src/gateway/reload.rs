@@ -82,6 +82,9 @@ pub(crate) struct ReloadService {
     pub shared: Arc<Shared>,
     /// The configuration the process started with: what needs a restart is compared to it.
     pub started: Config,
+    /// The route settings each route's deliveries started with (at the start, or at the reload
+    /// that added the route): a route's upstream and delivery settings are compared to them.
+    pub delivering: Mutex<Delivering>,
     pub config: Mutex<Config>,
     pub requests: Mutex<Option<mpsc::UnboundedReceiver<ReloadRequest>>>,
     /// The first routes' allowlist refreshers, started with the service.
@@ -176,7 +179,10 @@ impl ReloadService {
         if let Err(e) = token_kept(&self.started.server.admin, token.as_deref()) {
             return self.refused(vec![e]);
         }
-        let restart = needs_restart(&self.started, &config);
+        let restart = {
+            let delivering = self.delivering.lock().unwrap_or_else(|e| e.into_inner());
+            needs_restart(&self.started, &delivering, &config)
+        };
         let existing: HashMap<String, Deliverer> = (**self.shared.deliverers.load()).clone();
         let set = match super::build_routes(&config, &self.shared, &existing) {
             Ok(set) => set,
@@ -193,6 +199,10 @@ impl ReloadService {
         }
         // The swap: each request reads the old set or the new one, whole.
         self.shared.swap_routes(routes, deliverers);
+        self.delivering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .started(&config.routes);
         self.shared.admin_token.store(Arc::new(token));
         if let (Some(cert), Some(key)) = (&self.shared.certificate, certificate) {
             cert.replace(key);
@@ -231,9 +241,36 @@ fn token_kept(running_admin: &str, token: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// The route settings a route's deliveries run with, by route name: set when its deliverer
+/// starts (with the process, or at the reload that adds the route) and kept until the stop, as
+/// the deliverer is (a removed route's keeps delivering its pending events; one added again
+/// reuses it).
+#[derive(Debug, Default)]
+pub(crate) struct Delivering(HashMap<String, super::config::Route>);
+
+impl Delivering {
+    /// The routes the process starts with.
+    pub fn of(routes: &[super::config::Route]) -> Self {
+        let mut d = Delivering::default();
+        d.started(routes);
+        d
+    }
+
+    /// After a swap: the routes that had no deliverer now have one, with these settings.
+    fn started(&mut self, routes: &[super::config::Route]) {
+        for r in routes {
+            self.0
+                .entry(Config::route_name(r).to_owned())
+                .or_insert_with(|| r.clone());
+        }
+    }
+}
+
 /// The settings changed between `running` (as the process started) and `new` that only a
-/// restart applies.
-fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
+/// restart applies; a route's upstream and delivery settings are compared to those its
+/// deliveries started with (`delivering`). A proxy route's are not: its forwards are built anew
+/// at each reload.
+fn needs_restart(running: &Config, delivering: &Delivering, new: &Config) -> Vec<String> {
     let (a, b) = (&running.server, &new.server);
     let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
     let server: [(&str, String, String); 15] = [
@@ -298,14 +335,13 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
         .filter(|(_, x, y)| x != y)
         .map(|(key, _, _)| key.to_owned())
         .collect();
-    let before: HashMap<&str, &super::config::Route> = running
-        .routes
-        .iter()
-        .map(|r| (Config::route_name(r), r))
-        .collect();
     for route in &new.routes {
         let name = Config::route_name(route);
-        if let Some(old) = before.get(name) {
+        if let Some(old) = delivering.0.get(name) {
+            let forwarded = |r: &super::config::Route| r.mode == super::config::Mode::Proxy;
+            if forwarded(old) && forwarded(route) {
+                continue;
+            }
             if old.upstream != route.upstream
                 || old.upstream_ca != route.upstream_ca
                 || show(&old.delivery) != show(&route.delivery)
@@ -321,7 +357,55 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::token_kept;
+    use super::{needs_restart, token_kept, Delivering};
+    use crate::gateway::Config;
+
+    fn config(routes: &[(&str, &str, &str)]) -> Config {
+        let mut text = String::from("[server]\n");
+        for (path, upstream, mode) in routes {
+            text += &format!(
+                "[[route]]\npath = \"{path}\"\nupstream = \"{upstream}\"\nmode = \"{mode}\"\nallow = [\"127.0.0.1/32\"]\n"
+            );
+        }
+        Config::parse("hookgate.toml", &text).unwrap()
+    }
+
+    #[test]
+    fn a_route_is_judged_against_the_settings_its_deliveries_run_with() {
+        let a = ("/a", "http://127.0.0.1:3000/a", "fast_ack");
+        let started = config(&[a]);
+        let mut delivering = Delivering::of(&started.routes);
+        // A reload adds /b: nothing needs a restart; its deliveries start with this upstream.
+        let added = config(&[a, ("/b", "http://127.0.0.1:3000/b", "fast_ack")]);
+        assert!(needs_restart(&started, &delivering, &added).is_empty());
+        delivering.started(&added.routes);
+        // The next reload moves /b's upstream: its deliveries still run to the old one.
+        let moved = config(&[a, ("/b", "http://127.0.0.1:4000/b", "fast_ack")]);
+        assert_eq!(
+            needs_restart(&started, &delivering, &moved),
+            [
+                r#"route "/b": upstream, upstream_ca or [route.delivery] (its deliveries run as started)"#
+            ]
+        );
+        delivering.started(&moved.routes);
+        assert_eq!(
+            needs_restart(&started, &delivering, &moved).len(),
+            1,
+            "still pending"
+        );
+    }
+
+    #[test]
+    fn a_proxy_routes_upstream_applies_at_the_reload() {
+        let started = config(&[("/p", "http://127.0.0.1:3000/p", "proxy")]);
+        let delivering = Delivering::of(&started.routes);
+        let moved = config(&[("/p", "http://127.0.0.1:4000/p", "proxy")]);
+        assert!(needs_restart(&started, &delivering, &moved).is_empty());
+        // From fast_ack to proxy: the events spooled before are delivered as started.
+        let fast = config(&[("/p", "http://127.0.0.1:3000/p", "fast_ack")]);
+        let delivering = Delivering::of(&fast.routes);
+        assert_eq!(needs_restart(&fast, &delivering, &moved).len(), 1);
+    }
 
     #[test]
     fn a_reload_cannot_open_a_reachable_admin_listener() {
