@@ -228,15 +228,9 @@ async fn dashboard_and_alert_rules_read_only_metrics_the_gateway_exports() {
     let (redis_url, _redis) = redis_server::shared(dir.path());
     let upstream = Upstream::start().await;
     let prefix = redis_server::prefix();
-    let gateway = Gateway::for_upstream_edited(dir.path(), &upstream.url(), "", "", |text| {
-        text.replace(
-            "[[route]]",
-            &format!(
-                "[store]\nbackend = \"redis\"\nurl = \"{redis_url}\"\nprefix = \"{prefix}\"\n\n[[route]]"
-            ),
-        )
-    })
-    .await;
+    let (public, admin, text) =
+        redis_gateway_config(dir.path(), &redis_url, &prefix, &upstream.url(), "");
+    let gateway = Gateway::start(dir.path(), public, admin, &text).await;
 
     let scrape = read(&deploy("prometheus/prometheus.yml"));
     assert!(scrape.contains("job_name: hookgate") && scrape.contains("127.0.0.1:9090"));

@@ -13,28 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use redis_server::RedisServer;
 
-/// A gateway config on `redis_url` (a fresh `prefix` per test) with one route to `upstream`.
-fn redis_config(
-    dir: &Path,
-    redis_url: &str,
-    prefix: &str,
-    upstream: &str,
-    route_extra: &str,
-) -> (u16, u16, String) {
-    let (public, admin) = (free_port(), free_port());
-    let text = config(
-        public,
-        admin,
-        &dir.join("data"),
-        "",
-        &format!(
-            "[store]\nbackend = \"redis\"\nurl = \"{redis_url}\"\nprefix = \"{prefix}\"\nvisibility_timeout = \"3s\"\n{}",
-            route(upstream, route_extra)
-        ),
-    );
-    (public, admin, text)
-}
-
 async fn start_gateway(
     dir: &Path,
     name: &str,
@@ -45,7 +23,8 @@ async fn start_gateway(
 ) -> Gateway {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let (public, admin, text) = redis_config(&dir, redis_url, prefix, upstream, route_extra);
+    let (public, admin, text) =
+        redis_gateway_config(&dir, redis_url, prefix, upstream, route_extra);
     Gateway::start(&dir, public, admin, &text).await
 }
 

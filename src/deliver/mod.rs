@@ -27,4 +27,5 @@ mod worker;
 pub use forward::{Forwarder, MAX_ANSWER};
 pub use policy::{classify, retry_delay, retry_floor, AttemptResult, DeliveryPolicy, Verdict};
 pub use target::{HttpTarget, ServiceTarget, Target};
+pub(crate) use worker::each_second_until;
 pub use worker::{Accepting, Deliverer};

@@ -806,48 +806,58 @@ async fn claim(inner: Arc<Inner>) {
     }
 }
 
+/// Runs `work` once a second until `stop` turns true, also giving up a `work` still running then
+/// (the gauge readers here and in the gateway: a hung store must not hold the stop up).
+pub(crate) async fn each_second_until<F, Fut>(mut stop: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = work() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Seconds since `oldest_ms`, the age gauges' value (0 with nothing pending).
+fn age_seconds(oldest_ms: Option<u64>) -> f64 {
+    oldest_ms
+        .map(|oldest| now_ms().saturating_sub(oldest) as f64 / 1000.0)
+        .unwrap_or(0.0)
+}
+
 /// Keeps a shared spool's gauges of the route current (depth, dead letters, oldest pending,
 /// across every instance), once a second.
 async fn track_shared(inner: Arc<Inner>) {
     let Some(shared) = inner.spool.shared() else {
         return;
     };
-    let mut stop = inner.stop.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+    each_second_until(inner.stop.subscribe(), || async {
         if let Ok(g) = shared.gauges(&inner.route).await {
             let m = &inner.metrics;
             m.spool_depth.set(g.pending as i64);
             m.dead_letters.set(g.dead as i64);
-            let age = g
-                .oldest_ms
-                .map(|oldest| now_ms().saturating_sub(oldest) as f64 / 1000.0)
-                .unwrap_or(0.0);
-            m.oldest_age.set(age);
+            m.oldest_age.set(age_seconds(g.oldest_ms));
         }
-    }
+    })
+    .await;
 }
 
 /// Keeps `hookgate_spool_oldest_age_seconds` current, once a second.
 async fn track_oldest(inner: Arc<Inner>) {
-    let mut stop = inner.stop.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let age = inner
-            .spool
-            .oldest_pending_ms(&inner.route)
-            .map(|oldest| now_ms().saturating_sub(oldest) as f64 / 1000.0)
-            .unwrap_or(0.0);
-        inner.metrics.oldest_age.set(age);
-    }
+    each_second_until(inner.stop.subscribe(), || async {
+        let oldest = inner.spool.oldest_pending_ms(&inner.route);
+        inner.metrics.oldest_age.set(age_seconds(oldest));
+    })
+    .await;
 }
 
 /// The future of [`Deliverer::accept`]: resolves with the outcome of steps 13–14. Dropped before

@@ -3,7 +3,6 @@
 //! the alert rules in `deploy/prometheus/alerts.yml` compare).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -161,33 +160,27 @@ impl GatewayMetrics {
 
 fn gauge(name: &str, help: &str, value: u64) -> Result<IntGauge, prometheus::Error> {
     let g = IntGauge::new(name, help)?;
-    g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    g.set(saturating_i64(value));
     Ok(g)
+}
+
+/// A count as a gauge's value.
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl SpoolFill {
     /// Keeps the stored counts current, once a second, until `stop`. The counts are read off the
     /// blocking pool: a Redis store answers them with a round trip (bounded at 2.5 s).
-    pub async fn track(&self, spool: Arc<dyn Spool>, mut stop: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+    pub async fn track(&self, spool: Arc<dyn Spool>, stop: pingora::server::ShutdownWatch) {
+        crate::deliver::each_second_until(stop, || async {
             let spool = spool.clone();
-            let read = tokio::task::spawn_blocking(move || spool.stats());
-            // A hung store must not hold the stop up for the read's bound.
-            let read = tokio::select! {
-                read = read => read,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            if let Ok(stats) = read {
-                let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-                self.stored_events.set(clamp(stats.pending + stats.dead));
-                self.stored_bytes.set(clamp(stats.bytes));
+            if let Ok(stats) = tokio::task::spawn_blocking(move || spool.stats()).await {
+                self.stored_events
+                    .set(saturating_i64(stats.pending + stats.dead));
+                self.stored_bytes.set(saturating_i64(stats.bytes));
             }
-        }
+        })
+        .await;
     }
 }

@@ -242,6 +242,28 @@ pub fn config(public: u16, admin: u16, data: &Path, server: &str, routes: &str) 
     )
 }
 
+/// A gateway config on `redis_url` (a fresh `prefix` per test) with one route to `upstream`.
+pub fn redis_gateway_config(
+    dir: &Path,
+    redis_url: &str,
+    prefix: &str,
+    upstream: &str,
+    route_extra: &str,
+) -> (u16, u16, String) {
+    let (public, admin) = (free_port(), free_port());
+    let text = config(
+        public,
+        admin,
+        &dir.join("data"),
+        "",
+        &format!(
+            "[store]\nbackend = \"redis\"\nurl = \"{redis_url}\"\nprefix = \"{prefix}\"\nvisibility_timeout = \"3s\"\n{}",
+            route(upstream, route_extra)
+        ),
+    );
+    (public, admin, text)
+}
+
 /// A route to `upstream` allowing loopback, with extra lines.
 pub fn route(upstream: &str, extra: &str) -> String {
     format!(
