@@ -417,14 +417,11 @@ struct DeliveryService {
 
 #[async_trait]
 impl BackgroundService for DeliveryService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         let tasks: Vec<_> = workers.into_iter().map(tokio::spawn).collect();
-        let tracking = self.fill.track(self.shared.spool.clone(), shutdown.clone());
-        let stopped = async {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        tokio::join!(tracking, stopped);
+        // Returns at the shutdown signal.
+        self.fill.track(self.shared.spool.clone(), shutdown).await;
         stop_deliveries(&self.shared.all_deliverers(), self.grace).await;
         for task in tasks {
             task.abort();
