@@ -66,6 +66,16 @@ pub struct StoreMetrics {
     pub commands: HistogramVec,
     /// `hookgate_store_takeovers_total{route}`.
     pub takeovers: IntCounterVec,
+    /// `hookgate_store_writable`: 1 while new events are taken, 0 while they get 503 (the
+    /// disk under its headroom, a failed store being reopened, Redis out of memory).
+    pub writable: IntGauge,
+    /// `hookgate_store_free_bytes`: free space where the store keeps its data.
+    pub free_bytes: IntGauge,
+    /// `hookgate_store_min_free_bytes`: under this much free space new events are refused.
+    pub min_free_bytes: IntGauge,
+    /// `hookgate_store_recoveries_total{action}`: `reopen` after a failed write, `rebuild` to
+    /// give disk space back.
+    pub recoveries: IntCounterVec,
 }
 
 /// Buckets for one delivery attempt: 1 ms to 60 s.
@@ -185,9 +195,32 @@ impl Metrics {
                     ),
                     &["route"],
                 )?,
+                writable: IntGauge::new(
+                    "hookgate_store_writable",
+                    "1 while the store takes new events; 0 while they get 503 (free space under its headroom, a failed store being reopened, Redis out of memory or unable to persist, or unreachable)",
+                )?,
+                free_bytes: IntGauge::new(
+                    "hookgate_store_free_bytes",
+                    "free space where the store keeps its data: the embedded spool's filesystem (statvfs), Redis's maxmemory less used_memory (when maxmemory is set)",
+                )?,
+                min_free_bytes: IntGauge::new(
+                    "hookgate_store_min_free_bytes",
+                    "embedded: store.min_free_space as resolved for the filesystem; under it (plus the room the engine keeps for its own work) new events get 503 spool_full",
+                )?,
+                recoveries: IntCounterVec::new(
+                    Opts::new(
+                        "hookgate_store_recoveries_total",
+                        "times the store recovered in the running process: reopen (after a failed write), rebuild (copied to give disk space back)",
+                    ),
+                    &["action"],
+                )?,
             },
         };
         m.store.up.set(1);
+        m.store.writable.set(1);
+        for action in ["reopen", "rebuild"] {
+            m.store.recoveries.with_label_values(&[action]);
+        }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.rejections.clone()))?;
         registry.register(Box::new(m.ack_duration.clone()))?;
@@ -206,6 +239,10 @@ impl Metrics {
         registry.register(Box::new(m.store.up.clone()))?;
         registry.register(Box::new(m.store.commands.clone()))?;
         registry.register(Box::new(m.store.takeovers.clone()))?;
+        registry.register(Box::new(m.store.writable.clone()))?;
+        registry.register(Box::new(m.store.free_bytes.clone()))?;
+        registry.register(Box::new(m.store.min_free_bytes.clone()))?;
+        registry.register(Box::new(m.store.recoveries.clone()))?;
         Ok(m)
     }
 

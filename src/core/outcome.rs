@@ -197,12 +197,14 @@ pub fn appended<E: AppendError>(route: &str, event_id: Uuid, result: Result<(), 
             tracing::debug!(route, %event_id, "event accepted");
             Outcome::Received { event_id }
         }
+        // Debug only: a full or failing store refuses every request, and the store's own log
+        // says once when it starts and stops refusing (`store::watch_health`).
         Err(e) if e.is_full() => {
-            tracing::warn!(route, why = %e, "spool full: answering 503");
+            tracing::debug!(route, why = %e, "spool full: answering 503");
             Outcome::Rejected(Rejection::SpoolFull)
         }
         Err(e) => {
-            tracing::error!(route, error = %e, "spool append failed: answering 503");
+            tracing::debug!(route, error = %e, "spool append failed: answering 503");
             Outcome::Rejected(Rejection::SpoolUnavailable)
         }
     }

@@ -480,11 +480,17 @@ async fn free_slot(
     }
 }
 
+/// How long the dispatcher waits after the spool could not be read (reopened, say) before it
+/// reads again: one event tried at a time, not the whole queue at once.
+const READ_RETRY: Duration = Duration::from_millis(50);
+
 async fn dispatch(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     let Some(target) = target_of(&inner, &mut stop).await else {
         return;
     };
+    // The spool's reads failed last time (logged once until they work again).
+    let mut unreadable = false;
     loop {
         let Some(permit) = free_slot(&inner, &mut stop).await else {
             return;
@@ -524,6 +530,10 @@ async fn dispatch(inner: Arc<Inner>) {
             Some(e) => Ok(Some(e)),
             None => inner.spool.get(&inner.route, id),
         };
+        if stored.is_ok() && unreadable {
+            unreadable = false;
+            tracing::info!(route = %inner.route, "the spool reads again; delivering");
+        }
         match stored {
             Ok(Some(event)) => {
                 tokio::spawn(attempt(inner.clone(), target.clone(), event, permit, probe));
@@ -538,8 +548,17 @@ async fn dispatch(inner: Arc<Inner>) {
                 if probe {
                     inner.lock_circuit().probe_unsent();
                 }
-                tracing::warn!(route = %inner.route, event_id = %id, error = %e, "cannot read event from the spool; retrying in 1s");
-                inner.push(now_ms() + 1000, id);
+                if !unreadable {
+                    unreadable = true;
+                    tracing::warn!(route = %inner.route, event_id = %id, error = %e, retry_ms = READ_RETRY.as_millis() as u64, "cannot read events from the spool; trying again");
+                }
+                // Back at its place in the queue, tried again once the spool reads.
+                inner.push(now_ms(), id);
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep(READ_RETRY) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
             }
         }
     }

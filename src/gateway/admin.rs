@@ -349,6 +349,7 @@ impl Admin {
 
     async fn ready(&self) -> Response<Vec<u8>> {
         let stats = self.spool.stats();
+        let health = self.spool.health();
         let held = stats.pending + stats.dead;
         let problem = if self.drain.is_draining() {
             Some("shutting down".to_owned())
@@ -356,6 +357,8 @@ impl Admin {
             Some(format!("the spool holds {held} events, its bound"))
         } else if stats.bytes >= self.max_bytes {
             Some(format!("the spool holds {} bytes, its bound", stats.bytes))
+        } else if let Some(why) = &health.refusing {
+            Some(format!("new events are refused: {why}"))
         } else if let Err(e) = self.spool.probe().await {
             Some(format!("the spool cannot commit: {e}"))
         } else {
@@ -365,6 +368,13 @@ impl Admin {
             "status": if problem.is_some() { "not_ready" } else { "ready" },
             "detail": problem,
             "spool": { "pending": stats.pending, "dead": stats.dead, "bytes": stats.bytes },
+            "store": {
+                "writable": health.refusing.is_none(),
+                "free_bytes": health.free_bytes,
+                "min_free_bytes": health.min_free_bytes,
+                "reopened": health.reopened,
+                "rebuilt": health.rebuilt,
+            },
         });
         let status = if problem.is_some() {
             StatusCode::SERVICE_UNAVAILABLE

@@ -47,11 +47,56 @@ pub use embedded::{EmbeddedSpool, MemoryDedupStore, SpoolConfig};
 pub use event::{id_ms, now_ms, AttemptRecord, DedupRecord, Event, HISTORY_LEN};
 pub use spool::{
     Completion, Durability, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture,
-    SpoolStats,
+    SpoolStats, StoreHealth,
 };
 
 /// A task a backend needs run for as long as it is used (e.g. a sweeper of expired keys).
 pub type Background = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How often [`watch_health`] reads the store's health.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps the store's gauges current from [`Spool::health`] (`hookgate_store_writable`,
+/// `hookgate_store_free_bytes`, `hookgate_store_min_free_bytes`,
+/// `hookgate_store_recoveries_total`), every 250 ms, and logs each time new events start or stop
+/// being refused. Runs until dropped; a backend puts it in [`Storage::background`].
+pub fn watch_health(spool: Arc<dyn Spool>, metrics: crate::metrics::StoreMetrics) -> Background {
+    Box::pin(async move {
+        let mut tick = tokio::time::interval(HEALTH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refusing: Option<String> = None;
+        let (mut reopened, mut rebuilt) = (0u64, 0u64);
+        loop {
+            tick.tick().await;
+            let h = spool.health();
+            metrics.writable.set(i64::from(h.refusing.is_none()));
+            let gauge = |v: Option<u64>| v.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
+            metrics.free_bytes.set(gauge(h.free_bytes));
+            metrics.min_free_bytes.set(gauge(h.min_free_bytes));
+            let recoveries = &metrics.recoveries;
+            recoveries
+                .with_label_values(&["reopen"])
+                .inc_by(h.reopened.saturating_sub(reopened));
+            recoveries
+                .with_label_values(&["rebuild"])
+                .inc_by(h.rebuilt.saturating_sub(rebuilt));
+            (reopened, rebuilt) = (h.reopened, h.rebuilt);
+            match (&refusing, &h.refusing) {
+                (None, Some(why)) => {
+                    tracing::error!(why = %why, free_bytes = h.free_bytes, "the store refuses new events: they get 503 until it has room again")
+                }
+                (Some(_), None) => {
+                    tracing::info!(
+                        free_bytes = h.free_bytes,
+                        "the store takes new events again"
+                    )
+                }
+                _ => {}
+            }
+            refusing = h.refusing;
+        }
+    })
+}
 
 /// An opened backend: the spool and the dedup store, as trait objects.
 pub struct Storage {

@@ -150,6 +150,14 @@ impl Config {
                 "must be at least 4MiB".into(),
             ));
         }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600))
+            .contains(&self.store.write_retry)
+        {
+            errors.push(invalid(
+                "store.write_retry".into(),
+                "must be between 10ms and 1h".into(),
+            ));
+        }
         errors.extend(self.check_store());
         if s.max_connections == 0 {
             errors.push(invalid(

@@ -55,7 +55,9 @@ impl Config {
                 SpoolConfig::new(s.data_dir.join("spool"), s.durability)
                     .with_max_events(s.spool_max_events)
                     .with_max_bytes(s.spool_max_size.as_u64())
-                    .with_memory(self.store.memory.as_u64()),
+                    .with_memory(self.store.memory.as_u64())
+                    .with_write_retry(self.store.write_retry)
+                    .with_min_free(self.store.min_free_space.bytes()),
                 s.dedup_capacity,
                 metrics,
             ),

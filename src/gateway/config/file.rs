@@ -142,6 +142,66 @@ pub struct Store {
     pub visibility_timeout: Duration,
     /// `redis`: `WAIT` for this many replicas to confirm an event before its acknowledgement.
     pub wait_replicas: u32,
+    /// `embedded`: new events get 503 `spool_full` while the data directory's filesystem has
+    /// less free space than this, beyond the room the engine keeps for its own work (`auto`,
+    /// the default: 256 MiB, or 5% of a smaller filesystem).
+    pub min_free_space: FreeSpace,
+    /// `embedded`: after a failed write, how long before the engine is reopened and tried again
+    /// (new events get 503 at once meanwhile).
+    #[serde(with = "humantime_serde")]
+    pub write_retry: Duration,
+}
+
+/// `min_free_space`: `"auto"` or a size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FreeSpace {
+    /// 256 MiB, or 5% of a smaller filesystem.
+    #[default]
+    Auto,
+    /// This many bytes.
+    Bytes(Size),
+}
+
+impl FreeSpace {
+    /// The configured bytes (`None`: the default for the filesystem).
+    pub fn bytes(self) -> Option<u64> {
+        match self {
+            FreeSpace::Auto => None,
+            FreeSpace::Bytes(s) => Some(s.as_u64()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FreeSpace {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(FreeSpace::Bytes(Size(n))),
+            Raw::Text(t) if t == "auto" => Ok(FreeSpace::Auto),
+            Raw::Text(t) => t
+                .parse::<bytesize::ByteSize>()
+                .map(|b| FreeSpace::Bytes(Size(b.as_u64())))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{t:?} is not a size: write \"auto\", e.g. \"256MiB\", or a number of bytes"
+                    ))
+                }),
+        }
+    }
+}
+
+impl Serialize for FreeSpace {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FreeSpace::Auto => s.serialize_str("auto"),
+            FreeSpace::Bytes(b) => b.serialize(s),
+        }
+    }
 }
 
 impl Default for Store {
@@ -153,6 +213,8 @@ impl Default for Store {
             prefix: "hookgate".into(),
             visibility_timeout: Duration::from_secs(30),
             wait_replicas: 0,
+            min_free_space: FreeSpace::Auto,
+            write_retry: Duration::from_secs(1),
         }
     }
 }

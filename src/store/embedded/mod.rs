@@ -15,6 +15,8 @@
 //! ```
 
 mod dedup;
+mod disk;
+mod engine;
 mod keys;
 mod spool;
 mod writer;
@@ -23,9 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use dedup::{MemoryDedupStore, DEFAULT_DEDUP_CAPACITY, IN_FLIGHT_TTL};
+pub use disk::{DEFAULT_MIN_FREE, DEFAULT_MIN_FREE_PERCENT};
 pub use spool::{EmbeddedSpool, SpoolConfig, MIN_MEMORY};
 
-use super::{refill_dedup, SharedDedupStore, SpoolError, Storage};
+use super::{refill_dedup, watch_health, SharedDedupStore, SpoolError, Storage};
 use crate::metrics::Metrics;
 
 /// How often the in-memory dedup store drops expired keys.
@@ -42,10 +45,14 @@ pub fn open(
     let dedup = MemoryDedupStore::with_metrics(dedup_capacity, metrics);
     let refilled = refill_dedup(&spool, &dedup)?;
     tracing::info!(keys = refilled, "dedup keys restored from the spool");
+    let spool: Arc<dyn crate::store::Spool> = Arc::new(spool);
     Ok(Storage {
         backend: "embedded",
-        spool: Arc::new(spool),
+        spool: spool.clone(),
         dedup: SharedDedupStore::new(dedup.clone()),
-        background: vec![Box::pin(dedup.sweep_every(DEDUP_SWEEP_EVERY))],
+        background: vec![
+            Box::pin(dedup.sweep_every(DEDUP_SWEEP_EVERY)),
+            watch_health(spool, metrics.store().clone()),
+        ],
     })
 }

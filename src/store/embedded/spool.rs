@@ -6,12 +6,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use uuid::Uuid;
 
+use super::disk::{self, Room};
+use super::engine::{self, Engine, Tuning};
 use super::keys::{self, decode, decode_dedup_key, encode, event_key, route_prefix};
 use super::writer::{self, DeferredDelete, Op, Space, MAX_GROUP, SWEEP_CHUNK};
 use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
-use crate::store::spool::{Completion, Durability, EventSummary, Spool, SpoolError, SpoolStats};
+use crate::store::spool::{
+    Completion, Durability, EventSummary, Spool, SpoolError, SpoolStats, StoreHealth,
+};
 
 impl From<fjall::Error> for SpoolError {
     fn from(e: fjall::Error) -> Self {
@@ -51,6 +56,13 @@ pub struct SpoolConfig {
     /// block cache. A steady load keeps the process flat at about this much plus the dedup keys
     /// and the connections; the data on disk is not bounded by it.
     pub memory: u64,
+    /// New events are refused (503 `spool_full`) while the filesystem's free space, less the
+    /// room the engine keeps for flushing its journal and one compaction, is under this many
+    /// bytes. `None` (the default): 256 MiB, or 5% of a smaller filesystem.
+    pub min_free_space: Option<u64>,
+    /// After a failed write, how long the store waits before it reopens its engine and tries
+    /// again. New events get 503 at once meanwhile: none waits on a failing write.
+    pub write_retry: Duration,
 }
 
 /// The smallest [`SpoolConfig::memory`]: the engine needs a write buffer of 1 MiB at least.
@@ -58,7 +70,8 @@ pub const MIN_MEMORY: u64 = 4 << 20;
 
 impl SpoolConfig {
     /// A spool in `path` with `durability`, bounded at 1,000,000 events and 1 GiB, lingering
-    /// 100 µs for concurrent appends, using 32 MiB of memory.
+    /// 100 µs for concurrent appends, using 32 MiB of memory, keeping the default free space
+    /// and retrying a failed write after 1 s.
     pub fn new(path: impl AsRef<Path>, durability: Durability) -> Self {
         Self {
             path: path.as_ref().to_owned(),
@@ -67,7 +80,23 @@ impl SpoolConfig {
             max_bytes: 1 << 30,
             linger: Duration::from_micros(100),
             memory: 32 << 20,
+            min_free_space: None,
+            write_retry: Duration::from_secs(1),
         }
+    }
+
+    /// Sets [`min_free_space`](Self::min_free_space) (`None`: the default for the filesystem).
+    #[must_use]
+    pub fn with_min_free(mut self, bytes: Option<u64>) -> Self {
+        self.min_free_space = bytes;
+        self
+    }
+
+    /// Sets [`write_retry`](Self::write_retry).
+    #[must_use]
+    pub fn with_write_retry(mut self, wait: Duration) -> Self {
+        self.write_retry = wait;
+        self
     }
 
     /// Sets [`memory`](Self::memory) (at least [`MIN_MEMORY`]).
@@ -100,10 +129,20 @@ impl SpoolConfig {
 }
 
 pub(super) struct Shared {
-    pub(super) db: fjall::Database,
-    pub(super) pending: fjall::Keyspace,
-    pub(super) dead: fjall::Keyspace,
-    pub(super) dedup: fjall::Keyspace,
+    /// The engine; `None` while the writer reopens it (reads then fail at once).
+    pub(super) engine: ArcSwapOption<Engine>,
+    /// Where the engine's files are (the configured path, or the temporary directory).
+    pub(super) path: PathBuf,
+    pub(super) tuning: Tuning,
+    /// The room on disk, measured by the writer.
+    pub(super) room: Room,
+    /// Why writes are refused now (a failed write, until the engine is reopened).
+    pub(super) failure: Mutex<Option<SpoolError>>,
+    /// Mirrors `failure.is_some()` for the per-append check.
+    pub(super) failed: AtomicBool,
+    /// Times the engine was reopened after a failed write, and rebuilt to give space back.
+    pub(super) reopened: AtomicU64,
+    pub(super) rebuilt: AtomicU64,
     /// Committed counts, changed only by the writer, by what each commit did.
     pub(super) pending_count: AtomicU64,
     pub(super) dead_count: AtomicU64,
@@ -136,6 +175,40 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Shared {
+    /// The engine, or why there is none right now (it is being reopened).
+    pub(super) fn engine(&self) -> Result<Arc<Engine>, SpoolError> {
+        self.engine
+            .load_full()
+            .ok_or_else(|| SpoolError::Storage("the store is being reopened".into()))
+    }
+
+    /// Why writes are refused now, if they are: the store failed and waits to be reopened.
+    pub(super) fn refusal(&self) -> Option<SpoolError> {
+        if self.failed.load(Ordering::Acquire) {
+            lock(&self.failure).clone()
+        } else {
+            None
+        }
+    }
+
+    /// Counts what the engine holds: (pending, dead, bytes).
+    pub(super) fn count(engine: &Engine) -> Result<(u64, u64, u64), SpoolError> {
+        let (mut pending, mut dead, mut bytes) = (0u64, 0u64, 0u64);
+        for kv in engine.pending.iter() {
+            let (_, v) = kv.into_inner()?;
+            pending += 1;
+            bytes += v.len() as u64;
+        }
+        for kv in engine.dead.iter() {
+            let (_, v) = kv.into_inner()?;
+            dead += 1;
+            bytes += v.len() as u64;
+        }
+        Ok((pending, dead, bytes))
+    }
+}
+
 /// The embedded spool on `fjall`. Cheap to clone; the writer thread stops when the last clone is
 /// dropped, after committing what was queued.
 #[derive(Clone)]
@@ -147,6 +220,8 @@ pub struct EmbeddedSpool {
 
 struct WriterGuard {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held for the spool's life: one process at a time rebuilds or recovers its directory.
+    lock: Option<(std::fs::File, PathBuf)>,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -156,6 +231,10 @@ impl Drop for WriterGuard {
         // order), so the writer drains its queue and exits.
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
+        }
+        // A temporary spool's lock file goes with it.
+        if let (Some(_), Some((_, path))) = (&self._tempdir, &self.lock) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -167,6 +246,32 @@ impl std::fmt::Debug for EmbeddedSpool {
             .field("durability", &self.shared.config.durability)
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+/// Takes the spool's lock file beside `path`, or says which process has it.
+fn take_lock(path: &Path) -> Result<(std::fs::File, PathBuf), SpoolError> {
+    let lock_path = engine::beside(path, "lock");
+    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| SpoolError::Storage(format!("{}: {e}", parent.display())))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| SpoolError::Storage(format!("{}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok((file, lock_path)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Storage(format!(
+            "{} is in use by another process (its lock {} is held)",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(SpoolError::Storage(format!("{}: {e}", lock_path.display())))
+        }
     }
 }
 
@@ -190,44 +295,38 @@ impl EmbeddedSpool {
             }
             _ => (config.path.clone(), None),
         };
-        // fjall's defaults (a 64 MiB memtable per keyspace) let a steady load grow the process
-        // by hundreds of MiB before anything is flushed, and the fresh pages cost CPU as well: a
-        // quarter of the budget caches blocks, the rest bounds the memtables, half of it for the
-        // pending events (a sealed memtable waits for its flush on the one engine worker).
-        let memory = config.memory.max(MIN_MEMORY);
-        let cache = memory / 4;
-        let buffers = memory - cache;
-        let db = fjall::Database::builder(&path)
-            .manual_journal_persist(true)
-            .cache_size(cache)
-            .worker_threads(1)
-            .open()
-            .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
-        let memtable = |share: u64| {
-            move || fjall::KeyspaceCreateOptions::default().max_memtable_size(buffers / share)
+        let held = take_lock(&path)?;
+        // A rebuild that a crash interrupted is finished (or undone) before anything opens.
+        engine::recover_swap(&path)?;
+        let tuning = Tuning {
+            memory: config.memory.max(MIN_MEMORY),
         };
-        let pending = db.keyspace("pending", memtable(2))?;
-        let dead = db.keyspace("dead", memtable(4))?;
-        let dedup = db.keyspace("dedup", memtable(4))?;
-        rekey_legacy_dead_letters(&db, &dead, config.durability)?;
-        sweep_at_open(&db, &dedup, config.durability)?;
-
-        let (mut pending_count, mut dead_count, mut bytes) = (0u64, 0u64, 0u64);
-        for kv in pending.iter() {
-            let (_, v) = kv.into_inner()?;
-            pending_count += 1;
-            bytes += v.len() as u64;
-        }
-        for kv in dead.iter() {
-            let (_, v) = kv.into_inner()?;
-            dead_count += 1;
-            bytes += v.len() as u64;
-        }
+        let engine = Engine::open(&path, tuning)?;
+        rekey_legacy_dead_letters(&engine, config.durability)?;
+        sweep_at_open(&engine, config.durability)?;
+        let (pending_count, dead_count, bytes) = Shared::count(&engine)?;
+        let measure = match engine.measure(&path) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot measure the spool's free space: new events are not refused for it");
+                None
+            }
+        };
+        let min_free = match measure {
+            Some(m) => disk::min_free(config.min_free_space, m.total, &path)
+                .map_err(SpoolError::Storage)?,
+            None => 0,
+        };
+        let room = Room::new(path.clone(), min_free, measure);
         let shared = Arc::new(Shared {
-            db,
-            pending,
-            dead,
-            dedup,
+            engine: ArcSwapOption::from_pointee(engine),
+            path,
+            tuning,
+            room,
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            reopened: AtomicU64::new(0),
+            rebuilt: AtomicU64::new(0),
             pending_count: AtomicU64::new(pending_count),
             dead_count: AtomicU64::new(dead_count),
             bytes: AtomicU64::new(bytes),
@@ -251,9 +350,21 @@ impl EmbeddedSpool {
             tx,
             _writer: Arc::new(WriterGuard {
                 thread: Mutex::new(Some(thread)),
+                lock: Some(held),
                 _tempdir: tempdir,
             }),
         })
+    }
+
+    /// Why the room on disk refuses new events (the message of 503 `spool_full`'s log line).
+    fn room_refusal(&self) -> String {
+        let room = &self.shared.room;
+        format!(
+            "{} bytes free on the disk of {}, less the engine's room, are under min_free_space ({} bytes)",
+            room.free().unwrap_or_default(),
+            room.path.display(),
+            room.min_free
+        )
     }
 
     /// The configuration.
@@ -267,6 +378,10 @@ impl EmbeddedSpool {
         op: Op,
         rx: tokio::sync::oneshot::Receiver<Result<T, SpoolError>>,
     ) -> Completion<T> {
+        // A failed store answers at once: nothing waits on a write that is failing.
+        if let Some(refused) = self.shared.refusal() {
+            return Completion::ready(Err(refused));
+        }
         // Never blocks the caller (a runtime thread): a queue full because the disk stalls is
         // refused, which the fast-ack path answers with 503 and the sender retries.
         match self.tx.try_send(op) {
@@ -317,12 +432,9 @@ impl EmbeddedSpool {
 }
 
 /// Dead letters were keyed by id alone before 0.2; they are keyed by route, then id, now.
-fn rekey_legacy_dead_letters(
-    db: &fjall::Database,
-    dead: &fjall::Keyspace,
-    durability: Durability,
-) -> Result<(), SpoolError> {
-    let mut batch = db.batch().durability(persist_mode(durability));
+fn rekey_legacy_dead_letters(engine: &Engine, durability: Durability) -> Result<(), SpoolError> {
+    let dead = &engine.dead;
+    let mut batch = engine.db.batch().durability(persist_mode(durability));
     let mut moved = 0usize;
     for kv in dead.iter() {
         let (k, v) = kv.into_inner()?;
@@ -341,11 +453,8 @@ fn rekey_legacy_dead_letters(
 }
 
 /// Deletes the expired dedup keys at start, a chunk per commit.
-fn sweep_at_open(
-    db: &fjall::Database,
-    dedup: &fjall::Keyspace,
-    durability: Durability,
-) -> Result<usize, SpoolError> {
+fn sweep_at_open(engine: &Engine, durability: Durability) -> Result<usize, SpoolError> {
+    let (db, dedup) = (&engine.db, &engine.dedup);
     let until = keys::expired_until();
     let mut removed = 0;
     loop {
@@ -374,6 +483,10 @@ fn sweep_at_open(
 impl Spool for EmbeddedSpool {
     fn append(&self, event: &Event) -> Completion {
         let s = &*self.shared;
+        // A failed store answers at once: nothing waits on a write that is failing.
+        if let Some(refused) = s.refusal() {
+            return Completion::ready(Err(refused));
+        }
         let value = match encode(event) {
             Ok(v) => v,
             Err(e) => return Completion::ready(Err(e)),
@@ -389,6 +502,8 @@ impl Spool for EmbeddedSpool {
             Some(format!("{held} events"))
         } else if bytes + queued_bytes > s.config.max_bytes {
             Some(format!("{bytes} bytes"))
+        } else if !s.room.fits(queued_bytes) {
+            Some(self.room_refusal())
         } else {
             None
         };
@@ -417,7 +532,7 @@ impl Spool for EmbeddedSpool {
     }
 
     fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
-        match self.shared.pending.get(event_key(route, id))? {
+        match self.shared.engine()?.pending.get(event_key(route, id))? {
             Some(v) => decode(&v).map(Some),
             None => Ok(None),
         }
@@ -455,7 +570,8 @@ impl Spool for EmbeddedSpool {
     }
 
     fn pending(&self) -> Result<Vec<Event>, SpoolError> {
-        self.shared
+        let engine = self.shared.engine()?;
+        engine
             .pending
             .iter()
             .map(|kv| decode(&kv.into_inner()?.1))
@@ -463,7 +579,8 @@ impl Spool for EmbeddedSpool {
     }
 
     fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
-        self.shared
+        let engine = self.shared.engine()?;
+        engine
             .pending
             .prefix(route_prefix(route))
             .map(|kv| {
@@ -475,7 +592,8 @@ impl Spool for EmbeddedSpool {
 
     fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError> {
         let from = now_ms().saturating_add(1).to_be_bytes();
-        self.shared
+        let engine = self.shared.engine()?;
+        engine
             .dedup
             .range(from..)
             .filter_map(|kv| match kv.into_inner() {
@@ -502,7 +620,8 @@ impl Spool for EmbeddedSpool {
                 std::ops::Bound::Included(end),
             ),
         };
-        self.shared
+        let engine = self.shared.engine()?;
+        engine
             .dead
             .range(range)
             .take(limit)
@@ -511,7 +630,7 @@ impl Spool for EmbeddedSpool {
     }
 
     fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
-        match self.shared.dead.get(event_key(route, id))? {
+        match self.shared.engine()?.dead.get(event_key(route, id))? {
             Some(v) => decode(&v).map(Some),
             None => Ok(None),
         }
@@ -561,6 +680,24 @@ impl Spool for EmbeddedSpool {
         }
     }
 
+    fn health(&self) -> StoreHealth {
+        let s = &self.shared;
+        let refusing = match s.refusal() {
+            Some(e) => Some(e.to_string()),
+            None if !s.room.fits(s.queued_bytes.load(Ordering::Acquire)) => {
+                Some(self.room_refusal())
+            }
+            None => None,
+        };
+        StoreHealth {
+            refusing,
+            free_bytes: s.room.free(),
+            min_free_bytes: s.room.is_measured().then_some(s.room.min_free),
+            reopened: s.reopened.load(Ordering::Acquire),
+            rebuilt: s.rebuilt.load(Ordering::Acquire),
+        }
+    }
+
     fn sweep_expired_keys(&self) -> Completion<usize> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Op::Sweep { reply: Some(reply) }, rx)
@@ -573,8 +710,8 @@ impl Spool for EmbeddedSpool {
         };
         let start = event_key(route, hint.unwrap_or_else(Uuid::nil));
         let end = event_key(route, Uuid::max());
-        let (key, _) = self
-            .shared
+        let engine = self.shared.engine().ok()?;
+        let (key, _) = engine
             .pending
             .range(start..=end)
             .next()?

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::disk::Measure;
+use super::engine::{self, Engine};
 use super::keys::{dedup_key, expired_until, id_of};
 use super::spool::{lock, persist_mode, Shared};
 use crate::store::event::DedupRecord;
@@ -25,6 +27,14 @@ pub(super) const SWEEP_CHUNK: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How long removals of delivered events wait for a batch of appends to join.
 const DEFER_FOR: Duration = Duration::from_millis(5);
+/// How often the disk is measured while the writer commits (in between, what it commits is
+/// taken off the last measure).
+const MEASURE_BUSY: Duration = Duration::from_millis(10);
+/// How often the disk is measured while nothing is written (free space comes back from
+/// deliveries' removals, compactions, other processes).
+const MEASURE_IDLE: Duration = Duration::from_millis(50);
+/// The least time between two rebuilds.
+const REBUILD_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) type Reply<T = ()> = oneshot::Sender<Result<T, SpoolError>>;
 
@@ -75,6 +85,9 @@ struct Sweeping {
 }
 
 pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
+    let Ok(mut engine) = s.engine() else {
+        return;
+    };
     let mut ops = Vec::with_capacity(MAX_GROUP);
     let mut deletes: Vec<DeferredDelete> = Vec::new();
     let mut open = true;
@@ -82,8 +95,8 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     // Appends in the last batch that had any: more than one means concurrent senders.
     let mut last_appends = 0;
-    // Commits failed in a row.
-    let mut failures: u32 = 0;
+    let mut measured = Instant::now();
+    let mut last_rebuild: Option<Instant> = None;
     let linger = match s.config.durability {
         Durability::Fsync => s.config.linger,
         // Without a sync there is nothing to share.
@@ -98,7 +111,11 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
             // Nothing to do: removals queued from now on must wake this thread.
             s.writer_idle.store(true, Ordering::SeqCst);
             let next = if lock(&s.deferred).is_empty() {
-                let wait = next_sweep.saturating_duration_since(Instant::now());
+                // Woken at least every MEASURE_IDLE: the disk's free space is kept current
+                // while nothing is written too (deliveries elsewhere, another process).
+                let wait = next_sweep
+                    .saturating_duration_since(Instant::now())
+                    .min(MEASURE_IDLE);
                 receive(&rx, wait, &mut open)
             } else {
                 None
@@ -145,7 +162,7 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
         let expired = match &sweeping {
             Some(_) => {
                 next_sweep = Instant::now() + SWEEP_EVERY;
-                expired_chunk(&s)
+                expired_chunk(&engine)
             }
             None => Ok(Vec::new()),
         };
@@ -156,21 +173,25 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
         }
         let swept = expired.as_ref().map(Vec::len).unwrap_or(0);
         let mut committed = true;
-        if !ops.is_empty() || !deletes.is_empty() || swept > 0 {
-            committed = commit(
+        let wrote = !ops.is_empty() || !deletes.is_empty() || swept > 0;
+        if wrote {
+            match commit(
                 &s,
+                &engine,
                 &mut ops,
                 &mut deletes,
                 expired.as_deref().unwrap_or(&[]),
-            );
-        }
-        if committed {
-            failures = 0;
-        } else {
-            // A failing disk: back off (10 ms doubling to 1 s) instead of retrying the removals
-            // it refused in a tight loop; appends meanwhile are answered by each failed commit.
-            failures = (failures + 1).min(8);
-            std::thread::sleep(Duration::from_millis(5 << failures).min(Duration::from_secs(1)));
+            ) {
+                Ok(bytes) => s.room.committed(bytes),
+                Err(failure) => {
+                    committed = false;
+                    match recover(&s, engine, failure, &rx, &mut ops) {
+                        Some(e) => engine = e,
+                        // The spool was dropped while its store was failing.
+                        None => return,
+                    }
+                }
+            }
         }
         let expired = match (committed, expired) {
             (false, Ok(_)) => Err(SpoolError::Storage("the sweep's commit failed".into())),
@@ -197,11 +218,244 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
                 }
             }
         }
+        let every = if wrote { MEASURE_BUSY } else { MEASURE_IDLE };
+        if s.room.is_measured() && measured.elapsed() >= every {
+            measured = Instant::now();
+            if let Ok(m) = engine.measure(&s.path) {
+                s.room.update(&m);
+                if wants_rebuild(&s, &engine, &m, last_rebuild) {
+                    last_rebuild = Some(Instant::now());
+                    match rebuild(&s, engine, &m) {
+                        Ok(e) => engine = e,
+                        Err(failure) => match recover(&s, None, failure, &rx, &mut ops) {
+                            Some(e) => engine = e,
+                            None => return,
+                        },
+                    }
+                }
+            }
+        }
     }
     // Queue closed: make everything written so far durable before exiting.
     if let Some(mode) = persist_mode(s.config.durability) {
-        let _ = s.db.persist(mode);
+        let _ = engine.db.persist(mode);
     }
+}
+
+/// A commit that failed: why, and the appends it answered with the error (their senders got a
+/// 503 and will retry them as new events, so none may come back with the reopened engine).
+pub(super) struct Failure {
+    error: fjall::Error,
+    unwritten: Vec<(fjall::Slice, Option<[u8; 24]>)>,
+}
+
+impl Failure {
+    fn new(error: fjall::Error) -> Self {
+        Self {
+            error,
+            unwritten: Vec::new(),
+        }
+    }
+}
+
+/// Whether `e` says the disk (or the user's quota) is full.
+fn is_disk_full(e: &fjall::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    match e {
+        fjall::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))
+        }
+        _ => false,
+    }
+}
+
+/// After a failed write: every write is refused at once (fjall refuses them all once one failed),
+/// and every `write_retry` the engine is reopened from its journal, until it writes again. The
+/// ops still queued wait in `held` for the reopened engine. `None` if the spool was dropped
+/// meanwhile (its queue closed).
+fn recover(
+    s: &Shared,
+    engine: impl Into<Option<Arc<Engine>>>,
+    failure: Failure,
+    rx: &mpsc::Receiver<Op>,
+    held: &mut Vec<Op>,
+) -> Option<Arc<Engine>> {
+    let retry = s.config.write_retry;
+    // fjall may not know why (a background flush that failed poisons it too): a disk under its
+    // headroom is why, then.
+    let full = is_disk_full(&failure.error) || s.room.headroom() < 0;
+    let refusal = if full {
+        SpoolError::Full(format!(
+            "the disk of {} is full ({}); the store is reopened every {retry:?} until it can write",
+            s.path.display(),
+            failure.error
+        ))
+    } else {
+        SpoolError::Storage(format!(
+            "the store failed to write ({}); it is reopened every {retry:?} until it can",
+            failure.error
+        ))
+    };
+    tracing::error!(path = %s.path.display(), error = %failure.error, disk_full = full, retry_ms = retry.as_millis() as u64, "spool write failed: new events get 503 at once until the store is reopened");
+    *lock(&s.failure) = Some(refusal);
+    s.failed.store(true, Ordering::Release);
+    // Every handle must go before the directory can be opened again.
+    s.engine.store(None);
+    drop(engine.into());
+    let mut unwritten = failure.unwritten;
+    loop {
+        // The wait, during which ops queued before the failure are kept for the next engine.
+        let until = Instant::now() + retry;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(left) {
+                Ok(op) => held.push(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        match reopen(s, &unwritten) {
+            Ok(engine) => {
+                unwritten.clear();
+                s.reopened.fetch_add(1, Ordering::AcqRel);
+                *lock(&s.failure) = None;
+                s.failed.store(false, Ordering::Release);
+                tracing::warn!(path = %s.path.display(), "spool store reopened: it writes again; new events are accepted while the disk has room");
+                return Some(engine);
+            }
+            Err(e) => {
+                tracing::warn!(path = %s.path.display(), error = %e, retry_ms = retry.as_millis() as u64, "the spool store cannot write yet; trying again");
+            }
+        }
+    }
+}
+
+/// Reopens the engine from its journal and proves it writes: the appends that were answered
+/// with an error are removed if the journal kept them after all, then a record that changes
+/// nothing (an expired dedup key) is written at the spool's durability. The counts are taken
+/// again from what the engine holds.
+fn reopen(
+    s: &Shared,
+    unwritten: &[(fjall::Slice, Option<[u8; 24]>)],
+) -> Result<Arc<Engine>, SpoolError> {
+    let engine = Engine::reopen(&s.path, s.tuning)?;
+    let mut batch = engine
+        .db
+        .batch()
+        .durability(persist_mode(s.config.durability));
+    let mut removed = 0usize;
+    for (key, dedup) in unwritten {
+        if engine.pending.contains_key(key)? {
+            batch.remove(&engine.pending, key.clone());
+            if let Some(d) = dedup {
+                batch.remove(&engine.dedup, d.as_slice());
+            }
+            removed += 1;
+        }
+    }
+    // Sorts first among the dedup keys (expired since 1970): the next sweep removes it.
+    batch.insert(&engine.dedup, [0u8; 24].as_slice(), b"".as_slice());
+    batch.commit()?;
+    if removed > 0 {
+        tracing::warn!(
+            removed,
+            "events answered 503 were in the journal after all: removed (their senders retry them)"
+        );
+    }
+    let (pending, dead, bytes) = Shared::count(&engine)?;
+    s.pending_count.store(pending, Ordering::Release);
+    s.dead_count.store(dead, Ordering::Release);
+    s.bytes.store(bytes, Ordering::Release);
+    if let Ok(m) = engine.measure(&s.path) {
+        s.room.update(&m);
+    }
+    let engine = Arc::new(engine);
+    s.engine.store(Some(engine.clone()));
+    Ok(engine)
+}
+
+/// Whether a rebuild should give space back now: the spool is short of room (within
+/// `min_free_space` of refusing, or refusing), most of what the engine holds on disk is its own
+/// garbage (a journal fjall never deletes below 64 MB, overwritten records), the copy gives back
+/// enough to matter, and it fits in the free space. At most one a [`REBUILD_EVERY`].
+fn wants_rebuild(s: &Shared, engine: &Engine, m: &Measure, last: Option<Instant>) -> bool {
+    if last.is_some_and(|t| t.elapsed() < REBUILD_EVERY) {
+        return false;
+    }
+    let min_free = s.room.min_free;
+    if s.room.headroom() >= i64::try_from(min_free).unwrap_or(i64::MAX) {
+        return false;
+    }
+    let live = s.bytes.load(Ordering::Acquire) + engine.dedup.approximate_len() as u64 * 40;
+    let footprint = m.journal + m.tables;
+    let gain = footprint.saturating_sub(live);
+    gain > live && gain > (min_free / 4).max(1 << 20) && m.free > live + live / 2 + (1 << 20)
+}
+
+/// Copies what is live into a fresh engine and swaps it in (see [`super::engine`]). A copy that
+/// fails leaves the engine as it was; a swap that fails is finished or undone by
+/// [`engine::recover_swap`] and counts as a failed write.
+fn rebuild(s: &Shared, engine: Arc<Engine>, m: &Measure) -> Result<Arc<Engine>, Failure> {
+    let started = Instant::now();
+    let fresh = engine::beside(&s.path, "rebuild");
+    if let Err(e) = engine.copy_live(&fresh, s.tuning) {
+        tracing::warn!(error = %e, "cannot rebuild the spool to give disk space back; it stays as it is");
+        let _ = std::fs::remove_dir_all(&fresh);
+        return Ok(engine);
+    }
+    // Readers let go of the old engine (they get "being reopened" meanwhile), then it closes.
+    s.engine.store(None);
+    let deadline = Instant::now() + engine::RELEASE_WAIT;
+    let mut engine = engine;
+    let old = loop {
+        match Arc::try_unwrap(engine) {
+            Ok(old) => break old,
+            Err(still) if Instant::now() < deadline => {
+                engine = still;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(still) => {
+                tracing::warn!("the spool's engine is still in use; the rebuild is given up");
+                let _ = std::fs::remove_dir_all(&fresh);
+                s.engine.store(Some(still.clone()));
+                return Ok(still);
+            }
+        }
+    };
+    drop(old);
+    let swapped = engine::swap_in(&s.path, &fresh).or_else(|e| {
+        tracing::error!(error = %e, "the spool's rebuild could not swap its copy in; recovering");
+        engine::recover_swap(&s.path)
+    });
+    let reopened = swapped.and_then(|()| Engine::reopen(&s.path, s.tuning));
+    let engine = match reopened {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            return Err(Failure::new(fjall::Error::Io(std::io::Error::other(
+                e.to_string(),
+            ))))
+        }
+    };
+    s.rebuilt.fetch_add(1, Ordering::AcqRel);
+    let after = engine.measure(&s.path).ok();
+    if let Some(after) = &after {
+        s.room.update(after);
+    }
+    tracing::info!(
+        path = %s.path.display(),
+        before_bytes = m.journal + m.tables,
+        after_bytes = after.map(|a| a.journal + a.tables),
+        free_bytes = after.map(|a| a.free),
+        took_ms = started.elapsed().as_millis() as u64,
+        "spool rebuilt to give disk space back"
+    );
+    s.engine.store(Some(engine.clone()));
+    Ok(engine)
 }
 
 /// The next op within `wait`, if one comes; `open` turns false when the queue is closed.
@@ -217,9 +471,9 @@ fn receive(rx: &mpsc::Receiver<Op>, wait: Duration, open: &mut bool) -> Option<O
 }
 
 /// The next chunk of expired dedup keys (they are one range at the front of the keyspace).
-fn expired_chunk(s: &Shared) -> Result<Vec<fjall::Slice>, SpoolError> {
+fn expired_chunk(engine: &Engine) -> Result<Vec<fjall::Slice>, SpoolError> {
     let mut keys = Vec::new();
-    for kv in s.dedup.range(..expired_until()).take(SWEEP_CHUNK) {
+    for kv in engine.dedup.range(..expired_until()).take(SWEEP_CHUNK) {
         keys.push(kv.key()?);
     }
     Ok(keys)
@@ -254,21 +508,25 @@ struct Delta {
 
 /// The batch being built, and what it has done to each key so far.
 struct Batch<'a> {
-    s: &'a Shared,
+    engine: &'a Engine,
     batch: fjall::OwnedWriteBatch,
     /// Keys written or removed earlier in this batch: their size now, or `None` when removed.
     touched: HashMap<(Space, fjall::Slice), Option<u64>>,
     delta: Delta,
     /// Records written or removed so far.
     writes: usize,
+    /// Bytes of the keys and values written so far (what the journal grows by, about).
+    bytes: u64,
+    /// Appends in the batch: the key, and the dedup record's key if any.
+    appended: Vec<(fjall::Slice, Option<[u8; 24]>)>,
 }
 
 impl<'a> Batch<'a> {
     fn keyspace(&self, space: Space) -> &'a fjall::Keyspace {
-        let s: &'a Shared = self.s;
+        let e: &'a Engine = self.engine;
         match space {
-            Space::Pending => &s.pending,
-            Space::Dead => &s.dead,
+            Space::Pending => &e.pending,
+            Space::Dead => &e.dead,
         }
     }
 
@@ -291,6 +549,7 @@ impl<'a> Batch<'a> {
         let ks = self.keyspace(space);
         self.batch.insert(ks, key.clone(), value.clone());
         self.writes += 1;
+        self.bytes += (key.len() + value.len()) as u64;
         self.touched
             .insert((space, key.clone()), Some(value.len() as u64));
     }
@@ -299,6 +558,7 @@ impl<'a> Batch<'a> {
         let ks = self.keyspace(space);
         self.batch.remove(ks, key.clone());
         self.writes += 1;
+        self.bytes += key.len() as u64;
         self.touched.insert((space, key.clone()), None);
     }
 
@@ -314,11 +574,14 @@ impl<'a> Batch<'a> {
             } => {
                 let size = value.len() as u64;
                 self.insert(Space::Pending, key, value);
-                if let Some(d) = dedup {
+                let dedup = dedup.map(|d| dedup_key(&d));
+                if let Some(d) = &dedup {
                     self.batch
-                        .insert(&self.s.dedup, dedup_key(d).as_slice(), b"".as_slice());
+                        .insert(&self.engine.dedup, d.as_slice(), b"".as_slice());
                     self.writes += 1;
+                    self.bytes += d.len() as u64;
                 }
+                self.appended.push((key.clone(), dedup));
                 self.delta.pending += 1;
                 self.delta.bytes += size as i64;
                 self.delta.dequeued += 1;
@@ -371,13 +634,15 @@ impl<'a> Batch<'a> {
 }
 
 /// Writes `ops`, `deletes` and the removal of `expired` dedup keys as one batch, then answers
-/// their callers and applies what the batch changed to the counts. Returns whether it committed.
+/// their callers and applies what the batch changed to the counts. Returns the bytes it wrote,
+/// or the failure (every caller answered with it, the removals kept for a later batch).
 fn commit(
     s: &Shared,
+    engine: &Engine,
     ops: &mut Vec<Op>,
     deletes: &mut Vec<DeferredDelete>,
     expired: &[fjall::Slice],
-) -> bool {
+) -> Result<u64, Failure> {
     let synced = ops
         .iter()
         .any(|op| matches!(op, Op::Append { .. } | Op::Probe { .. }));
@@ -392,11 +657,13 @@ fn commit(
         None
     };
     let mut b = Batch {
-        s,
-        batch: s.db.batch().durability(mode),
+        engine,
+        batch: engine.db.batch().durability(mode),
         touched: HashMap::new(),
         delta: Delta::default(),
         writes: 0,
+        bytes: 0,
+        appended: Vec::new(),
     };
     let mut answers: Vec<Result<(), SpoolError>> = Vec::with_capacity(ops.len());
     for op in ops.iter() {
@@ -415,13 +682,16 @@ fn commit(
         }
     }
     for key in expired {
-        b.batch.remove(&s.dedup, key.clone());
+        b.batch.remove(&engine.dedup, key.clone());
         b.writes += 1;
+        b.bytes += key.len() as u64;
     }
     let Batch {
         batch,
         delta,
         writes,
+        bytes,
+        appended,
         ..
     } = b;
     let result = if writes == 0 {
@@ -429,12 +699,16 @@ fn commit(
         // must still reach the disk (and see a failed one), so it persists the journal itself.
         let _ = batch;
         match mode {
-            Some(m) if synced => s.db.persist(m).map_err(SpoolError::from),
+            Some(m) if synced => engine.db.persist(m),
             _ => Ok(()),
         }
     } else {
-        batch.commit().map_err(SpoolError::from)
+        batch.commit()
     };
+    let answer_all = result
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| SpoolError::Storage(e.to_string()));
     match &result {
         Ok(()) => {
             apply(&s.pending_count, delta.pending);
@@ -454,7 +728,7 @@ fn commit(
     s.queued_bytes
         .fetch_sub(delta.dequeued_bytes, Ordering::AcqRel);
     for (op, answer) in ops.drain(..).zip(answers) {
-        let answer = result.clone().and(answer);
+        let answer = answer_all.clone().and(answer);
         let reply = match op {
             Op::Append { reply, .. }
             | Op::Rewrite { reply, .. }
@@ -480,7 +754,13 @@ fn commit(
     if !again.is_empty() {
         lock(&s.deferred).append(&mut again);
     }
-    result.is_ok()
+    match result {
+        Ok(()) => Ok(bytes),
+        Err(error) => Err(Failure {
+            error,
+            unwritten: appended,
+        }),
+    }
 }
 
 /// Keeps the oldest-pending search hints true after a commit: a replayed event (an older id)

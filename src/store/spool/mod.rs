@@ -144,6 +144,25 @@ pub struct SpoolStats {
     pub syncs: u64,
 }
 
+/// Whether a store takes new events now, and the room it has (for readiness, the log and the
+/// `hookgate_store_*` gauges).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Why new events are refused now, if they are: the disk under its headroom, a failed store
+    /// waiting to be reopened, Redis out of memory or unable to persist.
+    pub refusing: Option<String>,
+    /// Free bytes where the store keeps its data (the embedded spool's filesystem, Redis's
+    /// `maxmemory` less what it uses), when known.
+    pub free_bytes: Option<u64>,
+    /// Under this much free space new events are refused (the embedded spool's resolved
+    /// `min_free_space`), when it applies.
+    pub min_free_bytes: Option<u64>,
+    /// Times the store was reopened in the running process after a failed write.
+    pub reopened: u64,
+    /// Times the store was rebuilt in the running process to give disk space back.
+    pub rebuilt: u64,
+}
+
 /// A dead letter as listed: everything but its body, which is never read for a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventSummary {
@@ -215,6 +234,10 @@ pub trait Spool: Send + Sync + 'static {
     /// Commits a write that changes nothing, at the spool's durability (synced under `fsync`):
     /// resolves `Ok` when the spool can store events now (for readiness checks).
     fn probe(&self) -> Completion;
+    /// Whether new events are taken now, and the room left. The default: always, room unknown.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
     /// How several instances share this spool's work, for a backend they share (Redis): each
     /// instance then claims due events from the spool rather than scheduling what it appended.
     /// `None` (the default) for a spool one process owns: its deliverer schedules each append
