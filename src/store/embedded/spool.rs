@@ -232,8 +232,9 @@ impl Drop for WriterGuard {
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
-        // A temporary spool's lock file goes with it.
-        if let (Some(_), Some((_, path))) = (&self._tempdir, &self.lock) {
+        // The lock file goes with a clean close (a crash leaves it: harmless, the lock is the
+        // kernel's and ends with the process).
+        if let Some((_, path)) = &self.lock {
             let _ = std::fs::remove_file(path);
         }
     }

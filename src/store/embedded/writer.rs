@@ -705,10 +705,13 @@ fn commit(
     } else {
         batch.commit()
     };
-    let answer_all = result
-        .as_ref()
-        .map(|_| ())
-        .map_err(|e| SpoolError::Storage(e.to_string()));
+    let answer_all = result.as_ref().map(|_| ()).map_err(|e| {
+        if is_disk_full(e) {
+            SpoolError::Full(format!("the disk is full: {e}"))
+        } else {
+            SpoolError::Storage(e.to_string())
+        }
+    });
     match &result {
         Ok(()) => {
             apply(&s.pending_count, delta.pending);

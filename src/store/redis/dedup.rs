@@ -77,11 +77,49 @@ async fn reservations(
     }
 }
 
+/// A reservation while Redis refuses writes (out of memory, unable to persist): a key already
+/// committed is still answered `duplicate` (the sender stops retrying an event that is stored),
+/// one in flight `InFlight`; a free key is answered `Reserved` without a write, since the
+/// event's append is refused at once (503 `spool_full`) and nothing holds the key meanwhile.
+async fn reserve_read_only(
+    conn: &Conn,
+    key: DedupKey,
+    name: String,
+    unwritten: &dashmap::DashSet<u128>,
+) -> Result<Reservation, StoreError> {
+    let value = conn
+        .run("reserve", |mut c| async move {
+            redis::cmd("GET")
+                .arg(name)
+                .query_async::<Option<String>>(&mut c)
+                .await
+        })
+        .await
+        .map_err(|e| StoreError(e.to_string()))?;
+    Ok(match value.as_deref() {
+        None => {
+            // Nothing to release: the release that follows the refused append is skipped.
+            if unwritten.len() < UNWRITTEN_MAX {
+                unwritten.insert(key.as_u128());
+            }
+            Reservation::Reserved
+        }
+        Some("c") => Reservation::Duplicate,
+        Some(_) => Reservation::InFlight,
+    })
+}
+
+/// Reservations answered without a write remembered at most (past it, their releases are sent:
+/// harmless, the key is not this instance's).
+const UNWRITTEN_MAX: usize = 65_536;
+
 /// A [`DedupStore`] in Redis, shared by every instance on one prefix.
 #[derive(Clone)]
 pub struct RedisDedupStore {
     conn: Conn,
     marker: Arc<str>,
+    /// Keys reserved without a write while Redis refused writes: their release sends nothing.
+    unwritten: Arc<dashmap::DashSet<u128>>,
     reserves: mpsc::UnboundedSender<Reserve>,
     /// Keys with a commit or release on its way: closed when it lands.
     writing: Arc<DashMap<u128, Arc<Semaphore>>>,
@@ -108,6 +146,7 @@ impl RedisDedupStore {
         Self {
             conn,
             marker,
+            unwritten: Arc::new(dashmap::DashSet::new()),
             reserves,
             writing: Arc::new(DashMap::new()),
         }
@@ -148,9 +187,14 @@ impl DedupStore for RedisDedupStore {
     fn reserve(&self, key: DedupKey, _ttl: Duration) -> BoxReserveFuture {
         let earlier = self.writing.get(&key.as_u128()).map(|w| w.clone());
         let (up, name, reserves) = (self.conn.is_up(), self.key(key), self.reserves.clone());
+        let refused = up && self.conn.refusal().is_some();
+        let (conn, unwritten) = (self.conn.clone(), self.unwritten.clone());
         Box::pin(async move {
             if !up {
                 return Err(StoreError("redis is unreachable".into()));
+            }
+            if refused {
+                return reserve_read_only(&conn, key, name, &unwritten).await;
             }
             if let Some(earlier) = earlier {
                 // Closed when it lands (acquire then fails); bounded by the command timeout.
@@ -178,6 +222,7 @@ impl DedupStore for RedisDedupStore {
     }
 
     fn commit(&self, key: DedupKey, ttl: Duration) {
+        self.unwritten.remove(&key.as_u128());
         if self.conn.take_committed(key) {
             // The append that stored its event committed it already, in the same script.
             return;
@@ -195,6 +240,9 @@ impl DedupStore for RedisDedupStore {
     }
 
     fn release(&self, key: DedupKey) {
+        if self.unwritten.remove(&key.as_u128()).is_some() {
+            return;
+        }
         self.write(key, "release", |mut c, name, marker| async move {
             RELEASE
                 .key(name)

@@ -80,11 +80,20 @@ const WAIT_TIMEOUT_MS: u64 = 1000;
 /// How often the health check pings Redis.
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
 
+/// Every how many health checks Redis's memory is read (once a second).
+const MEMORY_EVERY: u32 = 4;
+
 /// Failed health checks in a row that mark Redis down (one slow answer does not).
 const DOWN_AFTER: u32 = 2;
 
 /// Failed health checks in a row after which the shared connection is replaced.
 const REBUILD_AFTER: u32 = 8;
+
+/// Whether Redis refused a command because it takes no writes now: `OOM` (over `maxmemory`
+/// with `noeviction`) or `MISCONF` (its last save failed, with `stop-writes-on-bgsave-error`).
+fn refuses_writes(e: &RedisError) -> bool {
+    matches!(e.code(), Some("OOM" | "MISCONF"))
+}
 
 /// What the `redis` backend needs: the `[store]` keys and the spool's bounds.
 #[derive(Debug, Clone)]
@@ -140,6 +149,13 @@ struct ConnInner {
     /// vanished without a reset (a lost host) is never noticed by the manager itself.
     manager: std::sync::RwLock<ConnectionManager>,
     up: AtomicBool,
+    /// Why Redis refuses writes now (out of memory, or unable to persist: `MISCONF`), set by the
+    /// first command it refused and cleared once a write goes through again (the health check
+    /// tries one every [`HEALTH_EVERY`]). `refused` mirrors it for the per-request check.
+    refusal: std::sync::Mutex<Option<String>>,
+    refused: AtomicBool,
+    /// Redis's `maxmemory` less its `used_memory` (`u64::MAX`: unknown, or no `maxmemory`).
+    free_memory: std::sync::atomic::AtomicU64,
     metrics: StoreMetrics,
     prefix: String,
     /// Dedup keys committed with their event's append, whose `commit` need not be sent again.
@@ -193,6 +209,9 @@ impl Conn {
                 client,
                 manager: std::sync::RwLock::new(manager),
                 up: AtomicBool::new(true),
+                refusal: std::sync::Mutex::new(None),
+                refused: AtomicBool::new(false),
+                free_memory: std::sync::atomic::AtomicU64::new(u64::MAX),
                 metrics,
                 prefix: prefix.to_owned(),
                 committed: dashmap::DashSet::new(),
@@ -237,6 +256,47 @@ impl Conn {
     /// Whether the last health check reached Redis.
     pub(crate) fn is_up(&self) -> bool {
         self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// Why Redis refuses writes now, if it does (out of memory, or unable to persist).
+    pub(crate) fn refusal(&self) -> Option<String> {
+        if self.inner.refused.load(Ordering::Acquire) {
+            self.inner
+                .refusal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        } else {
+            None
+        }
+    }
+
+    /// Redis's free memory under `maxmemory`, when it has one.
+    pub(crate) fn free_memory(&self) -> Option<u64> {
+        match self.inner.free_memory.load(Ordering::Acquire) {
+            u64::MAX => None,
+            free => Some(free),
+        }
+    }
+
+    /// Records that Redis refused a write with `e` (logged once, when it starts).
+    fn refuse(&self, e: &RedisError) {
+        let why = e.to_string();
+        let mut refusal = self.inner.refusal.lock().unwrap_or_else(|e| e.into_inner());
+        if refusal.is_none() {
+            tracing::error!(error = %why, "redis refuses writes: new events get 503 at once until it takes writes again (deliveries go on)");
+        }
+        *refusal = Some(why);
+        self.inner.refused.store(true, Ordering::Release);
+    }
+
+    /// Redis takes writes again.
+    fn accept_writes(&self) {
+        let mut refusal = self.inner.refusal.lock().unwrap_or_else(|e| e.into_inner());
+        if refusal.take().is_some() {
+            tracing::info!("redis takes writes again: accepting events");
+        }
+        self.inner.refused.store(false, Ordering::Release);
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -313,6 +373,11 @@ impl Conn {
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(v)) => Ok(v),
+            // Out of memory or unable to persist: the spool is full until Redis says otherwise.
+            Ok(Err(e)) if refuses_writes(&e) => {
+                self.refuse(&e);
+                Err(SpoolError::Full(format!("redis: {command}: {e}")))
+            }
             Ok(Err(e)) => Err(storage_error(format!("{command}: {e}"))),
             Err(_) => Err(storage_error(format!(
                 "{command}: no answer within {} ms",
@@ -329,13 +394,21 @@ impl Conn {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures = 0u32;
         let mut checked_policy = false;
+        let mut tick_count = 0u32;
         loop {
             tick.tick().await;
             let pong = self
                 .run_anyway("ping", |mut c| async move {
                     ::redis::cmd("PING").query_async::<String>(&mut c).await
                 })
-                .await;
+                .await
+                // Redis answers PING with MISCONF while it cannot persist: it is reachable, and
+                // refuses writes (recorded by `run_on`).
+                .map(drop)
+                .or_else(|e| match e {
+                    SpoolError::Full(_) => Ok(()),
+                    other => Err(other),
+                });
             failures = if pong.is_ok() { 0 } else { failures + 1 };
             let up = failures < DOWN_AFTER;
             let was = self.inner.up.swap(up, Ordering::Relaxed);
@@ -370,7 +443,61 @@ impl Conn {
                 checked_policy = true;
                 self.check_eviction_policy().await;
             }
+            if pong.is_ok() {
+                if self.inner.refused.load(Ordering::Acquire) {
+                    self.try_write().await;
+                }
+                tick_count = tick_count.wrapping_add(1);
+                if tick_count % MEMORY_EVERY == 1 {
+                    self.read_memory().await;
+                }
+            }
         }
+    }
+
+    /// While Redis refuses writes: one that changes nothing (a key of this prefix that expires
+    /// in a second). Through, it takes writes again.
+    async fn try_write(&self) {
+        let key = self.key(&["writable"]);
+        let tried = self
+            .run_anyway("ping", |mut c| async move {
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(1000)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+        if tried.is_ok() {
+            self.accept_writes();
+        }
+    }
+
+    /// Reads Redis's `used_memory` and `maxmemory` (`INFO memory`): the free memory gauge.
+    async fn read_memory(&self) {
+        let info = self
+            .run_anyway("read", |mut c| async move {
+                ::redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async::<String>(&mut c)
+                    .await
+            })
+            .await;
+        let Ok(info) = info else {
+            return;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let free = match (field("used_memory"), field("maxmemory")) {
+            (Some(used), Some(max)) if max > 0 => max.saturating_sub(used),
+            _ => u64::MAX,
+        };
+        self.inner.free_memory.store(free, Ordering::Release);
     }
 
     /// Logs an error if Redis may evict keys without a TTL (events, streams, counts): only
@@ -424,7 +551,11 @@ pub fn open(config: RedisConfig, metrics: &Metrics) -> Result<Storage, SpoolErro
     );
     Ok(Storage {
         backend: "redis",
-        background: vec![Box::pin(conn.health()), Box::pin(spool.clone().heartbeat())],
+        background: vec![
+            Box::pin(conn.health()),
+            Box::pin(spool.clone().heartbeat()),
+            super::watch_health(spool.clone(), metrics.store().clone()),
+        ],
         spool,
         dedup: SharedDedupStore::new(dedup),
     })

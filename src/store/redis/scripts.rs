@@ -1,11 +1,32 @@
 //! The Lua scripts behind every write that touches several keys: each runs atomically in Redis,
-//! so the bounds and counts stay exact whichever instance writes. `u` is an event id, `e` an
+//! so the bounds and counts stay exact whichever instance writes.
+//!
+//! Each declares its flags (a `#!lua` first line, Redis 7): out of memory (`maxmemory`), a
+//! script that frees memory or records progress (a delivery, a dead letter, a retry) runs whole
+//! (`allow-oom`), and one that adds events or keys is refused before its first command. Without
+//! flags Redis would refuse a script's first memory-growing command, after the ones before it
+//! ran: a delivery removed without its count, and memory never given back. `u` is an event id, `e` an
 //! encoded event; a stream entry of the queue carries `u` and `d` (the due time it was queued
 //! for: an entry whose event has another due time is stale and skipped).
 
 use std::sync::LazyLock;
 
 use redis::Script;
+
+/// The first line of a script that grows memory: refused whole while Redis is out of memory.
+macro_rules! grows {
+    () => {
+        "#!lua\n"
+    };
+}
+
+/// The first line of a script that frees memory or records progress: runs whole even while
+/// Redis is out of memory (deliveries are what give memory back).
+macro_rules! frees {
+    () => {
+        "#!lua flags=allow-oom\n"
+    };
+}
 
 /// Acks and deletes queue entry `ARGV[n]` if it is not empty (an event this instance claimed).
 macro_rules! ack {
@@ -33,7 +54,8 @@ macro_rules! ack {
 /// with it, atomically: once the event is stored, every instance answers its duplicates
 /// `duplicate`, whatever happens to this one.
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        grows!(),
         r"
 local n = tonumber(redis.call('HGET', KEYS[1], 'events') or '0')
 local b = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
@@ -62,15 +84,16 @@ if added > 0 then
   redis.call('SADD', KEYS[5], ARGV[3])
 end
 return out
-",
-    )
+"
+    ))
 });
 
 /// A batch of deliveries of one route. KEYS: stats, ev, pending, queue, retry. ARGV: two per
 /// event: u, its stream entry ('' if this instance did not claim it). Returns how many of the
 /// events were pending.
 pub(super) static DELIVERED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        frees!(),
         r"
 local removed, bytes, acks = 0, 0, {}
 for i = 1, #ARGV, 2 do
@@ -92,13 +115,14 @@ if removed > 0 then
   redis.call('HINCRBY', KEYS[1], 'bytes', -bytes)
 end
 return removed
-",
-    )
+"
+    ))
 });
 
 /// KEYS: stats, ev, queue, retry. ARGV: u, e, due, entry. Returns 1 if the event was pending.
 pub(super) static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        frees!(),
         ack!("3", "4"),
         r"
 local old = redis.call('HSTRLEN', KEYS[2], ARGV[1])
@@ -115,6 +139,7 @@ return 1
 /// event was pending.
 pub(super) static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        frees!(),
         ack!("4", "3"),
         r"
 local old = redis.call('HSTRLEN', KEYS[2], ARGV[1])
@@ -152,7 +177,8 @@ end
 /// Returns 1 if it was a dead letter.
 pub(super) static REVIVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{DEAD_SIZE}{}",
+        "{}{DEAD_SIZE}{}",
+        grows!(),
         r"
 local member, id = dead_entry(KEYS[6], ARGV[1])
 if not member then return 0 end
@@ -172,7 +198,8 @@ return 1
 /// KEYS: stats, dead, deadix. ARGV: u. Returns 1 if it was a dead letter.
 pub(super) static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{DEAD_SIZE}{}",
+        "{}{DEAD_SIZE}{}",
+        frees!(),
         r"
 local member, id = dead_entry(KEYS[3], ARGV[1])
 if not member then return 0 end
@@ -190,7 +217,8 @@ return 1
 /// KEYS: retry, queue. ARGV: now, limit. Queues up to `limit` retries due by `now`; returns how
 /// many.
 pub(super) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        frees!(),
         r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 for i = 1, #due, 2 do
@@ -198,14 +226,15 @@ for i = 1, #due, 2 do
   redis.call('ZREM', KEYS[1], due[i])
 end
 return #due / 2
-",
-    )
+"
+    ))
 });
 
 /// A batch of reservations. KEYS: the dedup keys. ARGV: this instance's marker, the in-flight
 /// TTL (ms). Returns per key 0 (reserved), 1 (committed: duplicate) or 2 (in flight).
 pub(super) static RESERVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        grows!(),
         r"
 local out = {}
 for i = 1, #KEYS do
@@ -218,26 +247,28 @@ for i = 1, #KEYS do
   end
 end
 return out
-",
-    )
+"
+    ))
 });
 
 /// KEYS: the dedup key. ARGV: this instance's marker. Deletes the key if it is still this
 /// instance's reservation (never a committed key, never another instance's).
 pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        frees!(),
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-",
-    )
+"
+    ))
 });
 
 /// KEYS: a route's queue. ARGV: this instance's consumer, then the stream entries it holds.
 /// Renews (`XCLAIM ... JUSTID`, idle time back to 0) each entry still pending with this
 /// consumer; returns those another instance has taken over meanwhile (never taken back).
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        frees!(),
         r"
 local lost = {}
 for i = 2, #ARGV do
@@ -249,19 +280,20 @@ for i = 2, #ARGV do
   end
 end
 return lost
-",
-    )
+"
+    ))
 });
 
 /// KEYS: a route's queue. ARGV: a consumer. Removes it from the group only if it holds nothing
 /// (checked in the same step: a consumer's pending entries are never discarded). Returns 1 if
 /// removed.
 pub(super) static REMOVE_CONSUMER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        frees!(),
         r"
 if #redis.call('XPENDING', KEYS[1], 'hookgate', '-', '+', 1, ARGV[1]) > 0 then return 0 end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'hookgate', ARGV[1])
 return 1
-",
-    )
+"
+    ))
 });

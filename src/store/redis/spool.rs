@@ -27,6 +27,7 @@ use super::{storage_error, Conn, RedisConfig};
 use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
 use crate::store::spool::{
     Completion, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture, SpoolStats,
+    StoreHealth,
 };
 
 /// The consumer group of every route's stream.
@@ -657,6 +658,12 @@ impl Spool for RedisSpool {
         if !self.conn.is_up() {
             return Completion::ready(Err(SpoolError::Storage("redis is unreachable".into())));
         }
+        // Out of memory or unable to persist: refused at once, no round trip per request.
+        if let Some(why) = self.conn.refusal() {
+            return Completion::ready(Err(SpoolError::Full(format!(
+                "redis refuses writes: {why}"
+            ))));
+        }
         let blob = match encode(event) {
             Ok(b) => b,
             Err(e) => return Completion::ready(Err(e)),
@@ -939,6 +946,21 @@ impl Spool for RedisSpool {
     /// Nothing to sweep: Redis expires dedup keys itself.
     fn sweep_expired_keys(&self) -> Completion<usize> {
         Completion::ready(Ok(0))
+    }
+
+    fn health(&self) -> StoreHealth {
+        let refusing = if !self.conn.is_up() {
+            Some("redis is unreachable".to_owned())
+        } else {
+            self.conn
+                .refusal()
+                .map(|why| format!("redis refuses writes: {why}"))
+        };
+        StoreHealth {
+            refusing,
+            free_bytes: self.conn.free_memory(),
+            ..StoreHealth::default()
+        }
     }
 
     fn probe(&self) -> Completion {
