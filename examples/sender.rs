@@ -13,7 +13,10 @@
 //! `--concurrency C` (8), `--interval D` (30s), `--attempts N` (5), `--failed P` (percent of
 //! failed generations, 30), `--resend P` (percent of generations sent once more after their 200,
 //! as a sender does when the answer was lost; 0), `--connect-timeout D` (10s), `--timeout D`
-//! (30s). Every run is bounded: N × attempts requests at most.
+//! (30s), `--rate R` (generations started per second at most; default: as fast as the concurrency
+//! allows), `--acked FILE` (each acknowledged generation id, a line as soon as its 200 arrives: what
+//! `scripts/chaos` checks reached the handler). Every run is bounded: N × attempts requests at
+//! most.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +42,8 @@ struct Options {
     resend_percent: u64,
     connect_timeout: Duration,
     timeout: Duration,
+    acked: Option<std::path::PathBuf>,
+    rate: Option<f64>,
 }
 
 fn parse() -> Result<Options, String> {
@@ -52,6 +57,8 @@ fn parse() -> Result<Options, String> {
         resend_percent: 0,
         connect_timeout: Duration::from_secs(10),
         timeout: Duration::from_secs(30),
+        acked: None,
+        rate: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -69,6 +76,15 @@ fn parse() -> Result<Options, String> {
                 o.connect_timeout = humantime::parse_duration(&value).map_err(|e| bad(&e))?
             }
             "--timeout" => o.timeout = humantime::parse_duration(&value).map_err(|e| bad(&e))?,
+            "--acked" => o.acked = Some(value.into()),
+            "--rate" => match value.parse::<f64>() {
+                Ok(r) if r > 0.0 && r.is_finite() => o.rate = Some(r),
+                _ => {
+                    return Err(bad(
+                        &"a rate is a positive number of generations per second",
+                    ))
+                }
+            },
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -123,6 +139,18 @@ async fn main() {
         ..Tally::default()
     }));
     let next = Arc::new(AtomicUsize::new(0));
+    // Each acknowledged generation, written (and flushed) as its 200 arrives: a reader sees
+    // every one the sender saw acknowledged, even if this process is stopped.
+    let acked_file = match &o.acked {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Some(Arc::new(Mutex::new(f))),
+            Err(e) => {
+                eprintln!("sender: --acked {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
     let started = Instant::now();
     println!(
         "sender: {} generations to {} at concurrency {}, up to {} attempts {:?} apart",
@@ -131,13 +159,19 @@ async fn main() {
     let workers: Vec<_> = (0..o.concurrency)
         .map(|_| {
             let (o, client, tally, next) = (o.clone(), client.clone(), tally.clone(), next.clone());
+            let acked_file = acked_file.clone();
             tokio::spawn(async move {
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= o.count {
                         return;
                     }
-                    let (_, body) = payload(n, o.failed_percent);
+                    // Paced: generation n starts n / rate seconds into the run.
+                    if let Some(rate) = o.rate {
+                        let at = started + Duration::from_secs_f64(n as f64 / rate);
+                        tokio::time::sleep_until(at.into()).await;
+                    }
+                    let (id, body) = payload(n, o.failed_percent);
                     let resend = fastrand::u64(0..100) < o.resend_percent;
                     let mut acked = false;
                     for attempt in 1..=o.attempts {
@@ -173,6 +207,14 @@ async fn main() {
                             }
                         }
                         if acked {
+                            if let Some(f) = &acked_file {
+                                use std::io::Write;
+                                let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                                if let Err(e) = writeln!(f, "{id}") {
+                                    eprintln!("sender: cannot record an acknowledgement: {e}");
+                                    std::process::exit(2);
+                                }
+                            }
                             break;
                         }
                         if attempt < o.attempts {

@@ -256,8 +256,11 @@ impl JsonPointer {
         self.tokens.iter().try_fold(value, |v, token| match v {
             Value::Object(map) => map.get(token),
             Value::Array(items) => {
-                // RFC 6901: decimal index without leading zeros.
-                if token.len() > 1 && token.starts_with('0') {
+                // RFC 6901: decimal digits without leading zeros; `usize`'s parser would also
+                // take a sign (`+0`).
+                if !token.bytes().all(|b| b.is_ascii_digit())
+                    || (token.len() > 1 && token.starts_with('0'))
+                {
                     return None;
                 }
                 token.parse::<usize>().ok().and_then(|i| items.get(i))

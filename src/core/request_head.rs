@@ -70,13 +70,14 @@ pub fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<Option<u6
         return Ok(None);
     };
     let text = text.trim();
+    // RFC 9110 §8.6: 1*DIGIT. `u64`'s parser would also take a sign (`+5`).
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
     match text.parse::<u64>() {
         Ok(n) if n > limit => Err(Rejection::PayloadTooLarge { limit }),
         Ok(n) => Ok(Some(n)),
-        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
-            Err(Rejection::PayloadTooLarge { limit })
-        }
-        Err(_) => Ok(None),
+        Err(_) => Err(Rejection::PayloadTooLarge { limit }),
     }
 }
 
@@ -195,6 +196,15 @@ mod tests {
             Case {
                 input: Some("101"),
                 want: Err(413),
+            },
+            // RFC 9110: digits only. A sign is not a length (the streamed count decides).
+            Case {
+                input: Some("+5"),
+                want: Ok(None),
+            },
+            Case {
+                input: Some("+500"),
+                want: Ok(None),
             },
             Case {
                 input: Some("99999999999999999999999"),

@@ -459,6 +459,22 @@ fn unquoted(message: &str) -> String {
     out
 }
 
+/// `message` as one line: control characters escaped. serde echoes a refused name or variant in
+/// backticks, and a path from the file is shown as written: the file's text may put a line
+/// break there, which would forge an error line of its own (or move the cursor, for other
+/// controls).
+fn one_line(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One `allow` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -723,7 +739,7 @@ pub enum ConfigFileError {
         message: String,
     },
     /// Values that parse but do not make sense, one line each.
-    #[error("{}", .errors.iter().map(|e| format!("{}: {e}", .file)).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", .errors.iter().map(|e| format!("{}: {}", .file, one_line(&e.to_string()))).collect::<Vec<_>>().join("\n"))]
     Invalid {
         /// The file.
         file: String,
@@ -775,11 +791,11 @@ impl Config {
             });
             ConfigFileError::Syntax {
                 file: file.clone(),
-                message: format!(
+                message: one_line(&format!(
                     "{}{}",
                     at.unwrap_or_default(),
                     unquoted(e.message().trim_end())
-                ),
+                )),
             }
         })?;
         config.source = path.to_owned();
@@ -846,9 +862,10 @@ impl Config {
             #[serde(default)]
             server: Admin,
         }
+        // Like `load`'s: one line, no quoted value (a secret) repeated.
         let only: Only = toml::from_str(&text).map_err(|e| ConfigFileError::Syntax {
             file: file.clone(),
-            message: e.message().to_owned(),
+            message: one_line(&unquoted(e.message().trim_end())),
         })?;
         let base = path
             .parent()

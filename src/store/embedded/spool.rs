@@ -307,7 +307,12 @@ impl EmbeddedSpool {
         sweep_at_open(&engine, config.durability)?;
         let (pending_count, dead_count, bytes) = Shared::count(&engine)?;
         let measure = match engine.measure(&path) {
-            Ok(m) => Some(m),
+            Ok(m) if m.total > 0 => Some(m),
+            // Some file systems (FUSE ones among them) report no size at all.
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "the spool's file system reports no size (statvfs): its free space is not measured, and new events are not refused for it");
+                None
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot measure the spool's free space: new events are not refused for it");
                 None
