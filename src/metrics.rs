@@ -73,6 +73,8 @@ pub struct StoreMetrics {
     pub free_bytes: IntGauge,
     /// `hookgate_store_min_free_bytes`: under this much free space new events are refused.
     pub min_free_bytes: IntGauge,
+    /// `hookgate_store_headroom_bytes`: how far the free space is above the refusal point.
+    pub headroom_bytes: IntGauge,
     /// `hookgate_store_recoveries_total{action}`: `reopen` after a failed write, `rebuild` to
     /// give disk space back.
     pub recoveries: IntCounterVec,
@@ -207,6 +209,10 @@ impl Metrics {
                     "hookgate_store_min_free_bytes",
                     "embedded: store.min_free_space as resolved for the filesystem; under it (plus the room the engine keeps for its own work) new events get 503 spool_full",
                 )?,
+                headroom_bytes: IntGauge::new(
+                    "hookgate_store_headroom_bytes",
+                    "embedded: free bytes above the point where new events get 503 spool_full (store.min_free_space plus the room the engine keeps for flushing its journal and one compaction); negative while they do. 0 where the disk is not measured",
+                )?,
                 recoveries: IntCounterVec::new(
                     Opts::new(
                         "hookgate_store_recoveries_total",
@@ -242,6 +248,7 @@ impl Metrics {
         registry.register(Box::new(m.store.writable.clone()))?;
         registry.register(Box::new(m.store.free_bytes.clone()))?;
         registry.register(Box::new(m.store.min_free_bytes.clone()))?;
+        registry.register(Box::new(m.store.headroom_bytes.clone()))?;
         registry.register(Box::new(m.store.recoveries.clone()))?;
         Ok(m)
     }

@@ -7,34 +7,40 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The example binaries next to the gateway under test, built (or found fresh) by cargo.
+/// `examples/chaos`, with `examples/sender` beside it, built (or found fresh) by cargo in the
+/// profile of the gateway under test; where cargo put it, as cargo reports.
 fn chaos_binary() -> PathBuf {
     let gateway = Path::new(env!("CARGO_BIN_EXE_hookgate"));
-    let examples = gateway
+    let release = gateway
         .parent()
-        .expect("a target directory")
-        .join("examples");
-    // The same profile and features as this test's gateway: cargo finds them fresh (after
-    // scripts/test's build) or builds the two examples.
+        .and_then(|p| p.file_name())
+        .is_some_and(|p| p == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .args([
             "build",
-            "--quiet",
+            "--locked",
             "--all-features",
-            "--example",
-            "chaos",
-            "--example",
-            "sender",
+            "--message-format=json",
         ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
+        .args(["--example", "chaos", "--example", "sender"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        build.arg("--release");
+    }
+    let out = build.output().expect("cargo runs");
     assert!(
-        status.success(),
-        "cannot build examples/chaos and examples/sender"
+        out.status.success(),
+        "cannot build examples/chaos and examples/sender:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    examples.join("chaos")
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "chaos")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reports the chaos example it built")
 }
 
 fn chaos(args: &[&str]) -> String {

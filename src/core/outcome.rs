@@ -171,12 +171,18 @@ impl Outcome {
 }
 
 /// Step 12: `None` when the key is now reserved (go on to step 13), else the outcome. A store
-/// that cannot answer fails closed: 503 `dedup_unavailable`, and the sender retries.
-pub fn reserved<E: Display>(route: &str, result: Result<Reservation, E>) -> Option<Outcome> {
+/// that cannot answer fails closed: 503 `dedup_unavailable`, and the sender retries; one that
+/// answers but has no room to store the key (Redis out of memory) is full: 503 `spool_full`.
+pub fn reserved<E: StoreFailure>(route: &str, result: Result<Reservation, E>) -> Option<Outcome> {
     match result {
         Ok(Reservation::Reserved) => None,
         Ok(Reservation::Duplicate) => Some(Outcome::Duplicate),
         Ok(Reservation::InFlight) => Some(Outcome::Rejected(Rejection::DuplicateInFlight)),
+        // Debug only, like a full spool's: the store logs once when it starts refusing.
+        Err(e) if e.is_full() => {
+            tracing::debug!(route, why = %e, "store full: answering 503");
+            Some(Outcome::Rejected(Rejection::SpoolFull))
+        }
         Err(e) => {
             tracing::warn!(route, error = %e, "dedup store unavailable: answering 503");
             Some(Outcome::Rejected(Rejection::DedupUnavailable))
@@ -184,14 +190,21 @@ pub fn reserved<E: Display>(route: &str, result: Result<Reservation, E>) -> Opti
     }
 }
 
-/// A failed append, as step 13 tells them apart.
-pub trait AppendError: Display {
-    /// The spool is at its bound (rather than failing).
+/// A store's failure, as steps 12 and 13 tell them apart.
+pub trait StoreFailure: Display {
+    /// The store has no room (its bound, its disk, Redis's memory), rather than failing.
     fn is_full(&self) -> bool;
 }
 
+/// An I/O error is full when the disk is.
+impl StoreFailure for std::io::Error {
+    fn is_full(&self) -> bool {
+        self.kind() == std::io::ErrorKind::StorageFull
+    }
+}
+
 /// Steps 13–14: the append of event `event_id` committed (received) or did not (503).
-pub fn appended<E: AppendError>(route: &str, event_id: Uuid, result: Result<(), E>) -> Outcome {
+pub fn appended<E: StoreFailure>(route: &str, event_id: Uuid, result: Result<(), E>) -> Outcome {
     match result {
         Ok(()) => {
             tracing::debug!(route, %event_id, "event accepted");
@@ -249,7 +262,7 @@ mod tests {
             f.write_str("disk")
         }
     }
-    impl AppendError for Failure {
+    impl StoreFailure for Failure {
         fn is_full(&self) -> bool {
             self.0
         }

@@ -528,12 +528,15 @@ async fn dispatch(inner: Arc<Inner>) {
         };
         let stored = match inner.take_hot(id) {
             Some(e) => Ok(Some(e)),
-            None => inner.spool.get(&inner.route, id),
+            None => {
+                let read = inner.spool.get(&inner.route, id);
+                if read.is_ok() && unreadable {
+                    unreadable = false;
+                    tracing::info!(route = %inner.route, "the spool reads again; delivering");
+                }
+                read
+            }
         };
-        if stored.is_ok() && unreadable {
-            unreadable = false;
-            tracing::info!(route = %inner.route, "the spool reads again; delivering");
-        }
         match stored {
             Ok(Some(event)) => {
                 tokio::spawn(attempt(inner.clone(), target.clone(), event, permit, probe));
@@ -544,19 +547,32 @@ async fn dispatch(inner: Arc<Inner>) {
                     inner.lock_circuit().probe_unsent();
                 }
             }
+            // A record that cannot be decoded can never be delivered: it stays in the spool
+            // for an operator, and is not scheduled again.
+            Err(e @ SpoolError::Corrupt(..)) => {
+                if probe {
+                    inner.lock_circuit().probe_unsent();
+                }
+                tracing::error!(route = %inner.route, event_id = %id, error = %e, "an event in the spool cannot be read: it is left there, not delivered");
+            }
             Err(e) => {
                 if probe {
                     inner.lock_circuit().probe_unsent();
                 }
+                // The store is being reopened: back at its place in the queue, tried again in a
+                // moment. Any other failure: in a second.
+                let (due, wait) = match e {
+                    SpoolError::Reopening => (now_ms(), READ_RETRY),
+                    _ => (now_ms() + 1000, READ_RETRY),
+                };
                 if !unreadable {
                     unreadable = true;
-                    tracing::warn!(route = %inner.route, event_id = %id, error = %e, retry_ms = READ_RETRY.as_millis() as u64, "cannot read events from the spool; trying again");
+                    tracing::warn!(route = %inner.route, event_id = %id, error = %e, "cannot read events from the spool; trying again");
                 }
-                // Back at its place in the queue, tried again once the spool reads.
-                inner.push(now_ms(), id);
+                inner.push(due, id);
                 drop(permit);
                 tokio::select! {
-                    _ = tokio::time::sleep(READ_RETRY) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }

@@ -330,6 +330,22 @@ impl ServeHttp for Admin {
     }
 }
 
+/// How long `/readyz` waits for the spool's probe: a writer busy with a long copy answers
+/// "not ready" rather than hold the balancer's check.
+const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The probe's failure, or its not answering within `within`; `None` when it committed.
+async fn probe_within(
+    probe: crate::store::Completion,
+    within: std::time::Duration,
+) -> Option<String> {
+    match tokio::time::timeout(within, probe).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {} ms", within.as_millis())),
+    }
+}
+
 type AllFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, SpoolError>> + Send + 'a>>;
 
@@ -359,10 +375,10 @@ impl Admin {
             Some(format!("the spool holds {} bytes, its bound", stats.bytes))
         } else if let Some(why) = &health.refusing {
             Some(format!("new events are refused: {why}"))
-        } else if let Err(e) = self.spool.probe().await {
-            Some(format!("the spool cannot commit: {e}"))
         } else {
-            None
+            probe_within(self.spool.probe(), PROBE_WITHIN)
+                .await
+                .map(|e| format!("the spool cannot commit: {e}"))
         };
         let body = serde_json::json!({
             "status": if problem.is_some() { "not_ready" } else { "ready" },

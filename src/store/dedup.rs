@@ -29,10 +29,38 @@ use super::event::now_ms;
 use super::spool::{Spool, SpoolError};
 use crate::core::{DedupKey, Outcome, Reservation};
 
-/// A dedup store failed (e.g. a network store is unreachable).
+/// A dedup store failed (e.g. a network store is unreachable), or has no room for the key.
 #[derive(Debug, thiserror::Error)]
-#[error("dedup store: {0}")]
-pub struct StoreError(pub String);
+#[error("dedup store: {message}")]
+pub struct StoreError {
+    message: String,
+    full: bool,
+}
+
+impl StoreError {
+    /// The store failed: 503 `dedup_unavailable`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            full: false,
+        }
+    }
+
+    /// The store answers, but has no room for the key (Redis out of memory or unable to
+    /// persist): 503 `spool_full`, like the append it would have preceded.
+    pub fn full(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            full: true,
+        }
+    }
+}
+
+impl crate::core::outcome::StoreFailure for StoreError {
+    fn is_full(&self) -> bool {
+        self.full
+    }
+}
 
 /// Remembers which events were accepted, for a TTL.
 ///

@@ -73,6 +73,7 @@ pub fn watch_health(spool: Arc<dyn Spool>, metrics: crate::metrics::StoreMetrics
             let gauge = |v: Option<u64>| v.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
             metrics.free_bytes.set(gauge(h.free_bytes));
             metrics.min_free_bytes.set(gauge(h.min_free_bytes));
+            metrics.headroom_bytes.set(h.headroom_bytes.unwrap_or(0));
             let recoveries = &metrics.recoveries;
             recoveries
                 .with_label_values(&["reopen"])

@@ -150,12 +150,13 @@ impl Config {
                 "must be at least 4MiB".into(),
             ));
         }
-        if !(Duration::from_millis(10)..=Duration::from_secs(3600))
+        // Each try replays the whole journal: not more often than ten times a second.
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
             .contains(&self.store.write_retry)
         {
             errors.push(invalid(
                 "store.write_retry".into(),
-                "must be between 10ms and 1h".into(),
+                "must be between 100ms and 1h".into(),
             ));
         }
         errors.extend(self.check_store());

@@ -158,8 +158,11 @@ impl Room {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
                 Some(f.saturating_sub(bytes))
             });
-        self.headroom
-            .fetch_sub(b.saturating_mul(2), Ordering::AcqRel);
+        let _ = self
+            .headroom
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(h.saturating_sub(b.saturating_mul(2)))
+            });
     }
 
     /// Whether `bytes` more (queued appends and this one) fit above the headroom.

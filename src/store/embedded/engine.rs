@@ -2,12 +2,23 @@
 //! running process: after a failed write (fjall refuses every write once one failed, until it is
 //! reopened), and to give space back when the engine itself fills the disk (a rebuild).
 //!
+//! Everything stays inside the spool's directory:
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `engine/` | the fjall database |
+//! | `engine.rebuild/` | a rebuild's copy, while it is written (marked complete once synced) |
+//! | `engine.old/` | the database a rebuild replaced, until it is removed |
+//! | `hookgate.lock` | held while a process has the spool open |
+//!
 //! A rebuild copies what is live (pending events, dead letters, unexpired dedup keys) into a
-//! fresh database next to the spool, written straight into tables (no journal), then swaps the
+//! fresh database beside the engine, written straight into tables (no journal), then swaps the
 //! two directories. fjall deletes a journal only once it passed 64 MB and was flushed: on a
-//! small filesystem nothing else gives the journal's space back. Every step leaves a state that
-//! [`recover_swap`] finishes or undoes at the next open, so a crash anywhere loses nothing.
+//! small filesystem nothing else gives the journal's space back; and after a failed write the
+//! journal that failed is not trusted with new events. Every step leaves a state that
+//! [`recover_swap`] finishes or undoes, and none of them loses a copy that holds data.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::disk::{journal_bytes, statvfs, Measure};
@@ -18,8 +29,32 @@ use crate::store::spool::SpoolError;
 pub(super) const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Marks a rebuilt copy as complete (every record written and synced): only then may it
-/// replace the spool.
+/// replace the engine. It stays in the engine it moved into until the one it replaced is gone.
 const COMPLETE: &str = "hookgate-rebuilt";
+
+/// The file fjall keeps in every database it created: a directory without it holds none.
+const FJALL_VERSION: &str = "version";
+
+/// The engine's directory inside the spool's.
+pub(super) fn engine_dir(spool: &Path) -> PathBuf {
+    spool.join("engine")
+}
+
+/// The directory beside the engine's named `engine.{suffix}` (`rebuild`, `old`).
+pub(super) fn beside(engine: &Path, suffix: &str) -> PathBuf {
+    let mut name = engine
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "engine".into());
+    name.push(".");
+    name.push(suffix);
+    engine.with_file_name(name)
+}
+
+/// Whether `dir` holds a fjall database.
+fn holds_database(dir: &Path) -> bool {
+    dir.join(FJALL_VERSION).is_file()
+}
 
 /// The engine: the database and its three keyspaces.
 pub(super) struct Engine {
@@ -35,6 +70,14 @@ pub(super) struct Tuning {
     pub memory: u64,
 }
 
+/// What a copy leaves behind: pending events and their dedup records by key (the appends
+/// answered 503 by a write that failed).
+#[derive(Debug, Default)]
+pub(super) struct Skip {
+    pub pending: HashSet<Vec<u8>>,
+    pub dedup: HashSet<Vec<u8>>,
+}
+
 impl Engine {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path, tuning: Tuning) -> Result<Self, SpoolError> {
@@ -42,9 +85,17 @@ impl Engine {
             .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))
     }
 
-    /// Opens the database in `path` once the handles of a previous engine there are gone: a
-    /// reader may still hold one for a moment (bounded: [`RELEASE_WAIT`]).
+    /// Opens the database in `path` again, in the running process, once the handles of the
+    /// previous engine are gone (a reader may hold one for a moment: bounded by
+    /// [`RELEASE_WAIT`]). Never creates one: a directory without a database (a swap that
+    /// failed half way) is an error, not an empty spool.
     pub fn reopen(path: &Path, tuning: Tuning) -> Result<Self, SpoolError> {
+        if !holds_database(path) {
+            return Err(SpoolError::Storage(format!(
+                "{} holds no database (its {FJALL_VERSION} file is missing): not opening an empty one in its place",
+                path.display()
+            )));
+        }
         let deadline = std::time::Instant::now() + RELEASE_WAIT;
         loop {
             match Self::open_engine(path, tuning) {
@@ -96,19 +147,22 @@ impl Engine {
         })
     }
 
-    /// Copies everything live into a fresh database at `to` (removed first if a previous try
-    /// left it), straight into its tables, synced and marked complete. Returns the bytes
-    /// written (records' keys and values).
-    pub fn copy_live(&self, to: &Path, tuning: Tuning) -> Result<u64, SpoolError> {
+    /// Copies everything live, but what `skip` names, into a fresh database at `to` (removed
+    /// first if a previous try left it), straight into its tables, synced and marked complete.
+    /// Returns the bytes written (records' keys and values).
+    pub fn copy_live(&self, to: &Path, tuning: Tuning, skip: &Skip) -> Result<u64, SpoolError> {
         remove_dir(to)?;
         let mut written = 0u64;
         {
             let fresh = Engine::open(to, tuning)?;
-            for (from, into) in [(&self.pending, &fresh.pending), (&self.dead, &fresh.dead)] {
-                written += ingest(from.iter(), into)?;
-            }
+            written += ingest(self.pending.iter(), &fresh.pending, &skip.pending)?;
+            written += ingest(self.dead.iter(), &fresh.dead, &HashSet::new())?;
             // Expired dedup keys sort first: they are left behind.
-            written += ingest(self.dedup.range(expired_until()..), &fresh.dedup)?;
+            written += ingest(
+                self.dedup.range(expired_until()..),
+                &fresh.dedup,
+                &skip.dedup,
+            )?;
             fresh.db.persist(fjall::PersistMode::SyncAll)?;
         }
         let marker = to.join(COMPLETE);
@@ -119,15 +173,20 @@ impl Engine {
     }
 }
 
-/// Writes every record of `records` (sorted, as a keyspace iterates) into the empty `into`.
+/// Writes every record of `records` (sorted, as a keyspace iterates) but those `skip` names
+/// into the empty `into`.
 fn ingest(
     records: impl Iterator<Item = fjall::Guard>,
     into: &fjall::Keyspace,
+    skip: &HashSet<Vec<u8>>,
 ) -> Result<u64, SpoolError> {
     let mut ingestion = into.start_ingestion()?;
     let mut bytes = 0u64;
     for kv in records {
         let (k, v) = kv.into_inner()?;
+        if !skip.is_empty() && skip.contains(&k[..]) {
+            continue;
+        }
         bytes += (k.len() + v.len()) as u64;
         ingestion.write(k, v)?;
     }
@@ -135,68 +194,111 @@ fn ingest(
     Ok(bytes)
 }
 
-/// The directory beside `path` named `{name}.{suffix}` (the rebuild's copy, the old spool).
-pub(super) fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "spool".into());
-    name.push(".");
-    name.push(suffix);
-    path.with_file_name(name)
-}
-
-/// Puts the complete copy at `fresh` in place of the spool at `path`: the spool moves aside,
-/// the copy takes its name, the old one is removed. The parent directory is synced after each
-/// rename, so a crash leaves one of the states [`recover_swap`] knows.
+/// Puts the complete copy at `fresh` in place of the engine at `path`: the engine moves aside,
+/// the copy takes its name, the old one is removed, then the copy's marker. The parent is synced
+/// after each step, so a crash (or a failed step) leaves one of the states [`recover_swap`]
+/// knows; on an error here the caller runs it.
 pub(super) fn swap_in(path: &Path, fresh: &Path) -> Result<(), SpoolError> {
     let old = beside(path, "old");
-    remove_dir(&old)?;
+    if old.exists() {
+        return Err(SpoolError::Storage(format!(
+            "{} is still there: the last swap did not finish",
+            old.display()
+        )));
+    }
     let parent = parent(path);
     std::fs::rename(path, &old).map_err(|e| io_error(path, e))?;
     sync_path(&parent)?;
     std::fs::rename(fresh, path).map_err(|e| io_error(fresh, e))?;
     sync_path(&parent)?;
+    remove_dir(&old)?;
+    sync_path(&parent)?;
     let marker = path.join(COMPLETE);
     std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
-    remove_dir(&old)
+    sync_path(path)
 }
 
-/// Finishes or undoes a rebuild that a crash interrupted, before the spool at `path` opens:
+/// Finishes or undoes a swap that a crash (or a failed step) interrupted, before the engine at
+/// `path` opens. A copy that holds data is removed only when another complete one takes its
+/// place; a state the swap never leaves is refused, with the directories named, for an operator
+/// to look at.
 ///
 /// | found | means | done |
 /// | --- | --- | --- |
-/// | `path` and a copy not marked complete | the copy was being written | the copy removed |
-/// | no `path`, a complete copy | the spool moved aside, the copy not yet in | the copy moved in |
-/// | no `path`, no complete copy, `path.old` | (a copy lost) | `path.old` moved back |
-/// | `path` marked complete | the copy moved in, its marker not yet removed | the marker removed |
-/// | `path` and `path.old` | the old one not yet removed | `path.old` removed |
+/// | no `path`, a complete copy | the engine moved aside, the copy not yet in | the copy moved in |
+/// | no `path`, no complete copy, `old` | the copy lost | `old` moved back |
+/// | `path` marked complete | the copy moved in, the old one not yet removed | `old` removed, then the marker |
+/// | `path` unmarked, a copy | the copy was being written (or was not swapped yet) | the copy removed |
+/// | `path` unmarked and `old`, or `path` not a database beside either | never left by a swap | refused |
 pub(super) fn recover_swap(path: &Path) -> Result<(), SpoolError> {
     let fresh = beside(path, "rebuild");
     let old = beside(path, "old");
-    let fresh_complete = fresh.join(COMPLETE).exists();
+    let refuse = |why: &str| {
+        Err(SpoolError::Storage(format!(
+            "{why}: {} / {} / {} need an operator's look before anything is removed",
+            path.display(),
+            old.display(),
+            fresh.display()
+        )))
+    };
     if !path.exists() {
-        if fresh_complete {
+        if fresh.join(COMPLETE).exists() {
             tracing::warn!(path = %path.display(), "finishing a spool rebuild that was interrupted: the rebuilt copy moves in");
             std::fs::rename(&fresh, path).map_err(|e| io_error(&fresh, e))?;
             sync_path(&parent(path))?;
         } else if old.exists() {
-            tracing::warn!(path = %path.display(), "undoing a spool rebuild that was interrupted: the spool moves back");
+            tracing::warn!(path = %path.display(), "undoing a spool rebuild that was interrupted: the engine moves back");
             std::fs::rename(&old, path).map_err(|e| io_error(&old, e))?;
             sync_path(&parent(path))?;
+        } else {
+            // A new spool (or one whose rebuild copy was never complete).
+            return remove_dir(&fresh);
         }
     }
-    if fresh.exists() {
-        remove_dir(&fresh)?;
+    let marked = path.join(COMPLETE).exists();
+    if (old.exists() || fresh.exists()) && !holds_database(path) {
+        return refuse("the engine's directory holds no database");
     }
-    let marker = path.join(COMPLETE);
-    if marker.exists() {
-        std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
-    }
-    if old.exists() {
+    if marked {
         remove_dir(&old)?;
+        sync_path(&parent(path))?;
+        let marker = path.join(COMPLETE);
+        std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
+        sync_path(path)?;
+    } else if old.exists() {
+        return refuse("an old engine is left beside one that is not a rebuilt copy");
     }
-    Ok(())
+    remove_dir(&fresh)
+}
+
+/// Moves a spool of the first layout (fjall's files straight in the spool's directory) into
+/// `engine/`, once, before anything opens it. Each file moves by a rename, and a move that a
+/// crash interrupted is finished at the next start (`engine.moving/` tells).
+pub(super) fn migrate_layout(spool: &Path) -> Result<(), SpoolError> {
+    let engine = engine_dir(spool);
+    let moving = spool.join("engine.moving");
+    if engine.exists() || !(holds_database(spool) || moving.exists()) {
+        return Ok(());
+    }
+    tracing::info!(path = %spool.display(), "moving the spool's database into engine/ (the layout of this release)");
+    std::fs::create_dir_all(&moving).map_err(|e| io_error(&moving, e))?;
+    let entries = std::fs::read_dir(spool).map_err(|e| io_error(spool, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(spool, e))?;
+        let name = entry.file_name();
+        let fjall_owns = name == FJALL_VERSION
+            || name == "lock"
+            || name == "keyspaces"
+            || Path::new(&name).extension().is_some_and(|x| x == "jnl");
+        if fjall_owns {
+            let to = moving.join(&name);
+            std::fs::rename(entry.path(), &to).map_err(|e| io_error(&to, e))?;
+        }
+    }
+    sync_path(&moving)?;
+    sync_path(spool)?;
+    std::fs::rename(&moving, &engine).map_err(|e| io_error(&moving, e))?;
+    sync_path(spool)
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -234,6 +336,7 @@ mod tests {
     fn filled(path: &Path) -> Engine {
         let e = Engine::open(path, TUNING).unwrap();
         e.pending.insert(b"r\0a", b"one").unwrap();
+        e.pending.insert(b"r\0z", b"refused").unwrap();
         e.dead.insert(b"r\0b", b"two").unwrap();
         // One expired key (expiry 1 ms after the epoch) and one that is not.
         e.dedup.insert(1u64.to_be_bytes(), b"").unwrap();
@@ -253,16 +356,24 @@ mod tests {
         (keys(&e.pending), keys(&e.dead), n)
     }
 
+    fn skip_z() -> Skip {
+        Skip {
+            pending: [b"r\0z".to_vec()].into(),
+            dedup: HashSet::new(),
+        }
+    }
+
     #[test]
-    fn a_rebuild_keeps_what_is_live_and_leaves_expired_dedup_keys_behind() {
+    fn a_rebuild_keeps_what_is_live_but_the_skipped_and_expired() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spool");
+        let path = engine_dir(dir.path());
         let e = filled(&path);
         let fresh = beside(&path, "rebuild");
-        e.copy_live(&fresh, TUNING).unwrap();
+        e.copy_live(&fresh, TUNING, &skip_z()).unwrap();
         drop(e);
         swap_in(&path, &fresh).unwrap();
         assert!(!fresh.exists() && !beside(&path, "old").exists());
+        assert!(!path.join(COMPLETE).exists());
         let (pending, dead, dedup) = contents(&path);
         assert_eq!(pending, [b"r\0a".to_vec()]);
         assert_eq!(dead, [b"r\0b".to_vec()]);
@@ -279,11 +390,23 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_rebuild_is_finished_or_undone_at_open() {
+    fn a_reopen_never_creates_an_empty_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = engine_dir(dir.path());
+        assert!(Engine::reopen(&path, TUNING).is_err());
+        assert!(!path.exists());
+        drop(filled(&path));
+        assert!(Engine::reopen(&path, TUNING).is_ok());
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_finished_or_undone_and_never_loses_a_copy() {
         struct Case {
             name: &'static str,
-            /// Builds the leftovers in (spool, its copy, the old spool).
+            /// Builds the leftovers in (engine, its copy, the old engine).
             setup: fn(&Path, &Path, &Path),
+            /// Whether the state is refused (for an operator) rather than resolved.
+            refused: bool,
         }
         let cases = [
             Case {
@@ -292,47 +415,124 @@ mod tests {
                     drop(filled(path));
                     drop(Engine::open(fresh, TUNING).unwrap());
                 },
+                refused: false,
             },
             Case {
-                name: "spool moved aside, copy complete",
+                name: "copy complete, not swapped yet",
+                setup: |path, fresh, _| {
+                    let e = filled(path);
+                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
+                },
+                refused: false,
+            },
+            Case {
+                name: "engine moved aside, copy complete",
                 setup: |path, fresh, old| {
                     let e = filled(path);
-                    e.copy_live(fresh, TUNING).unwrap();
+                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
                     drop(e);
                     std::fs::rename(path, old).unwrap();
                 },
+                refused: false,
             },
             Case {
-                name: "spool moved aside, copy incomplete",
+                name: "engine moved aside, copy incomplete",
                 setup: |path, fresh, old| {
                     drop(filled(path));
                     drop(Engine::open(fresh, TUNING).unwrap());
                     std::fs::rename(path, old).unwrap();
                 },
+                refused: false,
             },
             Case {
                 name: "copy in, old one left",
                 setup: |path, fresh, old| {
                     let e = filled(path);
-                    e.copy_live(fresh, TUNING).unwrap();
+                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
                     drop(e);
                     std::fs::rename(path, old).unwrap();
                     std::fs::rename(fresh, path).unwrap();
                 },
+                refused: false,
+            },
+            Case {
+                name: "copy in, old one removed, marker left",
+                setup: |path, fresh, _| {
+                    let e = filled(path);
+                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
+                    drop(e);
+                    std::fs::remove_dir_all(path).unwrap();
+                    std::fs::rename(fresh, path).unwrap();
+                },
+                refused: false,
+            },
+            Case {
+                // A database made in the engine's place after its swap failed half way.
+                name: "an empty engine beside a complete copy and the old one",
+                setup: |path, fresh, old| {
+                    let e = filled(path);
+                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
+                    drop(e);
+                    std::fs::rename(path, old).unwrap();
+                    drop(Engine::open(path, TUNING).unwrap());
+                },
+                refused: true,
+            },
+            Case {
+                name: "the engine's directory empty beside the old one",
+                setup: |path, _, old| {
+                    drop(filled(path));
+                    std::fs::rename(path, old).unwrap();
+                    std::fs::create_dir_all(path).unwrap();
+                },
+                refused: true,
             },
         ];
         for c in cases {
             let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("spool");
+            let path = engine_dir(dir.path());
             let (fresh, old) = (beside(&path, "rebuild"), beside(&path, "old"));
             (c.setup)(&path, &fresh, &old);
-            recover_swap(&path).unwrap();
+            let result = recover_swap(&path);
+            if c.refused {
+                assert!(result.is_err(), "{}: not refused", c.name);
+                assert!(
+                    fresh.exists() || old.exists(),
+                    "{}: a copy was removed",
+                    c.name
+                );
+                continue;
+            }
+            result.unwrap_or_else(|e| panic!("{}: {e}", c.name));
             assert!(!fresh.exists(), "{}: copy left", c.name);
-            assert!(!old.exists(), "{}: old spool left", c.name);
+            assert!(!old.exists(), "{}: old engine left", c.name);
             assert!(!path.join(COMPLETE).exists(), "{}: marker left", c.name);
             let (pending, dead, _) = contents(&path);
-            assert_eq!(pending, [b"r\0a".to_vec()], "{}", c.name);
+            assert_eq!(pending.len(), 2, "{}", c.name);
             assert_eq!(dead, [b"r\0b".to_vec()], "{}", c.name);
         }
+    }
+
+    #[test]
+    fn a_spool_of_the_first_layout_moves_into_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path()));
+        migrate_layout(dir.path()).unwrap();
+        assert!(!dir.path().join(FJALL_VERSION).exists());
+        let (pending, dead, _) = contents(&engine_dir(dir.path()));
+        assert_eq!(pending.len(), 2);
+        assert_eq!(dead.len(), 1);
+        // Interrupted after some files moved: finished at the next start.
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path()));
+        let moving = dir.path().join("engine.moving");
+        std::fs::create_dir(&moving).unwrap();
+        std::fs::rename(dir.path().join(FJALL_VERSION), moving.join(FJALL_VERSION)).unwrap();
+        migrate_layout(dir.path()).unwrap();
+        let (pending, _, _) = contents(&engine_dir(dir.path()));
+        assert_eq!(pending.len(), 2);
+        // Nothing to move: nothing happens.
+        migrate_layout(dir.path()).unwrap();
+        assert!(engine_dir(dir.path()).join(FJALL_VERSION).exists());
     }
 }

@@ -136,10 +136,13 @@ pub(super) struct Shared {
     pub(super) tuning: Tuning,
     /// The room on disk, measured by the writer.
     pub(super) room: Room,
-    /// Why writes are refused now (a failed write, until the engine is reopened).
+    /// Why new events are refused now: a write failed, and the engine is not yet copied to a
+    /// fresh directory (the journal that failed is not trusted with them).
     pub(super) failure: Mutex<Option<SpoolError>>,
     /// Mirrors `failure.is_some()` for the per-append check.
     pub(super) failed: AtomicBool,
+    /// A rebuild of much data is under way: new events are refused rather than wait for it.
+    pub(super) rebuilding: AtomicBool,
     /// Times the engine was reopened after a failed write, and rebuilt to give space back.
     pub(super) reopened: AtomicU64,
     pub(super) rebuilt: AtomicU64,
@@ -178,18 +181,20 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     /// The engine, or why there is none right now (it is being reopened).
     pub(super) fn engine(&self) -> Result<Arc<Engine>, SpoolError> {
-        self.engine
-            .load_full()
-            .ok_or_else(|| SpoolError::Storage("the store is being reopened".into()))
+        self.engine.load_full().ok_or(SpoolError::Reopening)
     }
 
-    /// Why writes are refused now, if they are: the store failed and waits to be reopened.
+    /// Why new events are refused now, if they are: the store failed and is not recovered
+    /// yet, or a long rebuild is under way.
     pub(super) fn refusal(&self) -> Option<SpoolError> {
         if self.failed.load(Ordering::Acquire) {
-            lock(&self.failure).clone()
-        } else {
-            None
+            if let Some(e) = lock(&self.failure).clone() {
+                return Some(e);
+            }
         }
+        self.rebuilding
+            .load(Ordering::Acquire)
+            .then(|| SpoolError::Full("the spool is being copied to give disk space back".into()))
     }
 
     /// Counts what the engine holds: (pending, dead, bytes).
@@ -221,7 +226,8 @@ pub struct EmbeddedSpool {
 struct WriterGuard {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Held for the spool's life: one process at a time rebuilds or recovers its directory.
-    lock: Option<(std::fs::File, PathBuf)>,
+    /// (The file stays when it closes: removing it would race with a process taking it.)
+    _lock: std::fs::File,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -231,11 +237,6 @@ impl Drop for WriterGuard {
         // order), so the writer drains its queue and exits.
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
-        }
-        // The lock file goes with a clean close (a crash leaves it: harmless, the lock is the
-        // kernel's and ends with the process).
-        if let Some((_, path)) = &self.lock {
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -250,13 +251,11 @@ impl std::fmt::Debug for EmbeddedSpool {
     }
 }
 
-/// Takes the spool's lock file beside `path`, or says which process has it.
-fn take_lock(path: &Path) -> Result<(std::fs::File, PathBuf), SpoolError> {
-    let lock_path = engine::beside(path, "lock");
-    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| SpoolError::Storage(format!("{}: {e}", parent.display())))?;
-    }
+/// Takes the spool's lock file in `path`, or says that another process has it.
+fn take_lock(path: &Path) -> Result<std::fs::File, SpoolError> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
+    let lock_path = path.join("hookgate.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -264,7 +263,7 @@ fn take_lock(path: &Path) -> Result<(std::fs::File, PathBuf), SpoolError> {
         .open(&lock_path)
         .map_err(|e| SpoolError::Storage(format!("{}: {e}", lock_path.display())))?;
     match file.try_lock() {
-        Ok(()) => Ok((file, lock_path)),
+        Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Storage(format!(
             "{} is in use by another process (its lock {} is held)",
             path.display(),
@@ -297,7 +296,10 @@ impl EmbeddedSpool {
             _ => (config.path.clone(), None),
         };
         let held = take_lock(&path)?;
-        // A rebuild that a crash interrupted is finished (or undone) before anything opens.
+        // A spool of the first layout moves into `engine/`; a rebuild that a crash interrupted
+        // is finished (or undone) before anything opens.
+        engine::migrate_layout(&path)?;
+        let path = engine::engine_dir(&path);
         engine::recover_swap(&path)?;
         let tuning = Tuning {
             memory: config.memory.max(MIN_MEMORY),
@@ -331,6 +333,7 @@ impl EmbeddedSpool {
             room,
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
+            rebuilding: AtomicBool::new(false),
             reopened: AtomicU64::new(0),
             rebuilt: AtomicU64::new(0),
             pending_count: AtomicU64::new(pending_count),
@@ -356,10 +359,18 @@ impl EmbeddedSpool {
             tx,
             _writer: Arc::new(WriterGuard {
                 thread: Mutex::new(Some(thread)),
-                lock: Some(held),
+                _lock: held,
                 _tempdir: tempdir,
             }),
         })
+    }
+
+    /// Whether a write of a whole record (a retry's schedule, a dead letter, a replay) of `bytes`
+    /// is refused for room: below the headroom only removals are written, so the engine never
+    /// meets ENOSPC from the deliveries' own bookkeeping (the delivery engine keeps such an
+    /// event in memory and tries again).
+    fn whole_record_refused(&self, bytes: usize) -> Option<SpoolError> {
+        (!self.shared.room.fits(bytes as u64)).then(|| SpoolError::Full(self.room_refusal()))
     }
 
     /// Why the room on disk refuses new events (the message of 503 `spool_full`'s log line).
@@ -384,10 +395,6 @@ impl EmbeddedSpool {
         op: Op,
         rx: tokio::sync::oneshot::Receiver<Result<T, SpoolError>>,
     ) -> Completion<T> {
-        // A failed store answers at once: nothing waits on a write that is failing.
-        if let Some(refused) = self.shared.refusal() {
-            return Completion::ready(Err(refused));
-        }
         // Never blocks the caller (a runtime thread): a queue full because the disk stalls is
         // refused, which the fast-ack path answers with 503 and the sender retries.
         match self.tx.try_send(op) {
@@ -424,6 +431,9 @@ impl EmbeddedSpool {
             Ok(v) => v,
             Err(e) => return Completion::ready(Err(e)),
         };
+        if let Some(refused) = self.whole_record_refused(value.len()) {
+            return Completion::ready(Err(refused));
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
             Op::Move {
@@ -559,6 +569,9 @@ impl Spool for EmbeddedSpool {
             Ok(v) => v,
             Err(e) => return Completion::ready(Err(e)),
         };
+        if let Some(refused) = self.whole_record_refused(value.len()) {
+            return Completion::ready(Err(refused));
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
             Op::Rewrite {
@@ -672,6 +685,10 @@ impl Spool for EmbeddedSpool {
     }
 
     fn probe(&self) -> Completion {
+        // Ready means new events are stored: not while they are refused.
+        if let Some(refused) = self.shared.refusal() {
+            return Completion::ready(Err(refused));
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Op::Probe { reply }, rx)
     }
@@ -699,6 +716,7 @@ impl Spool for EmbeddedSpool {
             refusing,
             free_bytes: s.room.free(),
             min_free_bytes: s.room.is_measured().then_some(s.room.min_free),
+            headroom_bytes: s.room.is_measured().then(|| s.room.headroom()),
             reopened: s.reopened.load(Ordering::Acquire),
             rebuilt: s.rebuilt.load(Ordering::Acquire),
         }
@@ -767,6 +785,45 @@ mod tests {
         let synced = spool.stats().syncs;
         spool.reschedule(&e).await.unwrap();
         assert_eq!(spool.stats().syncs, synced);
+    }
+
+    #[tokio::test]
+    async fn below_the_headroom_only_removals_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (event(), event());
+        {
+            let spool =
+                EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+            spool.append(&a).await.unwrap();
+            spool.append(&b).await.unwrap();
+        }
+        // A headroom beyond what the disk has free: the spool is short of room at once.
+        let (free, total) = disk::statvfs(dir.path()).unwrap();
+        let headroom = (free + (256 << 20)).min(total - 1);
+        let spool = EmbeddedSpool::open(
+            SpoolConfig::new(dir.path(), Durability::Fsync).with_min_free(Some(headroom)),
+        )
+        .unwrap();
+        let r = spool.append(&event()).await;
+        assert!(
+            matches!(r, Err(SpoolError::Full(_))),
+            "{r:?} {:?}",
+            spool.health()
+        );
+        // A whole record (a retry's schedule, a dead letter) is refused; the delivery engine
+        // keeps the event in memory and tries again.
+        assert!(matches!(
+            spool.reschedule(&a).await,
+            Err(SpoolError::Full(_))
+        ));
+        assert!(matches!(
+            spool.dead_letter(&a).await,
+            Err(SpoolError::Full(_))
+        ));
+        // A removal goes through: deliveries drain the backlog.
+        spool.delivered(&b).await.unwrap();
+        assert_eq!(spool.stats().pending, 1);
+        assert!(spool.health().refusing.is_some());
     }
 
     #[tokio::test]

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::disk::Measure;
-use super::engine::{self, Engine};
+use super::disk::{self, Measure};
+use super::engine::{self, Engine, Skip};
 use super::keys::{dedup_key, expired_until, id_of};
 use super::spool::{lock, persist_mode, Shared};
 use crate::store::event::DedupRecord;
@@ -97,6 +97,8 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
     let mut last_appends = 0;
     let mut measured = Instant::now();
     let mut last_rebuild: Option<Instant> = None;
+    // After a failed write: the copy to a fresh directory still owed before new events.
+    let mut owed: Option<Owed> = None;
     let linger = match s.config.durability {
         Durability::Fsync => s.config.linger,
         // Without a sync there is nothing to share.
@@ -185,7 +187,9 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
                 Ok(bytes) => s.room.committed(bytes),
                 Err(failure) => {
                     committed = false;
-                    match recover(&s, engine, failure, &rx, &mut ops) {
+                    owed.get_or_insert_with(Owed::default)
+                        .skip(failure.unwritten);
+                    match recover(&s, engine, &rx, &mut ops) {
                         Some(e) => engine = e,
                         // The spool was dropped while its store was failing.
                         None => return,
@@ -219,21 +223,76 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
             }
         }
         let every = if wrote { MEASURE_BUSY } else { MEASURE_IDLE };
-        if s.room.is_measured() && measured.elapsed() >= every {
+        let measure = if s.room.is_measured() && measured.elapsed() >= every {
             measured = Instant::now();
-            if let Ok(m) = engine.measure(&s.path) {
-                s.room.update(&m);
-                if wants_rebuild(&s, &engine, &m, last_rebuild) {
-                    last_rebuild = Some(Instant::now());
-                    match rebuild(&s, engine, &m) {
-                        Ok(e) => engine = e,
-                        Err(failure) => match recover(&s, None, failure, &rx, &mut ops) {
+            engine.measure(&s.path).ok().inspect(|m| s.room.update(m))
+        } else {
+            None
+        };
+        // The copy owed since a failed write, tried every `write_retry` until it is done.
+        if let Some(o) = &mut owed {
+            if o.last_try
+                .is_none_or(|t| t.elapsed() >= s.config.write_retry)
+            {
+                o.last_try = Some(Instant::now());
+                match rebuild(&s, engine, Why::Recover(&o.skip)) {
+                    Rebuilt::Done(e) => {
+                        engine = e;
+                        owed = None;
+                        s.reopened.fetch_add(1, Ordering::AcqRel);
+                        *lock(&s.failure) = None;
+                        s.failed.store(false, Ordering::Release);
+                        tracing::warn!(path = %s.path.display(), "spool store recovered: copied to a fresh directory, it takes new events again");
+                    }
+                    Rebuilt::NotNow(e, why) => {
+                        engine = e;
+                        if o.reported.as_deref() != Some(why.as_str()) {
+                            tracing::warn!(path = %s.path.display(), why = %why, retry_ms = s.config.write_retry.as_millis() as u64, "the spool store cannot be copied to a fresh directory yet; new events are refused until it is");
+                            o.reported = Some(why);
+                        }
+                    }
+                    Rebuilt::Lost(failure) => {
+                        fail(&s, &failure.error);
+                        match recover(&s, None, &rx, &mut ops) {
                             Some(e) => engine = e,
                             None => return,
-                        },
+                        }
                     }
                 }
             }
+        } else if let Some(m) = measure {
+            if wants_rebuild(&s, &engine, &m, last_rebuild) {
+                last_rebuild = Some(Instant::now());
+                match rebuild(&s, engine, Why::Room) {
+                    Rebuilt::Done(e) | Rebuilt::NotNow(e, _) => engine = e,
+                    Rebuilt::Lost(failure) => {
+                        owed.get_or_insert_with(Owed::default);
+                        fail(&s, &failure.error);
+                        match recover(&s, None, &rx, &mut ops) {
+                            Some(e) => engine = e,
+                            None => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Stopping before the copy owed was done: the appends answered 503 that the journal may
+    // have kept are removed now, where the engine can still write (else they stay, and may be
+    // delivered after the restart: at least once, with their own event ids).
+    if let Some(o) = owed.filter(|o| !o.skip.pending.is_empty()) {
+        let mut batch = engine
+            .db
+            .batch()
+            .durability(persist_mode(s.config.durability));
+        for key in &o.skip.pending {
+            batch.remove(&engine.pending, key.as_slice());
+        }
+        for key in &o.skip.dedup {
+            batch.remove(&engine.dedup, key.as_slice());
+        }
+        if let Err(e) = batch.commit() {
+            tracing::warn!(error = %e, events = o.skip.pending.len(), "stopping with appends answered 503 possibly in the journal: they may be delivered after the restart");
         }
     }
     // Queue closed: make everything written so far durable before exiting.
@@ -243,70 +302,119 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
 }
 
 /// A commit that failed: why, and the appends it answered with the error (their senders got a
-/// 503 and will retry them as new events, so none may come back with the reopened engine).
+/// 503 and will retry them as new events, so none may come back with the recovered engine).
 pub(super) struct Failure {
     error: fjall::Error,
     unwritten: Vec<(fjall::Slice, Option<[u8; 24]>)>,
 }
 
-impl Failure {
-    fn new(error: fjall::Error) -> Self {
-        Self {
-            error,
-            unwritten: Vec::new(),
+/// What the writer owes after a failed write: a copy of the engine into a fresh directory,
+/// without the appends that were answered 503.
+#[derive(Default)]
+struct Owed {
+    skip: Skip,
+    last_try: Option<Instant>,
+    /// The reason last logged for not copying yet (logged again only when it changes).
+    reported: Option<String>,
+}
+
+impl Owed {
+    fn skip(&mut self, unwritten: Vec<(fjall::Slice, Option<[u8; 24]>)>) {
+        for (key, dedup) in unwritten {
+            self.skip.pending.insert(key.to_vec());
+            if let Some(d) = dedup {
+                self.skip.dedup.insert(d.to_vec());
+            }
         }
     }
 }
 
-/// Whether `e` says the disk (or the user's quota) is full.
-fn is_disk_full(e: &fjall::Error) -> bool {
+/// Whether `e`, or what caused it, says the disk (or the user's quota) is full.
+fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
     const ENOSPC: i32 = 28;
     const EDQUOT: i32 = 122;
-    match e {
-        fjall::Error::Io(io) => {
-            io.kind() == std::io::ErrorKind::StorageFull
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull
                 || matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))
+            {
+                return true;
+            }
         }
-        _ => false,
+        cause = c.source();
     }
+    false
 }
 
-/// After a failed write: every write is refused at once (fjall refuses them all once one failed),
-/// and every `write_retry` the engine is reopened from its journal, until it writes again. The
-/// ops still queued wait in `held` for the reopened engine. `None` if the spool was dropped
-/// meanwhile (its queue closed).
+/// Records that a write failed with `error`: from now on new events (and readiness probes)
+/// are refused at once with what this returns, until the engine is recovered. fjall may not
+/// say why (a background flush that failed poisons it too): a disk with no room left is why,
+/// then.
+fn fail(s: &Shared, error: &fjall::Error) -> SpoolError {
+    let retry = s.config.write_retry;
+    let no_room = s.room.headroom() < 0
+        || disk::statvfs(&s.path).is_ok_and(|(free, total)| total > 0 && free < (1 << 20));
+    let full = is_disk_full(error) || no_room;
+    let refusal = if full {
+        SpoolError::Full(format!(
+            "the disk of {} is full ({error}); the store recovers by itself (tried every {retry:?})",
+            s.path.display()
+        ))
+    } else {
+        SpoolError::Storage(format!(
+            "the store failed to write ({error}); it recovers by itself (tried every {retry:?})"
+        ))
+    };
+    let first = !s.failed.swap(true, Ordering::AcqRel);
+    *lock(&s.failure) = Some(refusal.clone());
+    s.failed.store(true, Ordering::Release);
+    if first {
+        tracing::error!(path = %s.path.display(), error = %error, disk_full = full, retry_ms = retry.as_millis() as u64, "spool write failed: new events get 503 at once until the store is recovered");
+    }
+    refusal
+}
+
+/// After a failed write (already recorded by [`fail`]): the engine is closed (fjall refuses every
+/// write once one failed) and opened again from its journal every `write_retry`, until it opens.
+/// Meanwhile every op is answered at once with the refusal. Returns the reopened engine, for
+/// reads and the deliveries' bookkeeping; new events stay refused until the copy owed is done.
+/// `None` if the spool was dropped meanwhile (its queue closed).
 fn recover(
     s: &Shared,
     engine: impl Into<Option<Arc<Engine>>>,
-    failure: Failure,
     rx: &mpsc::Receiver<Op>,
     held: &mut Vec<Op>,
 ) -> Option<Arc<Engine>> {
     let retry = s.config.write_retry;
-    // fjall may not know why (a background flush that failed poisons it too): a disk under its
-    // headroom is why, then.
-    let full = is_disk_full(&failure.error) || s.room.headroom() < 0;
-    let refusal = if full {
-        SpoolError::Full(format!(
-            "the disk of {} is full ({}); the store is reopened every {retry:?} until it can write",
-            s.path.display(),
-            failure.error
-        ))
-    } else {
-        SpoolError::Storage(format!(
-            "the store failed to write ({}); it is reopened every {retry:?} until it can",
-            failure.error
-        ))
-    };
-    tracing::error!(path = %s.path.display(), error = %failure.error, disk_full = full, retry_ms = retry.as_millis() as u64, "spool write failed: new events get 503 at once until the store is reopened");
-    *lock(&s.failure) = Some(refusal);
-    s.failed.store(true, Ordering::Release);
-    // Every handle must go before the directory can be opened again.
+    // Every handle must go before the directory can be opened again; the last one is closed
+    // here, on the writer's thread (closing waits for fjall's worker).
     s.engine.store(None);
-    drop(engine.into());
-    let mut unwritten = failure.unwritten;
+    if let Some(engine) = engine.into() {
+        let deadline = Instant::now() + engine::RELEASE_WAIT;
+        let mut engine = engine;
+        loop {
+            match Arc::try_unwrap(engine) {
+                Ok(last) => {
+                    drop(last);
+                    break;
+                }
+                Err(still) if Instant::now() < deadline => {
+                    engine = still;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // A reader holds it longer: it closes when that reader lets go.
+                Err(_) => break,
+            }
+        }
+    }
+    // What was queued behind the failed commit is answered now, not after the wait: no caller
+    // waits on a store that is failing (the delivery engine retries its own writes).
+    for op in std::mem::take(held) {
+        refuse(s, op, held);
+    }
     loop {
-        // The wait, during which ops queued before the failure are kept for the next engine.
+        // The wait; ops that were already on their way are refused as they come.
         let until = Instant::now() + retry;
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -314,69 +422,56 @@ fn recover(
                 break;
             }
             match rx.recv_timeout(left) {
-                Ok(op) => held.push(op),
+                Ok(op) => refuse(s, op, held),
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             }
         }
-        match reopen(s, &unwritten) {
-            Ok(engine) => {
-                unwritten.clear();
-                s.reopened.fetch_add(1, Ordering::AcqRel);
-                *lock(&s.failure) = None;
-                s.failed.store(false, Ordering::Release);
-                tracing::warn!(path = %s.path.display(), "spool store reopened: it writes again; new events are accepted while the disk has room");
+        // A swap that failed half way is finished or undone first; a reopen never creates.
+        let reopened =
+            engine::recover_swap(&s.path).and_then(|()| Engine::reopen(&s.path, s.tuning));
+        match reopened.and_then(|engine| {
+            let (pending, dead, bytes) = Shared::count(&engine)?;
+            Ok((engine, pending, dead, bytes))
+        }) {
+            Ok((engine, pending, dead, bytes)) => {
+                s.pending_count.store(pending, Ordering::Release);
+                s.dead_count.store(dead, Ordering::Release);
+                s.bytes.store(bytes, Ordering::Release);
+                if let Ok(m) = engine.measure(&s.path) {
+                    s.room.update(&m);
+                }
+                let engine = Arc::new(engine);
+                s.engine.store(Some(engine.clone()));
+                tracing::warn!(path = %s.path.display(), "spool store reopened from its journal: deliveries go on; new events wait for its copy to a fresh directory");
                 return Some(engine);
             }
             Err(e) => {
-                tracing::warn!(path = %s.path.display(), error = %e, retry_ms = retry.as_millis() as u64, "the spool store cannot write yet; trying again");
+                tracing::warn!(path = %s.path.display(), error = %e, retry_ms = retry.as_millis() as u64, "the spool store cannot be reopened yet; trying again");
             }
         }
     }
 }
 
-/// Reopens the engine from its journal and proves it writes: the appends that were answered
-/// with an error are removed if the journal kept them after all, then a record that changes
-/// nothing (an expired dedup key) is written at the spool's durability. The counts are taken
-/// again from what the engine holds.
-fn reopen(
-    s: &Shared,
-    unwritten: &[(fjall::Slice, Option<[u8; 24]>)],
-) -> Result<Arc<Engine>, SpoolError> {
-    let engine = Engine::reopen(&s.path, s.tuning)?;
-    let mut batch = engine
-        .db
-        .batch()
-        .durability(persist_mode(s.config.durability));
-    let mut removed = 0usize;
-    for (key, dedup) in unwritten {
-        if engine.pending.contains_key(key)? {
-            batch.remove(&engine.pending, key.clone());
-            if let Some(d) = dedup {
-                batch.remove(&engine.dedup, d.as_slice());
-            }
-            removed += 1;
+/// Answers `op` with the store's refusal (an append leaves the queue's count); a sweep or a
+/// wake-up is kept in `held` for the reopened engine.
+fn refuse(s: &Shared, op: Op, held: &mut Vec<Op>) {
+    let refusal = || Err(lock(&s.failure).clone().unwrap_or(SpoolError::Reopening));
+    match op {
+        Op::Append { value, reply, .. } => {
+            s.queued.fetch_sub(1, Ordering::AcqRel);
+            s.queued_bytes
+                .fetch_sub(value.len() as u64, Ordering::AcqRel);
+            let _ = reply.send(refusal());
         }
+        Op::Rewrite { reply, .. }
+        | Op::Move { reply, .. }
+        | Op::Purge { reply, .. }
+        | Op::Probe { reply } => {
+            let _ = reply.send(refusal());
+        }
+        op @ (Op::Sweep { .. } | Op::Deferred) => held.push(op),
     }
-    // Sorts first among the dedup keys (expired since 1970): the next sweep removes it.
-    batch.insert(&engine.dedup, [0u8; 24].as_slice(), b"".as_slice());
-    batch.commit()?;
-    if removed > 0 {
-        tracing::warn!(
-            removed,
-            "events answered 503 were in the journal after all: removed (their senders retry them)"
-        );
-    }
-    let (pending, dead, bytes) = Shared::count(&engine)?;
-    s.pending_count.store(pending, Ordering::Release);
-    s.dead_count.store(dead, Ordering::Release);
-    s.bytes.store(bytes, Ordering::Release);
-    if let Ok(m) = engine.measure(&s.path) {
-        s.room.update(&m);
-    }
-    let engine = Arc::new(engine);
-    s.engine.store(Some(engine.clone()));
-    Ok(engine)
 }
 
 /// Whether a rebuild should give space back now: the spool is short of room (within
@@ -391,22 +486,76 @@ fn wants_rebuild(s: &Shared, engine: &Engine, m: &Measure, last: Option<Instant>
     if s.room.headroom() >= i64::try_from(min_free).unwrap_or(i64::MAX) {
         return false;
     }
-    let live = s.bytes.load(Ordering::Acquire) + engine.dedup.approximate_len() as u64 * 40;
+    let live = live_bytes(s, engine);
     let footprint = m.journal + m.tables;
     let gain = footprint.saturating_sub(live);
-    gain > live && gain > (min_free / 4).max(1 << 20) && m.free > live + live / 2 + (1 << 20)
+    gain > live && gain > (min_free / 4).max(1 << 20) && fits_copy(m, live)
 }
 
+/// About what a copy of the engine writes: the stored records and the dedup keys.
+fn live_bytes(s: &Shared, engine: &Engine) -> u64 {
+    s.bytes.load(Ordering::Acquire) + engine.dedup.approximate_len() as u64 * 40
+}
+
+/// Whether a copy of `live` bytes fits in the free space, with some to spare.
+fn fits_copy(m: &Measure, live: u64) -> bool {
+    m.free > live + live / 2 + (1 << 20)
+}
+
+/// Why a rebuild runs.
+enum Why<'a> {
+    /// To give disk space back.
+    Room,
+    /// To recover from a failed write: the journal that failed is left behind, and with it
+    /// what `skip` names.
+    Recover(&'a Skip),
+}
+
+/// What became of a rebuild.
+enum Rebuilt {
+    /// The copy is in; the engine is the fresh one.
+    Done(Arc<Engine>),
+    /// Not now (no room for the copy, or the copy failed): the engine as it was, and why.
+    NotNow(Arc<Engine>, String),
+    /// The swap failed and the engine could not be opened again: recover.
+    Lost(Failure),
+}
+
+/// Above this much live data a rebuild refuses new events while it copies, rather than have
+/// them wait for it (a copy of a few MiB takes milliseconds).
+const REBUILD_WAITS_UP_TO: u64 = 16 << 20;
+
 /// Copies what is live into a fresh engine and swaps it in (see [`super::engine`]). A copy that
-/// fails leaves the engine as it was; a swap that fails is finished or undone by
-/// [`engine::recover_swap`] and counts as a failed write.
-fn rebuild(s: &Shared, engine: Arc<Engine>, m: &Measure) -> Result<Arc<Engine>, Failure> {
+/// fails or does not fit leaves the engine as it was; a swap that fails is finished or undone by
+/// [`engine::recover_swap`], and only then is the engine opened again.
+fn rebuild(s: &Shared, engine: Arc<Engine>, why: Why<'_>) -> Rebuilt {
     let started = Instant::now();
+    let live = live_bytes(s, &engine);
+    let before = engine.measure(&s.path).ok();
+    if let (Why::Recover(_), Some(m)) = (&why, &before) {
+        if s.room.is_measured() && !fits_copy(m, live) {
+            return Rebuilt::NotNow(
+                engine,
+                format!(
+                    "a copy of about {live} bytes does not fit in the {} bytes free",
+                    m.free
+                ),
+            );
+        }
+    }
+    let empty = Skip::default();
+    let skip = match &why {
+        Why::Recover(skip) => skip,
+        Why::Room => &empty,
+    };
     let fresh = engine::beside(&s.path, "rebuild");
-    if let Err(e) = engine.copy_live(&fresh, s.tuning) {
-        tracing::warn!(error = %e, "cannot rebuild the spool to give disk space back; it stays as it is");
+    let long = live > REBUILD_WAITS_UP_TO;
+    s.rebuilding.store(long, Ordering::Release);
+    let copied = engine.copy_live(&fresh, s.tuning, skip);
+    if let Err(e) = copied {
+        s.rebuilding.store(false, Ordering::Release);
         let _ = std::fs::remove_dir_all(&fresh);
-        return Ok(engine);
+        return Rebuilt::NotNow(engine, format!("the copy failed: {e}"));
     }
     // Readers let go of the old engine (they get "being reopened" meanwhile), then it closes.
     s.engine.store(None);
@@ -420,42 +569,57 @@ fn rebuild(s: &Shared, engine: Arc<Engine>, m: &Measure) -> Result<Arc<Engine>, 
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(still) => {
-                tracing::warn!("the spool's engine is still in use; the rebuild is given up");
+                s.rebuilding.store(false, Ordering::Release);
                 let _ = std::fs::remove_dir_all(&fresh);
                 s.engine.store(Some(still.clone()));
-                return Ok(still);
+                return Rebuilt::NotNow(still, "the engine is still in use".into());
             }
         }
     };
     drop(old);
-    let swapped = engine::swap_in(&s.path, &fresh).or_else(|e| {
-        tracing::error!(error = %e, "the spool's rebuild could not swap its copy in; recovering");
-        engine::recover_swap(&s.path)
-    });
-    let reopened = swapped.and_then(|()| Engine::reopen(&s.path, s.tuning));
+    let swapped = engine::swap_in(&s.path, &fresh);
+    if let Err(e) = &swapped {
+        tracing::error!(error = %e, "the spool's rebuild could not swap its copy in; finishing or undoing it");
+    }
+    // Whatever the swap did, the engine's directory holds one of the two copies once
+    // recover_swap has run; a reopen never creates an empty one.
+    let reopened = swapped
+        .or_else(|_| engine::recover_swap(&s.path))
+        .and_then(|()| Engine::reopen(&s.path, s.tuning));
+    s.rebuilding.store(false, Ordering::Release);
     let engine = match reopened {
         Ok(e) => Arc::new(e),
         Err(e) => {
-            return Err(Failure::new(fjall::Error::Io(std::io::Error::other(
-                e.to_string(),
-            ))))
+            return Rebuilt::Lost(Failure {
+                error: fjall::Error::Io(std::io::Error::other(e.to_string())),
+                unwritten: Vec::new(),
+            })
         }
     };
-    s.rebuilt.fetch_add(1, Ordering::AcqRel);
+    if let Why::Recover(_) = why {
+        // What was skipped is not counted any more.
+        if let Ok((pending, dead, bytes)) = Shared::count(&engine) {
+            s.pending_count.store(pending, Ordering::Release);
+            s.dead_count.store(dead, Ordering::Release);
+            s.bytes.store(bytes, Ordering::Release);
+        }
+    } else {
+        s.rebuilt.fetch_add(1, Ordering::AcqRel);
+    }
     let after = engine.measure(&s.path).ok();
     if let Some(after) = &after {
         s.room.update(after);
     }
     tracing::info!(
         path = %s.path.display(),
-        before_bytes = m.journal + m.tables,
+        before_bytes = before.map(|b| b.journal + b.tables),
         after_bytes = after.map(|a| a.journal + a.tables),
         free_bytes = after.map(|a| a.free),
         took_ms = started.elapsed().as_millis() as u64,
-        "spool rebuilt to give disk space back"
+        "spool copied to a fresh directory"
     );
     s.engine.store(Some(engine.clone()));
-    Ok(engine)
+    Rebuilt::Done(engine)
 }
 
 /// The next op within `wait`, if one comes; `open` turns false when the queue is closed.
@@ -705,13 +869,12 @@ fn commit(
     } else {
         batch.commit()
     };
-    let answer_all = result.as_ref().map(|_| ()).map_err(|e| {
-        if is_disk_full(e) {
-            SpoolError::Full(format!("the disk is full: {e}"))
-        } else {
-            SpoolError::Storage(e.to_string())
-        }
-    });
+    // A failure is recorded before anyone is answered: an append arriving after this answer is
+    // refused at the door, never queued behind a failing write.
+    let answer_all = match &result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(fail(s, e)),
+    };
     match &result {
         Ok(()) => {
             apply(&s.pending_count, delta.pending);

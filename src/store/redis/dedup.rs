@@ -79,13 +79,12 @@ async fn reservations(
 
 /// A reservation while Redis refuses writes (out of memory, unable to persist): a key already
 /// committed is still answered `duplicate` (the sender stops retrying an event that is stored),
-/// one in flight `InFlight`; a free key is answered `Reserved` without a write, since the
-/// event's append is refused at once (503 `spool_full`) and nothing holds the key meanwhile.
+/// one in flight `InFlight`, both from a read; a free key cannot be reserved, so it is refused
+/// as full (503 `spool_full`), like the append that would follow.
 async fn reserve_read_only(
     conn: &Conn,
-    key: DedupKey,
     name: String,
-    unwritten: &dashmap::DashSet<u128>,
+    why: String,
 ) -> Result<Reservation, StoreError> {
     let value = conn
         .run("reserve", |mut c| async move {
@@ -95,31 +94,19 @@ async fn reserve_read_only(
                 .await
         })
         .await
-        .map_err(|e| StoreError(e.to_string()))?;
-    Ok(match value.as_deref() {
-        None => {
-            // Nothing to release: the release that follows the refused append is skipped.
-            if unwritten.len() < UNWRITTEN_MAX {
-                unwritten.insert(key.as_u128());
-            }
-            Reservation::Reserved
-        }
-        Some("c") => Reservation::Duplicate,
-        Some(_) => Reservation::InFlight,
-    })
+        .map_err(|e| StoreError::new(e.to_string()))?;
+    match value.as_deref() {
+        None => Err(StoreError::full(format!("redis refuses writes: {why}"))),
+        Some("c") => Ok(Reservation::Duplicate),
+        Some(_) => Ok(Reservation::InFlight),
+    }
 }
-
-/// Reservations answered without a write remembered at most (past it, their releases are sent:
-/// harmless, the key is not this instance's).
-const UNWRITTEN_MAX: usize = 65_536;
 
 /// A [`DedupStore`] in Redis, shared by every instance on one prefix.
 #[derive(Clone)]
 pub struct RedisDedupStore {
     conn: Conn,
     marker: Arc<str>,
-    /// Keys reserved without a write while Redis refused writes: their release sends nothing.
-    unwritten: Arc<dashmap::DashSet<u128>>,
     reserves: mpsc::UnboundedSender<Reserve>,
     /// Keys with a commit or release on its way: closed when it lands.
     writing: Arc<DashMap<u128, Arc<Semaphore>>>,
@@ -146,7 +133,6 @@ impl RedisDedupStore {
         Self {
             conn,
             marker,
-            unwritten: Arc::new(dashmap::DashSet::new()),
             reserves,
             writing: Arc::new(DashMap::new()),
         }
@@ -187,14 +173,14 @@ impl DedupStore for RedisDedupStore {
     fn reserve(&self, key: DedupKey, _ttl: Duration) -> BoxReserveFuture {
         let earlier = self.writing.get(&key.as_u128()).map(|w| w.clone());
         let (up, name, reserves) = (self.conn.is_up(), self.key(key), self.reserves.clone());
-        let refused = up && self.conn.refusal().is_some();
-        let (conn, unwritten) = (self.conn.clone(), self.unwritten.clone());
+        let refused = if up { self.conn.refusal() } else { None };
+        let conn = self.conn.clone();
         Box::pin(async move {
             if !up {
-                return Err(StoreError("redis is unreachable".into()));
+                return Err(StoreError::new("redis is unreachable"));
             }
-            if refused {
-                return reserve_read_only(&conn, key, name, &unwritten).await;
+            if let Some(why) = refused {
+                return reserve_read_only(&conn, name, why).await;
             }
             if let Some(earlier) = earlier {
                 // Closed when it lands (acquire then fails); bounded by the command timeout.
@@ -203,15 +189,15 @@ impl DedupStore for RedisDedupStore {
             let (done, answer) = oneshot::channel();
             reserves
                 .send((name, done))
-                .map_err(|_| StoreError("the redis dedup store is closed".into()))?;
+                .map_err(|_| StoreError::new("the redis dedup store is closed"))?;
             let answer = answer
                 .await
                 .unwrap_or(Err(SpoolError::Closed))
-                .map_err(|e| {
-                    StoreError(match e {
-                        SpoolError::Storage(s) => s,
-                        other => other.to_string(),
-                    })
+                .map_err(|e| match e {
+                    // Redis refused the reservation's write (out of memory, unable to persist).
+                    SpoolError::Full(s) => StoreError::full(s),
+                    SpoolError::Storage(s) => StoreError::new(s),
+                    other => StoreError::new(other.to_string()),
                 })?;
             Ok(match answer {
                 0 => Reservation::Reserved,
@@ -222,7 +208,6 @@ impl DedupStore for RedisDedupStore {
     }
 
     fn commit(&self, key: DedupKey, ttl: Duration) {
-        self.unwritten.remove(&key.as_u128());
         if self.conn.take_committed(key) {
             // The append that stored its event committed it already, in the same script.
             return;
@@ -240,9 +225,6 @@ impl DedupStore for RedisDedupStore {
     }
 
     fn release(&self, key: DedupKey) {
-        if self.unwritten.remove(&key.as_u128()).is_some() {
-            return;
-        }
         self.write(key, "release", |mut c, name, marker| async move {
             RELEASE
                 .key(name)

@@ -154,6 +154,8 @@ struct ConnInner {
     /// tries one every [`HEALTH_EVERY`]). `refused` mirrors it for the per-request check.
     refusal: std::sync::Mutex<Option<String>>,
     refused: AtomicBool,
+    /// Set for good when the server is too old for this backend (its scripts declare flags).
+    unsupported: std::sync::OnceLock<String>,
     /// Redis's `maxmemory` less its `used_memory` (`u64::MAX`: unknown, or no `maxmemory`).
     free_memory: std::sync::atomic::AtomicU64,
     metrics: StoreMetrics,
@@ -211,6 +213,7 @@ impl Conn {
                 up: AtomicBool::new(true),
                 refusal: std::sync::Mutex::new(None),
                 refused: AtomicBool::new(false),
+                unsupported: std::sync::OnceLock::new(),
                 free_memory: std::sync::atomic::AtomicU64::new(u64::MAX),
                 metrics,
                 prefix: prefix.to_owned(),
@@ -260,6 +263,9 @@ impl Conn {
 
     /// Why Redis refuses writes now, if it does (out of memory, or unable to persist).
     pub(crate) fn refusal(&self) -> Option<String> {
+        if let Some(why) = self.inner.unsupported.get() {
+            return Some(why.clone());
+        }
         if self.inner.refused.load(Ordering::Acquire) {
             self.inner
                 .refusal
@@ -442,6 +448,7 @@ impl Conn {
             if pong.is_ok() && !checked_policy {
                 checked_policy = true;
                 self.check_eviction_policy().await;
+                self.check_version().await;
             }
             if pong.is_ok() {
                 if self.inner.refused.load(Ordering::Acquire) {
@@ -498,6 +505,39 @@ impl Conn {
             _ => u64::MAX,
         };
         self.inner.free_memory.store(free, Ordering::Release);
+    }
+
+    /// Refuses every new event, for good, on a Redis older than 7.0: the scripts declare their
+    /// flags (`#!lua`), which older servers cannot run. Said once in the log and on `/readyz`.
+    async fn check_version(&self) {
+        let info = self
+            .run_anyway("read", |mut c| async move {
+                ::redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut c)
+                    .await
+            })
+            .await;
+        let Ok(info) = info else {
+            return;
+        };
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        if major.is_some_and(|m| m < 7) {
+            let why = format!(
+                "redis {version} is too old for this backend: 7.0 or later is needed (its scripts declare their flags)"
+            );
+            tracing::error!(%version, "{why}; every new event gets 503");
+            let _ = self.inner.unsupported.set(why);
+        }
     }
 
     /// Logs an error if Redis may evict keys without a TTL (events, streams, counts): only

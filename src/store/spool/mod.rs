@@ -70,12 +70,16 @@ pub enum SpoolError {
     /// No such event.
     #[error("no event {0}")]
     NotFound(Uuid),
+    /// The store is being reopened or copied in the running process; a read works again in a
+    /// moment.
+    #[error("the store is being reopened")]
+    Reopening,
     /// The spool is shut down.
     #[error("the spool is closed")]
     Closed,
 }
 
-impl crate::core::outcome::AppendError for SpoolError {
+impl crate::core::outcome::StoreFailure for SpoolError {
     fn is_full(&self) -> bool {
         matches!(self, SpoolError::Full(_))
     }
@@ -157,6 +161,9 @@ pub struct StoreHealth {
     /// Under this much free space new events are refused (the embedded spool's resolved
     /// `min_free_space`), when it applies.
     pub min_free_bytes: Option<u64>,
+    /// How far the free space is above the point where new events are refused (`min_free_space`
+    /// plus the room the engine keeps for its own work); negative while they are refused.
+    pub headroom_bytes: Option<i64>,
     /// Times the store was reopened in the running process after a failed write.
     pub reopened: u64,
     /// Times the store was rebuilt in the running process to give disk space back.
