@@ -366,8 +366,8 @@ fn fail(s: &Shared, error: &fjall::Error) -> SpoolError {
             "the store failed to write ({error}); it recovers by itself (tried every {retry:?})"
         ))
     };
-    let first = !s.failed.swap(true, Ordering::AcqRel);
-    *lock(&s.failure) = Some(refusal.clone());
+    // The reason first, then the flag: an append that sees the flag finds the reason.
+    let first = lock(&s.failure).replace(refusal.clone()).is_none();
     s.failed.store(true, Ordering::Release);
     if first {
         tracing::error!(path = %s.path.display(), error = %error, disk_full = full, retry_ms = retry.as_millis() as u64, "spool write failed: new events get 503 at once until the store is recovered");

@@ -89,6 +89,13 @@ const DOWN_AFTER: u32 = 2;
 /// Failed health checks in a row after which the shared connection is replaced.
 const REBUILD_AFTER: u32 = 8;
 
+/// The value of `name` in an `INFO` answer (`name:value` lines).
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// Whether Redis refused a command because it takes no writes now: `OOM` (over `maxmemory`
 /// with `noeviction`) or `MISCONF` (its last save failed, with `stop-writes-on-bgsave-error`).
 fn refuses_writes(e: &RedisError) -> bool {
@@ -482,24 +489,24 @@ impl Conn {
         }
     }
 
+    /// `INFO section`'s `name: value` pairs, as text (`None` if Redis does not answer).
+    async fn info(&self, section: &'static str) -> Option<String> {
+        self.run_anyway("read", |mut c| async move {
+            ::redis::cmd("INFO")
+                .arg(section)
+                .query_async::<String>(&mut c)
+                .await
+        })
+        .await
+        .ok()
+    }
+
     /// Reads Redis's `used_memory` and `maxmemory` (`INFO memory`): the free memory gauge.
     async fn read_memory(&self) {
-        let info = self
-            .run_anyway("read", |mut c| async move {
-                ::redis::cmd("INFO")
-                    .arg("memory")
-                    .query_async::<String>(&mut c)
-                    .await
-            })
-            .await;
-        let Ok(info) = info else {
+        let Some(info) = self.info("memory").await else {
             return;
         };
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
+        let field = |name: &str| info_field(&info, name).and_then(|v| v.parse::<u64>().ok());
         let free = match (field("used_memory"), field("maxmemory")) {
             (Some(used), Some(max)) if max > 0 => max.saturating_sub(used),
             _ => u64::MAX,
@@ -510,21 +517,10 @@ impl Conn {
     /// Refuses every new event, for good, on a Redis older than 7.0: the scripts declare their
     /// flags (`#!lua`), which older servers cannot run. Said once in the log and on `/readyz`.
     async fn check_version(&self) {
-        let info = self
-            .run_anyway("read", |mut c| async move {
-                ::redis::cmd("INFO")
-                    .arg("server")
-                    .query_async::<String>(&mut c)
-                    .await
-            })
-            .await;
-        let Ok(info) = info else {
+        let Some(info) = self.info("server").await else {
             return;
         };
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .map(str::trim)
+        let version = info_field(&info, "redis_version")
             .unwrap_or_default()
             .to_owned();
         let major = version
