@@ -2,7 +2,9 @@
 //! directory with group commit, the dedup store in memory, refilled from the spool at start.
 //!
 //! - [`EmbeddedSpool`] (`spool.rs`): the [`Spool`](crate::store::Spool) on fjall;
-//!   `writer.rs` is its group-commit thread, `keys.rs` its record layout.
+//!   `writer.rs` is its group-commit thread, `keys.rs` its record layout, `disk.rs` its room on
+//!   disk, `engine.rs` the fjall database it can reopen, copy and swap, and `recovery.rs` what
+//!   the writer does after a failed write or when the engine's garbage fills the disk.
 //! - [`MemoryDedupStore`] (`dedup.rs`): a bounded `dashmap` of key hashes with expiry.
 //!
 //! ```
@@ -18,6 +20,7 @@ mod dedup;
 mod disk;
 mod engine;
 mod keys;
+mod recovery;
 mod spool;
 mod writer;
 
