@@ -171,6 +171,19 @@ impl Room {
         self.headroom.load(Ordering::Acquire) > needed
     }
 
+    /// Whether a record of `bytes` that moves or reschedules an event already stored (a dead
+    /// letter, a retry's schedule, a replay) fits: such writes may use the first half of
+    /// `min_free_space` beyond the point where new events are refused, so dead-lettering and
+    /// retries go on while appends are refused, and still never bring the engine to ENOSPC.
+    pub fn fits_bookkeeping(&self, bytes: u64) -> bool {
+        let needed = i64::try_from(bytes.saturating_mul(2)).unwrap_or(i64::MAX);
+        let allowance = i64::try_from(self.min_free / 2).unwrap_or(i64::MAX);
+        self.headroom
+            .load(Ordering::Acquire)
+            .saturating_add(allowance)
+            > needed
+    }
+
     /// Free bytes at the last measure, less what was committed since (`None`: not measured).
     pub fn free(&self) -> Option<u64> {
         self.measured.then(|| self.free.load(Ordering::Acquire))
@@ -259,6 +272,42 @@ mod tests {
         // Deliveries free space: the next measure says so.
         room.update(&measure(20_000, 0, 3000));
         assert!(room.fits(1000));
+    }
+
+    #[test]
+    fn bookkeeping_may_use_half_the_headroom_that_appends_may_not() {
+        struct Case {
+            name: &'static str,
+            free: u64,
+            append: bool,
+            bookkeeping: bool,
+        }
+        // min_free 1,000, the engine's room 5,000; 100 bytes ask for 200 of headroom.
+        let cases = [
+            Case {
+                name: "room for both",
+                free: 6_300,
+                append: true,
+                bookkeeping: true,
+            },
+            Case {
+                name: "appends refused, bookkeeping goes on",
+                free: 6_000,
+                append: false,
+                bookkeeping: true,
+            },
+            Case {
+                name: "half the headroom used: both refused",
+                free: 5_600,
+                append: false,
+                bookkeeping: false,
+            },
+        ];
+        for c in cases {
+            let room = Room::new("/d".into(), 1000, Some(measure(c.free, 2000, 3000)));
+            assert_eq!(room.fits(100), c.append, "{}", c.name);
+            assert_eq!(room.fits_bookkeeping(100), c.bookkeeping, "{}", c.name);
+        }
     }
 
     #[test]
