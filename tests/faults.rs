@@ -164,6 +164,52 @@ async fn accepted_of(url: &str, n: usize) -> usize {
     ok
 }
 
+/// What a store filled under load shows: events acknowledged until it filled, then refusals,
+/// each a 503 `spool_full` with `Retry-After` that never waited on a write; `/readyz` not ready,
+/// naming `why`; `hookgate_store_writable` 0.
+async fn assert_filled_and_refusing(gateway: &Gateway, seen: &Seen, why: &str) {
+    assert!(
+        seen.other.is_empty(),
+        "{:?}",
+        &seen.other[..seen.other.len().min(5)]
+    );
+    assert!(
+        seen.acked.len() > 1000,
+        "only {} acknowledged",
+        seen.acked.len()
+    );
+    assert_eq!(seen.without_retry_after, 0);
+    // Whether the reservation's write or the append met the refusal first: full, not failing.
+    assert_eq!(
+        seen.reasons.keys().collect::<Vec<_>>(),
+        ["spool_full"],
+        "{:?}",
+        seen.reasons
+    );
+    // Far from the writer's retry interval: the refusal never waits on a write.
+    assert!(
+        seen.slowest_refusal < Duration::from_secs(1),
+        "a refusal took {:?}",
+        seen.slowest_refusal
+    );
+    let (status, body) = readyz(gateway).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(why), "{body}");
+    assert_eq!(writable(gateway, 0.0).await, 0.0, "{}", store_log(gateway));
+}
+
+/// A small event of route `r`.
+fn small_event(body: impl Into<bytes::Bytes>) -> Event {
+    Event::new(
+        "r",
+        "127.0.0.1".parse().unwrap(),
+        "POST",
+        "/w",
+        vec![],
+        body.into(),
+    )
+}
+
 /// An event of 256 KiB that does not compress (the journal compresses large records): it needs
 /// that much new space on disk.
 fn big_event(route: &str) -> Event {
@@ -200,16 +246,7 @@ async fn the_embedded_spool_refuses_at_once_after_enospc_and_reopens_by_itself()
     )
     .unwrap();
     let kept: Vec<Event> = (0..20)
-        .map(|i| {
-            Event::new(
-                "r",
-                "127.0.0.1".parse().unwrap(),
-                "POST",
-                "/w",
-                vec![],
-                format!("{{\"n\":{i}}}").into(),
-            )
-        })
+        .map(|i| small_event(format!("{{\"n\":{i}}}")))
         .collect();
     for e in &kept {
         spool.append(e).await.unwrap();
@@ -248,14 +285,7 @@ async fn the_embedded_spool_refuses_at_once_after_enospc_and_reopens_by_itself()
     // Refused at once while the store waits to be reopened: nothing waits on the writer.
     let started = Instant::now();
     for _ in 0..200 {
-        let e = Event::new(
-            "r",
-            "127.0.0.1".parse().unwrap(),
-            "POST",
-            "/w",
-            vec![],
-            "{}".into(),
-        );
+        let e = small_event("{}");
         let one = Instant::now();
         assert!(spool.append(&e).await.is_err());
         assert!(
@@ -269,14 +299,7 @@ async fn the_embedded_spool_refuses_at_once_after_enospc_and_reopens_by_itself()
     disk.free("ballast");
     let back = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
-            let e = Event::new(
-                "r",
-                "127.0.0.1".parse().unwrap(),
-                "POST",
-                "/w",
-                vec![],
-                "{}".into(),
-            );
+            let e = small_event("{}");
             if spool.append(&e).await.is_ok() {
                 return e;
             }
@@ -335,39 +358,8 @@ async fn a_full_disk_is_backpressure_and_heals_without_a_restart() {
 
     // Fill it: until 300 refusals in a row.
     let seen = load(&url, 16, 200_000, Duration::from_secs(120), 300).await;
-    assert!(
-        seen.other.is_empty(),
-        "{:?}",
-        &seen.other[..seen.other.len().min(5)]
-    );
-    assert!(
-        seen.acked.len() > 1000,
-        "only {} acknowledged",
-        seen.acked.len()
-    );
     assert!(!seen.refused.is_empty(), "the disk never filled");
-    assert_eq!(seen.without_retry_after, 0);
-    assert_eq!(
-        seen.reasons.keys().collect::<Vec<_>>(),
-        ["spool_full"],
-        "{:?}",
-        seen.reasons
-    );
-    // Far from the writer's retry interval: the refusal never waits on a write.
-    assert!(
-        seen.slowest_refusal < Duration::from_secs(1),
-        "a refusal took {:?}",
-        seen.slowest_refusal
-    );
-    let (status, body) = readyz(&gateway).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("free on the disk"), "{body}");
-    assert_eq!(
-        writable(&gateway, 0.0).await,
-        0.0,
-        "{}",
-        store_log(&gateway)
-    );
+    assert_filled_and_refusing(&gateway, &seen, "free on the disk").await;
     eprintln!(
         "filled: {} acknowledged, {} refused ({:?}), slowest refusal {:?}, {} bytes free",
         seen.acked.len(),
@@ -494,38 +486,7 @@ async fn redis_out_of_memory_is_backpressure_and_heals() {
     let gateway = redis_gateway(dir.path(), &redis, upstream_port).await;
     let url = gateway.url(PATH);
     let seen = load(&url, 16, 100_000, Duration::from_secs(120), 300).await;
-    assert!(
-        seen.other.is_empty(),
-        "{:?}",
-        &seen.other[..seen.other.len().min(5)]
-    );
-    assert!(
-        seen.acked.len() > 1000,
-        "only {} acknowledged",
-        seen.acked.len()
-    );
-    assert_eq!(seen.without_retry_after, 0);
-    // Whether the reservation's write or the append met the refusal first: full, not failing.
-    assert_eq!(
-        seen.reasons.keys().collect::<Vec<_>>(),
-        ["spool_full"],
-        "{:?}",
-        seen.reasons
-    );
-    assert!(
-        seen.slowest_refusal < Duration::from_secs(1),
-        "{:?}",
-        seen.slowest_refusal
-    );
-    let (status, body) = readyz(&gateway).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("OOM"), "{body}");
-    assert_eq!(
-        writable(&gateway, 0.0).await,
-        0.0,
-        "{}",
-        store_log(&gateway)
-    );
+    assert_filled_and_refusing(&gateway, &seen, "OOM").await;
 
     let upstream = Upstream::start_on(upstream_port).await;
     let lost = undelivered(&upstream, &seen.acked, Duration::from_secs(60)).await;

@@ -174,23 +174,9 @@ impl FreeSpace {
 
 impl<'de> Deserialize<'de> for FreeSpace {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(FreeSpace::Bytes(Size(n))),
-            Raw::Text(t) if t == "auto" => Ok(FreeSpace::Auto),
-            Raw::Text(t) => t
-                .parse::<bytesize::ByteSize>()
-                .map(|b| FreeSpace::Bytes(Size(b.as_u64())))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "{t:?} is not a size: write \"auto\", e.g. \"256MiB\", or a number of bytes"
-                    ))
-                }),
+        match SizeText::deserialize(d)? {
+            SizeText::Text(t) if t == "auto" => Ok(FreeSpace::Auto),
+            raw => raw.size("\"auto\", ").map(FreeSpace::Bytes),
         }
     }
 }
@@ -667,25 +653,34 @@ impl std::fmt::Display for Size {
     }
 }
 
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(Size(n)),
-            Raw::Text(t) => t
+/// A size as the file writes it: a number of bytes, or text such as `"1MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeText {
+    /// The size; `also` names what else the key takes, for the error.
+    fn size<E: serde::de::Error>(self, also: &str) -> Result<Size, E> {
+        match self {
+            SizeText::Bytes(n) => Ok(Size(n)),
+            SizeText::Text(t) => t
                 .parse::<bytesize::ByteSize>()
                 .map(|b| Size(b.as_u64()))
                 .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "{t:?} is not a size: write e.g. \"1MiB\", \"512KB\" or a number of bytes"
+                    E::custom(format!(
+                        "{t:?} is not a size: write {also}e.g. \"1MiB\", \"512KB\" or a number of bytes"
                     ))
                 }),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SizeText::deserialize(d)?.size("")
     }
 }
 
