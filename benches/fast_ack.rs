@@ -28,15 +28,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
 use hookgate::core::Validator;
-use hookgate::deliver::DeliveryPolicy;
+use hookgate::deliver::{Deliverer, DeliveryPolicy, ServiceTarget};
 use hookgate::metrics::Metrics;
 use hookgate::store::{Durability, EmbeddedSpool, Event, Spool, SpoolConfig};
-use hookgate::tower::{FastAckLayer, ValidateLayer, WebhookLayer};
-use tower::Layer;
+use hookgate::tower::{FastAck, ValidateLayer, WebhookLayer};
 
 const PATH: &str = "/webhook/o3-video";
 
@@ -296,7 +295,7 @@ fn main() {
                 .with_allow(["127.0.0.0/8"])
                 .unwrap()
                 .with_metrics(&metrics)
-                .with_fast_ack::<Body>(spool, DeliveryPolicy::default())
+                .with_fast_ack(spool, ServiceTarget::new(post(received)))
                 .build()
                 .unwrap()
         };
@@ -309,22 +308,23 @@ fn main() {
         let alone_spool: Arc<dyn Spool> = Arc::new(
             EmbeddedSpool::open(SpoolConfig::new(alone_dir.path(), Durability::Fsync)).unwrap(),
         );
-        let alone = FastAckLayer::<Body>::new(
+        let alone = Deliverer::start(
             "alone",
             alone_spool.clone(),
             DeliveryPolicy::default(),
-            &metrics.route("alone"),
+            metrics.route("alone").delivery().clone(),
         )
-        .unwrap();
+        .unwrap()
+        .with_target(Arc::new(ServiceTarget::new(post(received))));
         let spool: Arc<dyn Spool> =
             Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
         let paused_spool: Arc<dyn Spool> = Arc::new(
             EmbeddedSpool::open(SpoolConfig::new(paused_dir.path(), Durability::Fsync)).unwrap(),
         );
-        let acking = fast_ack("fast_ack", spool.clone());
-        let paused = fast_ack("paused", paused_spool);
+        let (acking, acking_deliverer) = fast_ack("fast_ack", spool.clone());
+        let (paused, paused_deliverer) = fast_ack("paused", paused_spool);
         // The breakdown: where the gap to bare goes.
-        paused.deliverer().halt();
+        paused_deliverer.halt();
         let direct = WebhookLayer::builder("direct")
             .with_allow(["127.0.0.0/8"])
             .unwrap()
@@ -369,23 +369,22 @@ fn main() {
                 .await,
             ),
             (
-                "JSON check + FastAckLayer alone, fsync spool, delivering",
+                "JSON check + FastAck alone, fsync spool, delivering",
                 serve(Router::new().route_service(
                     PATH,
                     tower::ServiceBuilder::new()
                         .layer(ValidateLayer::new(Validator::json()))
-                        .layer(alone.clone())
-                        .service(post(received)),
+                        .service(FastAck::new(alone.clone())),
                 ))
                 .await,
             ),
             (
                 "WebhookLayer + FastAck, fsync spool, deliveries paused",
-                serve(Router::new().route_service(PATH, paused.layer(post(received)))).await,
+                serve(Router::new().route_service(PATH, paused)).await,
             ),
             (
                 "WebhookLayer + FastAck, fsync spool, delivering (the target)",
-                serve(Router::new().route_service(PATH, acking.layer(post(received)))).await,
+                serve(Router::new().route_service(PATH, acking)).await,
             ),
         ];
         let (mut rates, mut cpus) = (vec![Vec::new(); servers.len()], vec![Vec::new(); servers.len()]);
@@ -447,8 +446,8 @@ fn main() {
              pending at exit: {}",
             spool.stats().pending + alone_spool.stats().pending
         );
-        acking.deliverer().shutdown(Duration::from_secs(5)).await;
-        alone.deliverer().shutdown(Duration::from_secs(5)).await;
+        acking_deliverer.shutdown(Duration::from_secs(5)).await;
+        alone.shutdown(Duration::from_secs(5)).await;
         for (_, (_, task)) in servers {
             task.abort();
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use hookgate::core::{DedupKey, DedupKeySpec, Validator};
-use hookgate::deliver::DeliveryPolicy;
+use hookgate::deliver::ServiceTarget;
 use hookgate::metrics::Metrics;
 use hookgate::store::{DedupStore, Durability, EmbeddedSpool, MemoryDedupStore, SpoolConfig};
 use hookgate::tower::{PeerAddr, WebhookLayer};
@@ -141,17 +141,17 @@ fn stack(c: &mut Criterion) {
         let spool = std::sync::Arc::new(
             EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap(),
         );
-        let layer = WebhookLayer::builder("fast-ack")
+        let (webhook, deliverer) = WebhookLayer::builder("fast-ack")
             .with_allow(["127.0.0.0/8"])
             .unwrap()
             .with_metrics(&metrics)
-            .with_fast_ack::<Full<Bytes>>(spool, DeliveryPolicy::default())
+            .with_fast_ack(spool, ServiceTarget::new(trivial))
             .build()
             .unwrap();
-        layer.deliverer().halt();
-        layer
+        deliverer.halt();
+        (webhook, deliverer)
     });
-    let acked = fast_ack.layer(trivial);
+    let acked = fast_ack.0.clone();
     g.bench_function("webhook_layer_fast_ack_memory", |b| {
         b.iter(|| {
             n += 1;

@@ -21,13 +21,11 @@
 
 use std::net::SocketAddr;
 
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use hookgate::metrics::Metrics;
-use hookgate::tower::WebhookLayer;
-use prometheus::{Encoder, Registry, TextEncoder};
+use hookgate::prometheus::Registry;
+use hookgate::tower::{ServeMetrics, WebhookLayer};
 use serde_json::{json, Value};
 
 /// The provider's Flask example, in Rust: print what arrived, answer 200.
@@ -57,25 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let app = Router::new()
         .route("/webhook/o3-video", post(handle_webhook).layer(webhook))
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut text = Vec::new();
-                    let encoder = TextEncoder::new();
-                    match encoder.encode(&registry.gather(), &mut text) {
-                        Ok(()) => (
-                            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
-                            text,
-                        )
-                            .into_response(),
-                        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                            .into_response(),
-                    }
-                }
-            }),
-        );
+        .route_service("/metrics", ServeMetrics::new(registry));
 
     let port: u16 = match std::env::var("PORT") {
         Ok(p) => p

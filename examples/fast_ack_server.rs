@@ -4,7 +4,7 @@
 //! it mid-load; handy to watch the guarantee by hand too:
 //!
 //! ```sh
-//! cargo run --example fast_ack_server --features axum -- \
+//! cargo run --example fast_ack_server --features axum,embedded,http-target -- \
 //!     --listen 127.0.0.1:8080 --data ./data --upstream http://127.0.0.1:3000/webhook/o3-video
 //! curl -i http://127.0.0.1:8080/webhook/o3-video -H 'content-type: application/json' \
 //!   -d '{"generation_id":"550e8400-e29b-41d4-a716-446655440000","status":"failed","video_url":null,"model":"kling-o3-video-10s-pro","message":"TIMEOUT"}'
@@ -15,36 +15,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use axum::Router;
-use hookgate::deliver::DeliveryPolicy;
+use hookgate::deliver::{DeliveryPolicy, HttpTarget};
 use hookgate::metrics::Metrics;
 use hookgate::store::{Durability, EmbeddedSpool, SpoolConfig};
-use hookgate::tower::WebhookLayer;
-use tower::Layer;
+use hookgate::tower::{ServeMetrics, WebhookLayer};
 
 const PATH: &str = "/webhook/o3-video";
-
-struct Forward {
-    client: reqwest::Client,
-    upstream: String,
-}
-
-/// The handler behind the fast acknowledgement: forwards the stored request to the upstream and
-/// answers with the upstream's status, so the delivery engine retries what the upstream refuses.
-async fn forward(State(f): State<Arc<Forward>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let mut req = f.client.post(&f.upstream).body(body);
-    for (name, value) in &headers {
-        req = req.header(name.as_str(), value.as_bytes());
-    }
-    match req.send().await {
-        Ok(res) => StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-        Err(_) => StatusCode::BAD_GATEWAY,
-    }
-}
 
 fn arg(name: &str) -> Result<String, String> {
     let args: Vec<String> = std::env::args().collect();
@@ -83,18 +60,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         timeout: Duration::from_secs(5),
         ..DeliveryPolicy::default()
     };
-    let layer = WebhookLayer::builder("o3-video")
+    // The processor: the upstream, over HTTP, with the stored request byte for byte.
+    let upstream = HttpTarget::new("--upstream", &upstream, &policy)?;
+    let (webhook, deliverer) = WebhookLayer::builder("o3-video")
         .with_allow(["127.0.0.0/8", "::1/128"])?
         .with_metrics(&metrics)
-        .with_fast_ack::<Body>(spool, policy)
+        .with_fast_ack(spool, upstream)
+        .with_delivery_policy(policy)
         .build()?;
-    let handler = post(forward).with_state(Arc::new(Forward {
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?,
-        upstream,
-    }));
-    let app = Router::new().route_service(PATH, layer.layer(handler));
+    let app = Router::new()
+        .route_service(PATH, webhook)
+        .route_service("/metrics", ServeMetrics::new(registry));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(
@@ -105,6 +81,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
-    layer.deliverer().shutdown(Duration::from_secs(5)).await;
+    deliverer.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -20,6 +20,10 @@
 //! assert_eq!(Rejection::IpNotAllowed.reason().as_str(), "ip_not_allowed");
 //! ```
 
+/// The `prometheus` crate hookgate registers its metrics with: use its `Registry` for
+/// [`metrics::Metrics::new`] without pinning a version of your own.
+pub use prometheus;
+
 pub mod core;
 pub mod deliver;
 #[cfg(feature = "gateway")]

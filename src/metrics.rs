@@ -4,18 +4,21 @@
 //! are the documented six plus `none` and `other`. Per-route series are resolved once by
 //! [`Metrics::route`], so the request path does no label lookup.
 //!
+//! [`render`] gives a registry's text exposition and its content type, for a `/metrics` route
+//! ([`ServeMetrics`](crate::tower::ServeMetrics) is that route as a tower service). The
+//! `prometheus` crate is re-exported as `hookgate::prometheus`, so the registry type is always
+//! the one hookgate registers into.
+//!
 //! ```
 //! use hookgate::core::Counted;
-//! use hookgate::metrics::Metrics;
-//! use prometheus::{Encoder, Registry, TextEncoder};
+//! use hookgate::metrics::{render, Metrics};
 //!
-//! let registry = Registry::new();
+//! let registry = hookgate::prometheus::Registry::new();
 //! let metrics = Metrics::new(&registry).unwrap();
 //! let route = metrics.route("o3-video");
 //! route.record(Counted::Accepted, None);
-//! let mut text = Vec::new();
-//! TextEncoder::new().encode(&registry.gather(), &mut text).unwrap();
-//! let text = String::from_utf8(text).unwrap();
+//! let (content_type, text) = render(&registry).unwrap();
+//! assert_eq!(content_type, "text/plain; version=0.0.4");
 //! assert!(text.contains(r#"hookgate_requests_total{outcome="accepted",route="o3-video"} 1"#));
 //! ```
 
@@ -28,6 +31,14 @@ use prometheus::{
 };
 
 use crate::core::{Counted, ErrorCode, EventClass, EventStatus, Reason};
+
+/// `registry`'s metrics in the Prometheus text format, with the content type to answer it with.
+pub fn render(registry: &Registry) -> Result<(&'static str, String), prometheus::Error> {
+    let encoder = prometheus::TextEncoder::new();
+    let mut text = String::new();
+    encoder.encode_utf8(&registry.gather(), &mut text)?;
+    Ok((prometheus::TEXT_FORMAT, text))
+}
 
 /// Buckets for the time from first byte to acknowledgement: 50 µs to 10 s.
 const ACK_BUCKETS: &[f64] = &[

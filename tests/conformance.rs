@@ -223,14 +223,14 @@ async fn redis_wait_replicas_acknowledges_only_what_a_replica_confirmed() {
     );
 }
 
-/// The library face on Redis: a `FastAckLayer` over the shared spool acknowledges once Redis has
-/// the event, and its deliverer claims it back from Redis and calls the handler.
+/// The library face on Redis: `FastAck` over the shared spool acknowledges once Redis has the
+/// event, and its deliverer claims it back from Redis and calls the typed handler.
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_spool_behind_the_fast_ack_layer() {
-    use bytes::Bytes;
+async fn redis_spool_behind_fast_ack() {
+    use hookgate::deliver::{handler_fn, DeliveredEvent, Deliverer, DeliveryPolicy};
     use http_body_util::{BodyExt, Full};
-    use tower::{service_fn, Layer, ServiceExt};
+    use tower::{Layer, ServiceExt};
     let dir = tempfile::tempdir().unwrap();
     let (url, _server) = redis_server::shared(dir.path());
     let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
@@ -239,26 +239,26 @@ async fn redis_spool_behind_the_fast_ack_layer() {
         tokio::spawn(task);
     }
     let (tx, mut delivered) = tokio::sync::mpsc::unbounded_channel();
-    let handler = service_fn(move |req: http::Request<Full<Bytes>>| {
+    let processor = handler_fn(move |ev: DeliveredEvent| {
         let tx = tx.clone();
         async move {
-            tx.send(req.into_body().collect().await.unwrap().to_bytes())
-                .unwrap();
-            Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+            tx.send(ev.body().clone()).unwrap();
+            Ok(())
         }
     });
-    let fast_ack = hookgate::tower::FastAckLayer::<Full<Bytes>>::new(
+    let deliverer = Deliverer::start(
         "r",
         storage.spool.clone(),
-        hookgate::deliver::DeliveryPolicy::default(),
-        &metrics.route("r"),
+        DeliveryPolicy::default(),
+        metrics.route("r").delivery().clone(),
     )
-    .unwrap();
+    .unwrap()
+    .with_target(std::sync::Arc::new(processor));
     let svc = hookgate::tower::ValidateLayer::new(hookgate::core::Validator::json())
-        .layer(fast_ack.layer(handler));
+        .layer(hookgate::tower::FastAck::new(deliverer));
     let mut req = http::Request::post("/")
         .header("content-type", "application/json")
-        .body(Full::from(r#"{"a":1}"#))
+        .body(Full::<bytes::Bytes>::from(r#"{"a":1}"#))
         .unwrap();
     req.extensions_mut()
         .insert(hookgate::tower::PeerAddr("127.0.0.1:9".parse().unwrap()));

@@ -12,10 +12,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
-use hookgate::deliver::{retry_floor, Deliverer, DeliveryPolicy, HttpTarget};
+use hookgate::deliver::{retry_floor, Deliverer, DeliveryPolicy, HttpTarget, ServiceTarget};
 use hookgate::metrics::Metrics;
 use hookgate::store::{now_ms, Durability, EmbeddedSpool, Event, Spool, SpoolConfig};
-use hookgate::tower::{FastAckLayer, WebhookLayer};
+use hookgate::tower::{FastAck, Webhook, WebhookLayer};
+use http_body_util::BodyExt;
 use prometheus::Registry;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -338,16 +339,22 @@ impl Stack {
     }
 }
 
-/// The whole `WebhookLayer` with fast acknowledgement into `spool`, loopback allowed.
-fn fast_ack_layer(
+/// The whole pipeline with fast acknowledgement into `spool`, loopback allowed, delivering to
+/// the scripted upstream's axum handler in-process.
+fn fast_ack(
     spool: Arc<dyn Spool>,
     metrics: &Metrics,
-) -> WebhookLayer<hookgate::store::MemoryDedupStore, FastAckLayer<Body>> {
+    upstream: &Arc<Upstream>,
+) -> (Webhook<FastAck>, Deliverer) {
     WebhookLayer::builder("o3-video")
         .with_allow(["127.0.0.1/32"])
         .unwrap()
         .with_metrics(metrics)
-        .with_fast_ack::<Body>(spool, fast_policy())
+        .with_fast_ack(
+            spool,
+            ServiceTarget::new(post(upstream_handler).with_state(upstream.clone())),
+        )
+        .with_delivery_policy(fast_policy())
         .build()
         .unwrap()
 }
@@ -355,13 +362,8 @@ fn fast_ack_layer(
 async fn stack(spool: Arc<dyn Spool>, upstream: Arc<Upstream>) -> Stack {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
-    let layer = fast_ack_layer(spool, &metrics);
-    let deliverer = layer.deliverer().clone();
-    // One wrapped service: the method router itself (see FastAckLayer's docs).
-    let app = Router::new().route_service(
-        PATH,
-        layer.layer(post(upstream_handler).with_state(upstream.clone())),
-    );
+    let (webhook, deliverer) = fast_ack(spool, &metrics, &upstream);
+    let app = Router::new().route_service(PATH, webhook);
     let (url, server) = serve_local(app).await;
     Stack {
         url,
@@ -528,21 +530,28 @@ async fn dedup_survives_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fast_ack_layer_alone_forwards_the_stored_request() {
-    // FastAckLayer used directly (no WebhookLayer), delivering to a tower service.
+async fn fast_ack_alone_forwards_the_stored_request() {
+    // FastAck used directly (no WebhookLayer), delivering to a tower service.
     let spool = memory_spool();
     let metrics = Metrics::new(&Registry::new()).unwrap();
-    let layer =
-        FastAckLayer::<Body>::new("plain", spool, fast_policy(), &metrics.route("plain")).unwrap();
     let upstream = Upstream::new(200);
+    let deliverer = Deliverer::start(
+        "plain",
+        spool,
+        fast_policy(),
+        metrics.route("plain").delivery().clone(),
+    )
+    .unwrap()
+    .with_target(Arc::new(ServiceTarget::new(
+        post(upstream_handler).with_state(upstream.clone()),
+    )));
     let app = Router::new().route_service(
         PATH,
         tower::ServiceBuilder::new()
             .layer(hookgate::tower::ValidateLayer::new(
                 hookgate::core::Validator::json(),
             ))
-            .layer(layer.clone())
-            .service(post(upstream_handler).with_state(upstream.clone())),
+            .service(FastAck::new(deliverer)),
     );
     let (url, server) = serve_local(app).await;
     let (status, _, ack) = send(&url, r#"{"any":"json"}"#.into()).await;
@@ -556,31 +565,6 @@ async fn fast_ack_layer_alone_forwards_the_stored_request() {
         ack["event_id"].as_str().unwrap()
     );
     assert_eq!(upstream.delivered()[0].body, r#"{"any":"json"}"#.as_bytes());
-    server.abort();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrapping_two_services_refuses_instead_of_guessing() {
-    // axum's MethodRouter::layer wraps the handler and the 405 fallback: refused loudly.
-    let spool = memory_spool();
-    let layer = WebhookLayer::builder("o3-video")
-        .with_allow(["127.0.0.1/32"])
-        .unwrap()
-        .with_metrics(&Metrics::new(&Registry::new()).unwrap())
-        .with_fast_ack::<Body>(spool.clone(), fast_policy())
-        .build()
-        .unwrap();
-    let upstream = Upstream::new(200);
-    let app = Router::new()
-        .route(PATH, post(upstream_handler).layer(layer))
-        .with_state(upstream.clone());
-    let (url, server) = serve_local(app).await;
-    let (status, _, body) = send(&url, payload(1)).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (500, Some("ambiguous_delivery_target"))
-    );
-    assert_eq!(spool.stats().pending, 0, "nothing was acknowledged");
     server.abort();
 }
 
@@ -691,8 +675,7 @@ async fn an_append_that_commits_after_the_client_left_is_delivered_and_keeps_its
         Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
     let upstream = Upstream::new(200);
     let metrics = Metrics::new(&Registry::new()).unwrap();
-    let layer = fast_ack_layer(spool, &metrics);
-    let mut svc = layer.layer(post(upstream_handler).with_state(upstream.clone()));
+    let (mut svc, _deliverer) = fast_ack(spool, &metrics, &upstream);
     // The response future is polled once, with the append queued, then dropped: the client hung
     // up. (If the commit won the race to that first poll, there is nothing to test: try again.)
     let mut n = 0;
@@ -721,9 +704,7 @@ async fn an_append_that_commits_after_the_client_left_is_delivered_and_keeps_its
         .call(request(payload(n)))
         .await
         .unwrap();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
-        .await
-        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], br#"{"status":"duplicate"}"#);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.delivered_copies(&payload(n)), 1);
@@ -814,18 +795,17 @@ async fn clients_that_hang_up_get_one_event_each() {
 #[derive(Clone)]
 struct GivesUp<S>(S);
 
-impl<S> tower::Service<axum::http::Request<Body>> for GivesUp<S>
+type Answer = axum::http::Response<http_body_util::Full<Bytes>>;
+
+impl<S, B> tower::Service<axum::http::Request<B>> for GivesUp<S>
 where
-    S: tower::Service<axum::http::Request<Body>, Response = axum::response::Response>
-        + Send
-        + 'static,
+    S: tower::Service<axum::http::Request<B>, Response = Answer> + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = axum::response::Response;
+    type Response = Answer;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
-    >;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, S::Error>> + Send>>;
 
     fn poll_ready(
         &mut self,
@@ -834,7 +814,7 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, req: axum::http::Request<Body>) -> Self::Future {
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         use std::future::Future;
         let mut inner = Box::pin(self.0.call(req));
         Box::pin(async move {
@@ -844,7 +824,9 @@ where
                 std::task::Poll::Ready(res) => res,
                 std::task::Poll::Pending => {
                     drop(inner);
-                    Ok((StatusCode::SERVICE_UNAVAILABLE, "gave up").into_response())
+                    let mut res = Answer::new("gave up".into());
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    Ok(res)
                 }
             }
         })
@@ -863,17 +845,24 @@ async fn a_layer_between_dedup_and_fast_ack_cannot_release_a_key_the_spool_holds
         Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
     let metrics = Metrics::new(&Registry::new()).unwrap();
     let upstream = Upstream::new(200);
-    let fast_ack =
-        FastAckLayer::<Body>::new("r", spool, fast_policy(), &metrics.route("r")).unwrap();
+    let deliverer = Deliverer::start(
+        "r",
+        spool,
+        fast_policy(),
+        metrics.route("r").delivery().clone(),
+    )
+    .unwrap()
+    .with_target(Arc::new(ServiceTarget::new(
+        post(upstream_handler).with_state(upstream.clone()),
+    )));
     let dedup = DedupLayer::new(
         MemoryDedupStore::new(1000),
         "r",
         DedupKeySpec::default(),
         Duration::from_secs(60),
     );
-    let handler = post(upstream_handler).with_state(upstream.clone());
     let svc = ValidateLayer::new(Validator::runblob())
-        .layer(dedup.layer(GivesUp(fast_ack.layer(handler))));
+        .layer(dedup.layer(GivesUp(FastAck::new(deliverer))));
     let mut n = 0;
     loop {
         n += 1;
@@ -889,8 +878,6 @@ async fn a_layer_between_dedup_and_fast_ack_cannot_release_a_key_the_spool_holds
     .await;
     // The sender retries the 503: the append committed, so this is a duplicate.
     let res = svc.clone().oneshot(request(payload(n))).await.unwrap();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
-        .await
-        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], br#"{"status":"duplicate"}"#);
 }

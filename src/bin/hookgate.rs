@@ -126,10 +126,13 @@ struct Selection {
 
 fn init_logs(format: LogFormat) {
     use std::io::IsTerminal;
-    // The storage engine's own info lines (files created, writers finished) are noise to an
-    // operator; RUST_LOG overrides this default entirely.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(hookgate::gateway::log_filter(rust_log.as_deref()))
+            .unwrap_or_else(|e| {
+                eprintln!("RUST_LOG={rust_log:?} is not a log filter ({e}); logging at info");
+                tracing_subscriber::EnvFilter::new(hookgate::gateway::log_filter(None))
+            });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

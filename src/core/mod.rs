@@ -3,7 +3,8 @@
 //! gateway. Nothing here does I/O or knows about tower, pingora or a storage backend.
 //!
 //! - steps 2–3: [`ClientIpResolver`], [`Allowlist`]; steps 4, 6, 7: [`request_head`];
-//! - step 5: [`RateLimit`]; step 9: [`SignatureVerifier`]; steps 10–11: [`Validator`]; step 12's key: [`DedupKeySpec`];
+//! - step 5: `RateLimit` (feature `rate-limit`); step 9: `SignatureVerifier` (feature
+//!   `signatures`); steps 10–11: [`Validator`]; step 12's key: [`DedupKeySpec`];
 //! - steps 12–14 and every answer: [`outcome`] ([`Outcome`], [`Answer`]), [`Rejection`];
 //! - which headers travel: [`forward`].
 //!
@@ -27,9 +28,11 @@ mod client_ip;
 mod dedup_key;
 pub mod forward;
 pub mod outcome;
+#[cfg(feature = "rate-limit")]
 mod rate_limit;
 mod rejection;
 pub mod request_head;
+#[cfg(feature = "signatures")]
 mod signature;
 mod validate;
 
@@ -37,13 +40,15 @@ pub use allowlist::{Allowlist, LiveAllowlist};
 pub use client_ip::{ClientIp, ClientIpResolver};
 pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
 pub use outcome::{Answer, Counted, Outcome, Reservation};
+#[cfg(feature = "rate-limit")]
 pub use rate_limit::{RateLimit, DEFAULT_MAX_KEYS};
 pub use rejection::{
-    cut, FieldError, Reason, Rejection, MAX_LISTED_FIELDS, RETRY_AFTER_SECS, SPOOL_RETRY_AFTER_SECS,
+    cut, FieldError, Reason, Rejection, SignatureFailure, MAX_LISTED_FIELDS, RETRY_AFTER_SECS,
+    SPOOL_RETRY_AFTER_SECS,
 };
+#[cfg(feature = "signatures")]
 pub use signature::{
-    HmacAlgorithm, HmacScheme, SignatureEncoding, SignatureFailure, SignatureScheme,
-    SignatureVerifier,
+    HmacAlgorithm, HmacScheme, SignatureEncoding, SignatureScheme, SignatureVerifier,
 };
 pub use validate::{ErrorCode, EventClass, EventStatus, Payload, PayloadValidator, Validator};
 

@@ -99,10 +99,6 @@ pub enum Rejection {
     DedupUnavailable,
     /// The dedup key or the spool needs the parsed payload and no `ValidateLayer` ran first (500).
     PayloadNotParsed,
-    /// `FastAckLayer` wraps more than one service, so it cannot tell which to deliver to (500).
-    /// With axum, wrap the method router once (`route_service`): `MethodRouter::layer` also wraps
-    /// the 405 fallback.
-    AmbiguousDeliveryTarget,
     /// The spool holds its maximum (503, with `Retry-After`).
     SpoolFull,
     /// The spool failed to commit the event (503, with `Retry-After`).
@@ -115,7 +111,7 @@ pub enum Rejection {
     UpstreamTimeout,
     /// The request's signature is missing, does not verify, or its timestamp is outside the
     /// window (401; step 9).
-    Signature(super::SignatureFailure),
+    Signature(SignatureFailure),
     /// The client sent more than the route's rate limit allows (429, with `Retry-After`).
     RateLimited {
         /// Seconds until the next request would pass.
@@ -154,8 +150,6 @@ pub enum Reason {
     DedupUnavailable,
     /// `payload_not_parsed`
     PayloadNotParsed,
-    /// `ambiguous_delivery_target`
-    AmbiguousDeliveryTarget,
     /// `spool_full`
     SpoolFull,
     /// `spool_unavailable`
@@ -184,7 +178,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in a fixed order (`ALL[r.index()] == r`).
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 25] = [
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
         Reason::PeerAddressUnknown,
@@ -198,7 +192,6 @@ impl Reason {
         Reason::DuplicateInFlight,
         Reason::DedupUnavailable,
         Reason::PayloadNotParsed,
-        Reason::AmbiguousDeliveryTarget,
         Reason::SpoolFull,
         Reason::SpoolUnavailable,
         Reason::RouteNotFound,
@@ -229,7 +222,6 @@ impl Reason {
             Reason::DuplicateInFlight => "duplicate_in_flight",
             Reason::DedupUnavailable => "dedup_unavailable",
             Reason::PayloadNotParsed => "payload_not_parsed",
-            Reason::AmbiguousDeliveryTarget => "ambiguous_delivery_target",
             Reason::SpoolFull => "spool_full",
             Reason::SpoolUnavailable => "spool_unavailable",
             Reason::RouteNotFound => "route_not_found",
@@ -265,6 +257,17 @@ pub fn cut(text: &str, max: usize) -> &str {
 pub const MAX_LISTED_FIELDS: usize = 20;
 /// The longest message of a listed field, in bytes: values a message echoes are cut.
 const MAX_FIELD_MESSAGE: usize = 200;
+
+/// Why a signature check refused a request (each a stable [`Reason`](Reason)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureFailure {
+    /// A header the scheme needs is absent (`missing_signature`).
+    Missing,
+    /// No listed signature matches any secret, or one cannot be decoded (`bad_signature`).
+    Bad,
+    /// The signed timestamp is outside the tolerance, either way (`stale_timestamp`).
+    Stale,
+}
 
 impl Rejection {
     /// A 422 for `fields` out of `total` failing ones: at most [`MAX_LISTED_FIELDS`] listed,
@@ -318,7 +321,6 @@ impl Rejection {
             Rejection::DuplicateInFlight => Reason::DuplicateInFlight,
             Rejection::DedupUnavailable => Reason::DedupUnavailable,
             Rejection::PayloadNotParsed => Reason::PayloadNotParsed,
-            Rejection::AmbiguousDeliveryTarget => Reason::AmbiguousDeliveryTarget,
             Rejection::SpoolFull => Reason::SpoolFull,
             Rejection::SpoolUnavailable => Reason::SpoolUnavailable,
             Rejection::RouteNotFound => Reason::RouteNotFound,
@@ -328,9 +330,9 @@ impl Rejection {
             Rejection::MalformedRequest { .. } => Reason::MalformedRequest,
             Rejection::MissingHost => Reason::MissingHost,
             Rejection::HeaderTimeout => Reason::RequestTimeout,
-            Rejection::Signature(super::SignatureFailure::Missing) => Reason::MissingSignature,
-            Rejection::Signature(super::SignatureFailure::Bad) => Reason::BadSignature,
-            Rejection::Signature(super::SignatureFailure::Stale) => Reason::StaleTimestamp,
+            Rejection::Signature(SignatureFailure::Missing) => Reason::MissingSignature,
+            Rejection::Signature(SignatureFailure::Bad) => Reason::BadSignature,
+            Rejection::Signature(SignatureFailure::Stale) => Reason::StaleTimestamp,
             Rejection::RateLimited { .. } => Reason::RateLimited,
         }
     }
@@ -340,9 +342,9 @@ impl Rejection {
         match self {
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::IpNotAllowed => StatusCode::FORBIDDEN,
-            Rejection::PeerAddressUnknown
-            | Rejection::PayloadNotParsed
-            | Rejection::AmbiguousDeliveryTarget => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::PeerAddressUnknown | Rejection::PayloadNotParsed => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::RequestTimeout | Rejection::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -427,21 +429,18 @@ impl Rejection {
             Rejection::PayloadNotParsed => {
                 "this layer needs the payload parsed by ValidateLayer in front of it".into()
             }
-            Rejection::AmbiguousDeliveryTarget => {
-                "FastAckLayer wraps more than one service and cannot tell which to deliver to; with axum, use Router::route_service(path, layer.layer(method_router))".into()
-            }
             Rejection::SpoolFull => "the spool is full; retry later".into(),
             Rejection::SpoolUnavailable => "the event could not be stored; retry later".into(),
             Rejection::RouteNotFound => "no webhook route has this path".into(),
             Rejection::UpstreamUnavailable => "the upstream could not be reached; retry later".into(),
             Rejection::UpstreamTimeout => "the upstream did not answer in time; retry later".into(),
-            Rejection::Signature(super::SignatureFailure::Missing) => {
+            Rejection::Signature(SignatureFailure::Missing) => {
                 "the request carries no signature of the route's scheme".into()
             }
-            Rejection::Signature(super::SignatureFailure::Bad) => {
+            Rejection::Signature(SignatureFailure::Bad) => {
                 "the signature does not match the body with any of the route's secrets".into()
             }
-            Rejection::Signature(super::SignatureFailure::Stale) => {
+            Rejection::Signature(SignatureFailure::Stale) => {
                 "the signed timestamp is outside the route's tolerance".into()
             }
             Rejection::RateLimited { retry_after } => {

@@ -84,16 +84,7 @@ pub enum SignatureEncoding {
     Base64,
 }
 
-/// Why a signature check refused a request (each a stable [`Reason`](super::Reason)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignatureFailure {
-    /// A header the scheme needs is absent (`missing_signature`).
-    Missing,
-    /// No listed signature matches any secret, or one cannot be decoded (`bad_signature`).
-    Bad,
-    /// The signed timestamp is outside the tolerance, either way (`stale_timestamp`).
-    Stale,
-}
+use super::rejection::SignatureFailure;
 
 /// Checks requests against one route's scheme and secrets. Cheap to clone.
 #[derive(Clone)]

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{ConfigError, FieldError, Rejection, MAX_LISTED_FIELDS};
+#[cfg(feature = "schema")]
+use super::{ConfigError, MAX_LISTED_FIELDS};
+use super::{FieldError, Rejection};
 
 /// Checks a parsed payload; returns every failing field. Implemented for closures.
 pub trait PayloadValidator: Send + Sync + 'static {
@@ -128,8 +130,11 @@ pub struct Payload {
 
 #[derive(Clone)]
 enum Profile {
-    Runblob { strict_codes: bool },
+    Runblob {
+        strict_codes: bool,
+    },
     Json,
+    #[cfg(feature = "schema")]
     Schema(Arc<jsonschema::Validator>),
     Custom(Arc<dyn PayloadValidator>),
 }
@@ -148,6 +153,7 @@ impl std::fmt::Debug for Validator {
             } => "runblob",
             Profile::Runblob { strict_codes: true } => "runblob (strict codes)",
             Profile::Json => "json",
+            #[cfg(feature = "schema")]
             Profile::Schema(_) => "schema",
             Profile::Custom(_) => "custom",
         };
@@ -181,6 +187,7 @@ impl Validator {
 
     /// A JSON Schema, compiled once here (draft 2020-12 unless the schema's `$schema` says
     /// otherwise). `key` names the setting in errors.
+    #[cfg(feature = "schema")]
     pub fn schema(key: &str, schema: &Value) -> Result<Self, ConfigError> {
         let compiled =
             jsonschema::draft202012::new(schema).map_err(|e| ConfigError::InvalidSchema {
@@ -210,6 +217,7 @@ impl Validator {
                 require_object(&value, &mut fields);
                 None
             }
+            #[cfg(feature = "schema")]
             Profile::Schema(schema) => {
                 // Only the listed errors are formatted; the rest are counted.
                 let mut total = 0;
@@ -450,10 +458,12 @@ fn is_canonical_uuid(s: &str) -> bool {
     s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
 }
 
+/// An absolute `http`/`https` URI with a host (RFC 3986, as `http::Uri` parses it: ASCII only,
+/// so an internationalised host must come punycoded, as senders write them on the wire).
 fn is_http_url(s: &str) -> bool {
-    url::Url::parse(s)
-        .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .unwrap_or(false)
+    http::Uri::try_from(s).is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+    })
 }
 
 #[cfg(test)]
@@ -622,6 +632,30 @@ mod tests {
     }
 
     #[test]
+    fn video_urls() {
+        let cases = [
+            ("https://cdn.example.com/videos/550e8400.mp4", true),
+            ("http://127.0.0.1:8080/v.mp4?sig=a%20b&x=1", true),
+            ("https://cdn.example.com/v.mp4#t=10", true),
+            ("https://[2001:db8::1]/v.mp4", true),
+            ("https://user:pw@cdn.example.com/v", true),
+            ("HTTPS://cdn.example.com/v", true),
+            ("ftp://cdn.example.com/v.mp4", false),
+            ("/a.mp4", false),
+            ("cdn.example.com/v.mp4", false),
+            ("https://", false),
+            ("https:///v.mp4", false),
+            ("https://cdn example.com/v", false),
+            ("https://bücher.example/v", false),
+            ("", false),
+        ];
+        for (url, want) in cases {
+            assert_eq!(is_http_url(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "schema")]
     fn schema_profile_reports_each_field() {
         let schema = json!({
             "type": "object",
@@ -636,6 +670,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "schema")]
     fn bad_schema_is_a_config_error() {
         let err = Validator::schema("route[0].schema", &json!({"type": 12})).unwrap_err();
         assert!(err.to_string().contains("route[0].schema"), "{err}");

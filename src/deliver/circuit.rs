@@ -45,6 +45,8 @@ impl Health {
     pub fn of(result: &AttemptResult) -> Self {
         match result {
             AttemptResult::Status { code, .. } if *code < 500 => Self::Up,
+            // The handler ran and decided; a `Retry` is its 503 (its database is down).
+            AttemptResult::Processed | AttemptResult::Rejected(_) => Self::Up,
             _ => Self::Down,
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::target::{ExchangeError, HttpTarget};
+use super::http::{ExchangeError, HttpTarget};
 use super::DeliveryPolicy;
 use crate::core::outcome::{self, Outcome};
 use crate::store::Event;

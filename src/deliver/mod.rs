@@ -2,12 +2,14 @@
 //! dead letters (DESIGN §3).
 //!
 //! - [`policy`]: the outcome rules ([`classify`]) and the backoff ([`retry_delay`]), as plain functions.
-//! - [`target`]: an HTTP upstream ([`HttpTarget`]) or a tower service ([`ServiceTarget`]).
+//! - [`target`]: where events go (a route's processor): an HTTP upstream (`HttpTarget`, feature
+//!   `http-target`), a tower service ([`ServiceTarget`]) or a typed async function
+//!   ([`handler_fn`], [`DeliveredEvent`], [`DeliveryError`]).
 //! - [`Deliverer`]: one route's worker: steps 13–14 ([`Deliverer::accept`]), schedule,
 //!   dispatcher, concurrency limit, dead letters, graceful stop.
 //! - [`circuit`]: a route's circuit breaker (DESIGN §11): one probe per interval while the
 //!   upstream is down, no attempt counted against waiting events.
-//! - [`Forwarder`]: `proxy` mode's bounded synchronous forward.
+//! - `Forwarder` (feature `http-target`): `proxy` mode's bounded synchronous forward.
 //!
 //! ```
 //! use hookgate::deliver::{classify, AttemptResult, Verdict};
@@ -18,14 +20,26 @@
 //! ```
 
 pub mod circuit;
+#[cfg(feature = "http-target")]
 mod forward;
+mod handler;
+#[cfg(feature = "http-target")]
+mod http;
+#[cfg(feature = "http-target")]
 mod origin;
 pub mod policy;
 pub mod target;
 mod worker;
 
+#[cfg(feature = "http-target")]
 pub use forward::{Forwarder, MAX_ANSWER};
+pub use handler::{handler_fn, DeliveredEvent, DeliveryError, HandlerFn};
+#[cfg(feature = "gateway")]
+pub(crate) use http::error_chain;
+#[cfg(feature = "http-target")]
+pub use http::HttpTarget;
 pub use policy::{classify, retry_delay, retry_floor, AttemptResult, DeliveryPolicy, Verdict};
-pub use target::{HttpTarget, ServiceTarget, Target};
+pub use target::{attempt_headers, ServiceTarget, Target};
+#[cfg(feature = "gateway")]
 pub(crate) use worker::each_second_until;
 pub use worker::{Accepting, Deliverer};

@@ -21,7 +21,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::target::error_chain;
+use super::http::error_chain;
 
 type Body = Full<Bytes>;
 

@@ -56,8 +56,19 @@ pub enum AttemptResult {
     Connect(String),
     /// No answer within the timeout.
     Timeout,
-    /// Any other failure (connection reset mid-answer, a service error).
+    /// Any other failure (connection reset mid-answer, a service error, a panic).
     Failed(String),
+    /// An in-process handler ([`handler_fn`](super::handler_fn)) processed it.
+    Processed,
+    /// An in-process handler asked to be called again (after `after`, if given).
+    Retry {
+        /// The earliest time to try again.
+        after: Option<Duration>,
+        /// Why.
+        reason: String,
+    },
+    /// An in-process handler refused it for good.
+    Rejected(String),
 }
 
 impl std::fmt::Display for AttemptResult {
@@ -67,6 +78,9 @@ impl std::fmt::Display for AttemptResult {
             AttemptResult::Connect(e) => write!(f, "connect error: {e}"),
             AttemptResult::Timeout => f.write_str("timeout"),
             AttemptResult::Failed(e) => write!(f, "failed: {e}"),
+            AttemptResult::Processed => f.write_str("processed"),
+            AttemptResult::Retry { reason, .. } => write!(f, "retry: {reason}"),
+            AttemptResult::Rejected(reason) => write!(f, "rejected: {reason}"),
         }
     }
 }
@@ -98,7 +112,9 @@ pub fn classify(result: &AttemptResult) -> Verdict {
         } => Verdict::Retry {
             not_before: *retry_after,
         },
-        AttemptResult::Status { .. } => Verdict::Reject,
+        AttemptResult::Status { .. } | AttemptResult::Rejected(_) => Verdict::Reject,
+        AttemptResult::Processed => Verdict::Success,
+        AttemptResult::Retry { after, .. } => Verdict::Retry { not_before: *after },
         AttemptResult::Connect(_) | AttemptResult::Timeout | AttemptResult::Failed(_) => {
             Verdict::Retry { not_before: None }
         }

@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -597,7 +598,7 @@ async fn attempt(
     };
     event.attempts += 1;
     let started = Instant::now();
-    let result = target.deliver(&event).await;
+    let result = guarded(&*target, &event, inner.policy.timeout).await;
     inner
         .metrics
         .duration
@@ -626,6 +627,49 @@ async fn attempt(
         return;
     }
     settle_attempt(&inner, event, result).await;
+}
+
+/// One attempt, bounded by `timeout`; a panic in the target (a user's handler) is a failed
+/// attempt, retried like any other, rather than an event forgotten until the next start.
+fn guarded(
+    target: &dyn Target,
+    event: &Event,
+    timeout: Duration,
+) -> impl Future<Output = super::AttemptResult> + Send + 'static {
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| target.deliver(event)));
+    async move {
+        let attempt = match started {
+            Ok(attempt) => attempt,
+            Err(panic) => return panicked(&*panic),
+        };
+        tokio::time::timeout(timeout, CatchPanic(attempt))
+            .await
+            .unwrap_or(super::AttemptResult::Timeout)
+    }
+}
+
+/// Polls an attempt, turning a panic into [`AttemptResult::Failed`](super::AttemptResult::Failed).
+struct CatchPanic(super::target::AttemptFuture);
+
+impl Future for CatchPanic {
+    type Output = super::AttemptResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let attempt = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| attempt.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => Poll::Ready(panicked(&*panic)),
+        }
+    }
+}
+
+fn panicked(panic: &(dyn std::any::Any + Send)) -> super::AttemptResult {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-string payload");
+    super::AttemptResult::Failed(format!("the handler panicked: {text}"))
 }
 
 /// Frees the circuit's probe slot if a probe's task ends before recording its result.

@@ -22,7 +22,6 @@ use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use prometheus::{Encoder, TextEncoder};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -351,13 +350,12 @@ type AllFuture<'a> =
 
 impl Admin {
     fn metrics(&self) -> Response<Vec<u8>> {
-        let encoder = TextEncoder::new();
-        let mut body = Vec::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut body) {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string());
-        }
+        let (content_type, body) = match crate::metrics::render(&self.registry) {
+            Ok((content_type, text)) => (content_type, text.into_bytes()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()),
+        };
         Response::builder()
-            .header(header::CONTENT_TYPE, encoder.format_type())
+            .header(header::CONTENT_TYPE, content_type)
             .header(header::CONTENT_LENGTH, body.len())
             .body(body)
             .unwrap_or_default()

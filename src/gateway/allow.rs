@@ -53,12 +53,11 @@ async fn fetch(
     url: &str,
     pointer: &str,
 ) -> Result<Allowlist, String> {
-    let mut res = client.get(url).send().await.map_err(|e| {
-        format!(
-            "cannot fetch {url}: {}",
-            crate::deliver::target::error_chain(&e)
-        )
-    })?;
+    let mut res = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {}", crate::deliver::error_chain(&e)))?;
     if !res.status().is_success() {
         return Err(format!("{url} answered {}", res.status()));
     }

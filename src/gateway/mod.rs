@@ -82,6 +82,26 @@ pub enum StartError {
     Other(String),
 }
 
+/// The binary's log filter: `RUST_LOG` (default `info`), with the storage engine's start-up
+/// and maintenance lines (fjall and lsm-tree log files created, journals recovered, at INFO)
+/// shown only at `debug` or when `RUST_LOG` names them: to an operator they are noise.
+pub fn log_filter(rust_log: Option<&str>) -> String {
+    let given = rust_log
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    let names_engine = given.contains("fjall") || given.contains("lsm_tree");
+    let verbose = given.split(',').any(|d| {
+        let d = d.trim();
+        !d.contains('=') && matches!(d.to_ascii_lowercase().as_str(), "debug" | "trace")
+    });
+    if names_engine || verbose {
+        given.to_owned()
+    } else {
+        format!("{given},fjall=warn,lsm_tree=warn")
+    }
+}
+
 /// Runs the gateway described by `config` until SIGTERM or SIGINT (both graceful).
 pub fn run(config: Config) -> Result<(), StartError> {
     let file = config.source.display().to_string();
@@ -492,5 +512,31 @@ impl ShutdownSignalWatch for GracefulSignals {
             _ = int.recv() => tracing::info!("second SIGINT: stopping the listeners now"),
         }
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    #[test]
+    fn the_engine_logs_at_debug_only() {
+        let cases = [
+            (None, "info,fjall=warn,lsm_tree=warn"),
+            (Some(""), "info,fjall=warn,lsm_tree=warn"),
+            (Some("info"), "info,fjall=warn,lsm_tree=warn"),
+            (
+                Some("hookgate=debug"),
+                "hookgate=debug,fjall=warn,lsm_tree=warn",
+            ),
+            (
+                Some("warn,hookgate=info"),
+                "warn,hookgate=info,fjall=warn,lsm_tree=warn",
+            ),
+            (Some("debug"), "debug"),
+            (Some("info,fjall=info"), "info,fjall=info"),
+            (Some("TRACE"), "TRACE"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(super::log_filter(given), want, "{given:?}");
+        }
     }
 }

@@ -43,7 +43,9 @@ pub use crate::core::Reservation;
 pub use dedup::{
     refill_dedup, BoxReserveFuture, DedupStore, Reserved, SharedDedupStore, StoreError,
 };
-pub use embedded::{EmbeddedSpool, MemoryDedupStore, SpoolConfig};
+pub use embedded::MemoryDedupStore;
+#[cfg(feature = "embedded")]
+pub use embedded::{EmbeddedSpool, SpoolConfig};
 pub use event::{id_ms, now_ms, AttemptRecord, DedupRecord, Event, HISTORY_LEN};
 pub use spool::{
     Completion, Durability, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture,

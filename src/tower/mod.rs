@@ -7,16 +7,30 @@
 //! MetricsLayer → IpAllowlistLayer → ValidateLayer → DedupLayer → your handler
 //! ```
 //!
-//! Every answer the layers give is the core's ([`crate::core::outcome`]): rejections are
-//! responses (a status and a JSON body `{"error": reason, "detail": ...}`) with the
-//! [`Rejection`] in the response extensions, and each response hookgate answers carries its
-//! [`Counted`](crate::core::Counted) there too; `type Error = S::Error` throughout. The handler
-//! sees the original body bytes, unchanged.
+//! Two ways to acknowledge:
+//!
+//! - **the handler's answer** ([`WebhookLayerBuilder::build`] → [`WebhookLayer`]): a plain layer,
+//!   placed wherever axum takes one (`post(h).layer(..)`, `route_layer`, `Router::layer`) or in
+//!   any tower stack; the handler's 2xx commits the dedup key.
+//! - **fast ack** ([`WebhookLayerBuilder::with_fast_ack`] → [`Webhook`]`<`[`FastAck`]`>` and a
+//!   [`Deliverer`](crate::deliver::Deliverer)): 200 as soon as the event is in the spool, and a
+//!   processor (a typed [`handler_fn`](crate::deliver::handler_fn), a tower service, an HTTP
+//!   upstream) gets it afterwards, with retries and dead letters. It is a service to mount at the
+//!   route's path (`Router::route_service`), not a layer: it calls no inner service.
+//!
+//! The layers take any request body (`http_body::Body`, its error into a boxed error: hyper's
+//! `Incoming`, axum's `Body`, tower-http's `Limited`) and hand the handler the validated bytes as
+//! `Request<Full<Bytes>>`. They answer `Response<`[`ResponseBody`]`<B>>`, where `B` is the
+//! handler's own body type, whatever it is. Every answer they give themselves is the core's
+//! ([`crate::core::outcome`]): rejections are responses (a status and a JSON body
+//! `{"error": reason, "detail": ...}`) with the [`Rejection`] in the response extensions, and
+//! each response hookgate answers carries its [`Counted`](crate::core::Counted) there too;
+//! `type Error = S::Error` throughout. The handler sees the original body bytes, unchanged.
 //!
 //! ```
 //! use hookgate::tower::{PeerAddr, WebhookLayer};
 //! use bytes::Bytes;
-//! use http_body_util::{BodyExt, Full};
+//! use http_body_util::{BodyExt, Empty, Full};
 //! use http::{Request, Response, StatusCode};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
@@ -27,8 +41,9 @@
 //!     .with_allow(["127.0.0.0/8"]).unwrap()
 //!     .with_metrics(&metrics)
 //!     .build().unwrap();
+//! // Any response body: this handler answers with an empty one.
 //! let svc = layer.layer(service_fn(|_req: Request<Full<Bytes>>| async {
-//!     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::from("ok")))
+//!     Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
 //! }));
 //! let body = r#"{"generation_id":"550e8400-e29b-41d4-a716-446655440000","status":"failed",
 //!              "video_url":null,"model":"kling-o3-video-10s-pro","message":"TIMEOUT"}"#;
@@ -49,10 +64,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::Response;
+use http_body_util::Full;
 
 use crate::core::{Counted, Outcome, Rejection};
 
 mod allowlist;
+mod body;
 mod dedup;
 mod fast_ack;
 mod metrics;
@@ -60,11 +77,15 @@ pub(crate) mod validate;
 mod webhook;
 
 pub use allowlist::{IpAllowlist, IpAllowlistLayer};
+pub use body::ResponseBody;
 pub use dedup::{Dedup, DedupLayer};
-pub use fast_ack::{FastAck, FastAckLayer};
-pub use metrics::{MetricsLayer, RecordMetrics};
+pub use fast_ack::FastAck;
+pub use metrics::{MetricsLayer, RecordMetrics, ServeMetrics};
 pub use validate::{ParsedPayload, Validate, ValidateLayer};
-pub use webhook::{AckMode, DirectAck, FastAckMode, WebhookLayer, WebhookLayerBuilder};
+pub use webhook::{
+    AckMode, DirectAck, FastAckIsNotALayer, FastAckMode, Webhook, WebhookLayer,
+    WebhookLayerBuilder, DEFAULT_DEDUP_CAPACITY, DEFAULT_DEDUP_TTL,
+};
 
 /// The TCP peer address, for servers that do not use axum's `ConnectInfo`: insert it into each
 /// request's extensions (hyper: in the `service_fn` given to `serve_connection`).
@@ -90,13 +111,13 @@ pub fn default_peer_ip(ext: &http::Extensions) -> Option<IpAddr> {
 
 /// The one place an [`Outcome`] becomes a response: the core's status, headers and body, with
 /// how it is counted ([`Counted`]) and, for a refusal, the [`Rejection`] in the extensions.
-pub(crate) fn respond<B: From<Bytes>>(outcome: Outcome) -> Response<B> {
+pub(crate) fn respond(outcome: Outcome) -> Response<Full<Bytes>> {
     let counted = outcome.counted();
     let (answer, rejection) = match outcome {
         Outcome::Rejected(r) => (r.answer(), Some(r)),
         other => (other.answer(), None),
     };
-    let mut res = Response::new(B::from(answer.body));
+    let mut res = Response::new(Full::new(answer.body));
     *res.status_mut() = answer.status;
     *res.headers_mut() = answer.headers;
     res.extensions_mut().insert(counted);
@@ -115,8 +136,8 @@ pub(crate) fn counted<B>(res: &Response<B>) -> Counted {
         .unwrap_or_else(|| Counted::of_status(res.status()))
 }
 
-/// A [`Rejection`] as a response (see [`respond`]): status, JSON body, `Allow` / `Retry-After`,
-/// and the rejection itself in the response extensions.
-pub fn rejection_response<B: From<Bytes>>(rejection: Rejection) -> Response<B> {
+/// A [`Rejection`] as a response, as the layers answer it: status, JSON body, `Allow` /
+/// `Retry-After`, and the rejection itself in the response extensions.
+pub fn rejection_response(rejection: Rejection) -> Response<Full<Bytes>> {
     respond(Outcome::Rejected(rejection))
 }

@@ -1,111 +1,54 @@
-//! [`WebhookLayer`]: the whole admission stack from one configuration.
+//! [`WebhookLayer`]: the whole admission stack from one configuration, as a layer around the
+//! handler ([`build`](WebhookLayerBuilder::build)), or answering 200 from a spool with the events
+//! handed to a processor ([`with_fast_ack`](WebhookLayerBuilder::with_fast_ack)).
 
-use std::marker::PhantomData;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tower_layer::{Identity, Layer};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
 
-use super::{DedupLayer, IpAllowlistLayer, MetricsLayer, PeerIpFn, ValidateLayer};
-use crate::core::{
-    Allowlist, ConfigError, DedupKeySpec, LiveAllowlist, RateLimit, SignatureVerifier, Validator,
+use super::{
+    DedupLayer, FastAck, IpAllowlistLayer, MetricsLayer, PeerIpFn, ResponseBody, ValidateLayer,
 };
-use crate::deliver::{Deliverer, DeliveryPolicy};
-use crate::metrics::{Metrics, RouteMetrics};
+#[cfg(feature = "rate-limit")]
+use crate::core::RateLimit;
+#[cfg(feature = "signatures")]
+use crate::core::SignatureVerifier;
+use crate::core::{Allowlist, ConfigError, DedupKeySpec, LiveAllowlist, Validator};
+use crate::deliver::{Deliverer, DeliveryPolicy, Target};
+use crate::metrics::Metrics;
 use crate::store::{DedupStore, MemoryDedupStore, Spool, SpoolError};
 use crate::tower::validate::{DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
-use crate::tower::FastAckLayer;
 use crate::tower::{Dedup, IpAllowlist, RecordMetrics, Validate};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The default dedup window: 24 h, far beyond the reference sender's 5 × 30 s retry span.
 pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// The default capacity of the in-memory dedup store.
 pub use crate::store::embedded::DEFAULT_DEDUP_CAPACITY;
 
-/// IP allowlist, validation, dedup and metrics for one route, stacked in pipeline order:
-/// `RecordMetrics<IpAllowlist<Validate<Dedup<A::Service>>>>`, where `A` is
-/// [`Identity`] (the handler's answer is the acknowledgement) or, after
-/// [`with_fast_ack`](WebhookLayerBuilder::with_fast_ack), a [`FastAckLayer`]. See the
-/// [module docs](super) for an example.
+/// IP allowlist, validation, dedup and metrics for one route, in pipeline order, around a
+/// handler whose answer is the acknowledgement (its 2xx commits the dedup key). A plain layer:
+/// [`layer`](Layer::layer) only wraps, so it works wherever axum puts a layer
+/// (`post(h).layer(..)`, `route_layer`, `Router::layer`) and in any tower stack. Built by
+/// [`WebhookLayer::builder`]; see the [module docs](super) for an example.
 #[derive(Clone, Debug)]
 #[must_use]
-pub struct WebhookLayer<D = MemoryDedupStore, A = Identity> {
+pub struct WebhookLayer<D = MemoryDedupStore> {
     metrics: MetricsLayer,
     allowlist: IpAllowlistLayer,
     validate: ValidateLayer,
     dedup: DedupLayer<D>,
-    ack: A,
-}
-
-impl<D, B> WebhookLayer<D, FastAckLayer<B>> {
-    /// The delivery worker behind the fast acknowledgement: dead letters, replay, shutdown.
-    pub fn deliverer(&self) -> &Deliverer {
-        self.ack.deliverer()
-    }
-}
-
-/// How a [`WebhookLayer`] acknowledges: builds the innermost layer once the route is known.
-pub trait AckMode {
-    /// The layer between dedup and the handler.
-    type Layer;
-
-    /// Builds the layer for `route`, and refills `store` with the keys it persisted.
-    fn build<D: DedupStore>(
-        self,
-        route: &str,
-        metrics: &RouteMetrics,
-        store: &D,
-    ) -> Result<Self::Layer, ConfigError>;
-}
-
-/// The handler's own answer is the acknowledgement (no spool).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DirectAck;
-
-impl AckMode for DirectAck {
-    type Layer = Identity;
-
-    fn build<D: DedupStore>(
-        self,
-        _: &str,
-        _: &RouteMetrics,
-        _: &D,
-    ) -> Result<Identity, ConfigError> {
-        Ok(Identity::new())
-    }
-}
-
-/// Spool, answer 200 at once, deliver to the handler later (see [`FastAckLayer`]). `B` is the
-/// handler's request body type.
-pub struct FastAckMode<B> {
-    spool: Arc<dyn Spool>,
-    policy: DeliveryPolicy,
-    _body: PhantomData<fn() -> B>,
-}
-
-impl<B> AckMode for FastAckMode<B> {
-    type Layer = FastAckLayer<B>;
-
-    fn build<D: DedupStore>(
-        self,
-        route: &str,
-        metrics: &RouteMetrics,
-        store: &D,
-    ) -> Result<FastAckLayer<B>, ConfigError> {
-        let spool_error = |e: SpoolError| ConfigError::InvalidValue {
-            key: "spool".into(),
-            reason: e.to_string(),
-        };
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(ConfigError::InvalidValue {
-                key: "fast_ack".into(),
-                reason: "build inside a tokio runtime: the delivery worker runs on it".into(),
-            });
-        }
-        // Keys accepted before a restart answer `duplicate` again for the rest of their TTL.
-        crate::store::refill_dedup(self.spool.as_ref(), store).map_err(spool_error)?;
-        FastAckLayer::new(route, self.spool, self.policy, metrics).map_err(spool_error)
-    }
 }
 
 impl WebhookLayer {
@@ -125,27 +68,161 @@ impl WebhookLayer {
             dedup_ttl: DEFAULT_DEDUP_TTL,
             dedup_capacity: DEFAULT_DEDUP_CAPACITY,
             metrics: None,
+            #[cfg(feature = "signatures")]
             signature: None,
+            #[cfg(feature = "rate-limit")]
             rate_limit: None,
         }
     }
 }
 
-impl<S, D, A: Layer<S>> Layer<S> for WebhookLayer<D, A> {
-    type Service = RecordMetrics<IpAllowlist<Validate<Dedup<A::Service, D>>>>;
+impl<S, D> Layer<S> for WebhookLayer<D> {
+    type Service = Webhook<S, D>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let acked = self.ack.layer(inner);
-        self.metrics.layer(
-            self.allowlist
-                .layer(self.validate.layer(self.dedup.layer(acked))),
-        )
+        Webhook {
+            stack: self.metrics.layer(
+                self.allowlist
+                    .layer(self.validate.layer(self.dedup.layer(inner))),
+            ),
+        }
     }
 }
 
-/// Configures a [`WebhookLayer`]. Defaults: `runblob` profile, 1 MiB body limit, 10 s read
-/// timeout, dedup by `/generation_id` for 24 h, metrics in the default registry. The allowlist has
-/// no default: it must be set.
+type Stack<S, D> = RecordMetrics<IpAllowlist<Validate<Dedup<S, D>>>>;
+
+/// The admission pipeline around `S`: what [`WebhookLayer`] builds around a handler, and what
+/// a fast-ack build returns around [`FastAck`] (a service to mount at the route's path).
+///
+/// It takes any request body (`http_body::Body` with `Bytes`-convertible data and an error that
+/// converts into a boxed error: hyper's `Incoming`, axum's `Body`, tower-http's `Limited`); `S`
+/// gets the validated bytes as `Request<Full<Bytes>>`, with the resolved
+/// [`ClientIp`](crate::core::ClientIp) and the [`ParsedPayload`](super::ParsedPayload) in its
+/// extensions. Its answers are `Response<ResponseBody<ResBody>>`: hookgate's own or `S`'s,
+/// whatever `S`'s body type.
+pub struct Webhook<S, D = MemoryDedupStore> {
+    stack: Stack<S, D>,
+}
+
+impl<S: Clone, D> Clone for Webhook<S, D> {
+    fn clone(&self) -> Self {
+        Self {
+            stack: self.stack.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, D> std::fmt::Debug for Webhook<S, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("stack", &self.stack)
+            .finish()
+    }
+}
+
+impl<S, D, ReqBody, ResBody> Service<Request<ReqBody>> for Webhook<S, D>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone,
+    D: DedupStore,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<<Stack<S, D> as Service<Request<ReqBody>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<ReqBody>>::poll_ready(&mut self.stack, cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        ResponseFuture {
+            fut: self.stack.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Webhook`]: the stack's answer, its body as one [`ResponseBody`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody<ResponseBody<ResponseBody<B>>>>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .fut
+            .poll(cx)
+            .map_ok(|res| res.map(|body| body.flatten().flatten()))
+    }
+}
+
+/// Never implemented: it turns "a fast-ack `Webhook` is not a layer" into a compile error that
+/// says what to write instead, where axum or tower asks for a layer.
+#[diagnostic::on_unimplemented(
+    message = "a fast-ack `Webhook` is a service to mount at a path, not a layer: it answers every request itself and hands the events to its processor",
+    label = "a layer is expected here",
+    note = "mount it with axum: `Router::new().route_service(\"/path\", webhook)`; to keep your handler, give it as the processor: `.with_fast_ack(spool, ServiceTarget::new(post(handler)))`",
+    note = "or drop `with_fast_ack` to wrap the handler with a `WebhookLayer`: its answer is then the acknowledgement"
+)]
+pub trait FastAckIsNotALayer: sealed::Sealed {}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+impl<L: FastAckIsNotALayer, D> Layer<L> for Webhook<FastAck, D> {
+    type Service = L;
+
+    /// Unreachable: no type implements [`FastAckIsNotALayer`].
+    fn layer(&self, inner: L) -> L {
+        inner
+    }
+}
+
+/// How a [`WebhookLayerBuilder`] acknowledges: the handler's answer ([`DirectAck`], the
+/// default) or the spool ([`FastAckMode`], after
+/// [`with_fast_ack`](WebhookLayerBuilder::with_fast_ack)).
+pub trait AckMode: Clone {}
+
+/// The handler's own answer is the acknowledgement (no spool): [`build`](WebhookLayerBuilder::build)
+/// makes a [`WebhookLayer`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectAck;
+
+impl AckMode for DirectAck {}
+
+/// Spool, answer 200 at once, hand the event to a processor afterwards:
+/// [`build`](WebhookLayerBuilder::build) makes a `Webhook<FastAck>` and its [`Deliverer`].
+#[derive(Clone)]
+pub struct FastAckMode {
+    spool: Arc<dyn Spool>,
+    processor: Arc<dyn Target>,
+    policy: DeliveryPolicy,
+}
+
+impl std::fmt::Debug for FastAckMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastAckMode")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AckMode for FastAckMode {}
+
+/// Configures a [`WebhookLayer`] (or, with [`with_fast_ack`](Self::with_fast_ack), a fast-ack
+/// [`Webhook`]). Defaults: `runblob` profile, 1 MiB body limit, 10 s read timeout, dedup by
+/// `/generation_id` for 24 h, metrics in the default registry. The allowlist has no default: it
+/// must be set. Cloning it gives a second configuration to change.
+#[derive(Clone)]
 #[must_use]
 pub struct WebhookLayerBuilder<M = DirectAck> {
     ack: M,
@@ -160,26 +237,159 @@ pub struct WebhookLayerBuilder<M = DirectAck> {
     dedup_ttl: Duration,
     dedup_capacity: usize,
     metrics: Option<Metrics>,
+    #[cfg(feature = "signatures")]
     signature: Option<SignatureVerifier>,
+    #[cfg(feature = "rate-limit")]
     rate_limit: Option<RateLimit>,
 }
 
-impl<M: AckMode> WebhookLayerBuilder<M> {
-    /// Acknowledges from the spool: each accepted request is stored in `spool` and answered 200
-    /// `{"status":"received","event_id":...}` at once, then delivered to the handler by `policy`.
-    /// `B` is the handler's request body type (`axum::body::Body` behind axum). The dedup store
-    /// is refilled from the spool at build, which must run inside a tokio runtime.
-    pub fn with_fast_ack<B>(
+impl<M: std::fmt::Debug> std::fmt::Debug for WebhookLayerBuilder<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookLayerBuilder")
+            .field("route", &self.route)
+            .field("ack", &self.ack)
+            .field("allow", &self.allow)
+            .field("validator", &self.validator)
+            .field("max_body", &self.max_body)
+            .field("dedup_key", &self.dedup_key)
+            .field("dedup_ttl", &self.dedup_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookLayerBuilder<DirectAck> {
+    /// Acknowledges from the spool instead of the handler: each accepted request is stored in
+    /// `spool` and answered 200 `{"status":"received","event_id":...}` as soon as it is there;
+    /// a [`Deliverer`] then hands it to `processor` and retries it by the delivery policy
+    /// ([`with_delivery_policy`](WebhookLayerBuilder::with_delivery_policy)).
+    ///
+    /// The processor is a [`handler_fn`](crate::deliver::handler_fn) (a typed async function),
+    /// a [`ServiceTarget`](crate::deliver::ServiceTarget) (any tower service: an axum handler
+    /// or router) or an `HttpTarget` (an HTTP upstream, feature `http-target`).
+    /// [`build`](WebhookLayerBuilder::build) then returns a service to mount at the route's
+    /// path, not a layer.
+    pub fn with_fast_ack(
         self,
         spool: Arc<dyn Spool>,
-        policy: DeliveryPolicy,
-    ) -> WebhookLayerBuilder<FastAckMode<B>> {
+        processor: impl Target,
+    ) -> WebhookLayerBuilder<FastAckMode> {
+        self.with_ack(FastAckMode {
+            spool,
+            processor: Arc::new(processor),
+            policy: DeliveryPolicy::default(),
+        })
+    }
+
+    /// Builds the layer with a new [`MemoryDedupStore`] reporting to the metrics. Inside a tokio
+    /// runtime a sweeper removes its expired keys every 30 s; outside one, expired keys are still
+    /// treated as absent and the capacity bound still holds.
+    pub fn build(mut self) -> Result<WebhookLayer, ConfigError> {
+        let store = self.memory_store()?;
+        let layer = self.build_with_store(store.clone())?;
+        sweep(&store);
+        Ok(layer)
+    }
+
+    /// Builds the layer around the dedup `store` given.
+    pub fn build_with_store<D: DedupStore>(
+        mut self,
+        store: D,
+    ) -> Result<WebhookLayer<D>, ConfigError> {
+        self.layer(store)
+    }
+}
+
+impl WebhookLayerBuilder<FastAckMode> {
+    /// Delivers by `policy` (default [`DeliveryPolicy::default`]: 10 attempts within 24 h,
+    /// exponential backoff, 8 at once, 10 s per attempt).
+    pub fn with_delivery_policy(mut self, policy: DeliveryPolicy) -> Self {
+        self.ack.policy = policy;
+        self
+    }
+
+    /// Builds, inside a tokio runtime: refills a new [`MemoryDedupStore`] with the keys the
+    /// spool kept (so a restart still answers `duplicate`), starts the delivery worker (events
+    /// left in the spool by an earlier run are delivered again), and returns the service to
+    /// mount at the route's path with its [`Deliverer`] (dead letters, replay, shutdown).
+    ///
+    /// ```
+    /// use hookgate::deliver::{handler_fn, DeliveredEvent};
+    /// use hookgate::store::memory::MemorySpool;
+    /// use hookgate::tower::WebhookLayer;
+    /// use std::sync::Arc;
+    ///
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+    /// # let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
+    /// let (webhook, deliverer) = WebhookLayer::builder("o3-video")
+    ///     .with_allow(["127.0.0.0/8"])?
+    /// #   .with_metrics(&metrics)
+    ///     .with_fast_ack(
+    ///         Arc::new(MemorySpool::new(10_000, 64 << 20)),
+    ///         handler_fn(|ev: DeliveredEvent| async move {
+    ///             println!("{}", ev.body().len());
+    ///             Ok(())
+    ///         }),
+    ///     )
+    ///     .build()?;
+    /// // axum: Router::new().route_service("/webhook/o3-video", webhook)
+    /// # let _ = (webhook, deliverer);
+    /// # Ok::<(), hookgate::core::ConfigError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn build(mut self) -> Result<(Webhook<FastAck>, Deliverer), ConfigError> {
+        let store = self.memory_store()?;
+        let built = self.build_with_store(store.clone())?;
+        sweep(&store);
+        Ok(built)
+    }
+
+    /// [`build`](Self::build) around the dedup `store` given.
+    pub fn build_with_store<D: DedupStore>(
+        mut self,
+        store: D,
+    ) -> Result<(Webhook<FastAck, D>, Deliverer), ConfigError> {
+        let spool_error = |e: SpoolError| ConfigError::InvalidValue {
+            key: "spool".into(),
+            reason: e.to_string(),
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::InvalidValue {
+                key: "fast_ack".into(),
+                reason: "build inside a tokio runtime: the delivery worker runs on it".into(),
+            });
+        }
+        let metrics = self.resolve_metrics()?;
+        let FastAckMode {
+            spool,
+            processor,
+            policy,
+        } = self.ack.clone();
+        // Keys accepted before a restart answer `duplicate` again for the rest of their TTL.
+        crate::store::refill_dedup(spool.as_ref(), &store).map_err(spool_error)?;
+        let layer = self.layer(store)?;
+        let deliverer = Deliverer::start(
+            self.route.clone(),
+            spool,
+            policy,
+            metrics.route(&self.route).delivery().clone(),
+        )
+        .map_err(spool_error)?
+        .with_target(processor);
+        Ok((layer.layer(FastAck::new(deliverer.clone())), deliverer))
+    }
+}
+
+/// Starts `store`'s sweeper when there is a runtime to run it.
+fn sweep(store: &MemoryDedupStore) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        store.spawn_sweeper(Duration::from_secs(30));
+    }
+}
+
+impl<M: AckMode> WebhookLayerBuilder<M> {
+    fn with_ack<N: AckMode>(self, ack: N) -> WebhookLayerBuilder<N> {
         WebhookLayerBuilder {
-            ack: FastAckMode {
-                spool,
-                policy,
-                _body: PhantomData,
-            },
+            ack,
             route: self.route,
             allow: self.allow,
             trusted_proxies: self.trusted_proxies,
@@ -191,7 +401,9 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
             dedup_ttl: self.dedup_ttl,
             dedup_capacity: self.dedup_capacity,
             metrics: self.metrics,
+            #[cfg(feature = "signatures")]
             signature: self.signature,
+            #[cfg(feature = "rate-limit")]
             rate_limit: self.rate_limit,
         }
     }
@@ -255,6 +467,8 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
     }
 
     /// Step 5: each client address (IPv6 by /64) gets `limit`; beyond, 429 + `Retry-After`.
+    /// Feature `rate-limit`.
+    #[cfg(feature = "rate-limit")]
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
         self
@@ -262,7 +476,8 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
 
     /// Step 9: refuses (401) a request whose signature `verifier` does not accept, checked over
     /// the raw body before it is parsed. Unless a dedup key is set, the scheme's delivery id
-    /// becomes it ([`SignatureVerifier::default_dedup_key`]).
+    /// becomes it ([`SignatureVerifier::default_dedup_key`]). Feature `signatures`.
+    #[cfg(feature = "signatures")]
     pub fn with_signature(mut self, verifier: SignatureVerifier) -> Self {
         self.signature = Some(verifier);
         self
@@ -274,7 +489,8 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
         self
     }
 
-    /// Bounds the in-memory dedup store [`build`](Self::build) makes (default 450,000 keys, about 27 MiB, taken at start).
+    /// Bounds the in-memory dedup store [`build`](WebhookLayerBuilder::build) makes (default
+    /// 450,000 keys, about 27 MiB, taken at start).
     pub fn with_dedup_capacity(mut self, keys: usize) -> Self {
         self.dedup_capacity = keys;
         self
@@ -296,71 +512,71 @@ impl<M: AckMode> WebhookLayerBuilder<M> {
         Ok(metrics)
     }
 
-    /// Builds the layer with a new [`MemoryDedupStore`] reporting to the metrics. Inside a tokio
-    /// runtime a sweeper removes its expired keys every 30 s; outside one, expired keys are still
-    /// treated as absent and the capacity bound still holds.
-    pub fn build(mut self) -> Result<WebhookLayer<MemoryDedupStore, M::Layer>, ConfigError> {
+    /// A new in-memory dedup store of the configured capacity, reporting to the metrics.
+    fn memory_store(&mut self) -> Result<MemoryDedupStore, ConfigError> {
         let metrics = self.resolve_metrics()?;
-        let store = MemoryDedupStore::with_metrics(self.dedup_capacity, &metrics);
-        let layer = self.build_with_store(store.clone())?;
-        if tokio::runtime::Handle::try_current().is_ok() {
-            store.spawn_sweeper(Duration::from_secs(30));
-        }
-        Ok(layer)
+        Ok(MemoryDedupStore::with_metrics(
+            self.dedup_capacity,
+            &metrics,
+        ))
     }
 
-    /// Builds the layer around the dedup `store` given.
-    pub fn build_with_store<D: DedupStore>(
-        mut self,
-        store: D,
-    ) -> Result<WebhookLayer<D, M::Layer>, ConfigError> {
+    /// The layers, around the dedup `store`.
+    fn layer<D: DedupStore>(&mut self, store: D) -> Result<WebhookLayer<D>, ConfigError> {
         let metrics = self.resolve_metrics()?;
-        let allow = self.allow.ok_or_else(|| ConfigError::InvalidValue {
+        let allow =
+            self.allow.clone().ok_or_else(|| {
+                ConfigError::InvalidValue {
             key: "allow".into(),
             reason:
                 "no allowlist set; list the sender's CIDRs (write 0.0.0.0/0 and ::/0 to allow all)"
                     .into(),
-        })?;
+        }
+            })?;
         if self.dedup_ttl < Duration::from_secs(1) {
             return Err(ConfigError::InvalidValue {
                 key: "dedup.ttl".into(),
                 reason: "must be at least 1s".into(),
             });
         }
-        let dedup_key = match (self.dedup_key, &self.signature) {
-            (Some(key), _) => key,
-            (None, Some(sig)) => match sig.default_dedup_key() {
-                Some(k) => DedupKeySpec::parse("dedup.key", k)?,
-                None => DedupKeySpec::default(),
-            },
-            (None, None) => DedupKeySpec::default(),
+        let dedup_key = match self.dedup_key.clone() {
+            Some(key) => key,
+            None => self.signed_dedup_key()?,
         };
         let route = metrics.route(&self.route);
-        let ack = self.ack.build(&self.route, &route, &store)?;
         let mut allowlist = IpAllowlistLayer::new(allow)
-            .with_trusted_proxies(self.trusted_proxies)
+            .with_trusted_proxies(self.trusted_proxies.clone())
             .with_metrics(route.clone());
         if let Some(f) = self.peer_ip {
             allowlist = allowlist.with_peer_ip(f);
         }
-        if let Some(limit) = self.rate_limit {
+        #[cfg(feature = "rate-limit")]
+        if let Some(limit) = self.rate_limit.clone() {
             allowlist = allowlist.with_rate_limit(limit);
+        }
+        #[allow(unused_mut)]
+        let mut validate = ValidateLayer::new(self.validator.clone())
+            .with_max_body(self.max_body)
+            .with_read_timeout(self.read_timeout);
+        #[cfg(feature = "signatures")]
+        if let Some(sig) = self.signature.clone() {
+            validate = validate.with_signature(sig);
         }
         Ok(WebhookLayer {
             metrics: MetricsLayer::new(route),
             allowlist,
-            validate: {
-                let v = ValidateLayer::new(self.validator)
-                    .with_max_body(self.max_body)
-                    .with_read_timeout(self.read_timeout);
-                match self.signature {
-                    Some(sig) => v.with_signature(sig),
-                    None => v,
-                }
-            },
-            dedup: DedupLayer::new(store, self.route, dedup_key, self.dedup_ttl),
-            ack,
+            validate,
+            dedup: DedupLayer::new(store, self.route.clone(), dedup_key, self.dedup_ttl),
         })
+    }
+
+    /// The dedup key when none is set: the signature scheme's delivery id, else `/generation_id`.
+    fn signed_dedup_key(&self) -> Result<DedupKeySpec, ConfigError> {
+        #[cfg(feature = "signatures")]
+        if let Some(k) = self.signature.as_ref().and_then(|s| s.default_dedup_key()) {
+            return DedupKeySpec::parse("dedup.key", k);
+        }
+        Ok(DedupKeySpec::default())
     }
 }
 

@@ -17,45 +17,60 @@
 //! ```
 
 mod dedup;
+#[cfg(feature = "embedded")]
 mod disk;
+#[cfg(feature = "embedded")]
 mod engine;
+#[cfg(feature = "embedded")]
 mod keys;
+#[cfg(feature = "embedded")]
 mod recovery;
+#[cfg(feature = "embedded")]
 mod spool;
+#[cfg(feature = "embedded")]
 mod writer;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 pub use dedup::{MemoryDedupStore, DEFAULT_DEDUP_CAPACITY, IN_FLIGHT_TTL};
+#[cfg(feature = "embedded")]
 pub use disk::{DEFAULT_MIN_FREE, DEFAULT_MIN_FREE_PERCENT};
+#[cfg(feature = "embedded")]
 pub use spool::{EmbeddedSpool, SpoolConfig, MIN_MEMORY};
 
-use super::{refill_dedup, watch_health, SharedDedupStore, SpoolError, Storage};
-use crate::metrics::Metrics;
+#[cfg(feature = "embedded")]
+pub use opening::open;
 
-/// How often the in-memory dedup store drops expired keys.
-const DEDUP_SWEEP_EVERY: Duration = Duration::from_secs(30);
+#[cfg(feature = "embedded")]
+mod opening {
+    use std::sync::Arc;
+    use std::time::Duration;
 
-/// Opens the embedded backend: the spool of `config`, and a dedup store of `dedup_capacity`
-/// keys refilled with the keys the spool persisted. Its sweeper is in [`Storage::background`].
-pub fn open(
-    config: SpoolConfig,
-    dedup_capacity: usize,
-    metrics: &Metrics,
-) -> Result<Storage, SpoolError> {
-    let spool = EmbeddedSpool::open(config)?;
-    let dedup = MemoryDedupStore::with_metrics(dedup_capacity, metrics);
-    let refilled = refill_dedup(&spool, &dedup)?;
-    tracing::info!(keys = refilled, "dedup keys restored from the spool");
-    let spool: Arc<dyn crate::store::Spool> = Arc::new(spool);
-    Ok(Storage {
-        backend: "embedded",
-        spool: spool.clone(),
-        dedup: SharedDedupStore::new(dedup.clone()),
-        background: vec![
-            Box::pin(dedup.sweep_every(DEDUP_SWEEP_EVERY)),
-            watch_health(spool, metrics.store().clone()),
-        ],
-    })
+    use super::{EmbeddedSpool, MemoryDedupStore, SpoolConfig};
+    use crate::metrics::Metrics;
+    use crate::store::{refill_dedup, watch_health, SharedDedupStore, SpoolError, Storage};
+
+    /// How often the in-memory dedup store drops expired keys.
+    const DEDUP_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+    /// Opens the embedded backend: the spool of `config`, and a dedup store of `dedup_capacity`
+    /// keys refilled with the keys the spool persisted. Its sweeper is in [`Storage::background`].
+    pub fn open(
+        config: SpoolConfig,
+        dedup_capacity: usize,
+        metrics: &Metrics,
+    ) -> Result<Storage, SpoolError> {
+        let spool = EmbeddedSpool::open(config)?;
+        let dedup = MemoryDedupStore::with_metrics(dedup_capacity, metrics);
+        let refilled = refill_dedup(&spool, &dedup)?;
+        tracing::info!(keys = refilled, "dedup keys restored from the spool");
+        let spool: Arc<dyn crate::store::Spool> = Arc::new(spool);
+        Ok(Storage {
+            backend: "embedded",
+            spool: spool.clone(),
+            dedup: SharedDedupStore::new(dedup.clone()),
+            background: vec![
+                Box::pin(dedup.sweep_every(DEDUP_SWEEP_EVERY)),
+                watch_health(spool, metrics.store().clone()),
+            ],
+        })
+    }
 }

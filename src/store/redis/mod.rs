@@ -26,10 +26,10 @@
 //! With the tower layers, open it and run its background tasks on your runtime:
 //!
 //! ```no_run
-//! use hookgate::deliver::DeliveryPolicy;
+//! use hookgate::deliver::{handler_fn, DeliveredEvent};
 //! use hookgate::metrics::Metrics;
 //! use hookgate::store::redis::{open, RedisConfig};
-//! use hookgate::tower::FastAckLayer;
+//! use hookgate::tower::WebhookLayer;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let metrics = Metrics::new(&prometheus::Registry::new())?;
@@ -37,9 +37,12 @@
 //! for task in storage.background {
 //!     tokio::spawn(task);       // the health check and the renewal of this instance's holds
 //! }
-//! let fast_ack = FastAckLayer::<http_body_util::Full<bytes::Bytes>>::new(
-//!     "o3-video", storage.spool, DeliveryPolicy::default(), &metrics.route("o3-video"))?;
-//! // storage.dedup is the DedupStore for DedupLayer / WebhookLayer.
+//! let (webhook, deliverer) = WebhookLayer::builder("o3-video")
+//!     .with_allow(["203.0.113.0/24"])?
+//!     .with_metrics(&metrics)
+//!     .with_fast_ack(storage.spool, handler_fn(|ev: DeliveredEvent| async move { Ok(()) }))
+//!     .build_with_store(storage.dedup)?;   // dedup keys shared by every instance, in Redis
+//! # let _ = (webhook, deliverer);
 //! # Ok(()) }
 //! ```
 //!

@@ -3,7 +3,9 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::IpAllowlist;
-use crate::core::{Allowlist, ClientIpResolver, LiveAllowlist, RateLimit};
+#[cfg(feature = "rate-limit")]
+use crate::core::RateLimit;
+use crate::core::{Allowlist, ClientIpResolver, LiveAllowlist};
 use crate::metrics::RouteMetrics;
 use crate::tower::{default_peer_ip, PeerIpFn};
 
@@ -13,6 +15,7 @@ pub(crate) struct Shared {
     pub(crate) resolver: ClientIpResolver,
     pub(crate) peer_ip: PeerIpFn,
     pub(crate) metrics: Option<RouteMetrics>,
+    #[cfg(feature = "rate-limit")]
     pub(crate) rate_limit: Option<RateLimit>,
 }
 
@@ -43,6 +46,7 @@ impl IpAllowlistLayer {
                 resolver: ClientIpResolver::default(),
                 peer_ip: default_peer_ip,
                 metrics: None,
+                #[cfg(feature = "rate-limit")]
                 rate_limit: None,
             }),
         }
@@ -64,7 +68,8 @@ impl IpAllowlistLayer {
     }
 
     /// Step 5 right after the allowlist: a client (its resolved address; IPv6 by /64) sending
-    /// `POST`s beyond `limit` gets 429 with `Retry-After`.
+    /// `POST`s beyond `limit` gets 429 with `Retry-After`. Feature `rate-limit`.
+    #[cfg(feature = "rate-limit")]
     pub fn with_rate_limit(self, limit: RateLimit) -> Self {
         self.edit(|s| s.rate_limit = Some(limit))
     }

@@ -1,7 +1,6 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Request, Response};
 use tower_service::Service;
@@ -9,7 +8,7 @@ use tower_service::Service;
 use super::layer::Shared;
 use super::ResponseFuture;
 use crate::core::Rejection;
-use crate::tower::rejection_response;
+use crate::tower::{rejection_response, ResponseBody};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -42,11 +41,10 @@ impl<S: std::fmt::Debug> std::fmt::Debug for IpAllowlist<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for IpAllowlist<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<Bytes>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -72,6 +70,7 @@ where
         if let Err(rejection) = shared.allow.check(client.ip) {
             return ResponseFuture::rejected(rejection_response(rejection));
         }
+        #[cfg(feature = "rate-limit")]
         if let Some(limit) = &shared.rate_limit {
             // A method refused anyway (405, further in) is not counted against the client.
             if req.method() == http::Method::POST {
@@ -90,6 +89,7 @@ mod tests {
     use super::*;
     use crate::core::Allowlist;
     use crate::tower::IpAllowlistLayer;
+    use bytes::Bytes;
     use http_body_util::Full;
     use tower::{service_fn, Layer, ServiceExt};
 

@@ -5,29 +5,30 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::layer::Shared;
 use crate::core::{Counted, DedupKey};
 use crate::store::{DedupStore, Reserved};
-use crate::tower::{counted, respond};
+use crate::tower::{counted, respond, ResponseBody};
 
 pin_project! {
     /// Response future of [`Dedup`](super::Dedup).
-    pub struct ResponseFuture<S, D, ReqBody, ResBody>
+    pub struct ResponseFuture<S, D, ReqBody>
     where
         S: Service<Request<ReqBody>>,
         D: DedupStore,
     {
         #[pin]
-        state: State<S, S::Future, D, ReqBody, ResBody>,
+        state: State<S, S::Future, D, ReqBody>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, F, D, ReqBody, ResBody>
+    enum State<S, F, D, ReqBody>
     where
         D: DedupStore,
     {
@@ -45,17 +46,17 @@ pin_project! {
             reserved: Reserved,
         },
         Done {
-            response: Option<Response<ResBody>>,
+            response: Option<Response<Full<Bytes>>>,
         },
     }
 }
 
-impl<S, D, ReqBody, ResBody> ResponseFuture<S, D, ReqBody, ResBody>
+impl<S, D, ReqBody> ResponseFuture<S, D, ReqBody>
 where
     S: Service<Request<ReqBody>>,
     D: DedupStore,
 {
-    pub(crate) fn done(response: Response<ResBody>) -> Self {
+    pub(crate) fn done(response: Response<Full<Bytes>>) -> Self {
         Self {
             state: State::Done {
                 response: Some(response),
@@ -82,13 +83,12 @@ where
     }
 }
 
-impl<S, D, ReqBody, ResBody> Future for ResponseFuture<S, D, ReqBody, ResBody>
+impl<S, D, ReqBody, ResBody> Future for ResponseFuture<S, D, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     D: DedupStore,
-    ResBody: From<Bytes>,
 {
-    type Output = Result<Response<ResBody>, S::Error>;
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
@@ -136,10 +136,12 @@ where
                             matches!(&result, Ok(res) if counted(res) == Counted::Accepted);
                         reserved.settle(accepted);
                     }
-                    return Poll::Ready(result);
+                    return Poll::Ready(result.map(ResponseBody::wrap));
                 }
                 StateProj::Done { response } => {
-                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                    return Poll::Ready(Ok(ResponseBody::answered(
+                        response.take().expect("polled after completion"),
+                    )));
                 }
             }
         }

@@ -8,7 +8,7 @@
 //! first will succeed, and the sender's retry settles it.
 //!
 //! While the inner service runs, the request carries the reservation in its extensions as a
-//! [`Reserved`](crate::store::Reserved): a spooling layer inside (`FastAckLayer`) takes it, stores
+//! [`Reserved`](crate::store::Reserved): a spooling service inside ([`FastAck`](super::FastAck)) takes it, stores
 //! the key with the event and keeps it held until its append ends, even if this request is
 //! dropped meanwhile. The decisions are the core's ([`outcome::reserved`](crate::core::outcome::reserved)).
 //!

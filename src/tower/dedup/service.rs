@@ -1,14 +1,13 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
 
 use super::layer::Shared;
 use super::ResponseFuture;
 use crate::store::DedupStore;
-use crate::tower::{rejection_response, ParsedPayload};
+use crate::tower::{rejection_response, ParsedPayload, ResponseBody};
 
 /// Drops duplicate webhook requests. Built by [`DedupLayer`](super::DedupLayer).
 pub struct Dedup<S, D> {
@@ -44,11 +43,10 @@ impl<S, D, ReqBody, ResBody> Service<Request<ReqBody>> for Dedup<S, D>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     D: DedupStore,
-    ResBody: From<Bytes>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, D, ReqBody, ResBody>;
+    type Future = ResponseFuture<S, D, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -1,73 +1,63 @@
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Full;
 use tower_service::Service;
 
-use super::layer::Shared;
 use super::ResponseFuture;
 use crate::core::{ClientIp, Rejection};
+use crate::deliver::Deliverer;
 use crate::store::{Event, Reserved};
 use crate::tower::{default_peer_ip, rejection_response, ParsedPayload};
 
-/// Acknowledges requests once spooled. Built by [`FastAckLayer`](super::FastAckLayer); the
-/// wrapped service is called by the delivery engine, not here.
-pub struct FastAck<S> {
-    inner: S,
-    shared: Arc<Shared>,
+/// Steps 13–14 as a service: appends each request to the spool and answers 200
+/// `{"status":"received","event_id":...}` once it is there; the [`Deliverer`] hands the event to
+/// its processor afterwards. A terminal service, not a layer: there is no inner service to call.
+///
+/// It reads the payload [`ValidateLayer`](super::super::ValidateLayer) parsed (without one in
+/// front: 500 `payload_not_parsed`) and takes over the dedup reservation
+/// [`DedupLayer`](super::super::DedupLayer) left in the request. The request body is not read,
+/// so any body type works.
+#[derive(Clone)]
+pub struct FastAck {
+    deliverer: Deliverer,
 }
 
-impl<S: Clone> Clone for FastAck<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
+impl FastAck {
+    /// Spools into `deliverer`'s spool, for `deliverer` to deliver.
+    pub fn new(deliverer: Deliverer) -> Self {
+        Self { deliverer }
+    }
+
+    /// The delivery worker: dead letters, replay, graceful shutdown.
+    pub fn deliverer(&self) -> &Deliverer {
+        &self.deliverer
     }
 }
 
-impl<S> FastAck<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
-    }
-
-    /// The wrapped service (the delivery target).
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S> std::fmt::Debug for FastAck<S> {
+impl std::fmt::Debug for FastAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FastAck")
-            .field("route", &self.shared.route)
+            .field("route", &self.deliverer.route())
             .finish()
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for FastAck<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<Bytes>,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
+impl<B> Service<Request<B>> for FastAck {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The wrapped service is called later by the delivery engine; the spool pushes back
-        // through its own bound (503), so this layer is always ready.
+        // The spool pushes back through its own bound (503), so this service is always ready.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        if self.shared.wrapped.load(Ordering::Acquire) > 1 {
-            return ResponseFuture::done(rejection_response(Rejection::AmbiguousDeliveryTarget));
-        }
-        // The reservation is this layer's from here: held until the append ends, whatever the
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The reservation is this service's from here: held until the append ends, whatever the
         // layers outside do with the request meanwhile.
         let reservation = req.extensions_mut().remove::<Reserved>();
         if let Some(r) = &reservation {
@@ -88,7 +78,7 @@ where
             .map(|p| p.as_str())
             .unwrap_or("/");
         let event = Event::received(
-            &self.shared.route,
+            self.deliverer.route(),
             client_ip,
             req.method(),
             uri,
@@ -96,6 +86,6 @@ where
             payload.raw.clone(),
             reservation.as_ref(),
         );
-        ResponseFuture::accepting(self.shared.deliverer.accept(event, reservation))
+        ResponseFuture::accepting(self.deliverer.accept(event, reservation))
     }
 }

@@ -29,8 +29,10 @@
 
 mod future;
 mod layer;
+mod serve;
 mod service;
 
 pub use future::ResponseFuture;
 pub use layer::MetricsLayer;
+pub use serve::ServeMetrics;
 pub use service::RecordMetrics;

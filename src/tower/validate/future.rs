@@ -8,7 +8,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::combinators::Collect;
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::{Full, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
@@ -16,26 +16,26 @@ use tower_service::Service;
 use super::layer::Shared;
 use super::ParsedPayload;
 use crate::core::{EventClass, Rejection};
-use crate::tower::rejection_response;
+use crate::tower::{rejection_response, ResponseBody};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// Response future of [`Validate`](super::Validate).
-    pub struct ResponseFuture<S, ReqBody, ResBody>
+    pub struct ResponseFuture<S, ReqBody>
     where
-        S: Service<Request<ReqBody>>,
+        S: Service<Request<Full<Bytes>>>,
         ReqBody: Body,
         ReqBody::Error: Into<BoxError>,
     {
         #[pin]
-        state: State<S, S::Future, ReqBody, ResBody>,
+        state: State<S, S::Future, ReqBody>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, F, ReqBody, ResBody>
+    enum State<S, F, ReqBody>
     where
         ReqBody: Body,
         ReqBody::Error: Into<BoxError>,
@@ -55,18 +55,18 @@ pin_project! {
             class: Option<EventClass>,
         },
         Done {
-            response: Option<Response<ResBody>>,
+            response: Option<Response<Full<Bytes>>>,
         },
     }
 }
 
-impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
-    S: Service<Request<ReqBody>>,
+    S: Service<Request<Full<Bytes>>>,
     ReqBody: Body,
     ReqBody::Error: Into<BoxError>,
 {
-    pub(crate) fn rejected(response: Response<ResBody>) -> Self {
+    pub(crate) fn rejected(response: Response<Full<Bytes>>) -> Self {
         Self {
             state: State::Done {
                 response: Some(response),
@@ -93,14 +93,13 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ReqBody: Body + From<Bytes>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+    ReqBody: Body,
     ReqBody::Error: Into<BoxError>,
-    ResBody: From<Bytes>,
 {
-    type Output = Result<Response<ResBody>, S::Error>;
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
@@ -129,15 +128,8 @@ where
                     let checked = match collected {
                         Ok(c) => {
                             let raw = c.to_bytes();
-                            let signed = match (&shared.signature, parts.as_ref()) {
-                                (Some(sig), Some(p)) => sig.verify_now(&p.headers, &raw),
-                                // No headers to check: refused, never passed.
-                                (Some(_), None) => Err(Rejection::Signature(
-                                    crate::core::SignatureFailure::Missing,
-                                )),
-                                (None, _) => Ok(()),
-                            };
-                            signed.and_then(|()| shared.validator.check(&raw).map(|p| (p, raw)))
+                            signed(shared, parts.as_ref(), &raw)
+                                .and_then(|()| shared.validator.check(&raw).map(|p| (p, raw)))
                         }
                         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                             Err(Rejection::PayloadTooLarge {
@@ -156,7 +148,7 @@ where
                                 value: Arc::new(payload.value),
                                 raw: raw.clone(),
                             });
-                            let req = Request::from_parts(parts, ReqBody::from(raw));
+                            let req = Request::from_parts(parts, Full::new(raw));
                             State::Calling {
                                 fut: svc.call(req),
                                 class: payload.class,
@@ -173,12 +165,31 @@ where
                     if let Some(class) = *class {
                         response.extensions_mut().insert(class);
                     }
-                    return Poll::Ready(Ok(response));
+                    return Poll::Ready(Ok(ResponseBody::wrap(response)));
                 }
                 StateProj::Done { response } => {
-                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                    return Poll::Ready(Ok(ResponseBody::answered(
+                        response.take().expect("polled after completion"),
+                    )));
                 }
             }
         }
     }
+}
+
+/// Step 9: the signature over the raw body, when the route is signed.
+#[cfg(feature = "signatures")]
+fn signed(shared: &Shared, parts: Option<&Parts>, raw: &[u8]) -> Result<(), Rejection> {
+    match (&shared.signature, parts) {
+        (Some(sig), Some(p)) => sig.verify_now(&p.headers, raw),
+        // No headers to check: refused, never passed.
+        (Some(_), None) => Err(Rejection::Signature(crate::core::SignatureFailure::Missing)),
+        (None, _) => Ok(()),
+    }
+}
+
+/// Step 9 without the `signatures` feature: no route is signed.
+#[cfg(not(feature = "signatures"))]
+fn signed(_: &Shared, _: Option<&Parts>, _: &[u8]) -> Result<(), Rejection> {
+    Ok(())
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::Validate;
-use crate::core::{SignatureVerifier, Validator};
+#[cfg(feature = "signatures")]
+use crate::core::SignatureVerifier;
+use crate::core::Validator;
 
 /// The default body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
@@ -16,6 +18,7 @@ pub(crate) struct Shared {
     pub(crate) validator: Validator,
     pub(crate) max_body: u64,
     pub(crate) read_timeout: Duration,
+    #[cfg(feature = "signatures")]
     pub(crate) signature: Option<SignatureVerifier>,
 }
 
@@ -34,6 +37,7 @@ impl ValidateLayer {
                 validator,
                 max_body: DEFAULT_MAX_BODY,
                 read_timeout: DEFAULT_READ_TIMEOUT,
+                #[cfg(feature = "signatures")]
                 signature: None,
             }),
         }
@@ -46,7 +50,8 @@ impl ValidateLayer {
     }
 
     /// Step 9 first: refuses (401) a request whose signature `verifier` does not accept, over
-    /// the raw body bytes as received, before they are parsed.
+    /// the raw body bytes as received, before they are parsed. Feature `signatures`.
+    #[cfg(feature = "signatures")]
     pub fn with_signature(mut self, verifier: SignatureVerifier) -> Self {
         Arc::make_mut(&mut self.shared).signature = Some(verifier);
         self

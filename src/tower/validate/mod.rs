@@ -1,9 +1,9 @@
 //! Steps 2, 6, 7, 8, 10 and 11: method, size, media type, read timeout, JSON and payload checks.
 //!
-//! The body is buffered up to the limit (declared `Content-Length` checked first, then the
-//! streamed count), validated, and handed to the inner service as the same bytes. The parsed
-//! payload is left in the request extensions as [`ParsedPayload`] for the dedup layer and the
-//! handler.
+//! The body (any `http_body::Body`) is buffered up to the limit (declared `Content-Length`
+//! checked first, then the streamed count), validated, and handed to the inner service as the
+//! same bytes, a `Request<Full<Bytes>>`. The parsed payload is left in the request extensions as
+//! [`ParsedPayload`] for the dedup layer and the handler.
 //!
 //! ```
 //! use hookgate::core::Validator;
@@ -37,7 +37,9 @@ pub use future::ResponseFuture;
 pub use layer::{ValidateLayer, DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
 pub use service::Validate;
 
-/// The validated payload, in the request extensions of requests that passed [`Validate`].
+/// The validated payload, in the request extensions of requests that passed [`Validate`]: a
+/// handler behind a `WebhookLayer` can take it (axum: `Extension<ParsedPayload>`). A fast-ack
+/// processor gets the stored event instead, later, and parses its body itself.
 #[derive(Debug, Clone)]
 pub struct ParsedPayload {
     /// The parsed JSON.

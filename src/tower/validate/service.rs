@@ -4,15 +4,18 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use tower_service::Service;
 
 use super::layer::Shared;
 use super::ResponseFuture;
 use crate::core::request_head;
-use crate::tower::rejection_response;
+use crate::tower::{rejection_response, ResponseBody};
 
-/// Validates webhook requests. Built by [`ValidateLayer`](super::ValidateLayer).
+/// Validates webhook requests. Built by [`ValidateLayer`](super::ValidateLayer). Takes any
+/// request body (`http_body::Body`, its error into a boxed error: hyper's `Incoming`, axum's
+/// `Body`, tower-http's `Limited`); the inner service gets the validated bytes as
+/// `Request<Full<Bytes>>`.
 #[derive(Clone)]
 pub struct Validate<S> {
     inner: S,
@@ -36,14 +39,13 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Validate<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Validate<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ReqBody: Body + From<Bytes>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone,
+    ReqBody: Body,
     ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    ResBody: From<Bytes>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody, ResBody>;
+    type Future = ResponseFuture<S, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -1,0 +1,399 @@
+//! The library face over real sockets: the hyper example with hyper's own `Incoming` body, the
+//! tower-http example with layers on both sides of hookgate, and the typed handler (`Retry`,
+//! `Reject` to the dead letters, a panic, and events that wait through a restart).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hookgate::deliver::{handler_fn, DeliveredEvent, Deliverer, DeliveryError, DeliveryPolicy};
+use hookgate::metrics::{render, Metrics};
+use hookgate::prometheus::Registry;
+use hookgate::store::{Durability, EmbeddedSpool, Spool, SpoolConfig};
+use hookgate::tower::{ServeMetrics, WebhookLayer};
+use serde_json::{json, Value};
+
+#[allow(dead_code)]
+#[path = "../examples/hyper_incoming.rs"]
+mod hyper_incoming;
+#[allow(dead_code)]
+#[path = "../examples/tower_http.rs"]
+mod tower_http_example;
+
+const PATH: &str = "/webhook/o3-video";
+
+fn payload(n: u32, status: &str) -> String {
+    let (url, message) = match status {
+        "completed" => (
+            format!(r#""https://cdn.example.com/{n}.mp4""#),
+            "null".to_owned(),
+        ),
+        _ => ("null".to_owned(), format!("{status:?}")),
+    };
+    let status = if status == "completed" {
+        "completed"
+    } else {
+        "failed"
+    };
+    format!(
+        r#"{{"generation_id":"550e8400-e29b-41d4-a716-{n:012}","status":"{status}","video_url":{url},"model":"kling-o3-video-10s-pro","message":{message}}}"#
+    )
+}
+
+async fn post(url: &str, body: String) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Waits (at most `within`) until `done` holds.
+async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn hyper_with_its_incoming_body_and_no_axum() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).unwrap();
+    let server = tokio::spawn(hyper_incoming::serve(listener, metrics));
+    let (status, body) = post(&url, payload(1, "completed")).await;
+    assert_eq!((status, body), (200, Value::String("handled".into())));
+    let (status, body) = post(&url, payload(1, "completed")).await;
+    assert_eq!((status, body), (200, json!({"status": "duplicate"})));
+    let (status, body) = post(&url, r#"{"status":"done"}"#.into()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("invalid_payload"))
+    );
+    let (_, text) = render(&registry).unwrap();
+    assert!(
+        text.contains(r#"hookgate_requests_total{outcome="accepted",route="o3-video"} 1"#),
+        "{text}"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn tower_http_layers_on_both_sides() {
+    let metrics = Metrics::new(&Registry::new()).unwrap();
+    let seen = tower_http_example::Seen::default();
+    let app = tower_http_example::app(&metrics, seen.clone()).unwrap();
+    let (base, server) = serve(app).await;
+    let url = format!("{base}{PATH}");
+    let seen_now = || {
+        (
+            seen.outer.load(Ordering::SeqCst),
+            seen.inner.load(Ordering::SeqCst),
+        )
+    };
+
+    let (status, body) = post(&url, payload(1, "completed")).await;
+    assert_eq!((status, body), (200, json!({"status": "received"})));
+    assert_eq!(seen_now(), (1, 1), "both traces saw the admitted request");
+
+    // hookgate refuses: only the outer trace sees it.
+    let (status, body) = post(&url, r#"{"status":"done"}"#.into()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("invalid_payload"))
+    );
+    assert_eq!(seen_now(), (2, 1));
+
+    // Over tower-http's 64 KiB, under hookgate's 1 MiB: tower-http answers, hookgate never runs.
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(100_000));
+    let (status, body) = post(&url, big.clone()).await;
+    assert_eq!(status, 413);
+    assert!(
+        body.is_string(),
+        "tower-http's own answer, not hookgate's JSON: {body}"
+    );
+
+    // Streamed (chunked, no Content-Length): hookgate reads the Limited body, which stops at
+    // 64 KiB, and answers with its own 413.
+    let (status, body) = post_chunked(&base, &big).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        body["error"], "payload_too_large",
+        "hookgate's answer: {body}"
+    );
+    assert_eq!(seen_now().1, 1, "the handler side saw none of the refused");
+    server.abort();
+}
+
+/// POSTs `body` to the webhook path in 8 KiB chunks (`Transfer-Encoding: chunked`, so no
+/// `Content-Length` to refuse early), over a raw socket; the status and the answer's JSON.
+async fn post_chunked(base: &str, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(8192) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The server may answer and close before reading it all: a failed write is expected then.
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| b.find('{').map(|i| &b[i..]))
+        .and_then(|b| serde_json::from_str(b.trim_end_matches(|c| c != '}')).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn policy() -> DeliveryPolicy {
+    DeliveryPolicy {
+        max_attempts: 4,
+        backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(50),
+        // Retries of a typed handler are per event: keep the circuit out of these counts.
+        open_after: 1000,
+        ..DeliveryPolicy::default()
+    }
+}
+
+/// What the typed handler of these tests saw: (generation id, attempt, event id).
+type Calls = Arc<Mutex<Vec<(String, u32, String)>>>;
+
+#[derive(serde::Deserialize)]
+struct Generation {
+    generation_id: String,
+    status: String,
+    message: Option<String>,
+}
+
+/// The handler: `TIMEOUT` retries until the third attempt, `CONTENT_POLICY_VIOLATION` is
+/// rejected, `TASK_FAILED` panics on its first attempt, completed is processed.
+async fn typed(ev: DeliveredEvent, calls: Calls) -> Result<(), DeliveryError> {
+    let g: Generation = ev.json()?;
+    calls
+        .lock()
+        .unwrap()
+        .push((g.generation_id.clone(), ev.attempt(), ev.id().to_string()));
+    match (g.status.as_str(), g.message.as_deref()) {
+        ("failed", Some("TIMEOUT")) if ev.attempt() < 3 => Err(DeliveryError::retry_after(
+            Duration::from_millis(10),
+            "the model is busy",
+        )),
+        ("failed", Some("CONTENT_POLICY_VIOLATION")) => {
+            Err(DeliveryError::reject("nothing to do for a refused prompt"))
+        }
+        ("failed", Some("TASK_FAILED")) if ev.attempt() == 1 => panic!("a bug in the handler"),
+        _ => Ok(()),
+    }
+}
+
+fn attempts_of(calls: &Calls, n: u32) -> Vec<u32> {
+    let id = format!("550e8400-e29b-41d4-a716-{n:012}");
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.0 == id)
+        .map(|c| c.1)
+        .collect()
+}
+
+/// The typed handler's server: fast ack into `spool`, the handler in-process.
+async fn typed_server(
+    spool: Arc<dyn Spool>,
+    calls: Calls,
+    registry: &Registry,
+) -> (String, Deliverer, tokio::task::JoinHandle<()>) {
+    let metrics = Metrics::new(registry).unwrap();
+    let (webhook, deliverer) = WebhookLayer::builder("o3-video")
+        .with_allow(["127.0.0.0/8"])
+        .unwrap()
+        .with_metrics(&metrics)
+        .with_fast_ack(spool, handler_fn(move |ev| typed(ev, calls.clone())))
+        .with_delivery_policy(policy())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route_service(PATH, webhook)
+        .route_service("/metrics", ServeMetrics::new(registry.clone()));
+    let (base, server) = serve(app).await;
+    (base, deliverer, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_handler_retry_reject_and_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap());
+    let calls = Calls::default();
+    let registry = Registry::new();
+    let (base, deliverer, server) = typed_server(spool.clone(), calls.clone(), &registry).await;
+    let url = format!("{base}{PATH}");
+    for (n, kind) in [
+        (1, "completed"),
+        (2, "TIMEOUT"),
+        (3, "CONTENT_POLICY_VIOLATION"),
+        (4, "TASK_FAILED"),
+    ] {
+        let (status, ack) = post(&url, payload(n, kind)).await;
+        assert_eq!(
+            (status, ack["status"].as_str()),
+            (200, Some("received")),
+            "{kind}"
+        );
+    }
+    wait_for("every event settled", Duration::from_secs(20), || {
+        spool.stats().pending == 0
+    })
+    .await;
+    assert_eq!(attempts_of(&calls, 1), [1], "processed at once");
+    assert_eq!(
+        attempts_of(&calls, 2),
+        [1, 2, 3],
+        "Retry: called again until it succeeded"
+    );
+    assert_eq!(attempts_of(&calls, 3), [1], "Reject: never called again");
+    assert_eq!(
+        attempts_of(&calls, 4),
+        [1, 2],
+        "a panic is a failed attempt, retried"
+    );
+
+    let dead = deliverer.dead_letters(None, 10).unwrap();
+    assert_eq!(dead.len(), 1, "the rejected event is a dead letter");
+    let letter = deliverer.dead_letter(dead[0].id).unwrap().unwrap();
+    assert!(letter
+        .body
+        .windows(24)
+        .any(|w| w == b"CONTENT_POLICY_VIOLATION"));
+    assert!(
+        letter
+            .history
+            .iter()
+            .any(|a| a.outcome == "rejected: nothing to do for a refused prompt"),
+        "the handler's reason is in the history: {:?}",
+        letter.history
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"hookgate_deliveries_total{result="dead_letter",route="o3-video"} 1"#,
+        r#"hookgate_deliveries_total{result="success",route="o3-video"} 3"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    deliverer.shutdown(Duration::from_secs(2)).await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_handler_events_wait_through_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || -> Arc<dyn Spool> {
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap())
+    };
+    // First run: the handler cannot process anything yet.
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).unwrap();
+    let (webhook, deliverer) = WebhookLayer::builder("o3-video")
+        .with_allow(["127.0.0.0/8"])
+        .unwrap()
+        .with_metrics(&metrics)
+        .with_fast_ack(
+            open(),
+            // Due again a second later: by then this instance is gone.
+            handler_fn(|_ev: DeliveredEvent| async {
+                Err(DeliveryError::retry_after(
+                    Duration::from_secs(1),
+                    "the database is down",
+                ))
+            }),
+        )
+        .build()
+        .unwrap();
+    let (base, server) = serve(Router::new().route_service(PATH, webhook)).await;
+    let mut acked = Vec::new();
+    for n in 1..=3 {
+        let (status, ack) = post(&format!("{base}{PATH}"), payload(n, "completed")).await;
+        assert_eq!(status, 200);
+        acked.push(ack["event_id"].as_str().unwrap().to_owned());
+    }
+    deliverer.shutdown(Duration::from_secs(2)).await;
+    server.abort();
+    let _ = server.await;
+    drop(deliverer);
+
+    // Second run on the same directory: a handler that works gets each event once, same ids.
+    let spool = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)) {
+                Ok(s) => break Arc::new(s) as Arc<dyn Spool>,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("cannot reopen the spool: {e}"),
+            }
+        }
+    };
+    let calls = Calls::default();
+    let (base, deliverer, server) =
+        typed_server(spool.clone(), calls.clone(), &Registry::new()).await;
+    wait_for("the waiting events", Duration::from_secs(10), || {
+        calls.lock().unwrap().len() == 3
+    })
+    .await;
+    let mut ids: Vec<String> = calls.lock().unwrap().iter().map(|c| c.2.clone()).collect();
+    ids.sort();
+    acked.sort();
+    assert_eq!(
+        ids, acked,
+        "the events acknowledged before the restart, by their ids"
+    );
+    // Their keys came back with them: the sender's retry is a duplicate.
+    let (status, body) = post(&format!("{base}{PATH}"), payload(2, "completed")).await;
+    assert_eq!((status, body), (200, json!({"status": "duplicate"})));
+    deliverer.shutdown(Duration::from_secs(2)).await;
+    server.abort();
+}
