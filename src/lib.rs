@@ -13,7 +13,24 @@
 //!   event record, and the backends (`embedded`, `memory`), with one conformance suite.
 //! - [`deliver`]: steps 13–14 and delivery: retries, backoff, dead letters, `proxy` forwards.
 //! - `gateway` (feature `gateway`): the pingora binary's service, config and admin API.
-//! - [`metrics`]: the Prometheus families, registered into a registry you pass.
+//! - [`metrics`]: the Prometheus families, registered into a registry you pass, and
+//!   [`metrics::render`] for a `/metrics` route.
+//!
+//! Features (`default` is what the binary needs; a library user writes
+//! `default-features = false` and adds what they use):
+//!
+//! | feature | adds |
+//! | --- | --- |
+//! | (none) | the core, every layer, the memory spool and dedup store, `handler_fn` and `ServiceTarget` processors, metrics |
+//! | `axum` | axum's `ConnectInfo<SocketAddr>` read as the peer address |
+//! | `embedded` | `EmbeddedSpool`: the durable spool on fjall |
+//! | `http-target` | `HttpTarget` (delivery to an HTTP upstream) and `Forwarder` |
+//! | `https-upstream` | `https://` upstreams (reqwest with rustls) |
+//! | `schema` | `Validator::schema` (JSON Schema) |
+//! | `rate-limit` | `RateLimit` (governor) |
+//! | `signatures` | `SignatureVerifier` (Standard Webhooks, GitHub, Stripe, HMAC) |
+//! | `redis` | `store::redis`: the spool, dedup and dead letters in Redis |
+//! | `gateway` | the `hookgate` binary (pingora): all of the above but `axum` and `redis` |
 //!
 //! ```
 //! use hookgate::core::Rejection;

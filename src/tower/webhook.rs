@@ -175,7 +175,11 @@ where
 pub trait FastAckIsNotALayer: sealed::Sealed {}
 
 mod sealed {
+    /// Keeps [`FastAckIsNotALayer`](super::FastAckIsNotALayer) unimplemented and the ack modes
+    /// hookgate's own.
     pub trait Sealed {}
+    impl Sealed for super::DirectAck {}
+    impl Sealed for super::FastAckMode {}
 }
 
 impl<L: FastAckIsNotALayer, D> Layer<L> for Webhook<FastAck, D> {
@@ -190,7 +194,7 @@ impl<L: FastAckIsNotALayer, D> Layer<L> for Webhook<FastAck, D> {
 /// How a [`WebhookLayerBuilder`] acknowledges: the handler's answer ([`DirectAck`], the
 /// default) or the spool ([`FastAckMode`], after
 /// [`with_fast_ack`](WebhookLayerBuilder::with_fast_ack)).
-pub trait AckMode: Clone {}
+pub trait AckMode: Clone + sealed::Sealed {}
 
 /// The handler's own answer is the acknowledgement (no spool): [`build`](WebhookLayerBuilder::build)
 /// makes a [`WebhookLayer`].
