@@ -255,7 +255,8 @@ async fn redis_spool_behind_fast_ack() {
     .unwrap()
     .with_target(std::sync::Arc::new(processor));
     let svc = hookgate::tower::ValidateLayer::new(hookgate::core::Validator::json())
-        .layer(hookgate::tower::FastAck::new(deliverer));
+        // A clone: the worker runs while a handle lives, and `oneshot` drops the service's.
+        .layer(hookgate::tower::FastAck::new(deliverer.clone()));
     let mut req = http::Request::post("/")
         .header("content-type", "application/json")
         .body(Full::<bytes::Bytes>::from(r#"{"a":1}"#))

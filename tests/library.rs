@@ -182,19 +182,23 @@ async fn post_chunked(base: &str, body: &str) -> (u16, Value) {
     (status, json)
 }
 
+/// Quick retries; `Retry-After` honoured up to 2 s; 300 ms per attempt; the default circuit.
 fn policy() -> DeliveryPolicy {
     DeliveryPolicy {
         max_attempts: 4,
         backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(50),
-        // Retries of a typed handler are per event: keep the circuit out of these counts.
-        open_after: 1000,
+        max_backoff: Duration::from_secs(2),
+        timeout: Duration::from_millis(300),
         ..DeliveryPolicy::default()
     }
 }
 
-/// What the typed handler of these tests saw: (generation id, attempt, event id).
-type Calls = Arc<Mutex<Vec<(String, u32, String)>>>;
+/// The `Retry-After` the handler asks for on `TIMEOUT`: longer than the backoff, so a test sees
+/// that it is honoured.
+const BUSY: Duration = Duration::from_millis(400);
+
+/// What the typed handler of these tests saw: (generation id, attempt, event id, when).
+type Calls = Arc<Mutex<Vec<(String, u32, String, Instant)>>>;
 
 #[derive(serde::Deserialize)]
 struct Generation {
@@ -203,36 +207,52 @@ struct Generation {
     message: Option<String>,
 }
 
-/// The handler: `TIMEOUT` retries until the third attempt, `CONTENT_POLICY_VIOLATION` is
-/// rejected, `TASK_FAILED` panics on its first attempt, completed is processed.
+/// The handler, by the payload's error code: `TIMEOUT` retries (after [`BUSY`]) until the third
+/// attempt, `MAINTENANCE` is unavailable once, `IMAGE_INACCESSIBLE` outlives the attempt's
+/// timeout once, `TASK_FAILED` panics once, `CONTENT_POLICY_VIOLATION` is rejected; completed is
+/// processed at once.
 async fn typed(ev: DeliveredEvent, calls: Calls) -> Result<(), DeliveryError> {
     let g: Generation = ev.json()?;
-    calls
-        .lock()
-        .unwrap()
-        .push((g.generation_id.clone(), ev.attempt(), ev.id().to_string()));
+    calls.lock().unwrap().push((
+        g.generation_id.clone(),
+        ev.attempt(),
+        ev.id().to_string(),
+        Instant::now(),
+    ));
+    let first = ev.attempt() == 1;
     match (g.status.as_str(), g.message.as_deref()) {
-        ("failed", Some("TIMEOUT")) if ev.attempt() < 3 => Err(DeliveryError::retry_after(
-            Duration::from_millis(10),
-            "the model is busy",
-        )),
+        ("failed", Some("TIMEOUT")) if ev.attempt() < 3 => {
+            Err(DeliveryError::retry_after(BUSY, "the model is busy"))
+        }
+        ("failed", Some("MAINTENANCE")) if first => {
+            Err(DeliveryError::unavailable("the database is down"))
+        }
+        ("failed", Some("IMAGE_INACCESSIBLE")) if first => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        }
+        ("failed", Some("TASK_FAILED")) if first => panic!("a bug in the handler"),
         ("failed", Some("CONTENT_POLICY_VIOLATION")) => {
             Err(DeliveryError::reject("nothing to do for a refused prompt"))
         }
-        ("failed", Some("TASK_FAILED")) if ev.attempt() == 1 => panic!("a bug in the handler"),
         _ => Ok(()),
     }
 }
 
-fn attempts_of(calls: &Calls, n: u32) -> Vec<u32> {
+/// The calls for generation `n`: (attempt, when).
+fn calls_of(calls: &Calls, n: u32) -> Vec<(u32, Instant)> {
     let id = format!("550e8400-e29b-41d4-a716-{n:012}");
     calls
         .lock()
         .unwrap()
         .iter()
         .filter(|c| c.0 == id)
-        .map(|c| c.1)
+        .map(|c| (c.1, c.3))
         .collect()
+}
+
+fn attempts_of(calls: &Calls, n: u32) -> Vec<u32> {
+    calls_of(calls, n).into_iter().map(|c| c.0).collect()
 }
 
 /// The typed handler's server: fast ack into `spool`, the handler in-process.
@@ -266,12 +286,15 @@ async fn typed_handler_retry_reject_and_panic() {
     let registry = Registry::new();
     let (base, deliverer, server) = typed_server(spool.clone(), calls.clone(), &registry).await;
     let url = format!("{base}{PATH}");
-    for (n, kind) in [
+    let kinds = [
         (1, "completed"),
         (2, "TIMEOUT"),
         (3, "CONTENT_POLICY_VIOLATION"),
         (4, "TASK_FAILED"),
-    ] {
+        (5, "MAINTENANCE"),
+        (6, "IMAGE_INACCESSIBLE"),
+    ];
+    for (n, kind) in kinds {
         let (status, ack) = post(&url, payload(n, kind)).await;
         assert_eq!(
             (status, ack["status"].as_str()),
@@ -289,12 +312,22 @@ async fn typed_handler_retry_reject_and_panic() {
         [1, 2, 3],
         "Retry: called again until it succeeded"
     );
+    let busy = calls_of(&calls, 2);
+    for pair in busy.windows(2) {
+        assert!(
+            pair[1].1 - pair[0].1 >= BUSY,
+            "Retry-After honoured: {:?} between attempts",
+            pair[1].1 - pair[0].1
+        );
+    }
     assert_eq!(attempts_of(&calls, 3), [1], "Reject: never called again");
     assert_eq!(
         attempts_of(&calls, 4),
         [1, 2],
         "a panic is a failed attempt, retried"
     );
+    assert_eq!(attempts_of(&calls, 5), [1, 2], "Unavailable: retried");
+    assert_eq!(attempts_of(&calls, 6), [1, 2], "past the timeout: retried");
 
     let dead = deliverer.dead_letters(None, 10).unwrap();
     assert_eq!(dead.len(), 1, "the rejected event is a dead letter");
@@ -319,7 +352,9 @@ async fn typed_handler_retry_reject_and_panic() {
         .unwrap();
     for line in [
         r#"hookgate_deliveries_total{result="dead_letter",route="o3-video"} 1"#,
-        r#"hookgate_deliveries_total{result="success",route="o3-video"} 3"#,
+        r#"hookgate_deliveries_total{result="success",route="o3-video"} 5"#,
+        // TIMEOUT twice, TASK_FAILED, MAINTENANCE and IMAGE_INACCESSIBLE once each.
+        r#"hookgate_deliveries_total{result="retry",route="o3-video"} 5"#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }

@@ -239,8 +239,10 @@ fn main() {
         )
         .unwrap();
     }
+    // Cargo reads a relative CARGO_TARGET_DIR from where it ran: this package's root, the
+    // directory tests run in.
     let target: PathBuf = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+        .map(|dir| std::env::current_dir().unwrap().join(dir))
         .unwrap_or_else(|| manifest.join("target"))
         .join("placement-check");
     let check = |bin: &str| {

@@ -45,8 +45,11 @@ impl Health {
     pub fn of(result: &AttemptResult) -> Self {
         match result {
             AttemptResult::Status { code, .. } if *code < 500 => Self::Up,
-            // The handler ran and decided; a `Retry` is its 503 (its database is down).
-            AttemptResult::Processed | AttemptResult::Rejected(_) => Self::Up,
+            // An in-process handler ran and decided about this event; only its `Unavailable`
+            // (like an upstream's 503) says it is down.
+            AttemptResult::Processed | AttemptResult::Rejected(_) | AttemptResult::Retry { .. } => {
+                Self::Up
+            }
             _ => Self::Down,
         }
     }
@@ -214,6 +217,23 @@ mod tests {
             (AttemptResult::Timeout, Health::Down),
             (AttemptResult::Connect("refused".into()), Health::Down),
             (AttemptResult::Failed("reset".into()), Health::Down),
+            // An in-process handler: only its `Unavailable` (and a panic, a `Failed`) is down.
+            (AttemptResult::Processed, Health::Up),
+            (AttemptResult::Rejected("no".into()), Health::Up),
+            (
+                AttemptResult::Retry {
+                    after: None,
+                    reason: "later".into(),
+                },
+                Health::Up,
+            ),
+            (
+                AttemptResult::Unavailable {
+                    after: None,
+                    reason: "db down".into(),
+                },
+                Health::Down,
+            ),
         ] {
             assert_eq!(Health::of(&result), want, "{result}");
         }

@@ -1,6 +1,9 @@
 //! A typed async function as a fast-ack route's processor: [`handler_fn`] gets each event as a
-//! [`DeliveredEvent`] and answers `Ok(())` (delivered) or a [`DeliveryError`]: `Retry` (by the
-//! route's backoff, or after the duration given) or `Reject` (straight to the dead letters).
+//! [`DeliveredEvent`] and answers `Ok(())` (delivered) or a [`DeliveryError`]: `Retry` this event
+//! later (by the route's backoff, or after the duration given), `Unavailable` (what the handler
+//! needs is down: like an upstream's 503, it counts towards the route's circuit breaker, which
+//! then holds every event without spending their attempts) or `Reject` (straight to the dead
+//! letters). A panic, or an attempt past the policy's `timeout`, is retried like `Unavailable`.
 //!
 //! ```
 //! use hookgate::deliver::{handler_fn, DeliveredEvent, DeliveryError, Target};
@@ -122,9 +125,19 @@ impl DeliveredEvent {
 /// Why a [`handler_fn`] did not process an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryError {
-    /// Try again: after `after` if given (a `Retry-After`), else by the route's backoff. Counts
-    /// against `max_attempts` and `max_age` like an HTTP 503.
+    /// Try this event again: after `after` if given (at most the policy's `max_backoff`), else
+    /// by the route's backoff. Counts against `max_attempts` and `max_age`; other events are not
+    /// held back.
     Retry {
+        /// The earliest time to try again, if the handler knows it.
+        after: Option<Duration>,
+        /// Why, kept in the event's attempt history.
+        reason: String,
+    },
+    /// What the handler needs (its database, an API) is down: retried like `Retry`, and counted
+    /// by the route's circuit breaker like an upstream's 503: after `open_after` in a row, events
+    /// wait without spending attempts and one probe goes out per interval until one succeeds.
+    Unavailable {
         /// The earliest time to try again, if the handler knows it.
         after: Option<Duration>,
         /// Why, kept in the event's attempt history.
@@ -146,10 +159,18 @@ impl DeliveryError {
         }
     }
 
-    /// [`Retry`](Self::Retry) no sooner than `after`.
+    /// [`Retry`](Self::Retry) no sooner than `after` (capped at the policy's `max_backoff`).
     pub fn retry_after(after: Duration, reason: impl Into<String>) -> Self {
         Self::Retry {
             after: Some(after),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Unavailable`](Self::Unavailable), retried by the route's backoff.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            after: None,
             reason: reason.into(),
         }
     }
@@ -166,6 +187,7 @@ impl std::fmt::Display for DeliveryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Retry { reason, .. } => write!(f, "retry: {reason}"),
+            Self::Unavailable { reason, .. } => write!(f, "unavailable: {reason}"),
             Self::Reject { reason } => write!(f, "rejected: {reason}"),
         }
     }
@@ -184,6 +206,9 @@ impl From<DeliveryError> for AttemptResult {
     fn from(e: DeliveryError) -> Self {
         match e {
             DeliveryError::Retry { after, reason } => AttemptResult::Retry { after, reason },
+            DeliveryError::Unavailable { after, reason } => {
+                AttemptResult::Unavailable { after, reason }
+            }
             DeliveryError::Reject { reason } => AttemptResult::Rejected(reason),
         }
     }

@@ -60,8 +60,15 @@ pub enum AttemptResult {
     Failed(String),
     /// An in-process handler ([`handler_fn`](super::handler_fn)) processed it.
     Processed,
-    /// An in-process handler asked to be called again (after `after`, if given).
+    /// An in-process handler asked to be called again for this event (after `after`, if given).
     Retry {
+        /// The earliest time to try again.
+        after: Option<Duration>,
+        /// Why.
+        reason: String,
+    },
+    /// An in-process handler said what it needs is down (its 503).
+    Unavailable {
         /// The earliest time to try again.
         after: Option<Duration>,
         /// Why.
@@ -80,6 +87,7 @@ impl std::fmt::Display for AttemptResult {
             AttemptResult::Failed(e) => write!(f, "failed: {e}"),
             AttemptResult::Processed => f.write_str("processed"),
             AttemptResult::Retry { reason, .. } => write!(f, "retry: {reason}"),
+            AttemptResult::Unavailable { reason, .. } => write!(f, "unavailable: {reason}"),
             AttemptResult::Rejected(reason) => write!(f, "rejected: {reason}"),
         }
     }
@@ -114,7 +122,9 @@ pub fn classify(result: &AttemptResult) -> Verdict {
         },
         AttemptResult::Status { .. } | AttemptResult::Rejected(_) => Verdict::Reject,
         AttemptResult::Processed => Verdict::Success,
-        AttemptResult::Retry { after, .. } => Verdict::Retry { not_before: *after },
+        AttemptResult::Retry { after, .. } | AttemptResult::Unavailable { after, .. } => {
+            Verdict::Retry { not_before: *after }
+        }
         AttemptResult::Connect(_) | AttemptResult::Timeout | AttemptResult::Failed(_) => {
             Verdict::Retry { not_before: None }
         }

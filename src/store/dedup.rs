@@ -169,7 +169,7 @@ struct Held {
     key: DedupKey,
     ttl: Duration,
     settled: AtomicBool,
-    /// A spooling layer took it over: the request's own end no longer decides it.
+    /// A spooling service (`FastAck`) took it over: the request's own end no longer decides it.
     handed_over: AtomicBool,
 }
 
@@ -202,7 +202,7 @@ impl Reserved {
     }
 
     /// Marks the reservation as taken over by whoever settles it once its event's append ends
-    /// (the fast-ack layer): the request's own answer then no longer commits or releases it.
+    /// (`FastAck`): the request's own answer then no longer commits or releases it.
     pub fn hand_over(&self) {
         self.0.handed_over.store(true, Ordering::Release);
     }

@@ -271,7 +271,8 @@ impl WebhookLayerBuilder<DirectAck> {
     /// a [`ServiceTarget`](crate::deliver::ServiceTarget) (any tower service: an axum handler
     /// or router) or an `HttpTarget` (an HTTP upstream, feature `http-target`).
     /// [`build`](WebhookLayerBuilder::build) then returns a service to mount at the route's
-    /// path, not a layer.
+    /// path, not a layer. Build once per spool and route: each build starts a delivery worker,
+    /// and two workers on one embedded spool's route would each deliver its events.
     pub fn with_fast_ack(
         self,
         spool: Arc<dyn Spool>,

@@ -42,7 +42,8 @@
 //!     let tx = tx.clone();
 //!     async move { tx.send(ev.body().clone()).unwrap(); Ok(()) }
 //! })));
-//! let svc = ValidateLayer::new(Validator::json()).layer(FastAck::new(deliverer));
+//! // The worker runs while a `Deliverer` handle lives: keep one (`oneshot` drops the service).
+//! let svc = ValidateLayer::new(Validator::json()).layer(FastAck::new(deliverer.clone()));
 //! let mut req = Request::post("/").header("content-type", "application/json").body(Full::from(r#"{"a":1}"#)).unwrap();
 //! req.extensions_mut().insert(PeerAddr("127.0.0.1:9".parse().unwrap()));
 //! let ack = svc.oneshot(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
