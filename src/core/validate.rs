@@ -458,10 +458,27 @@ fn is_canonical_uuid(s: &str) -> bool {
     s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
 }
 
-/// An absolute `http`/`https` URI with a host (RFC 3986, as `http::Uri` parses it: ASCII only,
-/// so an internationalised host must come punycoded, as senders write them on the wire).
+/// An absolute `http`/`https` URL with a host, as `http::Uri` parses it (RFC 3986).
+///
+/// `http::Uri` is ASCII-only, and a sender may write an IRI (RFC 3987: `https://bücher.example/`,
+/// `/vidéo.mp4`) that a client sends encoded (punycode in the host, `%XX` elsewhere). So each
+/// non-ASCII letter, digit, mark or symbol stands in as one ASCII letter, and a non-ASCII space
+/// or control character as a character `http::Uri` refuses. Unlike the WHATWG parser, an ASCII
+/// space or another character RFC 3986 forbids is refused in the path too.
 fn is_http_url(s: &str) -> bool {
-    http::Uri::try_from(s).is_ok_and(|u| {
+    let ascii: std::borrow::Cow<'_, str> = if s.is_ascii() {
+        s.into()
+    } else {
+        s.chars()
+            .map(|c| match c {
+                c if c.is_ascii() => c,
+                c if c.is_whitespace() || c.is_control() => ' ',
+                _ => 'a',
+            })
+            .collect::<String>()
+            .into()
+    };
+    http::Uri::try_from(ascii.as_ref()).is_ok_and(|u| {
         matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
     })
 }
@@ -646,7 +663,11 @@ mod tests {
             ("https://", false),
             ("https:///v.mp4", false),
             ("https://cdn example.com/v", false),
-            ("https://bücher.example/v", false),
+            ("https://cdn.example.com/a b.mp4", false),
+            ("https://bücher.example/v", true),
+            ("https://cdn.example.com/vidéo.mp4", true),
+            ("https://cdn\u{3000}example.com/v", false),
+            ("https://cdn.example.com/v\u{85}", false),
             ("", false),
         ];
         for (url, want) in cases {
