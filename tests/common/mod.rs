@@ -51,12 +51,23 @@ pub fn generation() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// A port free right now on 127.0.0.1.
+/// A port free right now on 127.0.0.1, and never one this process was given before: the kernel
+/// may hand the same ephemeral port to two binds in a row once the first listener is closed
+/// (a gateway's public and admin ports then collided, and the config was refused).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no new free loopback port in 1000 tries")
 }
 
 /// One request as the upstream received it.
