@@ -49,7 +49,7 @@
 //!              "video_url":null,"model":"kling-o3-video-10s-pro","message":"TIMEOUT"}"#;
 //! let req = |peer: &str| {
 //!     let mut req = Request::post("/webhook").header("content-type", "application/json")
-//!         .body(Full::from(body)).unwrap();
+//!         .body(Full::<Bytes>::from(body)).unwrap();
 //!     req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
 //!     req
 //! };

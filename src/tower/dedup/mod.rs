@@ -28,11 +28,14 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let dedup = DedupLayer::new(MemoryDedupStore::new(1000), "route", DedupKeySpec::default(), Duration::from_secs(60));
 //! let svc = ValidateLayer::new(Validator::json()).layer(dedup.layer(service_fn(|_req: Request<Full<Bytes>>| async {
-//!     Ok::<_, std::convert::Infallible>(Response::new(Full::from("handled")))
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::from("handled")))
 //! })));
 //! let req = || Request::post("/").header("content-type", "application/json")
-//!     .body(Full::from(r#"{"generation_id":"a"}"#)).unwrap();
-//! let body = |res: http::Response<Full<Bytes>>| async { res.into_body().collect().await.unwrap().to_bytes() };
+//!     .body(Full::<Bytes>::from(r#"{"generation_id":"a"}"#)).unwrap();
+//! async fn body<B: http_body::Body<Data = Bytes>>(res: http::Response<B>) -> Bytes
+//! where B::Error: std::fmt::Debug {
+//!     res.into_body().collect().await.unwrap().to_bytes()
+//! }
 //! assert_eq!(body(svc.clone().oneshot(req()).await.unwrap()).await, "handled");
 //! assert_eq!(body(svc.oneshot(req()).await.unwrap()).await, r#"{"status":"duplicate"}"#);
 //! # });

@@ -23,6 +23,7 @@
 //! use hookgate::metrics::Metrics;
 //! use hookgate::store::memory::MemorySpool;
 //! use hookgate::tower::{FastAck, PeerAddr, ValidateLayer};
+//! use bytes::Bytes;
 //! use http::Request;
 //! use http_body_util::{BodyExt, Full};
 //! use std::sync::Arc;
@@ -44,7 +45,7 @@
 //! })));
 //! // The worker runs while a `Deliverer` handle lives: keep one (`oneshot` drops the service).
 //! let svc = ValidateLayer::new(Validator::json()).layer(FastAck::new(deliverer.clone()));
-//! let mut req = Request::post("/").header("content-type", "application/json").body(Full::from(r#"{"a":1}"#)).unwrap();
+//! let mut req = Request::post("/").header("content-type", "application/json").body(Full::<Bytes>::from(r#"{"a":1}"#)).unwrap();
 //! req.extensions_mut().insert(PeerAddr("127.0.0.1:9".parse().unwrap()));
 //! let ack = svc.oneshot(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
 //! assert!(ack.starts_with(br#"{"status":"received","event_id":""#));

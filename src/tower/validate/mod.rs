@@ -19,7 +19,7 @@
 //!         Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
 //!     }));
 //! let req = Request::post("/").header("content-type", "application/json")
-//!     .body(Full::from(r#"{"status":"done"}"#)).unwrap();
+//!     .body(Full::<Bytes>::from(r#"{"status":"done"}"#)).unwrap();
 //! let res = svc.oneshot(req).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
 //! # });
