@@ -193,6 +193,22 @@ async fn assert_filled_and_refusing(gateway: &Gateway, seen: &Seen, why: &str) {
         seen.slowest_refusal
     );
     let (status, body) = readyz(gateway).await;
+    if status == 200 && why == "free on the disk" {
+        // The engine gave room back on its own between the last refusal and this look (a
+        // journal deleted once its memtable was flushed): the store took events again by
+        // itself, which is the point; its figures must show why.
+        let store = &serde_json::from_str::<serde_json::Value>(&body).unwrap()["store"];
+        let (free, min) = (
+            store["free_bytes"].as_u64().unwrap(),
+            store["min_free_bytes"].as_u64().unwrap(),
+        );
+        assert!(
+            store["writable"] == true && free >= min,
+            "ready while under the headroom: {body}"
+        );
+        eprintln!("the store healed before /readyz was read: {body}");
+        return;
+    }
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(why), "{body}");
     assert_eq!(writable(gateway, 0.0).await, 0.0, "{}", store_log(gateway));
