@@ -17,6 +17,7 @@
 //! curl -i http://127.0.0.1:3000/webhook/o3-video -H 'content-type: application/json' -d '{"status":"done"}'
 //! # → 422 {"error":"invalid_payload","detail":"3 fields are invalid","fields":[...]}
 //! curl -s http://127.0.0.1:3000/metrics | grep hookgate_requests_total
+//! # the router-level guard: the same checks on /callbacks/completed and /callbacks/failed
 //! ```
 
 use std::net::SocketAddr;
@@ -53,8 +54,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_metrics(&metrics)
         .build()?;
 
+    // Router-level: one layer guards every route of a router (here a second sender, with its
+    // own route name: metric label and dedup scope). `route_layer` leaves unmatched paths' 404
+    // unguarded; `Router::layer` would guard them too.
+    let callbacks = Router::new()
+        .route("/callbacks/completed", post(handle_webhook))
+        .route("/callbacks/failed", post(handle_webhook))
+        .route_layer(
+            WebhookLayer::builder("callbacks")
+                .with_allow(["127.0.0.0/8", "::1/128"])?
+                .with_metrics(&metrics)
+                .build()?,
+        );
+
     let app = Router::new()
+        // Route-level: the layer around this route's handler.
         .route("/webhook/o3-video", post(handle_webhook).layer(webhook))
+        .merge(callbacks)
         .route_service("/metrics", ServeMetrics::new(registry));
 
     let port: u16 = match std::env::var("PORT") {
