@@ -2,7 +2,6 @@
 //! tower-http example with layers on both sides of hookgate, and the typed handler (`Retry`,
 //! `Reject` to the dead letters, a panic, and events that wait through a restart).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +20,10 @@ mod hyper_incoming;
 #[allow(dead_code)]
 #[path = "../examples/tower_http.rs"]
 mod tower_http_example;
+
+#[path = "support/axum_server.rs"]
+mod axum_server;
+use axum_server::serve;
 
 const PATH: &str = "/webhook/o3-video";
 
@@ -65,20 +68,6 @@ async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    (format!("http://{addr}"), task)
 }
 
 #[tokio::test]

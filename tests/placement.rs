@@ -6,7 +6,6 @@
 //! - a fast-ack `Webhook` (spool, then a processor): `route_service` and `post_service` work;
 //!   the three layer placements are compile errors naming `route_service`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -21,26 +20,16 @@ use hookgate::store::memory::MemorySpool;
 use hookgate::tower::{ParsedPayload, WebhookLayer};
 use serde_json::{json, Value};
 
+#[path = "support/axum_server.rs"]
+mod axum_server;
+use axum_server::serve;
+
 const PATH: &str = "/webhook/o3-video";
 
 fn payload(n: u32) -> String {
     format!(
         r#"{{"generation_id":"550e8400-e29b-41d4-a716-{n:012}","status":"completed","video_url":"https://cdn.example.com/{n}.mp4","model":"kling-o3-video-10s-pro","message":null}}"#
     )
-}
-
-async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    (format!("http://{addr}{PATH}"), task)
 }
 
 async fn send(url: &str, method: reqwest::Method, body: String) -> (u16, Value) {
@@ -95,7 +84,8 @@ async fn a_webhook_layer_works_wherever_axum_puts_a_layer() {
         ),
     ];
     for (n, (name, app)) in placements.into_iter().enumerate() {
-        let (url, server) = serve(app).await;
+        let (base, server) = serve(app).await;
+        let url = format!("{base}{PATH}");
         let body = payload(n as u32);
         let (status, answer) = send(&url, reqwest::Method::POST, body.clone()).await;
         assert_eq!(status, 200, "{name}: {answer}");
@@ -150,7 +140,8 @@ async fn a_fast_ack_webhook_is_mounted_as_a_service() {
             "route_service" => Router::new().route_service(PATH, webhook),
             _ => Router::new().route(PATH, post_service(webhook)),
         };
-        let (url, server) = serve(app).await;
+        let (base, server) = serve(app).await;
+        let url = format!("{base}{PATH}");
         let (status, ack) = send(&url, reqwest::Method::POST, payload(7)).await;
         assert_eq!(
             (status, ack["status"].as_str()),
