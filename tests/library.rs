@@ -21,9 +21,9 @@ mod hyper_incoming;
 #[path = "../examples/tower_http.rs"]
 mod tower_http_example;
 
-#[path = "support/axum_server.rs"]
-mod axum_server;
-use axum_server::serve;
+#[path = "support/local_http.rs"]
+mod local_http;
+use local_http::{post, serve, wait_for};
 
 const PATH: &str = "/webhook/o3-video";
 
@@ -43,31 +43,6 @@ fn payload(n: u32, status: &str) -> String {
     format!(
         r#"{{"generation_id":"550e8400-e29b-41d4-a716-{n:012}","status":"{status}","video_url":{url},"model":"kling-o3-video-10s-pro","message":{message}}}"#
     )
-}
-
-async fn post(url: &str, body: String) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-/// Waits (at most `within`) until `done` holds.
-async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::Extension;
 use axum::routing::{post, post_service};
@@ -20,31 +20,15 @@ use hookgate::store::memory::MemorySpool;
 use hookgate::tower::{ParsedPayload, WebhookLayer};
 use serde_json::{json, Value};
 
-#[path = "support/axum_server.rs"]
-mod axum_server;
-use axum_server::serve;
+#[path = "support/local_http.rs"]
+mod local_http;
+use local_http::{send, serve, wait_for};
 
 const PATH: &str = "/webhook/o3-video";
 
 fn payload(n: u32) -> String {
     format!(
         r#"{{"generation_id":"550e8400-e29b-41d4-a716-{n:012}","status":"completed","video_url":"https://cdn.example.com/{n}.mp4","model":"kling-o3-video-10s-pro","message":null}}"#
-    )
-}
-
-async fn send(url: &str, method: reqwest::Method, body: String) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .request(method, url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
 
@@ -149,10 +133,10 @@ async fn a_fast_ack_webhook_is_mounted_as_a_service() {
             "{name}"
         );
         let id = ack["event_id"].as_str().unwrap().to_owned();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while got.lock().unwrap().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for("the processing", Duration::from_secs(10), || {
+            !got.lock().unwrap().is_empty()
+        })
+        .await;
         assert_eq!(*got.lock().unwrap(), vec![id], "{name}: processed once");
         deliverer.shutdown(Duration::from_secs(1)).await;
         server.abort();

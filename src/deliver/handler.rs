@@ -35,12 +35,11 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use uuid::Uuid;
 
 use super::policy::AttemptResult;
-use super::target::{AttemptFuture, Target};
+use super::target::{stored_headers, AttemptFuture, Target};
 use crate::store::Event;
 
 /// One delivery of an accepted event to a [`handler_fn`]: the event as it was received, and
@@ -58,16 +57,7 @@ pub struct DeliveredEvent {
 
 impl DeliveredEvent {
     fn of(event: &Event) -> Self {
-        let mut headers = HeaderMap::with_capacity(event.headers.len());
-        for (name, value) in &event.headers {
-            // Stored headers were valid when received; skip any that somehow are not.
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::from_bytes(value),
-            ) {
-                headers.append(n, v);
-            }
-        }
+        let headers = stored_headers(event, 0);
         Self {
             id: event.id,
             route: event.route.clone(),

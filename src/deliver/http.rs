@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::Request;
 use http_body_util::Full;
 
 use super::origin::{Exchanged, Failure, Origin};
-use super::policy::{parse_retry_after, AttemptResult, DeliveryPolicy};
+use super::policy::{AttemptResult, DeliveryPolicy};
 use super::target::{attempt_headers, AttemptFuture, Target};
 use crate::core::ConfigError;
 use crate::store::Event;
@@ -295,14 +295,7 @@ impl Target for HttpTarget {
         let exchange = self.exchange(event, DRAINED_ANSWER);
         Box::pin(async move {
             match exchange.await {
-                Ok(answer) => AttemptResult::Status {
-                    code: answer.status.as_u16(),
-                    retry_after: answer
-                        .headers
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after),
-                },
+                Ok(answer) => AttemptResult::answered(answer.status, &answer.headers),
                 Err(ExchangeError::Timeout) => AttemptResult::Timeout,
                 Err(ExchangeError::Connect(e)) => AttemptResult::Connect(e),
                 Err(ExchangeError::Failed(e)) => AttemptResult::Failed(e),

@@ -78,6 +78,19 @@ pub enum AttemptResult {
     Rejected(String),
 }
 
+impl AttemptResult {
+    /// A target's HTTP answer: its status and its `Retry-After` (seconds or HTTP date), if any.
+    pub fn answered(status: http::StatusCode, headers: &http::HeaderMap) -> Self {
+        Self::Status {
+            code: status.as_u16(),
+            retry_after: headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+        }
+    }
+}
+
 impl std::fmt::Display for AttemptResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

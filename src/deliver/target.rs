@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body_util::Full;
 use tower_service::Service;
 
-use super::policy::{parse_retry_after, AttemptResult};
+use super::policy::AttemptResult;
 use crate::core::forward::{ATTEMPT, EVENT_ID, RECEIVED_AT, X_FORWARDED_FOR};
 use crate::core::ClientIp;
 use crate::store::Event;
@@ -39,16 +39,7 @@ impl<T: Target + ?Sized> Target for Arc<T> {
 /// The headers one attempt carries: the stored ones plus `X-Forwarded-For` (the resolved client
 /// address), `X-Hookgate-Event-Id`, `X-Hookgate-Attempt` and `X-Hookgate-Received-At`.
 pub fn attempt_headers(event: &Event) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(event.headers.len() + 4);
-    for (name, value) in &event.headers {
-        // Stored headers were valid when received; skip any that somehow are not.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::from_bytes(value),
-        ) {
-            map.append(n, v);
-        }
-    }
+    let mut map = stored_headers(event, 4);
     let received = UNIX_EPOCH + Duration::from_millis(event.received_ms);
     let mut id = uuid::Uuid::encode_buffer();
     for (name, value) in [
@@ -71,6 +62,21 @@ pub fn attempt_headers(event: &Event) -> HeaderMap {
     ] {
         if let Some(v) = value {
             map.insert(name, v);
+        }
+    }
+    map
+}
+
+/// The headers `event` was received with (valid when stored; any that somehow are not is
+/// skipped), with room for `extra` more.
+pub(crate) fn stored_headers(event: &Event, extra: usize) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(event.headers.len() + extra);
+    for (name, value) in &event.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_bytes(value),
+        ) {
+            map.append(n, v);
         }
     }
     map
@@ -179,14 +185,7 @@ where
                 service.call(request).await
             };
             match answer.await {
-                Ok(res) => AttemptResult::Status {
-                    code: res.status().as_u16(),
-                    retry_after: res
-                        .headers()
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after),
-                },
+                Ok(res) => AttemptResult::answered(res.status(), res.headers()),
                 Err(e) => AttemptResult::Failed(e.to_string()),
             }
         })

@@ -83,8 +83,8 @@ pub use fast_ack::FastAck;
 pub use metrics::{MetricsLayer, RecordMetrics, ServeMetrics};
 pub use validate::{ParsedPayload, Validate, ValidateLayer};
 pub use webhook::{
-    AckMode, DirectAck, FastAckIsNotALayer, FastAckMode, Webhook, WebhookLayer,
-    WebhookLayerBuilder, DEFAULT_DEDUP_CAPACITY, DEFAULT_DEDUP_TTL,
+    DirectAck, FastAckIsNotALayer, FastAckMode, Webhook, WebhookLayer, WebhookLayerBuilder,
+    DEFAULT_DEDUP_CAPACITY, DEFAULT_DEDUP_TTL,
 };
 
 /// The TCP peer address, for servers that do not use axum's `ConnectInfo`: insert it into each

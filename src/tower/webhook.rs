@@ -175,11 +175,8 @@ where
 pub trait FastAckIsNotALayer: sealed::Sealed {}
 
 mod sealed {
-    /// Keeps [`FastAckIsNotALayer`](super::FastAckIsNotALayer) unimplemented and the ack modes
-    /// hookgate's own.
+    /// Keeps [`FastAckIsNotALayer`](super::FastAckIsNotALayer) unimplemented.
     pub trait Sealed {}
-    impl Sealed for super::DirectAck {}
-    impl Sealed for super::FastAckMode {}
 }
 
 impl<L: FastAckIsNotALayer, D> Layer<L> for Webhook<FastAck, D> {
@@ -191,17 +188,10 @@ impl<L: FastAckIsNotALayer, D> Layer<L> for Webhook<FastAck, D> {
     }
 }
 
-/// How a [`WebhookLayerBuilder`] acknowledges: the handler's answer ([`DirectAck`], the
-/// default) or the spool ([`FastAckMode`], after
-/// [`with_fast_ack`](WebhookLayerBuilder::with_fast_ack)).
-pub trait AckMode: Clone + sealed::Sealed {}
-
 /// The handler's own answer is the acknowledgement (no spool): [`build`](WebhookLayerBuilder::build)
 /// makes a [`WebhookLayer`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DirectAck;
-
-impl AckMode for DirectAck {}
 
 /// Spool, answer 200 at once, hand the event to a processor afterwards:
 /// [`build`](WebhookLayerBuilder::build) makes a `Webhook<FastAck>` and its [`Deliverer`].
@@ -219,8 +209,6 @@ impl std::fmt::Debug for FastAckMode {
             .finish_non_exhaustive()
     }
 }
-
-impl AckMode for FastAckMode {}
 
 /// Configures a [`WebhookLayer`] (or, with [`with_fast_ack`](Self::with_fast_ack), a fast-ack
 /// [`Webhook`]). Defaults: `runblob` profile, 1 MiB body limit, 10 s read timeout, dedup by
@@ -391,8 +379,8 @@ fn sweep(store: &MemoryDedupStore) {
     }
 }
 
-impl<M: AckMode> WebhookLayerBuilder<M> {
-    fn with_ack<N: AckMode>(self, ack: N) -> WebhookLayerBuilder<N> {
+impl<M> WebhookLayerBuilder<M> {
+    fn with_ack<N>(self, ack: N) -> WebhookLayerBuilder<N> {
         WebhookLayerBuilder {
             ack,
             route: self.route,
