@@ -130,6 +130,20 @@ async fn readyz(gateway: &Gateway) -> (u16, String) {
     (res.status().as_u16(), res.text().await.unwrap_or_default())
 }
 
+/// Waits (at most `within`) until the gateway accepts an event again, then 20 more in a row.
+async fn assert_accepting_again(gateway: &Gateway, url: &str, within: Duration) {
+    let back = poll(within, Duration::from_millis(200), async || {
+        (accepted_of(url, 1).await == 1).then_some(())
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "not accepting again; log:\n{}",
+        gateway.log_text()
+    );
+    assert_eq!(accepted_of(url, 20).await, 20);
+}
+
 /// `hookgate_store_writable` once it reads `want` (the gauge is read off the store every
 /// 250 ms), or what it reads after 5 s.
 async fn writable(gateway: &Gateway, want: f64) -> f64 {
@@ -511,18 +525,7 @@ async fn redis_out_of_memory_is_backpressure_and_heals() {
         "{lost} acknowledged events never reached the upstream"
     );
     assert!(seen.refused.is_disjoint(&delivered(&upstream)));
-    let back = poll(
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        async || (accepted_of(&url, 1).await == 1).then_some(()),
-    )
-    .await;
-    assert!(
-        back.is_some(),
-        "not accepting again; log:\n{}",
-        gateway.log_text()
-    );
-    assert_eq!(accepted_of(&url, 20).await, 20);
+    assert_accepting_again(&gateway, &url, Duration::from_secs(20)).await;
     assert_eq!(
         writable(&gateway, 1.0).await,
         1.0,
@@ -606,17 +609,6 @@ async fn redis_unable_to_persist_is_backpressure_and_heals() {
         cli(&["CONFIG", "SET", "dir", fixed.to_str().unwrap()]),
         "OK"
     );
-    let back = poll(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        async || (accepted_of(&url, 1).await == 1).then_some(()),
-    )
-    .await;
-    assert!(
-        back.is_some(),
-        "not accepting again; log:\n{}",
-        gateway.log_text()
-    );
-    assert_eq!(accepted_of(&url, 20).await, 20);
+    assert_accepting_again(&gateway, &url, Duration::from_secs(30)).await;
     assert!(seen.refused.is_disjoint(&delivered(&upstream)));
 }
