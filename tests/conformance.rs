@@ -17,7 +17,8 @@ fn embedded(
         let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let config = SpoolConfig::new(parent.path().join(n.to_string()), durability)
             .with_max_events(b.max_events)
-            .with_max_bytes(b.max_bytes);
+            .with_max_bytes(b.max_bytes)
+            .with_retention(b.retention, None);
         Arc::new(EmbeddedSpool::open(config).unwrap())
     }
 }
@@ -42,7 +43,10 @@ async fn embedded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend() {
-    conformance::spool(|b| Arc::new(MemorySpool::new(b.max_events, b.max_bytes))).await;
+    conformance::spool(|b| {
+        Arc::new(MemorySpool::new(b.max_events, b.max_bytes).with_retention(b.retention))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,6 +86,7 @@ fn redis(url: &str, bounds: Bounds) -> hookgate::store::Storage {
     let mut config = redis_config(url);
     config.max_events = bounds.max_events;
     config.max_bytes = bounds.max_bytes;
+    config.retention = bounds.retention;
     hookgate::store::redis::open(config, &metrics).unwrap()
 }
 
@@ -101,6 +106,7 @@ async fn redis_dedup_store() {
     let bounds = Bounds {
         max_events: 100,
         max_bytes: 1 << 20,
+        retention: std::time::Duration::from_secs(3600),
     };
     conformance::dedup(|| redis(&url, bounds).dedup).await;
 }

@@ -22,6 +22,9 @@ pub const EVENT_ID: HeaderName = HeaderName::from_static("x-hookgate-event-id");
 pub const ATTEMPT: HeaderName = HeaderName::from_static("x-hookgate-attempt");
 /// `X-Hookgate-Received-At`: when hookgate acknowledged the event, RFC 3339 UTC.
 pub const RECEIVED_AT: HeaderName = HeaderName::from_static("x-hookgate-received-at");
+/// `X-Hookgate-Replay`: the replay job that sent this delivery again (absent on a first
+/// delivery and its retries).
+pub const REPLAY: HeaderName = HeaderName::from_static("x-hookgate-replay");
 /// `X-Forwarded-For`
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -42,12 +45,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// client (`Forwarded`, `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`), which a sender must
 /// not be able to forge through the gateway; and `Expect`, which asked this connection for a
 /// `100 Continue` and would make every delivery wait for one.
-const NOT_STORED: [HeaderName; 10] = [
+const NOT_STORED: [HeaderName; 11] = [
     header::HOST,
     X_FORWARDED_FOR,
     EVENT_ID,
     ATTEMPT,
     RECEIVED_AT,
+    REPLAY,
     header::FORWARDED,
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-forwarded-proto"),
@@ -103,6 +107,7 @@ mod tests {
             ("content-length", "10"),
             ("x-forwarded-for", "1.2.3.4"),
             ("x-hookgate-attempt", "9"),
+            ("x-hookgate-replay", "forged"),
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
             ("x-forwarded-proto", "https"),

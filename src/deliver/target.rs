@@ -15,7 +15,7 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use super::policy::AttemptResult;
-use crate::core::forward::{ATTEMPT, EVENT_ID, RECEIVED_AT, X_FORWARDED_FOR};
+use crate::core::forward::{ATTEMPT, EVENT_ID, RECEIVED_AT, REPLAY, X_FORWARDED_FOR};
 use crate::core::ClientIp;
 use crate::store::Event;
 
@@ -37,9 +37,10 @@ impl<T: Target + ?Sized> Target for Arc<T> {
 }
 
 /// The headers one attempt carries: the stored ones plus `X-Forwarded-For` (the resolved client
-/// address), `X-Hookgate-Event-Id`, `X-Hookgate-Attempt` and `X-Hookgate-Received-At`.
+/// address), `X-Hookgate-Event-Id`, `X-Hookgate-Attempt`, `X-Hookgate-Received-At`, and
+/// `X-Hookgate-Replay` when a replay job sent it again.
 pub fn attempt_headers(event: &Event) -> HeaderMap {
-    let mut map = stored_headers(event, 4);
+    let mut map = stored_headers(event, 5);
     let received = UNIX_EPOCH + Duration::from_millis(event.received_ms);
     let mut id = uuid::Uuid::encode_buffer();
     for (name, value) in [
@@ -58,6 +59,13 @@ pub fn attempt_headers(event: &Event) -> HeaderMap {
                 "{}",
                 humantime::format_rfc3339_millis(received)
             )),
+        ),
+        (
+            REPLAY,
+            event
+                .replay
+                .as_deref()
+                .and_then(|job| HeaderValue::from_str(job).ok()),
         ),
     ] {
         if let Some(v) = value {
@@ -214,5 +222,8 @@ mod tests {
         assert_eq!(h["x-hookgate-event-id"], e.id.to_string().as_str());
         assert_eq!(h["x-hookgate-received-at"], "2023-11-14T22:13:20.123Z");
         assert_eq!(h["content-type"], "application/json");
+        assert!(h.get("x-hookgate-replay").is_none());
+        e.replay = Some("job-1".into());
+        assert_eq!(attempt_headers(&e)["x-hookgate-replay"], "job-1");
     }
 }

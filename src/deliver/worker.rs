@@ -19,7 +19,9 @@ use super::policy::{classify, retry_delay, DeliveryPolicy, Verdict};
 use super::target::Target;
 use crate::core::outcome::{self, Counted, Outcome};
 use crate::metrics::DeliveryMetrics;
-use crate::store::{now_ms, Completion, Event, EventSummary, Reserved, Spool, SpoolError};
+use crate::store::{
+    now_ms, AttemptKind, Completion, Event, EventSummary, Reserved, Spool, SpoolError,
+};
 
 /// Events kept in memory for their next attempt, at most (about 4 MiB of webhook payloads).
 const HOT_EVENTS: usize = 4096;
@@ -599,10 +601,8 @@ async fn attempt(
     event.attempts += 1;
     let started = Instant::now();
     let result = guarded(&*target, &event, inner.policy.timeout).await;
-    inner
-        .metrics
-        .duration
-        .observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    inner.metrics.duration.observe(took.as_secs_f64());
     let health = Health::of(&result);
     let open = inner.record_health(health, probe, event.id);
     unsent.inner = None;
@@ -626,7 +626,7 @@ async fn attempt(
         }
         return;
     }
-    settle_attempt(&inner, event, result).await;
+    settle_attempt(&inner, event, result, took).await;
 }
 
 /// One attempt, bounded by `timeout`; a panic in the target (a user's handler) is a failed
@@ -686,16 +686,29 @@ impl Drop for ProbeGuard {
     }
 }
 
-/// What an attempt's result does to its event: delivered, dead-lettered, or rescheduled.
-async fn settle_attempt(inner: &Arc<Inner>, mut event: Event, result: super::AttemptResult) {
+/// What an attempt's result does to its event: delivered, dead-lettered, or rescheduled. The
+/// attempt (`took` long) goes in the event's record whichever.
+async fn settle_attempt(
+    inner: &Arc<Inner>,
+    mut event: Event,
+    result: super::AttemptResult,
+    took: Duration,
+) {
     let route = &inner.route;
     let id = event.id;
     let m = &inner.metrics;
     let verdict = classify(&result);
-    if !matches!(verdict, Verdict::Success) {
-        // A delivered event's history goes with it: only failures are worth the formatting.
-        event.record_outcome(result.to_string());
-    }
+    let kind = match verdict {
+        Verdict::Success => AttemptKind::Delivered,
+        Verdict::Retry { .. } => AttemptKind::Failed,
+        Verdict::Reject => AttemptKind::Rejected,
+    };
+    let status = match &result {
+        super::AttemptResult::Status { code, .. } => Some(*code),
+        _ => None,
+    };
+    let took_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
+    event.record_attempt(kind, result.to_string(), status, took_ms);
     match verdict {
         Verdict::Success => {
             m.success.inc();
@@ -995,7 +1008,9 @@ mod tests {
     use crate::deliver::AttemptResult;
     use crate::metrics::Metrics;
     use crate::store::memory::MemorySpool;
-    use crate::store::{Completion, DedupRecord, SpoolStats};
+    use crate::store::{
+        Completion, DedupRecord, DeliveryStatus, EventPage, EventQuery, SpoolFuture, SpoolStats,
+    };
 
     /// A spool whose first `failures` moves to the dead letters fail (a disk error), over a
     /// real in-memory spool.
@@ -1050,6 +1065,15 @@ mod tests {
         }
         fn purge(&self, r: &str, id: Uuid) -> Completion {
             self.spool.purge(r, id)
+        }
+        fn events(&self, q: &EventQuery) -> SpoolFuture<'_, EventPage> {
+            self.spool.events(q)
+        }
+        fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>> {
+            self.spool.event(id)
+        }
+        fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>> {
+            self.spool.replay(id, job)
         }
         fn stats(&self) -> SpoolStats {
             self.spool.stats()

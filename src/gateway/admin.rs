@@ -456,7 +456,7 @@ impl Admin {
             Ok((e, _)) => e,
             Err(res) => return *res,
         };
-        let summary = EventSummary::from(&event);
+        let summary = EventSummary::of(&event, crate::store::DeliveryStatus::Dead);
         let shown = DeadLetterShown {
             listed: DeadLetter::new(&summary),
             method: &event.method,

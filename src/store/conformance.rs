@@ -8,7 +8,10 @@
 //! use std::sync::Arc;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! conformance::spool(|b| Arc::new(MemorySpool::new(b.max_events, b.max_bytes))).await;
+//! conformance::spool(|b| {
+//!     Arc::new(MemorySpool::new(b.max_events, b.max_bytes).with_retention(b.retention))
+//! })
+//! .await;
 //! conformance::dedup(|| SharedDedupStore::new(MemoryDedupStore::new(1000))).await;
 //! # });
 //! ```
@@ -22,8 +25,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{now_ms, DedupStore, Event, Reserved, SharedDedupStore, Spool, SpoolError};
-use crate::core::{DedupKey, Reservation};
+use super::history::{DeliveryStatus, EventFilter, EventQuery, Order};
+use super::{
+    now_ms, AttemptKind, DedupStore, Event, Reserved, SharedDedupStore, Spool, SpoolError,
+};
+use crate::core::{DedupKey, JsonPointer, Reservation};
 
 /// The bounds a spool under test is opened with.
 #[derive(Debug, Clone, Copy)]
@@ -32,12 +38,18 @@ pub struct Bounds {
     pub max_events: u64,
     /// The most bytes held.
     pub max_bytes: u64,
+    /// How long delivered events stay in the history.
+    pub retention: Duration,
 }
 
 const ROOMY: Bounds = Bounds {
     max_events: 10_000,
     max_bytes: 1 << 30,
+    retention: Duration::from_secs(72 * 3600),
 };
+
+/// The retention of the spool [`retention_drops_delivered_events_only`] checks.
+const SHORT_RETENTION: Duration = Duration::from_millis(400);
 
 fn event(route: &str) -> Event {
     Event::new(
@@ -62,15 +74,22 @@ pub async fn spool<S: Spool + ?Sized>(open: impl Fn(Bounds) -> Arc<S>) {
     repeated_and_concurrent_writes_count_once(&*open(ROOMY)).await;
     bounds_refuse_then_free(&*open(Bounds {
         max_events: 2,
-        max_bytes: 1 << 30,
+        ..ROOMY
     }))
     .await;
     bounds_on_bytes(&*open(Bounds {
         max_events: 100,
         max_bytes: 200,
+        ..ROOMY
     }))
     .await;
     oldest_pending_is_per_route(&*open(ROOMY)).await;
+    history_finds_pages_and_replays(&*open(ROOMY)).await;
+    retention_drops_delivered_events_only(&*open(Bounds {
+        retention: SHORT_RETENTION,
+        ..ROOMY
+    }))
+    .await;
 }
 
 async fn append_get_deliver<S: Spool + ?Sized>(spool: &S) {
@@ -301,6 +320,268 @@ async fn bounds_refuse_then_free<S: Spool + ?Sized>(spool: &S) {
     spool.dead_letter(&b).await.expect("dead letter");
     let refused = spool.append(&event("r")).await;
     assert!(matches!(refused, Err(SpoolError::Full(_))), "{refused:?}");
+}
+
+/// Every page of `q` in turn (bounded), the ids found.
+async fn all_pages<S: Spool + ?Sized>(spool: &S, mut q: EventQuery) -> Vec<Uuid> {
+    let mut found = Vec::new();
+    for _ in 0..1000 {
+        let page = spool.events(&q).await.expect("query");
+        found.extend(page.events.iter().map(|e| e.id));
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => return found,
+        }
+    }
+    panic!("a query that never ends: {q:?}");
+}
+
+/// Delivered events stay, and are found with the pending and dead ones: filtered by route,
+/// status, time, dedup key and body, paged both ways; found whole by id; replayed from the
+/// dead letters or the history.
+async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
+    let mut all = Vec::new();
+    for i in 0..40u32 {
+        let route = if i % 4 == 3 { "s" } else { "r" };
+        let mut e = event(route).with_dedup(DedupKey::from_u128(u128::from(i)), now_ms() + 60_000);
+        let kind = if i % 2 == 0 { "even" } else { "odd" };
+        e.body = Bytes::from(format!(r#"{{"n":{i},"kind":"{kind}"}}"#));
+        spool.append(&e).await.expect("append");
+        all.push(e);
+        if i == 19 {
+            // A later half, for the time window.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for e in &mut all[..20] {
+        e.attempts = 1;
+        e.record_attempt(AttemptKind::Delivered, "status 200".into(), Some(200), 3);
+        spool.delivered(e).await.expect("delivered");
+    }
+    for e in &mut all[20..25] {
+        e.attempts = 1;
+        e.record_attempt(AttemptKind::Rejected, "status 400".into(), Some(400), 2);
+        spool.dead_letter(e).await.expect("dead letter");
+    }
+    let want = |pick: &dyn Fn(usize, &Event) -> bool| -> Vec<Uuid> {
+        all.iter()
+            .enumerate()
+            .filter(|(i, e)| pick(*i, e))
+            .map(|(_, e)| e.id)
+            .collect()
+    };
+    let query = |filter: EventFilter| EventQuery {
+        filter,
+        limit: 7,
+        ..EventQuery::default()
+    };
+    assert_eq!(
+        all_pages(spool, query(EventFilter::default())).await,
+        ids(&all),
+        "every event, oldest first, across pages"
+    );
+    let mut newest_first = ids(&all);
+    newest_first.reverse();
+    assert_eq!(
+        all_pages(
+            spool,
+            EventQuery {
+                order: Order::Desc,
+                ..query(EventFilter::default())
+            }
+        )
+        .await,
+        newest_first,
+        "newest first"
+    );
+    let status = |s| EventFilter {
+        status: Some(s),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        all_pages(spool, query(status(DeliveryStatus::Delivered))).await,
+        want(&|i, _| i < 20),
+        "delivered"
+    );
+    assert_eq!(
+        all_pages(spool, query(status(DeliveryStatus::Dead))).await,
+        want(&|i, _| (20..25).contains(&i)),
+        "dead"
+    );
+    for order in [Order::Asc, Order::Desc] {
+        let mut pending_r = want(&|i, e| i >= 25 && e.route == "r");
+        if order == Order::Desc {
+            pending_r.reverse();
+        }
+        let q = EventQuery {
+            order,
+            ..query(EventFilter {
+                route: Some("r".into()),
+                ..status(DeliveryStatus::Pending)
+            })
+        };
+        assert_eq!(
+            all_pages(spool, q).await,
+            pending_r,
+            "one route's pending, {order:?}"
+        );
+    }
+    let even = EventFilter {
+        route: Some("r".into()),
+        matches: vec![(JsonPointer::parse("/kind"), serde_json::json!("even"))],
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        all_pages(spool, query(even.clone())).await,
+        want(&|i, e| i % 2 == 0 && e.route == "r"),
+        "a JSON pointer"
+    );
+    let since = all[20].received_ms;
+    let window = EventFilter {
+        since_ms: Some(since),
+        until_ms: Some(now_ms() + 1),
+        ..status(DeliveryStatus::Dead)
+    };
+    assert_eq!(
+        all_pages(spool, query(window)).await,
+        want(&|i, e| (20..25).contains(&i) && e.received_ms >= since),
+        "a time window"
+    );
+    let before = EventFilter {
+        until_ms: Some(since),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        all_pages(spool, query(before)).await,
+        want(&|_, e| e.received_ms < since),
+        "until"
+    );
+    let key = EventFilter {
+        keys: Some([("s".to_string(), DedupKey::from_u128(7).to_bytes())].into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        all_pages(spool, query(key)).await,
+        [all[7].id],
+        "a dedup key"
+    );
+    // A listed event: its attempts, not its body.
+    let page = spool
+        .events(&query(status(DeliveryStatus::Delivered)))
+        .await
+        .expect("query");
+    let first = &page.events[0];
+    assert_eq!(
+        (first.status, first.attempts, first.body_bytes),
+        (DeliveryStatus::Delivered, 1, all[0].body.len())
+    );
+    assert_eq!(first.history[0].kind, AttemptKind::Delivered);
+    assert_eq!(first.history[0].status, Some(200));
+    assert_eq!(first.dedup, all[0].dedup.map(|d| d.key));
+
+    // One event, whole.
+    let (whole, st) = spool.event(all[3].id).await.expect("event").expect("found");
+    assert_eq!(st, DeliveryStatus::Delivered);
+    assert_eq!(
+        (&whole.body, &whole.headers),
+        (&all[3].body, &all[3].headers)
+    );
+    assert_eq!(whole.history, all[3].history);
+    assert_eq!(
+        spool.event(Uuid::now_v7()).await.expect("event"),
+        None,
+        "unknown"
+    );
+
+    // Replays: from the history, from the dead letters; of a pending event, nothing.
+    let (replayed, was) = spool
+        .replay(all[0].id, "job-1")
+        .await
+        .expect("replay")
+        .expect("queued");
+    assert_eq!(was, DeliveryStatus::Delivered);
+    assert_eq!(replayed.replay.as_deref(), Some("job-1"));
+    assert_eq!(replayed.attempts_before_replay, 1);
+    assert_eq!(
+        spool.get(&all[0].route, all[0].id).expect("get"),
+        Some(replayed)
+    );
+    assert_eq!(
+        spool.event(all[0].id).await.expect("event").map(|(_, s)| s),
+        Some(DeliveryStatus::Pending)
+    );
+    assert_eq!(
+        spool.replay(all[0].id, "job-2").await.expect("replay"),
+        None
+    );
+    let (dead, was) = spool
+        .replay(all[20].id, "job-1")
+        .await
+        .expect("replay")
+        .expect("queued");
+    assert_eq!(was, DeliveryStatus::Dead);
+    assert_eq!(dead.history, all[20].history);
+    let stats = spool.stats();
+    assert_eq!((stats.pending, stats.dead), (17, 4), "{stats:?}");
+    assert!(matches!(
+        spool.replay(Uuid::now_v7(), "job-1").await,
+        Err(SpoolError::NotFound(_))
+    ));
+    // Delivered again: delivered, with both deliveries' attempts, once in the history.
+    let mut again = spool
+        .get(&all[0].route, all[0].id)
+        .expect("get")
+        .expect("pending");
+    again.attempts += 1;
+    again.record_attempt(AttemptKind::Delivered, "status 200".into(), Some(200), 1);
+    spool.delivered(&again).await.expect("delivered");
+    let (found, st) = spool.event(all[0].id).await.expect("event").expect("found");
+    assert_eq!(st, DeliveryStatus::Delivered);
+    assert_eq!(found.history.len(), 2);
+    assert_eq!(found.history[1].replay.as_deref(), Some("job-1"));
+    assert_eq!(
+        all_pages(spool, query(EventFilter::default())).await,
+        ids(&all),
+        "a replayed event is listed once"
+    );
+}
+
+/// Past the retention, delivered events are gone from queries, lookups and replays; pending and
+/// dead ones stay.
+async fn retention_drops_delivered_events_only<S: Spool + ?Sized>(spool: &S) {
+    let (mut a, mut b, c) = (event("r"), event("r"), event("r"));
+    for e in [&a, &b, &c] {
+        spool.append(e).await.expect("append");
+    }
+    a.attempts = 1;
+    spool.delivered(&a).await.expect("delivered");
+    b.attempts = 1;
+    spool.dead_letter(&b).await.expect("dead letter");
+    let q = EventQuery::default();
+    assert_eq!(all_pages(spool, q.clone()).await, [a.id, b.id, c.id]);
+    tokio::time::sleep(SHORT_RETENTION + Duration::from_millis(200)).await;
+    assert_eq!(
+        all_pages(spool, q).await,
+        [b.id, c.id],
+        "the delivered one is gone"
+    );
+    assert_eq!(spool.event(a.id).await.expect("event"), None);
+    assert!(matches!(
+        spool.replay(a.id, "job").await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert!(spool.event(b.id).await.expect("event").is_some());
+    assert!(spool.event(c.id).await.expect("event").is_some());
+    // And a dead letter replayed and delivered after that goes too, in its turn.
+    b = spool
+        .replay(b.id, "job")
+        .await
+        .expect("replay")
+        .expect("queued")
+        .0;
+    spool.delivered(&b).await.expect("delivered");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(spool.event(b.id).await.expect("event"), None);
 }
 
 async fn bounds_on_bytes<S: Spool + ?Sized>(spool: &S) {

@@ -48,17 +48,41 @@ pub struct DedupRecord {
     pub expires_ms: u64,
 }
 
-/// One delivery attempt, kept in the event's history.
+/// What one attempt came to, for the event's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptKind {
+    /// The target took it (2xx, or an in-process handler processed it).
+    Delivered,
+    /// It failed in a way that is retried (5xx, 408, 429, no connection, timeout).
+    Failed,
+    /// The target refused it for good (another 4xx, or a handler's rejection).
+    Rejected,
+}
+
+/// One delivery attempt, kept in the event's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     /// When it ended, in Unix milliseconds.
     pub at_ms: u64,
-    /// What happened: `status 503`, `connect error: ...`, `timeout`.
+    /// What happened: `status 503`, `connect error: ...`, `timeout` (at most
+    /// [`OUTCOME_MAX`] bytes).
     pub outcome: String,
+    /// What it came to.
+    pub kind: AttemptKind,
+    /// The HTTP status the target answered, when it answered.
+    pub status: Option<u16>,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u32,
+    /// The replay job that made it, if a replay did.
+    pub replay: Option<String>,
 }
 
-/// How many attempts an event's history keeps (the newest).
-pub const HISTORY_LEN: usize = 16;
+/// How many attempts an event's record keeps (the newest; [`Event::attempts`] counts them all).
+pub const HISTORY_LEN: usize = 32;
+
+/// The most bytes of an attempt's outcome kept (an upstream's error text is cut there).
+pub const OUTCOME_MAX: usize = 512;
 
 /// An acknowledged webhook request, as stored until delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,8 +113,11 @@ pub struct Event {
     pub next_attempt_ms: u64,
     /// The dedup key to restore after a restart, if the route dedups.
     pub dedup: Option<DedupRecord>,
-    /// The newest attempts' outcomes.
+    /// The newest attempts (at most [`HISTORY_LEN`]).
     pub history: Vec<AttemptRecord>,
+    /// The replay job this event is pending for, if a replay queued it: its deliveries carry
+    /// `X-Hookgate-Replay`.
+    pub replay: Option<String>,
 }
 
 impl Event {
@@ -119,6 +146,7 @@ impl Event {
             next_attempt_ms: now,
             dedup: None,
             history: Vec::new(),
+            replay: None,
         }
     }
 
@@ -166,15 +194,35 @@ impl Event {
         self
     }
 
-    /// Records the outcome of the attempt numbered `self.attempts`, keeping the newest
-    /// [`HISTORY_LEN`].
+    /// Records a failed attempt ended now (no HTTP status, no duration known): `outcome` says
+    /// what happened.
     pub fn record_outcome(&mut self, outcome: String) {
+        self.record_attempt(AttemptKind::Failed, outcome, None, 0);
+    }
+
+    /// Records the attempt numbered `self.attempts`, ended now, keeping the newest
+    /// [`HISTORY_LEN`]; the outcome is cut at [`OUTCOME_MAX`] bytes.
+    pub fn record_attempt(
+        &mut self,
+        kind: AttemptKind,
+        mut outcome: String,
+        status: Option<u16>,
+        duration_ms: u32,
+    ) {
+        if outcome.len() > OUTCOME_MAX {
+            let cut = crate::core::cut(&outcome, OUTCOME_MAX).len();
+            outcome.truncate(cut);
+        }
         if self.history.len() == HISTORY_LEN {
             self.history.remove(0);
         }
         self.history.push(AttemptRecord {
             at_ms: now_ms(),
             outcome,
+            kind,
+            status,
+            duration_ms,
+            replay: self.replay.clone(),
         });
     }
 

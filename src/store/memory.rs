@@ -23,7 +23,10 @@ use uuid::Uuid;
 
 use super::embedded::MemoryDedupStore;
 use super::event::{id_ms, now_ms, DedupRecord, Event};
-use super::spool::{Completion, EventSummary, Spool, SpoolError, SpoolStats};
+use super::history::{
+    self, first_id_at, DeliveryStatus, EventPage, EventQuery, Order, PageBuilder,
+};
+use super::spool::{Completion, EventSummary, Spool, SpoolError, SpoolFuture, SpoolStats};
 use super::{SharedDedupStore, Storage};
 use crate::metrics::Metrics;
 
@@ -33,16 +36,25 @@ type Key = (String, Uuid);
 struct State {
     pending: BTreeMap<Key, Event>,
     dead: BTreeMap<Key, Event>,
+    /// Delivered events, kept for the retention.
+    done: BTreeMap<Uuid, Event>,
+    /// Every event kept, pending, dead or delivered: its route, in id order (for queries).
+    index: BTreeMap<Uuid, String>,
+    /// Bytes of the delivered events kept.
+    done_bytes: u64,
     /// Expiry, then key: the expired ones sort first.
     dedup: BTreeSet<(u64, [u8; 16])>,
     bytes: u64,
 }
 
 /// A [`Spool`] in memory, bounded like the embedded one; every write is done when it returns.
+/// Delivered events are kept for the retention (72 hours unless set), the oldest dropped first
+/// beyond `max_bytes` of them.
 pub struct MemorySpool {
     state: Mutex<State>,
     max_events: u64,
     max_bytes: u64,
+    retention: Duration,
 }
 
 impl std::fmt::Debug for MemorySpool {
@@ -65,7 +77,88 @@ impl MemorySpool {
             state: Mutex::new(State::default()),
             max_events,
             max_bytes,
+            retention: Duration::from_secs(72 * 3600),
         }
+    }
+
+    /// Keeps delivered events for `retention`.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Where the history starts now, in Unix milliseconds.
+    fn visible_from_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.retention.as_millis() as u64)
+    }
+
+    /// Drops delivered events past the retention, and the oldest beyond `max_bytes` of them.
+    fn retain(&self, s: &mut State) {
+        let from = self.visible_from_ms();
+        while let Some((&id, e)) = s.done.first_key_value() {
+            if history::retained(id, from) && s.done_bytes <= self.max_bytes {
+                break;
+            }
+            s.done_bytes -= e.stored_size();
+            s.done.remove(&id);
+            if let Some(route) = s.index.get(&id) {
+                let k = key(route, id);
+                if !s.pending.contains_key(&k) && !s.dead.contains_key(&k) {
+                    s.index.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Where `id` (of `route`) stands, and the event.
+    fn standing<'s>(s: &'s State, route: &str, id: Uuid) -> Option<(&'s Event, DeliveryStatus)> {
+        let k = key(route, id);
+        if let Some(e) = s.pending.get(&k) {
+            return Some((e, DeliveryStatus::Pending));
+        }
+        if let Some(e) = s.dead.get(&k) {
+            return Some((e, DeliveryStatus::Dead));
+        }
+        s.done.get(&id).map(|e| (e, DeliveryStatus::Delivered))
+    }
+
+    fn query(&self, q: &EventQuery) -> EventPage {
+        use std::ops::Bound;
+        let mut s = self.lock();
+        self.retain(&mut s);
+        let f = &q.filter;
+        let (lo_ms, hi_ms) = f.id_window();
+        let lo = lo_ms.map(first_id_at).unwrap_or_else(Uuid::nil);
+        let hi = hi_ms.map(first_id_at).unwrap_or_else(Uuid::max);
+        let (lo, hi) = match (q.after, q.order) {
+            (Some(a), Order::Asc) if a >= lo => (Bound::Excluded(a), Bound::Included(hi)),
+            (Some(a), Order::Desc) if a <= hi => (Bound::Included(lo), Bound::Excluded(a)),
+            _ => (Bound::Included(lo), Bound::Included(hi)),
+        };
+        let mut page = PageBuilder::new(q.limit);
+        let range = s.index.range((lo, hi));
+        let items: Box<dyn Iterator<Item = (&Uuid, &String)>> = match q.order {
+            Order::Asc => Box::new(range),
+            Order::Desc => Box::new(range.rev()),
+        };
+        let mut ran_out = true;
+        for (&id, route) in items {
+            let matched = Self::standing(&s, route, id).and_then(|(e, status)| {
+                (f.admits(
+                    route,
+                    e.received_ms,
+                    e.dedup.as_ref().map(|d| &d.key),
+                    status,
+                ) && f.matches_body(&e.body))
+                .then(|| EventSummary::of(e, status))
+            });
+            if !page.offer(id, matched) {
+                ran_out = false;
+                break;
+            }
+        }
+        page.finish(ran_out)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -100,6 +193,7 @@ impl Spool for MemorySpool {
             s.dedup.insert((d.expires_ms, d.key));
         }
         s.pending.insert(key(&event.route, event.id), event.clone());
+        s.index.insert(event.id, event.route.clone());
         Completion::ready(Ok(()))
     }
 
@@ -111,6 +205,11 @@ impl Spool for MemorySpool {
         let mut s = self.lock();
         if let Some(old) = s.pending.remove(&key(&event.route, event.id)) {
             s.bytes -= old.stored_size();
+            if let Some(before) = s.done.insert(event.id, event.clone()) {
+                s.done_bytes -= before.stored_size();
+            }
+            s.done_bytes += event.stored_size();
+            self.retain(&mut s);
         }
         Completion::ready(Ok(()))
     }
@@ -180,7 +279,7 @@ impl Spool for MemorySpool {
             .dead
             .range((start, Bound::Included(key(route, Uuid::max()))))
             .take(limit)
-            .map(|(_, e)| EventSummary::from(e))
+            .map(|(_, e)| EventSummary::of(e, DeliveryStatus::Dead))
             .collect())
     }
 
@@ -206,10 +305,55 @@ impl Spool for MemorySpool {
         match s.dead.remove(&key(route, id)) {
             Some(old) => {
                 s.bytes -= old.stored_size();
+                if let Some(done) = s.done.remove(&id) {
+                    s.done_bytes -= done.stored_size();
+                }
+                s.index.remove(&id);
                 Completion::ready(Ok(()))
             }
             None => Completion::ready(Err(SpoolError::NotFound(id))),
         }
+    }
+
+    fn events(&self, query: &EventQuery) -> SpoolFuture<'_, EventPage> {
+        let page = self.query(query);
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>> {
+        let mut s = self.lock();
+        self.retain(&mut s);
+        let found = s
+            .index
+            .get(&id)
+            .and_then(|route| Self::standing(&s, route, id))
+            .map(|(e, status)| (e.clone(), status));
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>> {
+        let mut s = self.lock();
+        self.retain(&mut s);
+        let Some(route) = s.index.get(&id).cloned() else {
+            return Completion::ready(Err(SpoolError::NotFound(id)));
+        };
+        let k = key(&route, id);
+        if s.pending.contains_key(&k) {
+            return Completion::ready(Ok(None));
+        }
+        let (mut event, was) = if let Some(e) = s.dead.remove(&k) {
+            s.bytes -= e.stored_size();
+            (e, DeliveryStatus::Dead)
+        } else if let Some(e) = s.done.get(&id).cloned() {
+            (e, DeliveryStatus::Delivered)
+        } else {
+            return Completion::ready(Err(SpoolError::NotFound(id)));
+        };
+        event.replay_now();
+        event.replay = Some(job.to_owned());
+        s.bytes += event.stored_size();
+        s.pending.insert(k, event.clone());
+        Completion::ready(Ok(Some((event, was))))
     }
 
     fn stats(&self) -> SpoolStats {

@@ -34,7 +34,10 @@ pub mod conformance;
 mod dedup;
 pub mod embedded;
 mod event;
+pub mod history;
 pub mod memory;
+#[cfg(any(feature = "embedded", feature = "redis"))]
+pub(crate) mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod spool;
@@ -46,7 +49,10 @@ pub use dedup::{
 pub use embedded::MemoryDedupStore;
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedSpool, SpoolConfig};
-pub use event::{id_ms, now_ms, AttemptRecord, DedupRecord, Event, HISTORY_LEN};
+pub use event::{
+    id_ms, now_ms, AttemptKind, AttemptRecord, DedupRecord, Event, HISTORY_LEN, OUTCOME_MAX,
+};
+pub use history::{DeliveryStatus, EventFilter, EventPage, EventQuery};
 pub use spool::{
     Completion, Durability, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture,
     SpoolStats, StoreHealth,

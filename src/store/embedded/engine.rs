@@ -11,7 +11,8 @@
 //! | `engine.old/` | the database a rebuild replaced, until it is removed |
 //! | `hookgate.lock` | held while a process has the spool open |
 //!
-//! A rebuild copies what is live (pending events, dead letters, unexpired dedup keys) into a
+//! A rebuild copies what is live (pending events, dead letters, unexpired dedup keys, replay
+//! jobs, and the history still kept) into a
 //! fresh database beside the engine, written straight into tables (no journal), then swaps the
 //! two directories. fjall deletes a journal only once it passed 64 MB and was flushed: on a
 //! small filesystem nothing else gives the journal's space back; and after a failed write the
@@ -22,7 +23,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::disk::{journal_bytes, statvfs, Measure};
-use super::keys::expired_until;
+use super::keys::{self, expired_until, Space};
+use crate::store::record;
 use crate::store::spool::SpoolError;
 
 /// How long a reopen waits for the last reader of the previous engine to let it go.
@@ -56,12 +58,15 @@ fn holds_database(dir: &Path) -> bool {
     dir.join(FJALL_VERSION).is_file()
 }
 
-/// The engine: the database and its three keyspaces.
+/// The engine: the database and its keyspaces (the layout is [`super::keys`]').
 pub(super) struct Engine {
     pub db: fjall::Database,
-    pub pending: fjall::Keyspace,
-    pub dead: fjall::Keyspace,
+    pub events: fjall::Keyspace,
+    pub live: fjall::Keyspace,
+    pub done: fjall::Keyspace,
+    pub kept: fjall::Keyspace,
     pub dedup: fjall::Keyspace,
+    pub jobs: fjall::Keyspace,
 }
 
 /// How the engine is opened: its memory budget.
@@ -70,12 +75,23 @@ pub(super) struct Tuning {
     pub memory: u64,
 }
 
-/// What a copy leaves behind: pending events and their dedup records by key (the appends
-/// answered 503 by a write that failed).
+/// What a copy leaves behind: pending events (by `live` key) and their dedup records (the
+/// appends answered 503 by a write that failed).
 #[derive(Debug, Default)]
 pub(super) struct Skip {
     pub pending: HashSet<Vec<u8>>,
     pub dedup: HashSet<Vec<u8>>,
+}
+
+impl Skip {
+    /// The ids of the skipped events.
+    fn ids(&self) -> HashSet<[u8; 16]> {
+        self.pending
+            .iter()
+            .filter_map(|k| keys::id_of(k))
+            .map(keys::record_key)
+            .collect()
+    }
 }
 
 impl Engine {
@@ -114,7 +130,7 @@ impl Engine {
         // fjall's defaults (a 64 MiB memtable per keyspace) let a steady load grow the process
         // by hundreds of MiB before anything is flushed, and the fresh pages cost CPU as well: a
         // quarter of the budget caches blocks, the rest bounds the memtables, half of it for the
-        // pending events (a sealed memtable waits for its flush on the one engine worker).
+        // records (a sealed memtable waits for its flush on the one engine worker).
         let cache = tuning.memory / 4;
         let buffers = tuning.memory - cache;
         let db = fjall::Database::builder(path)
@@ -123,17 +139,32 @@ impl Engine {
             .worker_threads(1)
             .open()?;
         let memtable = |share: u64| {
-            move || fjall::KeyspaceCreateOptions::default().max_memtable_size(buffers / share)
+            let size = (buffers / share).max(1 << 20);
+            move || fjall::KeyspaceCreateOptions::default().max_memtable_size(size)
         };
-        let pending = db.keyspace("pending", memtable(2))?;
-        let dead = db.keyspace("dead", memtable(4))?;
-        let dedup = db.keyspace("dedup", memtable(4))?;
         Ok(Self {
+            events: db.keyspace("events", memtable(2))?,
+            live: db.keyspace("live", memtable(8))?,
+            done: db.keyspace("done", memtable(8))?,
+            kept: db.keyspace("kept", memtable(32))?,
+            dedup: db.keyspace("dedup", memtable(8))?,
+            jobs: db.keyspace("jobs", memtable(64))?,
             db,
-            pending,
-            dead,
-            dedup,
         })
+    }
+
+    /// The record of event `id`: in `events`, or in `kept` once retention passed it.
+    pub fn record(&self, id: uuid::Uuid) -> Result<Option<fjall::Slice>, SpoolError> {
+        let key = keys::record_key(id);
+        if let Some(v) = self.events.get(key)? {
+            return Ok(Some(v));
+        }
+        Ok(self.kept.get(key)?)
+    }
+
+    /// Bytes of history on disk: the tables of the records and their delivered states.
+    pub fn history_bytes(&self) -> u64 {
+        self.events.disk_space() + self.done.disk_space() + self.kept.disk_space()
     }
 
     /// What the filesystem under `path` (the engine's directory) holds and has free.
@@ -143,20 +174,63 @@ impl Engine {
             free,
             total,
             journal: journal_bytes(path),
-            tables: self.pending.disk_space() + self.dead.disk_space() + self.dedup.disk_space(),
+            tables: self.history_bytes()
+                + self.live.disk_space()
+                + self.dedup.disk_space()
+                + self.jobs.disk_space(),
         })
     }
 
     /// Copies everything live, but what `skip` names, into a fresh database at `to` (removed
-    /// first if a previous try left it), straight into its tables, synced and marked complete.
-    /// Returns the bytes written (records' keys and values).
-    pub fn copy_live(&self, to: &Path, tuning: Tuning, skip: &Skip) -> Result<u64, SpoolError> {
+    /// first if a previous try left it), straight into its tables, synced and marked complete:
+    /// the pending and dead events, the unexpired dedup keys, the replay jobs, and the history
+    /// from `history_from` on (the records of older events still live go to `kept`). Returns
+    /// the bytes written (records' keys and values).
+    pub fn copy_live(
+        &self,
+        to: &Path,
+        tuning: Tuning,
+        skip: &Skip,
+        history_from: uuid::Uuid,
+    ) -> Result<u64, SpoolError> {
         remove_dir(to)?;
         let mut written = 0u64;
+        let from = keys::record_key(history_from);
         {
             let fresh = Engine::open(to, tuning)?;
-            written += ingest(self.pending.iter(), &fresh.pending, &skip.pending)?;
-            written += ingest(self.dead.iter(), &fresh.dead, &HashSet::new())?;
+            let skipped = skip.ids();
+            let none = HashSet::new();
+            written += ingest(self.live.iter(), &fresh.live, &skip.pending)?;
+            // The records of live events older than the history copied, and of those kept
+            // already, go to `kept` (read one at a time: only their ids are held).
+            let mut old_live = std::collections::BTreeSet::new();
+            for kv in self.live.iter() {
+                let k = kv.key()?;
+                if skip.pending.contains(&k[..]) {
+                    continue;
+                }
+                if let Some(id) = keys::id_of(&k).map(keys::record_key) {
+                    if id < from || self.kept.contains_key(id)? {
+                        old_live.insert(id);
+                    }
+                }
+            }
+            let mut ingestion = fresh.kept.start_ingestion()?;
+            for id in &old_live {
+                let value = match self.events.get(id)? {
+                    Some(v) => Some(v),
+                    None => self.kept.get(id)?,
+                };
+                if let Some(v) = value {
+                    written += (id.len() + v.len()) as u64;
+                    ingestion.write(id.to_vec(), v)?;
+                }
+            }
+            ingestion.finish()?;
+            let id_skip: HashSet<Vec<u8>> = skipped.iter().map(|k| k.to_vec()).collect();
+            written += ingest(self.events.range(from..), &fresh.events, &id_skip)?;
+            written += ingest(self.done.range(from..), &fresh.done, &none)?;
+            written += ingest(self.jobs.iter(), &fresh.jobs, &none)?;
             // Expired dedup keys sort first: they are left behind.
             written += ingest(
                 self.dedup.range(expired_until()..),
@@ -171,7 +245,59 @@ impl Engine {
         sync_path(to)?;
         Ok(written)
     }
+
+    /// Moves the events of layout 1 (whole events in `pending` and `dead`, keyed by route then
+    /// id, or by id alone in the first releases) into layout 2, a chunk per commit; each commit writes a
+    /// chunk's new records and removes its old ones, so a crash half way is finished at the
+    /// next start. The old keyspaces are deleted at the end. Returns how many events moved.
+    pub fn migrate_records(
+        &self,
+        durability: Option<fjall::PersistMode>,
+    ) -> Result<usize, SpoolError> {
+        let mut moved = 0;
+        for (name, space) in [("pending", Space::Pending), ("dead", Space::Dead)] {
+            if !self.db.keyspace_exists(name) {
+                continue;
+            }
+            let old = self
+                .db
+                .keyspace(name, fjall::KeyspaceCreateOptions::default)?;
+            loop {
+                let chunk: Vec<(fjall::Slice, fjall::Slice)> = old
+                    .iter()
+                    .take(MIGRATE_CHUNK)
+                    .map(|kv| kv.into_inner())
+                    .collect::<Result<_, _>>()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut batch = self.db.batch().durability(durability);
+                for (k, v) in &chunk {
+                    let event = record::decode(&format!("{name} record"), v)?;
+                    let value = record::encode(&event)?;
+                    let size = u32::try_from(value.len()).unwrap_or(u32::MAX);
+                    batch.insert(
+                        &self.live,
+                        keys::live_key(space, &event.route, event.id),
+                        record::encode_state(&event, size, 0)?,
+                    );
+                    batch.insert(&self.events, keys::record_key(event.id), value);
+                    batch.remove(&old, k.clone());
+                }
+                batch.commit()?;
+                moved += chunk.len();
+            }
+            self.db.delete_keyspace(old)?;
+        }
+        if moved > 0 {
+            tracing::info!(moved, "spool events moved into the layout of this release (history kept apart from state)");
+        }
+        Ok(moved)
+    }
 }
+
+/// Events moved per commit by [`Engine::migrate_records`].
+const MIGRATE_CHUNK: usize = 1024;
 
 /// Writes every record of `records` (sorted, as a keyspace iterates) but those `skip` names
 /// into the empty `into`.
@@ -333,11 +459,24 @@ mod tests {
 
     const TUNING: Tuning = Tuning { memory: 4 << 20 };
 
+    use uuid::Uuid;
+
+    // Pending a and z (z's append was refused), dead b, delivered d: ids in that order.
+    const A: Uuid = Uuid::from_u128(1);
+    const Z: Uuid = Uuid::from_u128(2);
+    const B: Uuid = Uuid::from_u128(3);
+    const D: Uuid = Uuid::from_u128(4);
+
     fn filled(path: &Path) -> Engine {
         let e = Engine::open(path, TUNING).unwrap();
-        e.pending.insert(b"r\0a", b"one").unwrap();
-        e.pending.insert(b"r\0z", b"refused").unwrap();
-        e.dead.insert(b"r\0b", b"two").unwrap();
+        for (space, id) in [(Space::Pending, A), (Space::Pending, Z), (Space::Dead, B)] {
+            e.live
+                .insert(keys::live_key(space, "r", id), b"state")
+                .unwrap();
+            e.events.insert(keys::record_key(id), b"record").unwrap();
+        }
+        e.events.insert(keys::record_key(D), b"record").unwrap();
+        e.done.insert(keys::record_key(D), b"state").unwrap();
         // One expired key (expiry 1 ms after the epoch) and one that is not.
         e.dedup.insert(1u64.to_be_bytes(), b"").unwrap();
         e.dedup.insert(u64::MAX.to_be_bytes(), b"").unwrap();
@@ -345,48 +484,102 @@ mod tests {
         e
     }
 
-    fn contents(path: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, usize) {
+    /// What the engine at `path` holds: pending ids, dead ids, records, delivered, kept, dedup
+    /// keys.
+    #[derive(Debug, PartialEq)]
+    struct Contents {
+        pending: Vec<Uuid>,
+        dead: Vec<Uuid>,
+        events: Vec<Uuid>,
+        done: Vec<Uuid>,
+        kept: Vec<Uuid>,
+        dedup: usize,
+    }
+
+    fn contents(path: &Path) -> Contents {
         let e = Engine::open(path, TUNING).unwrap();
-        let keys = |ks: &fjall::Keyspace| {
+        let ids = |ks: &fjall::Keyspace, space: Option<Space>| {
             ks.iter()
                 .map(|kv| kv.key().unwrap().to_vec())
+                .filter(|k| space.is_none_or(|s| Space::of(k) == Some(s)))
+                .filter_map(|k| keys::id_of(&k))
                 .collect::<Vec<_>>()
         };
-        let n = e.dedup.iter().count();
-        (keys(&e.pending), keys(&e.dead), n)
+        Contents {
+            pending: ids(&e.live, Some(Space::Pending)),
+            dead: ids(&e.live, Some(Space::Dead)),
+            events: ids(&e.events, None),
+            done: ids(&e.done, None),
+            kept: ids(&e.kept, None),
+            dedup: e.dedup.iter().count(),
+        }
     }
 
     fn skip_z() -> Skip {
         Skip {
-            pending: [b"r\0z".to_vec()].into(),
+            pending: [keys::live_key(Space::Pending, "r", Z)].into(),
             dedup: HashSet::new(),
         }
     }
 
     #[test]
-    fn a_rebuild_keeps_what_is_live_but_the_skipped_and_expired() {
+    fn a_rebuild_keeps_what_is_live_and_the_history_but_the_skipped_and_expired() {
         let dir = tempfile::tempdir().unwrap();
         let path = engine_dir(dir.path());
         let e = filled(&path);
         let fresh = beside(&path, "rebuild");
-        e.copy_live(&fresh, TUNING, &skip_z()).unwrap();
+        e.copy_live(&fresh, TUNING, &skip_z(), Uuid::nil()).unwrap();
         drop(e);
         swap_in(&path, &fresh).unwrap();
         assert!(!fresh.exists() && !beside(&path, "old").exists());
         assert!(!path.join(COMPLETE).exists());
-        let (pending, dead, dedup) = contents(&path);
-        assert_eq!(pending, [b"r\0a".to_vec()]);
-        assert_eq!(dead, [b"r\0b".to_vec()]);
-        assert_eq!(dedup, 1);
+        assert_eq!(
+            contents(&path),
+            Contents {
+                pending: vec![A],
+                dead: vec![B],
+                events: vec![A, B, D],
+                done: vec![D],
+                kept: vec![],
+                dedup: 1
+            }
+        );
         // The copy takes writes like any database: its sequence numbers go on from its tables.
         let e = Engine::open(&path, TUNING).unwrap();
-        e.pending.remove(b"r\0a").unwrap();
-        e.pending.insert(b"r\0c", b"three").unwrap();
-        assert_eq!(e.pending.get(b"r\0a").unwrap(), None);
+        let a = keys::live_key(Space::Pending, "r", A);
+        e.live.remove(a.clone()).unwrap();
+        e.live.insert(b"pr\0c", b"three").unwrap();
+        assert_eq!(e.live.get(&a).unwrap(), None);
         assert_eq!(
-            e.pending.get(b"r\0c").unwrap().as_deref(),
+            e.live.get(b"pr\0c").unwrap().as_deref(),
             Some(&b"three"[..])
         );
+    }
+
+    #[test]
+    fn a_rebuild_short_of_room_keeps_the_newest_history_and_every_live_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = engine_dir(dir.path());
+        let e = filled(&path);
+        let fresh = beside(&path, "rebuild");
+        // The history from D on: the live records before it go to `kept`.
+        e.copy_live(&fresh, TUNING, &skip_z(), D).unwrap();
+        drop(e);
+        swap_in(&path, &fresh).unwrap();
+        assert_eq!(
+            contents(&path),
+            Contents {
+                pending: vec![A],
+                dead: vec![B],
+                events: vec![D],
+                done: vec![D],
+                kept: vec![A, B],
+                dedup: 1
+            }
+        );
+        let e = Engine::open(&path, TUNING).unwrap();
+        assert_eq!(e.record(A).unwrap().as_deref(), Some(&b"record"[..]));
+        assert_eq!(e.record(Z).unwrap(), None);
     }
 
     #[test]
@@ -421,7 +614,8 @@ mod tests {
                 name: "copy complete, not swapped yet",
                 setup: |path, fresh, _| {
                     let e = filled(path);
-                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
+                    e.copy_live(fresh, TUNING, &Skip::default(), Uuid::nil())
+                        .unwrap();
                 },
                 refused: false,
             },
@@ -429,7 +623,8 @@ mod tests {
                 name: "engine moved aside, copy complete",
                 setup: |path, fresh, old| {
                     let e = filled(path);
-                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
+                    e.copy_live(fresh, TUNING, &Skip::default(), Uuid::nil())
+                        .unwrap();
                     drop(e);
                     std::fs::rename(path, old).unwrap();
                 },
@@ -448,7 +643,8 @@ mod tests {
                 name: "copy in, old one left",
                 setup: |path, fresh, old| {
                     let e = filled(path);
-                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
+                    e.copy_live(fresh, TUNING, &Skip::default(), Uuid::nil())
+                        .unwrap();
                     drop(e);
                     std::fs::rename(path, old).unwrap();
                     std::fs::rename(fresh, path).unwrap();
@@ -459,7 +655,8 @@ mod tests {
                 name: "copy in, old one removed, marker left",
                 setup: |path, fresh, _| {
                     let e = filled(path);
-                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
+                    e.copy_live(fresh, TUNING, &Skip::default(), Uuid::nil())
+                        .unwrap();
                     drop(e);
                     std::fs::remove_dir_all(path).unwrap();
                     std::fs::rename(fresh, path).unwrap();
@@ -471,7 +668,8 @@ mod tests {
                 name: "an empty engine beside a complete copy and the old one",
                 setup: |path, fresh, old| {
                     let e = filled(path);
-                    e.copy_live(fresh, TUNING, &Skip::default()).unwrap();
+                    e.copy_live(fresh, TUNING, &Skip::default(), Uuid::nil())
+                        .unwrap();
                     drop(e);
                     std::fs::rename(path, old).unwrap();
                     drop(Engine::open(path, TUNING).unwrap());
@@ -507,9 +705,9 @@ mod tests {
             assert!(!fresh.exists(), "{}: copy left", c.name);
             assert!(!old.exists(), "{}: old engine left", c.name);
             assert!(!path.join(COMPLETE).exists(), "{}: marker left", c.name);
-            let (pending, dead, _) = contents(&path);
-            assert_eq!(pending.len(), 2, "{}", c.name);
-            assert_eq!(dead, [b"r\0b".to_vec()], "{}", c.name);
+            let found = contents(&path);
+            assert_eq!(found.pending, [A, Z], "{}", c.name);
+            assert_eq!(found.dead, [B], "{}", c.name);
         }
     }
 
@@ -519,9 +717,9 @@ mod tests {
         drop(filled(dir.path()));
         migrate_layout(dir.path()).unwrap();
         assert!(!dir.path().join(FJALL_VERSION).exists());
-        let (pending, dead, _) = contents(&engine_dir(dir.path()));
-        assert_eq!(pending.len(), 2);
-        assert_eq!(dead.len(), 1);
+        let found = contents(&engine_dir(dir.path()));
+        assert_eq!(found.pending, [A, Z]);
+        assert_eq!(found.dead, [B]);
         // Interrupted after some files moved: finished at the next start.
         let dir = tempfile::tempdir().unwrap();
         drop(filled(dir.path()));
@@ -529,8 +727,7 @@ mod tests {
         std::fs::create_dir(&moving).unwrap();
         std::fs::rename(dir.path().join(FJALL_VERSION), moving.join(FJALL_VERSION)).unwrap();
         migrate_layout(dir.path()).unwrap();
-        let (pending, _, _) = contents(&engine_dir(dir.path()));
-        assert_eq!(pending.len(), 2);
+        assert_eq!(contents(&engine_dir(dir.path())).pending, [A, Z]);
         // Nothing to move: nothing happens.
         migrate_layout(dir.path()).unwrap();
         assert!(engine_dir(dir.path()).join(FJALL_VERSION).exists());

@@ -1,42 +1,95 @@
-//! How the embedded spool lays records out in fjall's keyspaces, and encodes them.
+//! How the embedded spool lays events out in fjall's keyspaces (layout 2: the event history).
 //!
-//! | keyspace | key | value |
-//! | --- | --- | --- |
-//! | `pending` | route, `0`, id (16 bytes) | the [`Event`], postcard |
-//! | `dead` | route, `0`, id | the [`Event`], postcard |
-//! | `dedup` | expiry (8 bytes, big endian), key (16 bytes) | empty |
+//! | keyspace | key | value | written |
+//! | --- | --- | --- | --- |
+//! | `events` | id (16 bytes) | the event's record ([`record`](crate::store::record)) | once, at append |
+//! | `live` | `p` or `d`, route, `0`, id | the event's [`State`](crate::store::record::State): pending (`p`) or dead (`d`) | at append, each retry, dead letter, replay |
+//! | `done` | id | the state a delivered event ended with | at delivery |
+//! | `kept` | id | the record of a pending or dead event older than the retention | before retention drops its range |
+//! | `dedup` | expiry (8 bytes, big endian), key (16 bytes) | empty | at append |
+//! | `jobs` | job id | a replay job ([`super::jobs`]) | as it runs |
 //!
-//! Ids are UUIDv7, so each route's events sort oldest first; dedup records sort by expiry, so the
-//! expired ones are one range at the front.
+//! Why this shape: ids are UUIDv7, so `events` and `done` grow at their end, in time order. A
+//! status change is a few bytes in `live` or `done`, never the record again. Retention drops
+//! whole tables of `events` and `done` older than its cutoff (`drop_range`, no tombstones);
+//! the few events still pending or dead there are copied to `kept` first. The pending events of
+//! a route are one prefix of `live` (start-up reads them, not the history), and so are its dead
+//! letters; expired dedup records are one range at the front of `dedup`.
+//!
+//! Layout 1 (before the event history) kept the whole event in `pending` or `dead`, keyed by route then id;
+//! [`super::engine`] moves such a spool into layout 2 when it opens it.
 
-use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::store::event::{AttemptRecord, DedupRecord, Event};
-use crate::store::spool::{EventSummary, SpoolError};
+use crate::store::event::DedupRecord;
 
-/// The key of event `id` of `route` in `pending` or `dead`.
-pub(super) fn event_key(route: &str, id: Uuid) -> Vec<u8> {
-    let mut key = Vec::with_capacity(route.len() + 17);
+/// Where an event in `live` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Space {
+    Pending,
+    Dead,
+}
+
+impl Space {
+    fn tag(self) -> u8 {
+        match self {
+            Space::Pending => b'p',
+            Space::Dead => b'd',
+        }
+    }
+
+    /// The space of a `live` key.
+    pub(super) fn of(key: &[u8]) -> Option<Space> {
+        match key.first()? {
+            b'p' => Some(Space::Pending),
+            b'd' => Some(Space::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// The key of event `id`'s record in `events`, `done` and `kept`.
+pub(super) fn record_key(id: Uuid) -> [u8; 16] {
+    *id.as_bytes()
+}
+
+/// The key of event `id` of `route` in `live`.
+pub(super) fn live_key(space: Space, route: &str, id: Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(route.len() + 18);
+    key.push(space.tag());
     key.extend_from_slice(route.as_bytes());
     key.push(0);
     key.extend_from_slice(id.as_bytes());
     key
 }
 
-/// The prefix of every event key of `route`.
-pub(super) fn route_prefix(route: &str) -> Vec<u8> {
-    let mut prefix = Vec::with_capacity(route.len() + 1);
+/// The prefix of every `live` key of `route` in `space`.
+pub(super) fn live_prefix(space: Space, route: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(route.len() + 2);
+    prefix.push(space.tag());
     prefix.extend_from_slice(route.as_bytes());
     prefix.push(0);
     prefix
 }
 
-/// The id at the end of an event key.
+/// The prefix of every `live` key in `space`.
+pub(super) fn space_prefix(space: Space) -> [u8; 1] {
+    [space.tag()]
+}
+
+/// The id at the end of a key (of any keyspace but `dedup`).
 pub(super) fn id_of(key: &[u8]) -> Option<Uuid> {
     let start = key.len().checked_sub(16)?;
     Uuid::from_slice(&key[start..]).ok()
 }
+
+/// The route of a `live` key.
+pub(super) fn route_of(key: &[u8]) -> Option<&str> {
+    let end = key.len().checked_sub(17)?;
+    std::str::from_utf8(key.get(1..end)?).ok()
+}
+
+pub(super) use crate::store::history::first_id_at;
 
 /// A persisted dedup key: the expiry (big endian) then the key.
 pub(super) fn dedup_key(d: &DedupRecord) -> [u8; 24] {
@@ -59,80 +112,22 @@ pub(super) fn decode_dedup_key(k: &[u8]) -> Option<DedupRecord> {
     Some(DedupRecord { key, expires_ms })
 }
 
-pub(super) fn encode(event: &Event) -> Result<Vec<u8>, SpoolError> {
-    postcard::to_stdvec(event).map_err(|e| SpoolError::Corrupt(event.id.to_string(), e.to_string()))
-}
-
-pub(super) fn decode(bytes: &[u8]) -> Result<Event, SpoolError> {
-    postcard::from_bytes(bytes).map_err(|e| SpoolError::Corrupt("?".into(), e.to_string()))
-}
-
-/// [`Event`]'s fields in its encoding's order, the body borrowed rather than copied: a list of
-/// dead letters reads past each body without allocating it.
-#[derive(Deserialize)]
-#[allow(dead_code)] // the fields before `body` are read only to reach it
-struct Skimmed<'a> {
-    id: Uuid,
-    route: String,
-    received_ms: u64,
-    client_ip: std::net::IpAddr,
-    method: &'a str,
-    uri: &'a str,
-    headers: Vec<(&'a str, &'a [u8])>,
-    body: &'a [u8],
-    attempts: u32,
-    attempts_before_replay: u32,
-    window_start_ms: u64,
-    next_attempt_ms: u64,
-    dedup: Option<DedupRecord>,
-    history: Vec<AttemptRecord>,
-}
-
-/// The summary of an encoded event, its body skipped.
-pub(super) fn summary(bytes: &[u8]) -> Result<EventSummary, SpoolError> {
-    let s: Skimmed<'_> =
-        postcard::from_bytes(bytes).map_err(|e| SpoolError::Corrupt("?".into(), e.to_string()))?;
-    Ok(EventSummary {
-        id: s.id,
-        route: s.route,
-        received_ms: s.received_ms,
-        client_ip: s.client_ip,
-        attempts: s.attempts,
-        history: s.history,
-        body_bytes: s.body.len(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::DedupKey;
 
     #[test]
-    fn a_summary_reads_an_event_without_its_body() {
-        let mut e = Event::new(
-            "r",
-            "127.0.0.1".parse().unwrap(),
-            "POST",
-            "/w?x=1",
-            vec![("content-type".into(), b"application/json".to_vec())],
-            bytes::Bytes::from_static(b"{\"a\":1}"),
-        )
-        .with_dedup(DedupKey::from_u128(3), 99);
-        e.attempts = 2;
-        e.record_outcome("status 400".into());
-        let bytes = encode(&e).unwrap();
-        assert_eq!(summary(&bytes).unwrap(), EventSummary::from(&e));
-        assert_eq!(decode(&bytes).unwrap(), e);
-    }
-
-    #[test]
-    fn keys_sort_by_route_then_age_and_give_their_id_back() {
+    fn live_keys_sort_by_space_route_then_age_and_give_their_parts_back() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        assert!(event_key("r", a) < event_key("r", b));
-        assert!(event_key("r", b) < event_key("s", a));
-        assert_eq!(id_of(&event_key("r", a)), Some(a));
-        assert!(event_key("r", a).starts_with(&route_prefix("r")));
+        let p = |r, id| live_key(Space::Pending, r, id);
+        assert!(p("r", a) < p("r", b));
+        assert!(p("r", b) < p("s", a));
+        assert!(live_key(Space::Dead, "z", b) < p("a", a));
+        assert_eq!(id_of(&p("r", a)), Some(a));
+        assert_eq!(route_of(&p("route-1", a)), Some("route-1"));
+        assert_eq!(Space::of(&live_key(Space::Dead, "r", a)), Some(Space::Dead));
+        assert!(p("r", a).starts_with(&live_prefix(Space::Pending, "r")));
+        assert!(p("r", a).starts_with(&space_prefix(Space::Pending)));
         let d = DedupRecord {
             key: [7; 16],
             expires_ms: 5,

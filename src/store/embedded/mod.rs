@@ -4,7 +4,8 @@
 //! - [`EmbeddedSpool`] (`spool.rs`): the [`Spool`](crate::store::Spool) on fjall;
 //!   `writer.rs` is its group-commit thread, `keys.rs` its record layout, `disk.rs` its room on
 //!   disk, `engine.rs` the fjall database it can reopen, copy and swap, and `recovery.rs` what
-//!   the writer does after a failed write or when the engine's garbage fills the disk.
+//!   the writer does after a failed write or when the engine's garbage fills the disk;
+//!   `retention.rs` drops the history past `retention` by whole tables.
 //! - [`MemoryDedupStore`] (`dedup.rs`): a bounded `dashmap` of key hashes with expiry.
 //!
 //! ```
@@ -26,6 +27,8 @@ mod keys;
 #[cfg(feature = "embedded")]
 mod recovery;
 #[cfg(feature = "embedded")]
+mod retention;
+#[cfg(feature = "embedded")]
 mod spool;
 #[cfg(feature = "embedded")]
 mod writer;
@@ -34,7 +37,9 @@ pub use dedup::{MemoryDedupStore, DEFAULT_DEDUP_CAPACITY, IN_FLIGHT_TTL};
 #[cfg(feature = "embedded")]
 pub use disk::{DEFAULT_MIN_FREE, DEFAULT_MIN_FREE_PERCENT};
 #[cfg(feature = "embedded")]
-pub use spool::{EmbeddedSpool, SpoolConfig, MIN_MEMORY};
+pub use spool::{
+    EmbeddedSpool, SpoolConfig, DEFAULT_RETENTION, DEFAULT_RETENTION_MAX_SIZE, MIN_MEMORY,
+};
 
 #[cfg(feature = "embedded")]
 pub use opening::open;

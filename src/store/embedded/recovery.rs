@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use super::disk::{self, Measure};
 use super::engine::{self, Engine, Skip};
+use super::keys;
 use super::spool::{lock, Shared};
 use super::writer::Op;
+use crate::store::event::id_ms;
 use crate::store::spool::SpoolError;
+use uuid::Uuid;
 
 /// The least time between two rebuilds that give disk space back.
 const REBUILD_EVERY: Duration = Duration::from_secs(1);
@@ -173,17 +176,21 @@ pub(super) fn recover(
 pub(super) fn refuse(s: &Shared, op: Op, held: &mut Vec<Op>) {
     let refusal = || Err(lock(&s.failure).clone().unwrap_or(SpoolError::Reopening));
     match op {
-        Op::Append { value, reply, .. } => {
+        Op::Append { record, reply, .. } => {
             s.queued.fetch_sub(1, Ordering::AcqRel);
             s.queued_bytes
-                .fetch_sub(value.len() as u64, Ordering::AcqRel);
+                .fetch_sub(record.len() as u64, Ordering::AcqRel);
             let _ = reply.send(refusal());
         }
         Op::Rewrite { reply, .. }
         | Op::Move { reply, .. }
+        | Op::Replay { reply, .. }
         | Op::Purge { reply, .. }
         | Op::Probe { reply } => {
             let _ = reply.send(refusal());
+        }
+        Op::Keep { reply, .. } => {
+            let _ = reply.send(refusal().map(|()| 0));
         }
         op @ (Op::Sweep { .. } | Op::Deferred) => held.push(op),
     }
@@ -220,6 +227,28 @@ pub(super) fn live_bytes(s: &Shared, engine: &Engine) -> u64 {
 /// Whether a copy of `live` bytes fits in the free space, with some to spare.
 pub(super) fn fits_copy(m: &Measure, live: u64) -> bool {
     m.free > live + live / 2 + (1 << 20)
+}
+
+/// The first id of the newest history that fits in `budget` bytes, from `visible` on (the
+/// history's start, when all of it fits). Reads the records newest first, and stops once the
+/// budget is spent.
+fn history_cut(engine: &Engine, visible: Uuid, budget: u64) -> Result<Uuid, SpoolError> {
+    /// About what a delivered event's state adds to its record.
+    const STATE: u64 = 64;
+    let mut total = 0u64;
+    for kv in engine.events.range(keys::record_key(visible)..).rev() {
+        let (k, v) = kv.into_inner()?;
+        total += (k.len() + v.len()) as u64 + STATE;
+        if total > budget {
+            // Past the budget: the history starts after this event (the last millisecond that
+            // fits whole; a few events more or less).
+            return Ok(
+                keys::first_id_at(keys::id_of(&k).and_then(id_ms).map_or(0, |ms| ms + 1))
+                    .max(visible),
+            );
+        }
+    }
+    Ok(visible)
 }
 
 /// Why a rebuild runs.
@@ -268,10 +297,28 @@ pub(super) fn rebuild(s: &Shared, engine: Arc<Engine>, why: Why<'_>) -> Rebuilt 
         Why::Recover(skip) => skip,
         Why::Room => &empty,
     };
+    // The history goes along as far as it fits: all of it after a failed write if the disk
+    // has the room, the newest half at most when the copy is to give room back (history yields
+    // to the disk: the oldest delivered events go first).
+    let fits = match &before {
+        Some(m) if s.room.is_measured() => {
+            (m.free.saturating_sub(1 << 20) * 2 / 3).saturating_sub(live)
+        }
+        _ => u64::MAX,
+    };
+    let budget = match (&why, &before) {
+        (Why::Room, Some(m)) => fits.min(((m.journal + m.tables) / 2).saturating_sub(live)),
+        _ => fits,
+    };
+    let visible = keys::first_id_at(s.visible_from_ms());
+    let from = match history_cut(&engine, visible, budget) {
+        Ok(from) => from,
+        Err(e) => return Rebuilt::NotNow(engine, format!("cannot read the history: {e}")),
+    };
     let fresh = engine::beside(&s.path, "rebuild");
     let long = live > REBUILD_WAITS_UP_TO;
     s.rebuilding.store(long, Ordering::Release);
-    let copied = engine.copy_live(&fresh, s.tuning, skip);
+    let copied = engine.copy_live(&fresh, s.tuning, skip, from);
     if let Err(e) = copied {
         s.rebuilding.store(false, Ordering::Release);
         let _ = std::fs::remove_dir_all(&fresh);
@@ -307,6 +354,11 @@ pub(super) fn rebuild(s: &Shared, engine: Arc<Engine>, why: Why<'_>) -> Rebuilt 
         .or_else(|_| engine::recover_swap(&s.path))
         .and_then(|()| Engine::reopen(&s.path, s.tuning));
     s.rebuilding.store(false, Ordering::Release);
+    if from > visible {
+        let cut = id_ms(from).unwrap_or(0);
+        s.history_from.fetch_max(cut, Ordering::AcqRel);
+        tracing::warn!(path = %s.path.display(), history_from_ms = cut, "the history was cut to make room on the disk: delivered events received before are dropped");
+    }
     let engine = match reopened {
         Ok(e) => Arc::new(e),
         Err(e) => {
@@ -316,6 +368,9 @@ pub(super) fn rebuild(s: &Shared, engine: Arc<Engine>, why: Why<'_>) -> Rebuilt 
             })
         }
     };
+    if engine.kept.first_key_value().is_some() {
+        s.kept_any.store(true, Ordering::Release);
+    }
     if let Why::Recover(_) = why {
         // What was skipped is not counted any more.
         if let Ok((pending, dead, bytes)) = Shared::count(&engine) {

@@ -11,11 +11,16 @@ use uuid::Uuid;
 
 use super::disk::{self, Room};
 use super::engine::{self, Engine, Tuning};
-use super::keys::{self, decode, decode_dedup_key, encode, event_key, route_prefix};
-use super::writer::{self, DeferredDelete, Op, Space, MAX_GROUP, SWEEP_CHUNK};
+use super::keys::{self, decode_dedup_key, live_key, live_prefix, Space};
+use super::retention;
+use super::writer::{self, DeferredDelete, Op, MAX_GROUP, SWEEP_CHUNK};
 use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
+use crate::store::history::{
+    self, DeliveryStatus, EventFilter, EventPage, EventQuery, Order, PageBuilder,
+};
+use crate::store::record;
 use crate::store::spool::{
-    Completion, Durability, EventSummary, Spool, SpoolError, SpoolStats, StoreHealth,
+    Completion, Durability, EventSummary, Spool, SpoolError, SpoolFuture, SpoolStats, StoreHealth,
 };
 
 impl From<fjall::Error> for SpoolError {
@@ -63,15 +68,27 @@ pub struct SpoolConfig {
     /// After a failed write, how long the store waits before it reopens its engine and tries
     /// again. New events get 503 at once meanwhile: none waits on a failing write.
     pub write_retry: Duration,
+    /// How long delivered events stay in the history, counted from their receipt. Pending and
+    /// dead events are never dropped for it.
+    pub retention: Duration,
+    /// The most bytes of history kept on disk (its tables): beyond, the oldest delivered events
+    /// are dropped first, a table at a time. `None`: bounded by `retention` and the disk only.
+    pub retention_max_size: Option<u64>,
 }
+
+/// The default [`SpoolConfig::retention`]: 72 hours.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(72 * 3600);
+
+/// The default [`SpoolConfig::retention_max_size`]: 1 GiB.
+pub const DEFAULT_RETENTION_MAX_SIZE: u64 = 1 << 30;
 
 /// The smallest [`SpoolConfig::memory`]: the engine needs a write buffer of 1 MiB at least.
 pub const MIN_MEMORY: u64 = 4 << 20;
 
 impl SpoolConfig {
     /// A spool in `path` with `durability`, bounded at 1,000,000 events and 1 GiB, lingering
-    /// 100 µs for concurrent appends, using 32 MiB of memory, keeping the default free space
-    /// and retrying a failed write after 1 s.
+    /// 100 µs for concurrent appends, using 32 MiB of memory, keeping the default free space,
+    /// retrying a failed write after 1 s, and keeping delivered events 72 hours within 1 GiB.
     pub fn new(path: impl AsRef<Path>, durability: Durability) -> Self {
         Self {
             path: path.as_ref().to_owned(),
@@ -82,7 +99,17 @@ impl SpoolConfig {
             memory: 32 << 20,
             min_free_space: None,
             write_retry: Duration::from_secs(1),
+            retention: DEFAULT_RETENTION,
+            retention_max_size: Some(DEFAULT_RETENTION_MAX_SIZE),
         }
+    }
+
+    /// Sets [`retention`](Self::retention) and [`retention_max_size`](Self::retention_max_size).
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration, max_size: Option<u64>) -> Self {
+        self.retention = retention;
+        self.retention_max_size = max_size;
+        self
     }
 
     /// Sets [`min_free_space`](Self::min_free_space) (`None`: the default for the filesystem).
@@ -163,6 +190,12 @@ pub(super) struct Shared {
     /// Per route, the oldest pending id found last: the next search starts there, skipping the
     /// removed events before it. UUIDv7 ids only grow; a revived event (an older id) resets it.
     pub(super) oldest_hint: Mutex<OldestHint>,
+    /// Where retention (or a rebuild short of room) has cut the history, in Unix milliseconds:
+    /// delivered events received before are gone (see [`Shared::visible_from_ms`]).
+    pub(super) history_from: AtomicU64,
+    /// Whether `kept` may hold records (it is empty unless retention passed a live event): a
+    /// delivery reads it only then.
+    pub(super) kept_any: AtomicBool,
 }
 
 #[derive(Default)]
@@ -197,20 +230,26 @@ impl Shared {
             .then(|| SpoolError::Full("the spool is being copied to give disk space back".into()))
     }
 
-    /// Counts what the engine holds: (pending, dead, bytes).
+    /// Counts what the engine holds: (pending, dead, bytes of their records).
     pub(super) fn count(engine: &Engine) -> Result<(u64, u64, u64), SpoolError> {
         let (mut pending, mut dead, mut bytes) = (0u64, 0u64, 0u64);
-        for kv in engine.pending.iter() {
-            let (_, v) = kv.into_inner()?;
-            pending += 1;
-            bytes += v.len() as u64;
-        }
-        for kv in engine.dead.iter() {
-            let (_, v) = kv.into_inner()?;
-            dead += 1;
-            bytes += v.len() as u64;
+        for kv in engine.live.iter() {
+            let (k, v) = kv.into_inner()?;
+            match Space::of(&k) {
+                Some(Space::Pending) => pending += 1,
+                Some(Space::Dead) => dead += 1,
+                None => continue,
+            }
+            bytes += u64::from(record::state_size(&v).unwrap_or(0));
         }
         Ok((pending, dead, bytes))
+    }
+
+    /// Where the history starts now, in Unix milliseconds: the retention's cutoff, or later
+    /// where the history was cut for size or room.
+    pub(super) fn visible_from_ms(&self) -> u64 {
+        let by_time = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
+        by_time.max(self.history_from.load(Ordering::Acquire))
     }
 }
 
@@ -224,6 +263,8 @@ pub struct EmbeddedSpool {
 }
 
 struct WriterGuard {
+    /// Stopped first: it holds a sender of the writer's queue.
+    retainer: Mutex<Option<retention::Retainer>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Held for the spool's life: one process at a time rebuilds or recovers its directory.
     /// (The file stays when it closes: removing it would race with a process taking it.)
@@ -234,7 +275,8 @@ struct WriterGuard {
 impl Drop for WriterGuard {
     fn drop(&mut self) {
         // The sender side is dropped with the last EmbeddedSpool clone before this guard (field
-        // order), so the writer drains its queue and exits.
+        // order), and retention's with its thread here, so the writer drains its queue and exits.
+        drop(lock(&self.retainer).take());
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
@@ -305,9 +347,10 @@ impl EmbeddedSpool {
             memory: config.memory.max(MIN_MEMORY),
         };
         let engine = Engine::open(&path, tuning)?;
-        rekey_legacy_dead_letters(&engine, config.durability)?;
+        engine.migrate_records(persist_mode(config.durability))?;
         sweep_at_open(&engine, config.durability)?;
         let (pending_count, dead_count, bytes) = Shared::count(&engine)?;
+        let kept_any = engine.kept.first_key_value().is_some();
         let measure = match engine.measure(&path) {
             Ok(m) if m.total > 0 => Some(m),
             // Some file systems (FUSE ones among them) report no size at all.
@@ -346,6 +389,8 @@ impl EmbeddedSpool {
             deferred: Mutex::new(Vec::new()),
             writer_idle: AtomicBool::new(false),
             oldest_hint: Mutex::new(OldestHint::default()),
+            history_from: AtomicU64::new(0),
+            kept_any: AtomicBool::new(kept_any),
         });
         // Bounded so a stalled disk pushes back on appends instead of growing memory.
         let (tx, rx) = mpsc::sync_channel(MAX_GROUP * 4);
@@ -354,10 +399,13 @@ impl EmbeddedSpool {
             .name("hookgate-spool".into())
             .spawn(move || writer::run(writer_shared, rx))
             .map_err(|e| SpoolError::Storage(format!("cannot start the spool writer: {e}")))?;
+        let retainer = retention::start(shared.clone(), tx.clone())
+            .map_err(|e| SpoolError::Storage(format!("cannot start the retention thread: {e}")))?;
         Ok(Self {
             shared,
             tx,
             _writer: Arc::new(WriterGuard {
+                retainer: Mutex::new(Some(retainer)),
                 thread: Mutex::new(Some(thread)),
                 _lock: held,
                 _tempdir: tempdir,
@@ -373,6 +421,16 @@ impl EmbeddedSpool {
     fn whole_record_refused(&self, bytes: usize) -> Option<SpoolError> {
         (!self.shared.room.fits_bookkeeping(bytes as u64))
             .then(|| SpoolError::Full(self.room_refusal()))
+    }
+
+    /// `event`'s state encoded for a write of the deliveries' bookkeeping (a retry, a dead
+    /// letter, a replay), or why it cannot be written now.
+    fn bookkeeping_state(&self, event: &Event) -> Result<Vec<u8>, SpoolError> {
+        let state = record::encode_state(event, 0, 0)?;
+        match self.whole_record_refused(state.len()) {
+            Some(refused) => Err(refused),
+            None => Ok(state),
+        }
     }
 
     /// Why the room on disk refuses new events (the message of 503 `spool_full`'s log line).
@@ -408,14 +466,28 @@ impl EmbeddedSpool {
         }
     }
 
-    /// Queues the removal of a delivered event for the writer's next batch.
+    /// Queues the removal of a delivered event from the pending ones, with the state it ended
+    /// with, for the writer's next batch.
     fn defer_delete(
         &self,
         event: &Event,
         reply: Option<tokio::sync::oneshot::Sender<Result<(), SpoolError>>>,
     ) {
         let s = &self.shared;
-        lock(&s.deferred).push((event_key(&event.route, event.id).into(), reply));
+        let state = match record::encode_state(event, 0, now_ms()) {
+            Ok(state) => state,
+            Err(e) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e));
+                }
+                return;
+            }
+        };
+        lock(&s.deferred).push(DeferredDelete {
+            live: live_key(Space::Pending, &event.route, event.id).into(),
+            state,
+            reply,
+        });
         // Only a writer asleep with nothing to do needs waking; a busy one takes the removal with
         // its next batch. A closed queue needs nothing: the writer drains removals before exiting.
         if s.writer_idle.swap(false, Ordering::SeqCst) {
@@ -423,51 +495,24 @@ impl EmbeddedSpool {
         }
     }
 
-    fn move_event(
-        &self,
-        from: (Space, Vec<u8>),
-        to: (Space, Vec<u8>),
-        event: &Event,
-    ) -> Completion {
-        let value = match encode(event) {
-            Ok(v) => v,
+    /// Moves an event between pending and dead (`from` and `to` are its `live` keys), with the
+    /// state `event` has now.
+    fn move_event(&self, from: Vec<u8>, to: Vec<u8>, event: &Event) -> Completion {
+        let state = match self.bookkeeping_state(event) {
+            Ok(state) => state,
             Err(e) => return Completion::ready(Err(e)),
         };
-        if let Some(refused) = self.whole_record_refused(value.len()) {
-            return Completion::ready(Err(refused));
-        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
             Op::Move {
-                from: (from.0, from.1.into()),
-                to: (to.0, to.1.into()),
-                value: value.into(),
+                from: from.into(),
+                to: to.into(),
+                state,
                 reply,
             },
             rx,
         )
     }
-}
-
-/// Dead letters were keyed by id alone before 0.2; they are keyed by route, then id, now.
-fn rekey_legacy_dead_letters(engine: &Engine, durability: Durability) -> Result<(), SpoolError> {
-    let dead = &engine.dead;
-    let mut batch = engine.db.batch().durability(persist_mode(durability));
-    let mut moved = 0usize;
-    for kv in dead.iter() {
-        let (k, v) = kv.into_inner()?;
-        if k.len() == 16 {
-            let event = decode(&v)?;
-            batch.remove(dead, k);
-            batch.insert(dead, event_key(&event.route, event.id), v);
-            moved += 1;
-        }
-    }
-    if moved > 0 {
-        batch.commit()?;
-        tracing::info!(moved, "dead letters re-keyed by route");
-    }
-    Ok(())
 }
 
 /// Deletes the expired dedup keys at start, a chunk per commit.
@@ -498,6 +543,265 @@ fn sweep_at_open(engine: &Engine, durability: Durability) -> Result<usize, Spool
     }
 }
 
+/// An event's `live` state read with its record: the event as it stands now.
+fn joined(engine: &Engine, live_key: &[u8], state: &[u8]) -> Result<Option<Event>, SpoolError> {
+    let Some(id) = keys::id_of(live_key) else {
+        return Ok(None);
+    };
+    let what = id.to_string();
+    let Some(record) = engine.record(id)? else {
+        return Err(SpoolError::Corrupt(what, "its record is missing".into()));
+    };
+    let mut event = record::decode(&what, &record)?;
+    record::decode_state(&what, state)?.apply(&mut event);
+    Ok(Some(event))
+}
+
+/// The summary of a `live` entry (its record's body skipped).
+fn live_summary(
+    engine: &Engine,
+    key: &[u8],
+    state: &[u8],
+    status: DeliveryStatus,
+) -> Result<Option<(EventSummary, Option<fjall::Slice>)>, SpoolError> {
+    let Some(id) = keys::id_of(key) else {
+        return Ok(None);
+    };
+    let Some(record) = engine.record(id)? else {
+        return Ok(None);
+    };
+    let state = record::decode_state(&id.to_string(), state)?;
+    Ok(Some((
+        summary_of(id, &record, state, status)?,
+        Some(record),
+    )))
+}
+
+/// The summary of the event whose record is `record`, standing at `status` with `state`.
+fn summary_of(
+    id: Uuid,
+    record: &[u8],
+    state: record::State,
+    status: DeliveryStatus,
+) -> Result<EventSummary, SpoolError> {
+    let what = id.to_string();
+    let mut s = match record::view(&what, record)? {
+        Some(v) => EventSummary {
+            id: v.id,
+            route: v.route.to_owned(),
+            received_ms: v.received_ms,
+            client_ip: v.client_ip,
+            attempts: 0,
+            history: Vec::new(),
+            body_bytes: v.body.len(),
+            status,
+            dedup: v.dedup.map(|d| d.key),
+        },
+        None => EventSummary::of(&record::decode(&what, record)?, status),
+    };
+    s.attempts = state.attempts;
+    s.history = state.history;
+    Ok(s)
+}
+
+/// Where event `id` (of `route`) stands, with its state: pending, dead, or delivered (`None`:
+/// none of them, a purged dead letter or an append in flight).
+fn standing(
+    engine: &Engine,
+    route: &str,
+    id: Uuid,
+) -> Result<Option<(DeliveryStatus, fjall::Slice)>, SpoolError> {
+    if let Some(v) = engine.live.get(live_key(Space::Pending, route, id))? {
+        return Ok(Some((DeliveryStatus::Pending, v)));
+    }
+    if let Some(v) = engine.live.get(live_key(Space::Dead, route, id))? {
+        return Ok(Some((DeliveryStatus::Dead, v)));
+    }
+    Ok(engine
+        .done
+        .get(keys::record_key(id))?
+        .map(|v| (DeliveryStatus::Delivered, v)))
+}
+
+impl EmbeddedSpool {
+    /// Where the history starts now, in Unix milliseconds: delivered events received before it
+    /// are past the retention (or were dropped for size or room), gone from queries and
+    /// replays even while their tables wait to be dropped.
+    pub(super) fn visible_from_ms(&self) -> u64 {
+        self.shared.visible_from_ms()
+    }
+
+    /// A page of the history, read in this thread (bounded by [`history::SCAN_BUDGET`]).
+    fn query(&self, q: &EventQuery) -> Result<EventPage, SpoolError> {
+        let engine = self.shared.engine()?;
+        let visible_from = self.visible_from_ms();
+        let f = &q.filter;
+        let (lo_ms, hi_ms) = f.id_window();
+        let lo = lo_ms.map(keys::first_id_at).unwrap_or_else(Uuid::nil);
+        let hi = hi_ms.map(keys::first_id_at).unwrap_or_else(Uuid::max);
+        // The cursor narrows the range on its side, exclusive.
+        let (lo, hi, lo_excl, hi_excl) = match (q.after, q.order) {
+            (Some(a), Order::Asc) if a >= lo => (a, hi, true, false),
+            (Some(a), Order::Desc) if a <= hi => (lo, a, false, true),
+            _ => (lo, hi, false, false),
+        };
+        let mut page = PageBuilder::new(q.limit);
+        let bound = |id: Uuid, excl: bool| {
+            if excl {
+                std::ops::Bound::Excluded(id)
+            } else {
+                std::ops::Bound::Included(id)
+            }
+        };
+        let (lo_b, hi_b) = (bound(lo, lo_excl), bound(hi, hi_excl));
+        // A route's pending or dead events: its range of `live`, not the whole history.
+        if let (Some(route), Some(status @ (DeliveryStatus::Pending | DeliveryStatus::Dead))) =
+            (&f.route, f.status)
+        {
+            let space = if status == DeliveryStatus::Pending {
+                Space::Pending
+            } else {
+                Space::Dead
+            };
+            let key = |b: std::ops::Bound<Uuid>| b.map(|id| live_key(space, route, id));
+            let range = engine.live.range::<Vec<u8>, _>((key(lo_b), key(hi_b)));
+            let mut scan = |kv: fjall::Guard| -> Result<bool, SpoolError> {
+                let (k, v) = kv.into_inner()?;
+                let Some(id) = keys::id_of(&k) else {
+                    return Ok(true);
+                };
+                let found = live_summary(&engine, &k, &v, status)?;
+                let matched = match found {
+                    Some((s, Some(record))) if admits(f, &s, &record)? => Some(s),
+                    _ => None,
+                };
+                Ok(page.offer(id, matched))
+            };
+            let ran_out = match q.order {
+                Order::Asc => drive(range, &mut scan)?,
+                Order::Desc => drive(range.rev(), &mut scan)?,
+            };
+            return Ok(page.finish(ran_out));
+        }
+        // Everything else: the records in id order, with those retention moved to `kept`.
+        let key = |b: std::ops::Bound<Uuid>| b.map(keys::record_key);
+        let events = engine.events.range((key(lo_b), key(hi_b)));
+        let kept = engine.kept.range((key(lo_b), key(hi_b)));
+        let mut scan = |kv: (fjall::Slice, fjall::Slice)| -> Result<bool, SpoolError> {
+            let (k, record) = kv;
+            let Some(id) = keys::id_of(&k) else {
+                return Ok(true);
+            };
+            let what = id.to_string();
+            let route = match record::view(&what, &record)? {
+                Some(v) => v.route.to_owned(),
+                None => record::decode(&what, &record)?.route,
+            };
+            let mut matched = None;
+            if f.route.as_deref().is_none_or(|r| r == route) {
+                if let Some((status, state)) = standing(&engine, &route, id)? {
+                    let shown =
+                        status != DeliveryStatus::Delivered || history::retained(id, visible_from);
+                    if shown && f.status.is_none_or(|s| s == status) {
+                        let state = record::decode_state(&what, &state)?;
+                        let s = summary_of(id, &record, state, status)?;
+                        if admits(f, &s, &record)? {
+                            matched = Some(s);
+                        }
+                    }
+                }
+            }
+            Ok(page.offer(id, matched))
+        };
+        let ran_out = match q.order {
+            Order::Asc => drive(merged(events, kept, false), &mut scan)?,
+            Order::Desc => drive(merged(events.rev(), kept.rev(), true), &mut scan)?,
+        };
+        Ok(page.finish(ran_out))
+    }
+
+    /// Event `id`, whole, and where it stands.
+    fn event_now(&self, id: Uuid) -> Result<Option<(Event, DeliveryStatus)>, SpoolError> {
+        let engine = self.shared.engine()?;
+        let Some(record) = engine.record(id)? else {
+            return Ok(None);
+        };
+        let what = id.to_string();
+        let mut event = record::decode(&what, &record)?;
+        let Some((status, state)) = standing(&engine, &event.route, id)? else {
+            return Ok(None);
+        };
+        if status == DeliveryStatus::Delivered && !history::retained(id, self.visible_from_ms()) {
+            return Ok(None);
+        }
+        record::decode_state(&what, &state)?.apply(&mut event);
+        Ok(Some((event, status)))
+    }
+}
+
+/// Whether summary `s` (of `record`) passes `f`.
+fn admits(f: &EventFilter, s: &EventSummary, record: &[u8]) -> Result<bool, SpoolError> {
+    if !f.admits(&s.route, s.received_ms, s.dedup.as_ref(), s.status) {
+        return Ok(false);
+    }
+    if f.matches.is_empty() {
+        return Ok(true);
+    }
+    let what = s.id.to_string();
+    Ok(match record::view(&what, record)? {
+        Some(v) => f.matches_body(v.body),
+        None => f.matches_body(&record::decode(&what, record)?.body),
+    })
+}
+
+/// Feeds `items` to `scan` until it says stop; returns whether the items ran out first.
+fn drive<I, T>(
+    items: I,
+    scan: &mut impl FnMut(T) -> Result<bool, SpoolError>,
+) -> Result<bool, SpoolError>
+where
+    I: Iterator<Item = T>,
+{
+    for item in items {
+        if !scan(item)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Two keyspace ranges read as one, in key order (descending if `desc`); a key in both comes
+/// once (a record retention copied to `kept` before its table was dropped).
+fn merged<A, B>(a: A, b: B, desc: bool) -> impl Iterator<Item = (fjall::Slice, fjall::Slice)>
+where
+    A: Iterator<Item = fjall::Guard>,
+    B: Iterator<Item = fjall::Guard>,
+{
+    let pair = |kv: fjall::Guard| kv.into_inner().ok();
+    let mut a = a.filter_map(pair).peekable();
+    let mut b = b.filter_map(pair).peekable();
+    std::iter::from_fn(move || {
+        let take_a = match (a.peek(), b.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((ka, _)), Some((kb, _))) => {
+                if ka == kb {
+                    b.next();
+                    true
+                } else {
+                    (ka < kb) != desc
+                }
+            }
+        };
+        if take_a {
+            a.next()
+        } else {
+            b.next()
+        }
+    })
+}
+
 impl Spool for EmbeddedSpool {
     fn append(&self, event: &Event) -> Completion {
         let s = &*self.shared;
@@ -505,11 +809,15 @@ impl Spool for EmbeddedSpool {
         if let Some(refused) = s.refusal() {
             return Completion::ready(Err(refused));
         }
-        let value = match encode(event) {
+        let record = match record::encode(event) {
             Ok(v) => v,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let size = value.len() as u64;
+        let size = record.len() as u64;
+        let state = match record::encode_state(event, size as u32, 0) {
+            Ok(v) => v,
+            Err(e) => return Completion::ready(Err(e)),
+        };
         // Reserve a place in the bounds now so concurrent appends cannot overshoot together; the
         // writer gives it back when the append leaves the queue.
         let queued = s.queued.fetch_add(1, Ordering::AcqRel) + 1;
@@ -537,8 +845,10 @@ impl Spool for EmbeddedSpool {
         // Built as fjall's own buffer here, in the caller's thread: the writer only moves it
         // into the batch, with no copy and no cross-thread free.
         let op = Op::Append {
-            key: event_key(&event.route, event.id).into(),
-            value: value.into(),
+            id: event.id,
+            live: live_key(Space::Pending, &event.route, event.id).into(),
+            record: record.into(),
+            state,
             dedup: event.dedup,
             reply,
         };
@@ -550,8 +860,10 @@ impl Spool for EmbeddedSpool {
     }
 
     fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
-        match self.shared.engine()?.pending.get(event_key(route, id))? {
-            Some(v) => decode(&v).map(Some),
+        let engine = self.shared.engine()?;
+        let key = live_key(Space::Pending, route, id);
+        match engine.live.get(&key)? {
+            Some(state) => joined(&engine, &key, &state),
             None => Ok(None),
         }
     }
@@ -567,18 +879,15 @@ impl Spool for EmbeddedSpool {
     }
 
     fn reschedule(&self, event: &Event) -> Completion {
-        let value = match encode(event) {
-            Ok(v) => v,
+        let state = match self.bookkeeping_state(event) {
+            Ok(state) => state,
             Err(e) => return Completion::ready(Err(e)),
         };
-        if let Some(refused) = self.whole_record_refused(value.len()) {
-            return Completion::ready(Err(refused));
-        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
             Op::Rewrite {
-                key: event_key(&event.route, event.id).into(),
-                value: value.into(),
+                live: live_key(Space::Pending, &event.route, event.id).into(),
+                state,
                 reply,
             },
             rx,
@@ -586,27 +895,36 @@ impl Spool for EmbeddedSpool {
     }
 
     fn dead_letter(&self, event: &Event) -> Completion {
-        let key = event_key(&event.route, event.id);
-        self.move_event((Space::Pending, key.clone()), (Space::Dead, key), event)
+        let (route, id) = (&event.route, event.id);
+        self.move_event(
+            live_key(Space::Pending, route, id),
+            live_key(Space::Dead, route, id),
+            event,
+        )
     }
 
     fn pending(&self) -> Result<Vec<Event>, SpoolError> {
         let engine = self.shared.engine()?;
-        engine
-            .pending
-            .iter()
-            .map(|kv| decode(&kv.into_inner()?.1))
-            .collect()
+        let mut out = Vec::new();
+        for kv in engine.live.prefix(keys::space_prefix(Space::Pending)) {
+            let (k, v) = kv.into_inner()?;
+            out.extend(joined(&engine, &k, &v)?);
+        }
+        Ok(out)
     }
 
     fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
         let engine = self.shared.engine()?;
         engine
-            .pending
-            .prefix(route_prefix(route))
-            .map(|kv| {
-                let e = decode(&kv.into_inner()?.1)?;
-                Ok((e.id, e.next_attempt_ms))
+            .live
+            .prefix(live_prefix(Space::Pending, route))
+            .filter_map(|kv| {
+                let (k, v) = match kv.into_inner() {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let id = keys::id_of(&k)?;
+                Some(record::decode_state(&id.to_string(), &v).map(|s| (id, s.next_attempt_ms)))
             })
             .collect()
     }
@@ -630,29 +948,36 @@ impl Spool for EmbeddedSpool {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<EventSummary>, SpoolError> {
-        let end = event_key(route, Uuid::max());
+        let end = live_key(Space::Dead, route, Uuid::max());
         let range = match after {
             Some(id) => (
-                std::ops::Bound::Excluded(event_key(route, id)),
+                std::ops::Bound::Excluded(live_key(Space::Dead, route, id)),
                 std::ops::Bound::Included(end),
             ),
             None => (
-                std::ops::Bound::Included(route_prefix(route)),
+                std::ops::Bound::Included(live_prefix(Space::Dead, route)),
                 std::ops::Bound::Included(end),
             ),
         };
         let engine = self.shared.engine()?;
-        engine
-            .dead
-            .range(range)
-            .take(limit)
-            .map(|kv| keys::summary(&kv.into_inner()?.1))
-            .collect()
+        let mut out = Vec::new();
+        for kv in engine.live.range(range) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.into_inner()?;
+            if let Some((s, _)) = live_summary(&engine, &k, &v, DeliveryStatus::Dead)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
-        match self.shared.engine()?.dead.get(event_key(route, id))? {
-            Some(v) => decode(&v).map(Some),
+        let engine = self.shared.engine()?;
+        let key = live_key(Space::Dead, route, id);
+        match engine.live.get(&key)? {
+            Some(state) => joined(&engine, &key, &state),
             None => Ok(None),
         }
     }
@@ -664,10 +989,13 @@ impl Spool for EmbeddedSpool {
             Err(e) => return Completion::ready(Err(e)),
         };
         event.replay_now();
-        let key = event_key(route, id);
         // The writer moves it only if it is still a dead letter: of two concurrent replays of
         // one event, the second answers NotFound.
-        let done = self.move_event((Space::Dead, key.clone()), (Space::Pending, key), &event);
+        let done = self.move_event(
+            live_key(Space::Dead, route, id),
+            live_key(Space::Pending, route, id),
+            &event,
+        );
         let (tx, out) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let _ = tx.send(done.await.map(|()| event));
@@ -679,11 +1007,64 @@ impl Spool for EmbeddedSpool {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
             Op::Purge {
-                key: event_key(route, id).into(),
+                live: live_key(Space::Dead, route, id).into(),
                 reply,
             },
             rx,
         )
+    }
+
+    fn events(&self, query: &EventQuery) -> SpoolFuture<'_, EventPage> {
+        let (this, query) = (self.clone(), query.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.query(&query))
+                .await
+                .map_err(|e| SpoolError::Storage(format!("the query stopped: {e}")))?
+        })
+    }
+
+    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>> {
+        Box::pin(async move { self.event_now(id) })
+    }
+
+    fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>> {
+        let (mut event, status) = match self.event_now(id) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Completion::ready(Err(SpoolError::NotFound(id))),
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        event.replay_now();
+        event.replay = Some(job.to_owned());
+        let (route, id) = (event.route.clone(), event.id);
+        let done = match status {
+            DeliveryStatus::Pending => return Completion::ready(Ok(None)),
+            DeliveryStatus::Dead => self.move_event(
+                live_key(Space::Dead, &route, id),
+                live_key(Space::Pending, &route, id),
+                &event,
+            ),
+            DeliveryStatus::Delivered => {
+                let state = match self.bookkeeping_state(&event) {
+                    Ok(state) => state,
+                    Err(e) => return Completion::ready(Err(e)),
+                };
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                self.send(
+                    Op::Replay {
+                        id,
+                        live: live_key(Space::Pending, &route, id).into(),
+                        state,
+                        reply,
+                    },
+                    rx,
+                )
+            }
+        };
+        let (tx, out) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(done.await.map(|()| Some((event, status))));
+        });
+        Completion::waiting(out)
     }
 
     fn probe(&self) -> Completion {
@@ -734,15 +1115,10 @@ impl Spool for EmbeddedSpool {
             let h = lock(&self.shared.oldest_hint);
             (h.generation, h.by_route.get(route).copied())
         };
-        let start = event_key(route, hint.unwrap_or_else(Uuid::nil));
-        let end = event_key(route, Uuid::max());
+        let start = live_key(Space::Pending, route, hint.unwrap_or_else(Uuid::nil));
+        let end = live_key(Space::Pending, route, Uuid::max());
         let engine = self.shared.engine().ok()?;
-        let (key, _) = engine
-            .pending
-            .range(start..=end)
-            .next()?
-            .into_inner()
-            .ok()?;
+        let key = engine.live.range(start..=end).next()?.key().ok()?;
         let id = keys::id_of(&key)?;
         {
             let mut h = lock(&self.shared.oldest_hint);
@@ -835,22 +1211,50 @@ mod tests {
         assert_eq!(spool.dedup_keys().unwrap(), [live.dedup.unwrap()]);
     }
 
+    /// A spool of layout 1 (before the event history): whole version 1 events in `pending` and `dead`,
+    /// keyed by route then id, and the first releases' dead letters keyed by id alone.
     #[tokio::test]
-    async fn dead_letters_keyed_by_id_alone_are_rekeyed_at_open() {
+    async fn a_spool_of_layout_1_moves_into_layout_2_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let e = event();
+        let (pending, dead, old_dead) = (event(), event(), event());
+        let mut dead = dead;
+        dead.attempts = 3;
+        dead.record_outcome("status 400".into());
         {
-            // As releases before 0.2 wrote them.
-            let db = fjall::Database::builder(dir.path()).open().unwrap();
-            let dead = db
-                .keyspace("dead", fjall::KeyspaceCreateOptions::default)
+            let db = fjall::Database::builder(engine::engine_dir(dir.path()))
+                .open()
                 .unwrap();
-            dead.insert(e.id.as_bytes(), encode(&e).unwrap()).unwrap();
+            let ks = |name| {
+                db.keyspace(name, fjall::KeyspaceCreateOptions::default)
+                    .unwrap()
+            };
+            let key = |e: &Event| [b"r\0".as_slice(), e.id.as_bytes()].concat();
+            ks("pending")
+                .insert(key(&pending), record::encode_v1(&pending))
+                .unwrap();
+            ks("dead")
+                .insert(key(&dead), record::encode_v1(&dead))
+                .unwrap();
+            ks("dead")
+                .insert(old_dead.id.as_bytes(), record::encode_v1(&old_dead))
+                .unwrap();
             db.persist(fjall::PersistMode::SyncAll).unwrap();
         }
         let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
-        assert_eq!(spool.stats().dead, 1);
-        assert_eq!(spool.get_dead("r", e.id).unwrap(), Some(e.clone()));
-        assert_eq!(spool.dead_letters("r", None, 10).unwrap().len(), 1);
+        assert_eq!((spool.stats().pending, spool.stats().dead), (1, 2));
+        assert_eq!(spool.get("r", pending.id).unwrap(), Some(pending.clone()));
+        let read = spool.get_dead("r", dead.id).unwrap().unwrap();
+        assert_eq!(
+            (read.id, read.attempts, &read.body),
+            (dead.id, 3, &dead.body)
+        );
+        assert_eq!(read.history[0].status, Some(400));
+        assert_eq!(spool.dead_letters("r", None, 10).unwrap().len(), 2);
+        // The old keyspaces are gone, and a second open finds nothing to move.
+        drop(spool);
+        let spool = EmbeddedSpool::open(SpoolConfig::new(dir.path(), Durability::Fsync)).unwrap();
+        assert_eq!((spool.stats().pending, spool.stats().dead), (1, 2));
+        spool.delivered(&pending).await.unwrap();
+        assert_eq!(spool.stats().pending, 0);
     }
 }

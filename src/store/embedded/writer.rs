@@ -13,10 +13,14 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::engine::Engine;
-use super::keys::{dedup_key, expired_until, id_of};
+use super::keys::{
+    dedup_key, expired_until, id_of, live_key, live_prefix, record_key, route_of, space_prefix,
+    Space,
+};
 use super::recovery::{fail, rebuild, recover, wants_rebuild, Failure, Owed, Rebuilt, Why};
 use super::spool::{lock, persist_mode, Shared};
-use crate::store::event::DedupRecord;
+use crate::store::event::{id_ms, DedupRecord};
+use crate::store::record::{set_state_size, state_size};
 use crate::store::spool::{Durability, SpoolError};
 
 /// The most operations committed together.
@@ -36,35 +40,42 @@ const MEASURE_IDLE: Duration = Duration::from_millis(50);
 
 pub(super) type Reply<T = ()> = oneshot::Sender<Result<T, SpoolError>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Space {
-    Pending,
-    Dead,
-}
-
 pub(super) enum Op {
-    /// A new event, counted in `queued` until committed.
+    /// A new event: its record, and its state pending; counted in `queued` until committed.
     Append {
-        key: fjall::Slice,
-        value: fjall::Slice,
+        id: Uuid,
+        live: fjall::Slice,
+        record: fjall::Slice,
+        state: Vec<u8>,
         dedup: Option<DedupRecord>,
         reply: Reply,
     },
-    /// Rewrites a pending event in place (its retry schedule), if still pending.
+    /// Writes a pending event's new state (its retry schedule), if still pending.
     Rewrite {
-        key: fjall::Slice,
-        value: fjall::Slice,
+        live: fjall::Slice,
+        state: Vec<u8>,
         reply: Reply,
     },
-    /// Moves an event between spaces, if it is in `from`.
+    /// Moves an event between pending and dead with its new state, if it is in `from`.
     Move {
-        from: (Space, fjall::Slice),
-        to: (Space, fjall::Slice),
-        value: fjall::Slice,
+        from: fjall::Slice,
+        to: fjall::Slice,
+        state: Vec<u8>,
         reply: Reply,
     },
-    /// Deletes a dead letter, if present.
-    Purge { key: fjall::Slice, reply: Reply },
+    /// Makes a delivered event pending again (a replay), with its new state: if it is neither
+    /// pending nor dead, its record is kept, and retention has not passed it.
+    Replay {
+        id: Uuid,
+        live: fjall::Slice,
+        state: Vec<u8>,
+        reply: Reply,
+    },
+    /// Deletes a dead letter and its record, if present.
+    Purge { live: fjall::Slice, reply: Reply },
+    /// Copies to `kept` the records of pending and dead events older than `below`, synced,
+    /// before retention drops the range holding them; answers how many.
+    Keep { below: Uuid, reply: Reply<usize> },
     /// Commits nothing, at the spool's full durability.
     Probe { reply: Reply },
     /// Removes the expired dedup keys, a chunk per batch; answers how many.
@@ -73,8 +84,13 @@ pub(super) enum Op {
     Deferred,
 }
 
-/// A delivered event's removal, waiting for the writer's next batch.
-pub(super) type DeferredDelete = (fjall::Slice, Option<Reply>);
+/// A delivered event leaving the pending ones: its `live` key, the state it ended with, and
+/// who waits for the record; it waits for the writer's next batch.
+pub(super) struct DeferredDelete {
+    pub live: fjall::Slice,
+    pub state: Vec<u8>,
+    pub reply: Option<Reply>,
+}
 
 /// A sweep in progress: the caller to answer, and how many keys so far.
 struct Sweeping {
@@ -284,7 +300,10 @@ pub(super) fn run(s: Arc<Shared>, rx: mpsc::Receiver<Op>) {
             .batch()
             .durability(persist_mode(s.config.durability));
         for key in &o.skip.pending {
-            batch.remove(&engine.pending, key.as_slice());
+            batch.remove(&engine.live, key.as_slice());
+            if let Some(id) = id_of(key) {
+                batch.remove(&engine.events, record_key(id).as_slice());
+            }
         }
         for key in &o.skip.dedup {
             batch.remove(&engine.dedup, key.as_slice());
@@ -351,127 +370,260 @@ struct Delta {
 struct Batch<'a> {
     engine: &'a Engine,
     batch: fjall::OwnedWriteBatch,
-    /// Keys written or removed earlier in this batch: their size now, or `None` when removed.
-    touched: HashMap<(Space, fjall::Slice), Option<u64>>,
+    /// `live` keys written or removed earlier in this batch: their record's size now, or `None`
+    /// when removed.
+    touched: HashMap<fjall::Slice, Option<u64>>,
+    /// Records made pending again (replays) earlier in this batch.
+    replayed: std::collections::HashSet<Uuid>,
     delta: Delta,
     /// Records written or removed so far.
     writes: usize,
     /// Bytes of the keys and values written so far (what the journal grows by, about).
     bytes: u64,
-    /// Appends in the batch: the key, and the dedup record's key if any.
+    /// Appends in the batch: the `live` key, and the dedup record's key if any.
     appended: Vec<(fjall::Slice, Option<[u8; 24]>)>,
+    /// Whether something in it must reach the disk before it is answered (a `Keep`).
+    synced: bool,
 }
 
 impl<'a> Batch<'a> {
-    fn keyspace(&self, space: Space) -> &'a fjall::Keyspace {
-        let e: &'a Engine = self.engine;
-        match space {
-            Space::Pending => &e.pending,
-            Space::Dead => &e.dead,
-        }
-    }
-
-    /// The stored size of `key` in `space`, as this batch leaves it so far.
-    fn size(&self, space: Space, key: &fjall::Slice) -> Result<Option<u64>, SpoolError> {
-        if let Some(size) = self.touched.get(&(space, key.clone())) {
+    /// The record size of the event at `live` key `key`, as this batch leaves it so far
+    /// (`None`: not there).
+    fn size(&self, key: &fjall::Slice) -> Result<Option<u64>, SpoolError> {
+        if let Some(size) = self.touched.get(key) {
             return Ok(*size);
         }
-        Ok(self.keyspace(space).size_of(key)?.map(u64::from))
+        Ok(self
+            .engine
+            .live
+            .get(key)?
+            .map(|v| state_size(&v).map_or(0, u64::from)))
     }
 
-    fn count(&mut self, space: Space, by: i64) {
-        match space {
-            Space::Pending => self.delta.pending += by,
-            Space::Dead => self.delta.dead += by,
+    fn count(&mut self, key: &[u8], by: i64) {
+        match Space::of(key) {
+            Some(Space::Pending) => self.delta.pending += by,
+            Some(Space::Dead) => self.delta.dead += by,
+            None => {}
         }
     }
 
-    fn insert(&mut self, space: Space, key: &fjall::Slice, value: &fjall::Slice) {
-        let ks = self.keyspace(space);
-        self.batch.insert(ks, key.clone(), value.clone());
+    fn put(
+        &mut self,
+        ks: &fjall::Keyspace,
+        key: impl Into<fjall::Slice>,
+        value: impl Into<fjall::Slice>,
+    ) {
+        let (key, value) = (key.into(), value.into());
         self.writes += 1;
         self.bytes += (key.len() + value.len()) as u64;
-        self.touched
-            .insert((space, key.clone()), Some(value.len() as u64));
+        self.batch.insert(ks, key, value);
     }
 
-    fn remove(&mut self, space: Space, key: &fjall::Slice) {
-        let ks = self.keyspace(space);
-        self.batch.remove(ks, key.clone());
+    fn delete(&mut self, ks: &fjall::Keyspace, key: impl Into<fjall::Slice>) {
+        let key = key.into();
         self.writes += 1;
         self.bytes += key.len() as u64;
-        self.touched.insert((space, key.clone()), None);
+        self.batch.remove(ks, key);
+    }
+
+    /// Writes `state` (its record's size set to `size`) at `live` key `key`.
+    fn set_live(&mut self, key: &fjall::Slice, mut state: Vec<u8>, size: u64) {
+        set_state_size(&mut state, u32::try_from(size).unwrap_or(u32::MAX));
+        let live = &self.engine.live;
+        self.put(live, key.clone(), state);
+        self.touched.insert(key.clone(), Some(size));
+    }
+
+    fn remove_live(&mut self, key: &fjall::Slice) {
+        let live = &self.engine.live;
+        self.delete(live, key.clone());
+        self.touched.insert(key.clone(), None);
+    }
+
+    /// Removes `id`'s copy in `kept`, if it has one (an event older than the retention that
+    /// leaves the live ones).
+    fn unkeep(&mut self, s: &Shared, id: Uuid) -> Result<(), SpoolError> {
+        if !s.kept_any.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let key = record_key(id);
+        if self.engine.kept.contains_key(key)? {
+            let kept = &self.engine.kept;
+            self.delete(kept, key.to_vec());
+        }
+        Ok(())
     }
 
     fn not_found(key: &fjall::Slice) -> SpoolError {
         SpoolError::NotFound(id_of(key).unwrap_or_else(Uuid::nil))
     }
 
-    /// Adds `op` to the batch; its own answer if the commit succeeds.
-    fn add(&mut self, op: &Op) -> Result<(), SpoolError> {
+    /// Adds `op` to the batch; its own answer if the commit succeeds (`Keep` answers how many
+    /// it copied, sent by the caller).
+    fn add(&mut self, s: &Shared, op: &mut Op) -> Result<usize, SpoolError> {
         match op {
             Op::Append {
-                key, value, dedup, ..
+                id,
+                live,
+                record,
+                state,
+                dedup,
+                ..
             } => {
-                let size = value.len() as u64;
-                self.insert(Space::Pending, key, value);
+                let size = record.len() as u64;
+                let events = &self.engine.events;
+                self.put(events, record_key(*id).to_vec(), record.clone());
+                self.set_live(live, std::mem::take(state), size);
                 let dedup = dedup.map(|d| dedup_key(&d));
                 if let Some(d) = &dedup {
-                    self.batch
-                        .insert(&self.engine.dedup, d.as_slice(), b"".as_slice());
-                    self.writes += 1;
-                    self.bytes += d.len() as u64;
+                    let ks = &self.engine.dedup;
+                    self.put(ks, d.to_vec(), b"".to_vec());
                 }
-                self.appended.push((key.clone(), dedup));
+                self.appended.push((live.clone(), dedup));
                 self.delta.pending += 1;
                 self.delta.bytes += size as i64;
                 self.delta.dequeued += 1;
                 self.delta.dequeued_bytes += size;
-                Ok(())
+                Ok(0)
             }
-            Op::Rewrite { key, value, .. } => {
-                let old = self
-                    .size(Space::Pending, key)?
-                    .ok_or_else(|| Self::not_found(key))?;
-                self.insert(Space::Pending, key, value);
-                self.delta.bytes += value.len() as i64 - old as i64;
-                Ok(())
+            Op::Rewrite { live, state, .. } => {
+                let size = self.size(live)?.ok_or_else(|| Self::not_found(live))?;
+                self.set_live(live, std::mem::take(state), size);
+                Ok(0)
             }
             Op::Move {
-                from, to, value, ..
+                from, to, state, ..
             } => {
-                let old = self
-                    .size(from.0, &from.1)?
-                    .ok_or_else(|| Self::not_found(&from.1))?;
-                self.remove(from.0, &from.1);
-                self.insert(to.0, &to.1, value);
-                self.count(from.0, -1);
-                self.count(to.0, 1);
-                self.delta.bytes += value.len() as i64 - old as i64;
-                Ok(())
+                let size = self.size(from)?.ok_or_else(|| Self::not_found(from))?;
+                self.remove_live(from);
+                self.set_live(to, std::mem::take(state), size);
+                self.count(from, -1);
+                self.count(to, 1);
+                Ok(0)
             }
-            Op::Purge { key, .. } => {
-                let old = self
-                    .size(Space::Dead, key)?
-                    .ok_or_else(|| Self::not_found(key))?;
-                self.remove(Space::Dead, key);
+            Op::Replay {
+                id, live, state, ..
+            } => {
+                let id = *id;
+                let gone = || SpoolError::NotFound(id);
+                let dead = dead_key_of(live);
+                if self.size(live)?.is_some()
+                    || self.size(&dead)?.is_some()
+                    || self.replayed.contains(&id)
+                {
+                    return Err(gone());
+                }
+                // Retention may be dropping the range of an event older than its cutoff.
+                if id_ms(id).is_none_or(|ms| ms < s.history_from.load(Ordering::Acquire)) {
+                    return Err(gone());
+                }
+                let key = record_key(id);
+                let size = match self.engine.events.size_of(key)? {
+                    Some(size) => size,
+                    None => self.engine.kept.size_of(key)?.ok_or_else(gone)?,
+                };
+                self.set_live(live, std::mem::take(state), u64::from(size));
+                self.replayed.insert(id);
+                self.delta.pending += 1;
+                self.delta.bytes += i64::from(size);
+                Ok(0)
+            }
+            Op::Purge { live, .. } => {
+                let size = self.size(live)?.ok_or_else(|| Self::not_found(live))?;
+                self.remove_live(live);
+                if let Some(id) = id_of(live) {
+                    let (events, done) = (&self.engine.events, &self.engine.done);
+                    self.delete(events, record_key(id).to_vec());
+                    self.delete(done, record_key(id).to_vec());
+                    self.unkeep(s, id)?;
+                }
                 self.delta.dead -= 1;
-                self.delta.bytes -= old as i64;
-                Ok(())
+                self.delta.bytes -= size as i64;
+                Ok(0)
             }
-            Op::Probe { .. } | Op::Sweep { .. } | Op::Deferred => Ok(()),
+            Op::Keep { below, .. } => {
+                self.synced = true;
+                let copied = self.keep_below(*below)?;
+                if copied > 0 {
+                    s.kept_any.store(true, Ordering::Release);
+                }
+                Ok(copied)
+            }
+            Op::Probe { .. } | Op::Sweep { .. } | Op::Deferred => Ok(0),
         }
     }
 
-    /// A delivered event's removal: nothing if it is gone already (delivered twice).
-    fn add_delete(&mut self, key: &fjall::Slice) -> Result<(), SpoolError> {
-        if let Some(old) = self.size(Space::Pending, key)? {
-            self.remove(Space::Pending, key);
+    /// Copies to `kept` the records of the live events older than `below` that have no copy
+    /// there yet. Each route's live events are one range of `live` in time order: only the old
+    /// ones are read.
+    fn keep_below(&mut self, below: Uuid) -> Result<usize, SpoolError> {
+        let mut copied = 0;
+        for space in [Space::Pending, Space::Dead] {
+            let mut from = space_prefix(space).to_vec();
+            loop {
+                // The next route of this space at or after `from`.
+                let Some(kv) = self.engine.live.range(from.clone()..).next() else {
+                    break;
+                };
+                let key = kv.key()?;
+                if Space::of(&key) != Some(space) {
+                    break;
+                }
+                let Some(route) = route_of(&key) else {
+                    break;
+                };
+                let route = route.to_owned();
+                let prefix = live_prefix(space, &route);
+                let end = live_key(space, &route, below);
+                for kv in self.engine.live.range(prefix.clone()..end) {
+                    let key = kv.key()?;
+                    let Some(id) = id_of(&key) else { continue };
+                    let rk = record_key(id);
+                    if self.engine.kept.contains_key(rk)? {
+                        continue;
+                    }
+                    if let Some(record) = self.engine.events.get(rk)? {
+                        let kept = &self.engine.kept;
+                        self.put(kept, rk.to_vec(), record);
+                        copied += 1;
+                    }
+                }
+                // Past every key of this route: its prefix with the byte after the 0.
+                from = prefix;
+                if let Some(last) = from.last_mut() {
+                    *last = 1;
+                }
+            }
+        }
+        Ok(copied)
+    }
+
+    /// A delivered event leaves the pending ones, its final state kept in `done`: nothing if
+    /// it is gone already (delivered twice).
+    fn add_delete(&mut self, s: &Shared, d: &DeferredDelete) -> Result<(), SpoolError> {
+        if let Some(size) = self.size(&d.live)? {
+            self.remove_live(&d.live);
+            if let Some(id) = id_of(&d.live) {
+                let done = &self.engine.done;
+                // A copy: a batch that fails to commit leaves the removal for a later one.
+                self.put(done, record_key(id).to_vec(), d.state.clone());
+                self.unkeep(s, id)?;
+            }
             self.delta.pending -= 1;
-            self.delta.bytes -= old as i64;
+            self.delta.bytes -= size as i64;
         }
         Ok(())
     }
+}
+
+/// The dead `live` key of the event at pending `live` key `key`.
+fn dead_key_of(key: &fjall::Slice) -> fjall::Slice {
+    let mut k = key.to_vec();
+    if let Some(first) = k.first_mut() {
+        *first = b'd';
+    }
+    k.into()
 }
 
 /// Writes `ops`, `deletes` and the removal of `expired` dedup keys as one batch, then answers
@@ -484,12 +636,29 @@ fn commit(
     deletes: &mut Vec<DeferredDelete>,
     expired: &[fjall::Slice],
 ) -> Result<u64, Failure> {
-    let synced = ops
-        .iter()
-        .any(|op| matches!(op, Op::Append { .. } | Op::Probe { .. }));
-    // Appends and probes wait for the configured durability. Retries, dead letters and replays
-    // only reach the OS, and removals of delivered events wait in the journal's buffer for the
-    // next write: losing either in a crash means a repeat delivery, never a lost event.
+    let mut b = Batch {
+        engine,
+        batch: engine.db.batch(),
+        touched: HashMap::new(),
+        replayed: std::collections::HashSet::new(),
+        delta: Delta::default(),
+        writes: 0,
+        bytes: 0,
+        appended: Vec::new(),
+        synced: false,
+    };
+    let mut answers: Vec<Result<usize, SpoolError>> = Vec::with_capacity(ops.len());
+    for op in ops.iter_mut() {
+        answers.push(b.add(s, op));
+    }
+    let synced = b.synced
+        || ops
+            .iter()
+            .any(|op| matches!(op, Op::Append { .. } | Op::Probe { .. }));
+    // Appends, probes and retention's copies wait for the configured durability. Retries, dead
+    // letters and replays only reach the OS, and removals of delivered events wait in the
+    // journal's buffer for the next write: losing either in a crash means a repeat delivery,
+    // never a lost event.
     let mode = if synced {
         persist_mode(s.config.durability)
     } else if s.config.durability != Durability::Memory {
@@ -497,35 +666,21 @@ fn commit(
     } else {
         None
     };
-    let mut b = Batch {
-        engine,
-        batch: engine.db.batch().durability(mode),
-        touched: HashMap::new(),
-        delta: Delta::default(),
-        writes: 0,
-        bytes: 0,
-        appended: Vec::new(),
-    };
-    let mut answers: Vec<Result<(), SpoolError>> = Vec::with_capacity(ops.len());
-    for op in ops.iter() {
-        answers.push(b.add(op));
-    }
     // A removal whose record cannot be read is tried again with a later batch; the others go.
     let mut unread = Vec::new();
     let mut written = Vec::with_capacity(deletes.len());
-    for (key, reply) in deletes.drain(..) {
-        match b.add_delete(&key) {
-            Ok(()) => written.push((key, reply)),
+    for d in deletes.drain(..) {
+        match b.add_delete(s, &d) {
+            Ok(()) => written.push(d),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read a delivered event's record; its removal waits");
-                unread.push((key, reply));
+                unread.push(d);
             }
         }
     }
     for key in expired {
-        b.batch.remove(&engine.dedup, key.clone());
-        b.writes += 1;
-        b.bytes += key.len() as u64;
+        let ks = &engine.dedup;
+        b.delete(ks, key.clone());
     }
     let Batch {
         batch,
@@ -544,7 +699,7 @@ fn commit(
             _ => Ok(()),
         }
     } else {
-        batch.commit()
+        batch.durability(mode).commit()
     };
     // A failure is recorded before anyone is answered: an append arriving after this answer is
     // refused at the door, never queued behind a failing write.
@@ -576,26 +731,30 @@ fn commit(
             Op::Append { reply, .. }
             | Op::Rewrite { reply, .. }
             | Op::Move { reply, .. }
+            | Op::Replay { reply, .. }
             | Op::Purge { reply, .. }
             | Op::Probe { reply } => reply,
+            Op::Keep { reply, .. } => {
+                let _ = reply.send(answer);
+                continue;
+            }
             Op::Sweep { .. } | Op::Deferred => continue,
         };
-        let _ = reply.send(answer);
+        let _ = reply.send(answer.map(|_| ()));
     }
-    let mut again = unread;
     if result.is_err() {
         // Not written: they go again with a later batch (a delivered event is never left
         // pending for good by one failed commit).
-        again.append(&mut written);
+        unread.append(&mut written);
     } else {
-        for (_, reply) in written {
-            if let Some(reply) = reply {
+        for d in written {
+            if let Some(reply) = d.reply {
                 let _ = reply.send(Ok(()));
             }
         }
     }
-    if !again.is_empty() {
-        lock(&s.deferred).append(&mut again);
+    if !unread.is_empty() {
+        lock(&s.deferred).append(&mut unread);
     }
     match result {
         Ok(()) => Ok(bytes),
@@ -606,10 +765,10 @@ fn commit(
     }
 }
 
-/// Keeps the oldest-pending search hints true after a commit: a replayed event (an older id)
-/// resets them, and so does an append whose id is older than its route's hint (ids are made
-/// before their append is queued, so commits can land slightly out of id order).
-fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<(), SpoolError>]) {
+/// Keeps the oldest-pending search hints true after a commit: a replayed or revived event (an
+/// older id) resets them, and so does an append whose id is older than its route's hint (ids are
+/// made before their append is queued, so commits can land slightly out of id order).
+fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<usize, SpoolError>]) {
     let mut hint = lock(&s.oldest_hint);
     if hint.by_route.is_empty() {
         return;
@@ -617,18 +776,11 @@ fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<(), SpoolError>]) {
     let stale = ops.iter().zip(answers).any(|(op, answer)| {
         answer.is_ok()
             && match op {
-                Op::Move {
-                    to: (Space::Pending, _),
-                    ..
-                } => true,
-                Op::Append { key, .. } => {
-                    let route = key.get(..key.len().saturating_sub(17)).unwrap_or_default();
-                    let id = id_of(key);
-                    std::str::from_utf8(route)
-                        .ok()
-                        .and_then(|r| hint.by_route.get(r))
-                        .is_some_and(|h| id.is_some_and(|id| id < *h))
-                }
+                Op::Move { to, .. } => Space::of(to) == Some(Space::Pending),
+                Op::Replay { .. } => true,
+                Op::Append { id, live, .. } => route_of(live)
+                    .and_then(|r| hint.by_route.get(r))
+                    .is_some_and(|h| *id < *h),
                 _ => false,
             }
     });

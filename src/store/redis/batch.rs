@@ -32,6 +32,8 @@ pub(super) struct Delivered {
     pub id: String,
     /// The stream entry this instance claimed it by ('' if none).
     pub entry: String,
+    /// Its state as delivered (attempts), kept with its record in the history.
+    pub state: Vec<u8>,
     pub done: oneshot::Sender<Result<(), SpoolError>>,
 }
 
@@ -255,13 +257,19 @@ async fn append_route_and_wait(
 pub(super) async fn deliveries(conn: Conn, mut rx: mpsc::UnboundedReceiver<Delivered>) {
     while let Some(batch) = next_batch(&mut rx).await {
         for (route, jobs) in by_route(batch, |j| &j.route) {
-            let keys = conn.script_keys(&route, &["ev", "pending", "queue", "retry"]);
+            let keys =
+                conn.script_keys(&route, &["ev", "pending", "queue", "retry", "hist", "hix"]);
             let mut invocation = DELIVERED.prepare_invoke();
             for k in &keys {
                 invocation.key(k);
             }
+            let (cutoff, cut_u) = conn.history_cutoff();
+            invocation
+                .arg(if conn.keeps_history() { "1" } else { "0" })
+                .arg(cutoff)
+                .arg(cut_u);
             for job in &jobs {
-                invocation.arg(&job.id).arg(&job.entry);
+                invocation.arg(&job.id).arg(&job.entry).arg(&job.state[..]);
             }
             let result = conn
                 .run("deliver", |mut c| async move {

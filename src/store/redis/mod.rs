@@ -15,12 +15,14 @@
 //! | --- | --- | --- |
 //! | `{prefix}:stats` | hash | `events` (pending and dead), `dead`, `bytes`: the bounds, across instances |
 //! | `{prefix}:routes` | set | the routes that ever stored an event |
-//! | `{prefix}:ev:{route}` | hash | event id → the pending event (postcard) |
+//! | `{prefix}:ev:{route}` | hash | event id → the pending event (postcard, versioned) |
 //! | `{prefix}:pending:{route}` | sorted set | event id by its id's time: the oldest pending |
 //! | `{prefix}:queue:{route}` | stream | `u` (event id), `d` (due time): events to claim; group `hookgate` |
 //! | `{prefix}:retry:{route}` | sorted set | event id by due time: retries waiting |
 //! | `{prefix}:dead:{route}` | stream | `u`, `e` (the event): the dead letters, oldest first |
 //! | `{prefix}:deadix:{route}` | sorted set | `{event id}:{stream entry}`, by name: the dead letters by id, for pages |
+//! | `{prefix}:hist:{route}` | stream | `u`, `e` (the record), `a` (its state as delivered): the delivered events, trimmed by `MINID` to the retention |
+//! | `{prefix}:hix:{route}` | sorted set | `{event id}\|{stream entry}`, by name: the history by id, for pages |
 //! | `{prefix}:dedup:{key}` | string | `c` (committed) or `r:{instance}` (in flight), with its TTL |
 //!
 //! With the tower layers, open it and run its background tasks on your runtime:
@@ -52,6 +54,7 @@
 
 mod batch;
 mod dedup;
+mod history;
 mod scripts;
 mod spool;
 
@@ -85,6 +88,9 @@ const HEALTH_EVERY: Duration = Duration::from_millis(250);
 
 /// Every how many health checks Redis's memory is read (once a second).
 const MEMORY_EVERY: u32 = 4;
+
+/// History entries a route gives up per yield while Redis is short of memory.
+const YIELD_BATCH: i64 = 1000;
 
 /// Failed health checks in a row that mark Redis down (one slow answer does not).
 const DOWN_AFTER: u32 = 2;
@@ -125,6 +131,11 @@ pub struct RedisConfig {
     /// second, or once per probe interval while its circuit is open, and one removed by
     /// mistake is added back at its next read).
     pub consumer_gone_after: Duration,
+    /// How long delivered events stay in each route's history stream, counted from receipt
+    /// (trimmed by `MINID`, by whichever instance delivers or tidies). Below a tenth of
+    /// `maxmemory` free, the history yields: deliveries stop adding to it and its oldest
+    /// entries go.
+    pub retention: Duration,
 }
 
 impl RedisConfig {
@@ -138,6 +149,7 @@ impl RedisConfig {
             max_events: 1_000_000,
             max_bytes: 1 << 30,
             consumer_gone_after: Duration::from_secs(3600),
+            retention: Duration::from_secs(72 * 3600),
         }
     }
 }
@@ -168,6 +180,10 @@ struct ConnInner {
     unsupported: std::sync::OnceLock<String>,
     /// Redis's `maxmemory` less its `used_memory` (`u64::MAX`: unknown, or no `maxmemory`).
     free_memory: std::sync::atomic::AtomicU64,
+    /// Redis's `maxmemory` (0: none, or unknown).
+    max_memory: std::sync::atomic::AtomicU64,
+    /// How long delivered events stay in the history.
+    retention: Duration,
     metrics: StoreMetrics,
     prefix: String,
     /// Dedup keys committed with their event's append, whose `commit` need not be sent again.
@@ -199,7 +215,12 @@ pub(crate) fn storage_error(e: impl std::fmt::Display) -> SpoolError {
 }
 
 impl Conn {
-    fn open(url: &str, prefix: &str, metrics: StoreMetrics) -> Result<Self, SpoolError> {
+    fn open(
+        url: &str,
+        prefix: &str,
+        retention: Duration,
+        metrics: StoreMetrics,
+    ) -> Result<Self, SpoolError> {
         let client = Client::open(url)
             .map_err(|e| storage_error(format!("url {:?}: {e}", redacted(url))))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -225,6 +246,8 @@ impl Conn {
                 refused: AtomicBool::new(false),
                 unsupported: std::sync::OnceLock::new(),
                 free_memory: std::sync::atomic::AtomicU64::new(u64::MAX),
+                max_memory: std::sync::atomic::AtomicU64::new(0),
+                retention,
                 metrics,
                 prefix: prefix.to_owned(),
                 committed: dashmap::DashSet::new(),
@@ -467,6 +490,9 @@ impl Conn {
                 tick_count = tick_count.wrapping_add(1);
                 if tick_count % MEMORY_EVERY == 1 {
                     self.read_memory().await;
+                    if !self.keeps_history() {
+                        self.yield_history().await;
+                    }
                 }
             }
         }
@@ -510,11 +536,76 @@ impl Conn {
             return;
         };
         let field = |name: &str| info_field(&info, name).and_then(|v| v.parse::<u64>().ok());
-        let free = match (field("used_memory"), field("maxmemory")) {
-            (Some(used), Some(max)) if max > 0 => max.saturating_sub(used),
-            _ => u64::MAX,
+        let (free, max) = match (field("used_memory"), field("maxmemory")) {
+            (Some(used), Some(max)) if max > 0 => (max.saturating_sub(used), max),
+            _ => (u64::MAX, 0),
         };
         self.inner.free_memory.store(free, Ordering::Release);
+        self.inner.max_memory.store(max, Ordering::Release);
+    }
+
+    /// Whether deliveries go into the history now: not while Redis refuses writes, nor below a
+    /// tenth of its `maxmemory` free (the history yields to new events).
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.refusal().is_none() && !self.short_of_memory()
+    }
+
+    /// Whether Redis has less than a tenth of its `maxmemory` free.
+    fn short_of_memory(&self) -> bool {
+        let max = self.inner.max_memory.load(Ordering::Acquire);
+        let free = self.inner.free_memory.load(Ordering::Acquire);
+        max > 0 && free < max / 10
+    }
+
+    /// The retention's cutoff now: (Unix ms, the first id of that millisecond).
+    pub(crate) fn history_cutoff(&self) -> (u64, String) {
+        let ms = crate::store::now_ms().saturating_sub(self.inner.retention.as_millis() as u64);
+        (
+            ms,
+            crate::store::history::first_id_at(ms)
+                .hyphenated()
+                .to_string(),
+        )
+    }
+
+    /// When Redis refuses writes or is short of memory: the oldest history of every route goes,
+    /// [`YIELD_BATCH`] entries a route at a time, until it is not.
+    async fn yield_history(&self) {
+        let routes_key = self.key(&["routes"]);
+        let routes: Vec<String> = match self
+            .run_anyway("read", |mut c| async move {
+                ::redis::cmd("SMEMBERS")
+                    .arg(&routes_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let (cutoff, cut_u) = self.history_cutoff();
+        let mut dropped = 0i64;
+        for route in routes {
+            let (hist, hix) = (self.key(&["hist", &route]), self.key(&["hix", &route]));
+            let (cut_u, n) = (cut_u.clone(), YIELD_BATCH);
+            let trimmed = self
+                .run_anyway("trim", |mut c| async move {
+                    scripts::TRIM_HISTORY
+                        .key(hist)
+                        .key(hix)
+                        .arg(cutoff)
+                        .arg(cut_u)
+                        .arg(n)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
+            dropped += trimmed.unwrap_or(0);
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, "redis is short of memory: the oldest delivered events leave the history to make room");
+        }
     }
 
     /// Refuses every new event, for good, on a Redis older than 7.0: the scripts declare their
@@ -575,7 +666,12 @@ impl Drop for ConnInner {
 /// check, the takeover of held events and the heartbeat of this instance's own are in
 /// [`Storage::background`].
 pub fn open(config: RedisConfig, metrics: &Metrics) -> Result<Storage, SpoolError> {
-    let conn = Conn::open(&config.url, &config.prefix, metrics.store().clone())?;
+    let conn = Conn::open(
+        &config.url,
+        &config.prefix,
+        config.retention,
+        metrics.store().clone(),
+    )?;
     let spool = Arc::new(RedisSpool::new(conn.clone(), &config)?);
     // An in-flight reservation outlives the request that holds it (read, stored, WAITed for).
     let in_flight = config.visibility_timeout.max(MIN_IN_FLIGHT);

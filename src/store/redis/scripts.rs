@@ -88,23 +88,57 @@ return out
     ))
 });
 
-/// A batch of deliveries of one route. KEYS: stats, ev, pending, queue, retry. ARGV: two per
-/// event: u, its stream entry ('' if this instance did not claim it). Returns how many of the
-/// events were pending.
+/// `trim_oldest(hist, hix, n)`: drops the `n` oldest entries of a route's history stream and
+/// their index members; returns how many went. (Used when Redis is short of memory: the history
+/// yields, oldest first.)
+const TRIM_OLDEST: &str = r"
+local function trim_oldest(hist, hix, n)
+  if n <= 0 then return 0 end
+  local old = redis.call('XRANGE', hist, '-', '+', 'COUNT', n)
+  for _, entry in ipairs(old) do
+    local f = entry[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'u' then redis.call('ZREM', hix, f[j + 1] .. '|' .. entry[1]) end
+    end
+    redis.call('XDEL', hist, entry[1])
+  end
+  return #old
+end
+";
+
+/// A batch of deliveries of one route. KEYS: stats, ev, pending, queue, retry, hist, hix. ARGV:
+/// keep (1: into the history; 0: Redis is short of memory, the history yields), the retention's
+/// cutoff (Unix ms) and its first id, then three per event: u, its stream entry ('' if this
+/// instance did not claim it), and its state as delivered. A delivered event's record moves
+/// from the hash to the route's history stream (`u`, `e` the record, `a` the state), indexed
+/// by `u|entry` in `hix`; both are trimmed to the retention here. Returns how many of the events
+/// were pending.
 pub(super) static DELIVERED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+    Script::new(&format!(
+        "{}{TRIM_OLDEST}{}",
         frees!(),
         r"
+local keep, cutoff, cut_u = ARGV[1] == '1', ARGV[2], ARGV[3]
 local removed, bytes, acks = 0, 0, {}
-for i = 1, #ARGV, 2 do
+for i = 4, #ARGV, 3 do
   local u = ARGV[i]
   if ARGV[i + 1] ~= '' then acks[#acks + 1] = ARGV[i + 1] end
-  local size = redis.call('HSTRLEN', KEYS[2], u)
-  if redis.call('HDEL', KEYS[2], u) == 1 then
+  local e = redis.call('HGET', KEYS[2], u)
+  if e then
+    redis.call('HDEL', KEYS[2], u)
     redis.call('ZREM', KEYS[3], u)
     redis.call('ZREM', KEYS[5], u)
-    removed, bytes = removed + 1, bytes + size
+    removed, bytes = removed + 1, bytes + #e
+    if keep then
+      local id = redis.call('XADD', KEYS[6], 'MINID', '~', cutoff, '*', 'u', u, 'e', e, 'a', ARGV[i + 2])
+      redis.call('ZADD', KEYS[7], 0, u .. '|' .. id)
+    end
   end
+end
+if keep then
+  redis.call('ZREMRANGEBYLEX', KEYS[7], '-', '(' .. cut_u)
+else
+  trim_oldest(KEYS[6], KEYS[7], removed * 2 + 16)
 end
 if #acks > 0 then
   redis.call('XACK', KEYS[4], 'hookgate', unpack(acks))
@@ -115,6 +149,42 @@ if removed > 0 then
   redis.call('HINCRBY', KEYS[1], 'bytes', -bytes)
 end
 return removed
+"
+    ))
+});
+
+/// A route's history past the retention, and (when Redis is short of memory) its oldest
+/// entries. KEYS: hist, hix. ARGV: the cutoff (Unix ms), its first id, how many of the oldest to
+/// drop besides. Returns how many of the oldest were dropped.
+pub(super) static TRIM_HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{}{TRIM_OLDEST}{}",
+        frees!(),
+        r"
+redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[1])
+redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[2])
+return trim_oldest(KEYS[1], KEYS[2], tonumber(ARGV[3]))
+"
+    ))
+});
+
+/// A delivered event pending again (a replay). KEYS: stats, ev, pending, queue, hist, hix.
+/// ARGV: u, its history member (`u|entry`), the replayed event, id_ms, due. Returns 1 if it was
+/// in the history and not pending (0: replayed meanwhile, or trimmed).
+pub(super) static REPLAY_DELIVERED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        grows!(),
+        r"
+if not redis.call('ZSCORE', KEYS[6], ARGV[2]) then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('ZREM', KEYS[6], ARGV[2])
+redis.call('XDEL', KEYS[5], string.sub(ARGV[2], #ARGV[1] + 2))
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'u', ARGV[1], 'd', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'events', 1)
+redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[3])
+return 1
 "
     ))
 });

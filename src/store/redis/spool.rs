@@ -22,9 +22,14 @@ use redis::{RedisError, Value};
 use uuid::Uuid;
 
 use super::batch::{self, Append, Delivered, Limits};
-use super::scripts::{DEAD_LETTER, HEARTBEAT, PROMOTE, PURGE, REMOVE_CONSUMER, RESCHEDULE, REVIVE};
+use super::history::{Found, HistoryReader};
+use super::scripts::{
+    DEAD_LETTER, HEARTBEAT, PROMOTE, PURGE, REMOVE_CONSUMER, REPLAY_DELIVERED, RESCHEDULE, REVIVE,
+    TRIM_HISTORY,
+};
 use super::{storage_error, Conn, RedisConfig};
 use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
+use crate::store::history::{DeliveryStatus, EventPage, EventQuery};
 use crate::store::spool::{
     Completion, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture, SpoolStats,
     StoreHealth,
@@ -84,13 +89,7 @@ impl std::fmt::Debug for RedisSpool {
     }
 }
 
-fn encode(event: &Event) -> Result<Vec<u8>, SpoolError> {
-    postcard::to_stdvec(event).map_err(|e| SpoolError::Corrupt(event.id.to_string(), e.to_string()))
-}
-
-fn decode(id: &str, bytes: &[u8]) -> Result<Event, SpoolError> {
-    postcard::from_bytes(bytes).map_err(|e| SpoolError::Corrupt(id.to_owned(), e.to_string()))
-}
+use crate::store::record::{self, decode, encode};
 
 /// A script's 0/1 answer: 0 means the event was not where the write expected it.
 fn found(answer: i64, id: Uuid) -> Result<(), SpoolError> {
@@ -388,6 +387,7 @@ impl RedisSpool {
         if state.tidied.is_none_or(|t| now - t >= TIDY_EVERY) {
             state.tidied = Some(now);
             self.tidy(route, &queue).await;
+            self.trim_history(route).await;
         }
         let mut entries = Vec::new();
         if state.took_over.is_none_or(|t| now - t >= TAKEOVER_EVERY) {
@@ -474,6 +474,34 @@ impl RedisSpool {
         }
         drop(state);
         self.load(route, &queue, entries).await
+    }
+
+    /// The reader of the history (queries, lookups), cheap to make.
+    fn history_reader(&self) -> HistoryReader {
+        HistoryReader::new(self.conn.clone())
+    }
+
+    /// Trims `route`'s history to the retention (deliveries trim it too; this covers a route
+    /// that delivers nothing for a while). Best effort.
+    async fn trim_history(&self, route: &str) {
+        let (hist, hix) = (self.keys("hist", route), self.keys("hix", route));
+        let (cutoff, cut_u) = self.conn.history_cutoff();
+        let trimmed = self
+            .conn
+            .run("trim", |mut c| async move {
+                TRIM_HISTORY
+                    .key(hist)
+                    .key(hix)
+                    .arg(cutoff)
+                    .arg(cut_u)
+                    .arg(0)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = trimmed {
+            tracing::debug!(route, error = %e, "cannot trim the history to the retention");
+        }
     }
 
     /// Removes the consumers of instances long gone (nothing held, no read for `gone_after`)
@@ -695,10 +723,15 @@ impl Spool for RedisSpool {
 
     fn delivered(&self, event: &Event) -> Completion {
         let (done, rx) = tokio::sync::oneshot::channel();
+        let state = match record::encode_state(event, 0, now_ms()) {
+            Ok(state) => state,
+            Err(e) => return Completion::ready(Err(e)),
+        };
         let job = Delivered {
             route: event.route.clone(),
             id: event.id.to_string(),
             entry: self.release_hold(event.id),
+            state,
             done,
         };
         if self
@@ -820,7 +853,7 @@ impl Spool for RedisSpool {
             .flat_map(|p| p.ids.first())
             .map(|entry| {
                 let blob: Vec<u8> = entry.get("e").unwrap_or_default();
-                decode(&entry.id, &blob).map(|e| EventSummary::from(&e))
+                decode(&entry.id, &blob).map(|e| EventSummary::of(&e, DeliveryStatus::Dead))
             })
             .collect()
     }
@@ -961,6 +994,54 @@ impl Spool for RedisSpool {
             free_bytes: self.conn.free_memory(),
             ..StoreHealth::default()
         }
+    }
+
+    fn events(&self, query: &EventQuery) -> SpoolFuture<'_, EventPage> {
+        let query = query.clone();
+        Box::pin(async move { self.history_reader().query(&query).await })
+    }
+
+    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>> {
+        Box::pin(async move {
+            Ok(self
+                .history_reader()
+                .find(id)
+                .await?
+                .map(|found| (found.event, found.status)))
+        })
+    }
+
+    fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>> {
+        let (conn, job, reader) = (self.conn.clone(), job.to_owned(), self.history_reader());
+        spawn(&self.conn, async move {
+            let Found {
+                mut event,
+                status,
+                route,
+                locator,
+            } = reader.find(id).await?.ok_or(SpoolError::NotFound(id))?;
+            event.replay_now();
+            event.replay = Some(job);
+            let uuid = id.to_string();
+            let blob = encode(&event)?;
+            let id_time = id_ms(id).unwrap_or(event.received_ms);
+            let due = event.next_attempt_ms;
+            let answer = match status {
+                DeliveryStatus::Pending => return Ok(None),
+                DeliveryStatus::Dead => {
+                    let keys =
+                        conn.script_keys(&route, &["ev", "pending", "queue", "dead", "deadix"]);
+                    let args = vec![arg(&uuid), blob, arg(id_time), arg(due)];
+                    call(&conn, "revive", &REVIVE, keys, args).await?
+                }
+                DeliveryStatus::Delivered => {
+                    let keys = conn.script_keys(&route, &["ev", "pending", "queue", "hist", "hix"]);
+                    let args = vec![arg(&uuid), arg(&locator), blob, arg(id_time), arg(due)];
+                    call(&conn, "replay", &REPLAY_DELIVERED, keys, args).await?
+                }
+            };
+            found(answer, id).map(|()| Some((event, status)))
+        })
     }
 
     fn probe(&self) -> Completion {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::event::{AttemptRecord, DedupRecord, Event};
+use super::history::{DeliveryStatus, EventPage, EventQuery};
 
 /// How much an acknowledged event survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +171,7 @@ pub struct StoreHealth {
     pub rebuilt: u64,
 }
 
-/// A dead letter as listed: everything but its body, which is never read for a list.
+/// An event as listed: everything but its body, which is never copied for a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventSummary {
     /// The event id.
@@ -183,10 +184,14 @@ pub struct EventSummary {
     pub client_ip: IpAddr,
     /// Delivery attempts made.
     pub attempts: u32,
-    /// The newest attempts' outcomes.
+    /// The newest attempts.
     pub history: Vec<AttemptRecord>,
     /// The body's size in bytes.
     pub body_bytes: usize,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Its dedup key's 16 bytes, if the route dedups.
+    pub dedup: Option<[u8; 16]>,
 }
 
 /// Where acknowledged events wait for delivery. Writes resolve at the configured durability.
@@ -231,6 +236,17 @@ pub trait Spool: Send + Sync + 'static {
     fn revive(&self, route: &str, id: Uuid) -> Completion<Event>;
     /// Deletes dead letter `id` of `route`.
     fn purge(&self, route: &str, id: Uuid) -> Completion;
+    /// A page of the event history (see [`history`](super::history)): pending, dead and
+    /// delivered events still kept, in id order, bodies left out.
+    fn events(&self, query: &EventQuery) -> SpoolFuture<'_, EventPage>;
+    /// Event `id`, whole, and where it stands (`None`: unknown, or delivered and past the
+    /// retention).
+    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>>;
+    /// Makes event `id` pending again, due now, its deliveries marked with replay `job`: a dead
+    /// letter (as [`revive`](Self::revive) does) or a delivered event still kept. Resolves with
+    /// the event as queued and where it stood before; `None` if it is pending already (its
+    /// delivery is on its way); [`SpoolError::NotFound`] if it is unknown or past the retention.
+    fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>>;
     /// What the spool holds.
     fn stats(&self) -> SpoolStats;
     /// The receive time of the oldest pending event of `route`, in Unix milliseconds.
@@ -288,9 +304,9 @@ pub struct RouteGauges {
     pub oldest_ms: Option<u64>,
 }
 
-/// The summary of `event`.
-impl From<&Event> for EventSummary {
-    fn from(e: &Event) -> Self {
+impl EventSummary {
+    /// The summary of `e`, standing at `status`.
+    pub fn of(e: &Event, status: DeliveryStatus) -> Self {
         Self {
             id: e.id,
             route: e.route.clone(),
@@ -299,6 +315,8 @@ impl From<&Event> for EventSummary {
             attempts: e.attempts,
             history: e.history.clone(),
             body_bytes: e.body.len(),
+            status,
+            dedup: e.dedup.map(|d| d.key),
         }
     }
 }

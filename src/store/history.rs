@@ -1,0 +1,328 @@
+//! The event history (DESIGN §13): what every backend answers about the events it keeps, and the
+//! filters of a query, applied the same way by each.
+//!
+//! Every accepted event is kept: pending and dead ones until they are delivered or purged,
+//! delivered ones for the store's `retention` (and within `retention_max_size` on the embedded
+//! store). A query pages through them in id order (UUIDv7: receipt order), oldest or newest
+//! first, and reads a bounded number of records per page whatever its filters match: a page may
+//! come back short, with a cursor to go on from.
+//!
+//! ```
+//! use hookgate::store::history::{DeliveryStatus, EventFilter, EventQuery};
+//!
+//! let q = EventQuery {
+//!     filter: EventFilter {
+//!         route: Some("o3-video".into()),
+//!         status: Some(DeliveryStatus::Delivered),
+//!         ..EventFilter::default()
+//!     },
+//!     ..EventQuery::default()
+//! };
+//! assert_eq!(q.limit, 100);
+//! ```
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::event::id_ms;
+use super::spool::EventSummary;
+use crate::core::JsonPointer;
+
+/// Where an event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for a delivery (new, retrying, or replayed).
+    Pending,
+    /// Delivered.
+    Delivered,
+    /// In the dead letters.
+    Dead,
+}
+
+impl DeliveryStatus {
+    /// The name the API and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(DeliveryStatus::Pending),
+            "delivered" => Ok(DeliveryStatus::Delivered),
+            "dead" => Ok(DeliveryStatus::Dead),
+            other => Err(format!(
+                "{other:?} is not a status: use pending, delivered or dead"
+            )),
+        }
+    }
+}
+
+/// Which way a query pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Oldest first.
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+/// Which events a query (or a replay job) selects. Every filter given must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    /// The route's name.
+    pub route: Option<String>,
+    /// Where it stands.
+    pub status: Option<DeliveryStatus>,
+    /// Received at or after, in Unix milliseconds.
+    pub since_ms: Option<u64>,
+    /// Received before, in Unix milliseconds.
+    pub until_ms: Option<u64>,
+    /// The dedup key, per route (its 16 bytes, as the route's key spec hashes the sender's
+    /// value): an event of a route not named here does not match.
+    pub keys: Option<HashMap<String, [u8; 16]>>,
+    /// JSON pointers into the body and the value each must equal (a string given also matches
+    /// a JSON string of that text).
+    pub matches: Vec<(JsonPointer, Value)>,
+}
+
+impl EventFilter {
+    /// Whether an event received at `received_ms` on `route`, with `dedup` and `status`,
+    /// passes every filter but `matches` (the cheap ones: no body read).
+    pub fn admits(
+        &self,
+        route: &str,
+        received_ms: u64,
+        dedup: Option<&[u8; 16]>,
+        status: DeliveryStatus,
+    ) -> bool {
+        self.route.as_deref().is_none_or(|r| r == route)
+            && self.status.is_none_or(|s| s == status)
+            && self.since_ms.is_none_or(|t| received_ms >= t)
+            && self.until_ms.is_none_or(|t| received_ms < t)
+            && self.keys.as_ref().is_none_or(|keys| {
+                keys.get(route)
+                    .is_some_and(|k| dedup.is_some_and(|d| d == k))
+            })
+    }
+
+    /// Whether `body` passes `matches` (always, without any).
+    pub fn matches_body(&self, body: &[u8]) -> bool {
+        if self.matches.is_empty() {
+            return true;
+        }
+        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            return false;
+        };
+        self.matches.iter().all(|(pointer, want)| {
+            pointer.lookup(&json).is_some_and(|got| {
+                got == want
+                    || match (got, want) {
+                        // `where=/n=3` given as text: the string "3" matches too.
+                        (Value::String(g), _) => {
+                            serde_json::from_str::<Value>(g).is_ok_and(|v| v == *want)
+                        }
+                        _ => false,
+                    }
+            })
+        })
+    }
+
+    /// The id range the time window covers, with a second of slack each side (an id is made
+    /// within a millisecond of the receipt time it is stored with; the exact window is checked
+    /// on each event).
+    pub fn id_window(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.since_ms.map(|t| t.saturating_sub(1000)),
+            self.until_ms.map(|t| t.saturating_add(1000)),
+        )
+    }
+}
+
+/// A page of a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventQuery {
+    /// Which events.
+    pub filter: EventFilter,
+    /// Oldest or newest first.
+    pub order: Order,
+    /// The most events on the page (at most [`MAX_PAGE`]).
+    pub limit: usize,
+    /// Go on after this event (the previous page's `next`).
+    pub after: Option<Uuid>,
+}
+
+impl Default for EventQuery {
+    fn default() -> Self {
+        Self {
+            filter: EventFilter::default(),
+            order: Order::Asc,
+            limit: 100,
+            after: None,
+        }
+    }
+}
+
+/// The most events one page holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// The most records one page reads, whatever its filters match: a page over a million events
+/// that match rarely comes back short, with its cursor, rather than reading them all.
+pub const SCAN_BUDGET: usize = 20_000;
+
+/// What a query found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventPage {
+    /// The events, without their bodies.
+    pub events: Vec<EventSummary>,
+    /// Where the next page starts (`after`), or `None` when there is no more.
+    pub next: Option<Uuid>,
+}
+
+/// Collects a page as a backend reads candidates in order: counts what was read against the
+/// [`SCAN_BUDGET`] and says when to stop.
+#[derive(Debug)]
+pub struct PageBuilder {
+    limit: usize,
+    read: usize,
+    last: Option<Uuid>,
+    page: EventPage,
+}
+
+impl PageBuilder {
+    /// A page of at most `limit` events (capped at [`MAX_PAGE`], at least 1).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.clamp(1, MAX_PAGE),
+            read: 0,
+            last: None,
+            page: EventPage::default(),
+        }
+    }
+
+    /// One candidate read (`Some` if it matched); returns `false` once the page is full or
+    /// its budget spent.
+    pub fn offer(&mut self, id: Uuid, matched: Option<EventSummary>) -> bool {
+        self.read += 1;
+        self.last = Some(id);
+        if let Some(e) = matched {
+            self.page.events.push(e);
+        }
+        self.page.events.len() < self.limit && self.read < SCAN_BUDGET
+    }
+
+    /// The page: its cursor is the last event read if the page stopped early, else none (the
+    /// candidates ran out).
+    pub fn finish(mut self, ran_out: bool) -> EventPage {
+        self.page.next = if ran_out { None } else { self.last };
+        self.page
+    }
+}
+
+/// The smallest id made at `ms` (Unix milliseconds): every id of that millisecond or later
+/// sorts at or after it (ids are UUIDv7, compared as bytes).
+pub fn first_id_at(ms: u64) -> Uuid {
+    let ms = ms.min((1 << 48) - 1);
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Uuid::from_bytes(b)
+}
+
+/// Whether a delivered event `id` is still inside the history kept from `visible_from_ms`.
+pub fn retained(id: Uuid, visible_from_ms: u64) -> bool {
+    id_ms(id).is_some_and(|ms| ms >= visible_from_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cheap_filters_and_the_body_filter() {
+        let f = EventFilter {
+            route: Some("r".into()),
+            status: Some(DeliveryStatus::Delivered),
+            since_ms: Some(10),
+            until_ms: Some(20),
+            keys: Some([("r".to_string(), [1; 16])].into()),
+            matches: vec![
+                (
+                    JsonPointer::parse("/status"),
+                    Value::String("failed".into()),
+                ),
+                (JsonPointer::parse("/n"), serde_json::json!(3)),
+            ],
+        };
+        let ok = |route, at, key: Option<&[u8; 16]>, status| f.admits(route, at, key, status);
+        assert!(ok("r", 10, Some(&[1; 16]), DeliveryStatus::Delivered));
+        assert!(
+            !ok("r", 20, Some(&[1; 16]), DeliveryStatus::Delivered),
+            "until excludes"
+        );
+        assert!(!ok("r", 9, Some(&[1; 16]), DeliveryStatus::Delivered));
+        assert!(!ok("s", 15, Some(&[1; 16]), DeliveryStatus::Delivered));
+        assert!(!ok("r", 15, Some(&[2; 16]), DeliveryStatus::Delivered));
+        assert!(!ok("r", 15, None, DeliveryStatus::Delivered));
+        assert!(!ok("r", 15, Some(&[1; 16]), DeliveryStatus::Dead));
+        assert!(f.matches_body(br#"{"status":"failed","n":3}"#));
+        assert!(f.matches_body(br#"{"status":"failed","n":"3"}"#));
+        assert!(!f.matches_body(br#"{"status":"completed","n":3}"#));
+        assert!(!f.matches_body(br#"{"status":"failed"}"#));
+        assert!(!f.matches_body(b"not json"));
+        assert!(EventFilter::default().matches_body(b"not json"));
+    }
+
+    #[test]
+    fn the_first_id_of_a_millisecond_sorts_before_every_id_made_then() {
+        let id = Uuid::now_v7();
+        let ms = id_ms(id).unwrap();
+        assert!(first_id_at(ms) <= id);
+        assert!(first_id_at(ms + 1) > id);
+        assert!(retained(id, ms) && !retained(id, ms + 1));
+    }
+
+    #[test]
+    fn a_page_stops_when_full_or_out_of_budget_and_says_where_to_go_on() {
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let summary = |id| EventSummary {
+            id,
+            route: "r".into(),
+            received_ms: 0,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            attempts: 0,
+            history: vec![],
+            body_bytes: 0,
+            status: DeliveryStatus::Pending,
+            dedup: None,
+        };
+        let mut p = PageBuilder::new(2);
+        assert!(p.offer(ids[0], Some(summary(ids[0]))));
+        assert!(p.offer(ids[1], None));
+        assert!(!p.offer(ids[2], Some(summary(ids[2]))));
+        let page = p.finish(false);
+        assert_eq!(page.events.len(), 2);
+        assert_eq!(page.next, Some(ids[2]));
+        let mut p = PageBuilder::new(5);
+        p.offer(ids[0], None);
+        assert_eq!(p.finish(true).next, None);
+        let mut p = PageBuilder::new(5);
+        for _ in 0..SCAN_BUDGET - 1 {
+            assert!(p.offer(ids[0], None));
+        }
+        assert!(!p.offer(ids[1], None), "the budget is spent");
+        assert_eq!(p.finish(false).next, Some(ids[1]));
+    }
+}
