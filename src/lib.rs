@@ -45,6 +45,7 @@ pub mod core;
 pub mod deliver;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+pub mod history;
 pub mod metrics;
 pub mod store;
 pub mod tower;

@@ -64,6 +64,8 @@ pub struct Metrics {
     dead_letters: IntGaugeVec,
     upstream_up: IntGaugeVec,
     probes: IntCounterVec,
+    events_retained: IntGaugeVec,
+    replay_events: IntCounterVec,
     store: StoreMetrics,
 }
 
@@ -188,6 +190,20 @@ impl Metrics {
                 ),
                 &["route", "result"],
             )?,
+            events_retained: IntGaugeVec::new(
+                Opts::new(
+                    "hookgate_events_retained",
+                    "events the store keeps for the route: pending, dead, and delivered within the retention",
+                ),
+                &["route"],
+            )?,
+            replay_events: IntCounterVec::new(
+                Opts::new(
+                    "hookgate_replay_events_total",
+                    "events of replays by result: queued (sent to delivery again), skipped (pending already, or gone), delivered, failed (dead-lettered after the replay)",
+                ),
+                &["route", "result"],
+            )?,
             store: StoreMetrics {
                 up: IntGauge::new(
                     "hookgate_store_up",
@@ -253,6 +269,8 @@ impl Metrics {
         registry.register(Box::new(m.dead_letters.clone()))?;
         registry.register(Box::new(m.upstream_up.clone()))?;
         registry.register(Box::new(m.probes.clone()))?;
+        registry.register(Box::new(m.events_retained.clone()))?;
+        registry.register(Box::new(m.replay_events.clone()))?;
         registry.register(Box::new(m.store.up.clone()))?;
         registry.register(Box::new(m.store.commands.clone()))?;
         registry.register(Box::new(m.store.takeovers.clone()))?;
@@ -290,6 +308,10 @@ impl Metrics {
         let _ = self.upstream_up.remove_label_values(&[name]);
         for result in ["success", "failure"] {
             let _ = self.probes.remove_label_values(&[name, result]);
+        }
+        let _ = self.events_retained.remove_label_values(&[name]);
+        for result in ["queued", "skipped", "delivered", "failed"] {
+            let _ = self.replay_events.remove_label_values(&[name, result]);
         }
         let _ = self.forwarded_invalid.remove_label_values(&[name]);
         let completed = [EventStatus::Completed.as_str(), ErrorCode::None.as_str()];
@@ -338,6 +360,11 @@ impl Metrics {
                 upstream_up: self.upstream_up.with_label_values(&[route]),
                 probe_success: self.probes.with_label_values(&[route, "success"]),
                 probe_failure: self.probes.with_label_values(&[route, "failure"]),
+                retained: self.events_retained.with_label_values(&[route]),
+                replay_queued: self.replay_events.with_label_values(&[route, "queued"]),
+                replay_skipped: self.replay_events.with_label_values(&[route, "skipped"]),
+                replay_delivered: self.replay_events.with_label_values(&[route, "delivered"]),
+                replay_failed: self.replay_events.with_label_values(&[route, "failed"]),
             },
         }))
     }
@@ -400,6 +427,16 @@ pub struct DeliveryMetrics {
     pub probe_success: IntCounter,
     /// `hookgate_upstream_probes_total{result="failure"}`
     pub probe_failure: IntCounter,
+    /// `hookgate_events_retained`
+    pub retained: IntGauge,
+    /// `hookgate_replay_events_total{result="queued"}`
+    pub replay_queued: IntCounter,
+    /// `hookgate_replay_events_total{result="skipped"}`
+    pub replay_skipped: IntCounter,
+    /// `hookgate_replay_events_total{result="delivered"}`
+    pub replay_delivered: IntCounter,
+    /// `hookgate_replay_events_total{result="failed"}`
+    pub replay_failed: IntCounter,
 }
 
 impl std::fmt::Debug for DeliveryMetrics {

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use hookgate::gateway::Config;
 
+#[path = "hookgate/admin.rs"]
+mod admin;
+
 /// The configuration `hookgate` runs without `--config`: `examples/hookgate.toml`, built in.
 const EMBEDDED: &str = include_str!("../../examples/hookgate.toml");
 const EMBEDDED_NAME: &str = "(embedded default: examples/hookgate.toml)";
@@ -18,7 +21,11 @@ Examples:
   hookgate --config examples/hookgate.toml              run the gateway (same as `run`)
   hookgate                                              run the built-in default (examples/hookgate.toml)
   hookgate check-config examples/hookgate.toml          print the effective config, or every error
-  hookgate dead-letters list                            list the dead letters (admin API on 127.0.0.1:9090)
+  hookgate events list --status dead --since -1h        events of the last hour that were dead-lettered (admin API on 127.0.0.1:9090)
+  hookgate events show 0190c5d2-8f3a-7c1e-9b2d-3e4f5a6b7c8d
+  hookgate events replay --since 2026-12-07T03:10:00Z --until 2026-12-07T04:00:00Z --rate 200/s
+  hookgate replays list
+  hookgate dead-letters list                            list the dead letters
   hookgate dead-letters replay --all --route /webhook/o3-video
   hookgate dead-letters purge 0190c5d2-8f3a-7c1e-9b2d-3e4f5a6b7c8d
   hookgate reload                                       reload the config file (as SIGHUP does)
@@ -67,6 +74,21 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// The event history of a running gateway, through its admin API: find, show and replay
+    /// events.
+    Events {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        action: EventAction,
+    },
+    /// Replay jobs of a running gateway, through its admin API.
+    Replays {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        action: ReplayAction,
+    },
     /// Reload the configuration file of a running gateway (as SIGHUP does), through its admin
     /// API: prints what was reloaded and what needs a restart, or why the file was refused.
     Reload {
@@ -108,6 +130,128 @@ enum DeadLetterAction {
     Replay(Selection),
     /// Delete dead letters: one by id, or --all.
     Purge(Selection),
+}
+
+/// Where the admin API is, and the output wanted.
+#[derive(Debug, clap::Args)]
+struct Api {
+    /// The admin listener (default: `server.admin` of --config, else 127.0.0.1:9090).
+    #[arg(long, global = true)]
+    admin: Option<String>,
+    /// The admin token (default: `server.admin_token` of --config).
+    #[arg(long, global = true, env = "HOOKGATE_ADMIN_TOKEN")]
+    token: Option<String>,
+    /// JSON for scripts instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Which events: every filter given must hold.
+#[derive(Debug, Clone, clap::Args)]
+struct Filters {
+    /// The route (its name; the path when unnamed).
+    #[arg(long)]
+    route: Option<String>,
+    /// pending, delivered or dead.
+    #[arg(long)]
+    status: Option<String>,
+    /// Received at or after: RFC 3339 (2026-12-07T03:10:00Z), now, or before now (-1h).
+    #[arg(long, allow_hyphen_values = true)]
+    since: Option<String>,
+    /// Received before: as --since.
+    #[arg(long, allow_hyphen_values = true)]
+    until: Option<String>,
+    /// The dedup key as the sender sent it (a generation_id), or its 32 hex digits.
+    #[arg(long)]
+    key: Option<String>,
+    /// A JSON pointer into the body and the value it must equal (repeat for several):
+    /// --where /status=failed
+    #[arg(long = "where", value_name = "POINTER=VALUE")]
+    matches: Vec<String>,
+}
+
+impl Filters {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        for (k, v) in [
+            ("route", &self.route),
+            ("status", &self.status),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("key", &self.key),
+        ] {
+            if let Some(v) = v {
+                p.push((k, v.clone()));
+            }
+        }
+        for w in &self.matches {
+            p.push(("where", w.clone()));
+        }
+        p
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pairs().is_empty()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum EventAction {
+    /// List events (oldest first), a page at a time.
+    List {
+        #[command(flatten)]
+        filters: Filters,
+        /// Newest first.
+        #[arg(long)]
+        desc: bool,
+        /// At most this many (up to 1000 a page).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Go on after this event (the previous page's last).
+        #[arg(long)]
+        after: Option<String>,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one event: its request, body and attempts.
+    Show {
+        /// The event id.
+        id: String,
+    },
+    /// Send events again: one by id, or a replay job over the filters, paced by --rate.
+    Replay {
+        /// One event's id.
+        #[arg(conflicts_with_all = ["route", "status", "since", "until", "key", "matches"])]
+        id: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
+        /// A job's pace: 200/s, 600/m, 3600/h.
+        #[arg(long, default_value = "100/s")]
+        rate: String,
+        /// Follow the job until it ends, even without a terminal.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplayAction {
+    /// Every replay job, newest first.
+    List,
+    /// One job's progress.
+    Show {
+        /// The job id.
+        id: String,
+        /// Follow it until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop a job.
+    Cancel {
+        /// The job id.
+        id: String,
+    },
 }
 
 /// One dead letter, or all (of a route).
@@ -195,6 +339,73 @@ fn main() -> ExitCode {
             action,
         } => dead_letters(cli.config, admin, token, Some(action)),
         Command::Reload { admin, token } => dead_letters(cli.config, admin, token, None),
+        Command::Events { api, action } => {
+            let json = api.json;
+            let admin = match connect(cli.config, api) {
+                Ok(a) => a,
+                Err(code) => return code,
+            };
+            match action {
+                EventAction::List {
+                    filters,
+                    desc,
+                    limit,
+                    after,
+                    all,
+                } => {
+                    let mut pairs = filters.pairs();
+                    if desc {
+                        pairs.push(("order", "desc".into()));
+                    }
+                    pairs.push(("limit", limit.to_string()));
+                    if let Some(a) = after {
+                        pairs.push(("after", a));
+                    }
+                    admin::events_list(&admin, pairs, all, json)
+                }
+                EventAction::Show { id } => admin::events_show(&admin, &id, json),
+                EventAction::Replay { id: Some(id), .. } => {
+                    admin::events_replay_one(&admin, &id, json)
+                }
+                EventAction::Replay {
+                    id: None,
+                    filters,
+                    rate,
+                    wait,
+                } => {
+                    if filters.is_empty() {
+                        eprintln!("hookgate: events replay needs an event id, or filters (--since, --until, --route, --status, --key, --where) for a replay job");
+                        return ExitCode::from(2);
+                    }
+                    let mut body = serde_json::Map::new();
+                    let mut wheres = Vec::new();
+                    for (k, v) in filters.pairs() {
+                        if k == "where" {
+                            wheres.push(serde_json::Value::String(v));
+                        } else {
+                            body.insert(k.into(), serde_json::Value::String(v));
+                        }
+                    }
+                    if !wheres.is_empty() {
+                        body.insert("where".into(), serde_json::Value::Array(wheres));
+                    }
+                    body.insert("rate".into(), serde_json::Value::String(rate));
+                    admin::replay_job(&admin, serde_json::Value::Object(body), wait, json)
+                }
+            }
+        }
+        Command::Replays { api, action } => {
+            let json = api.json;
+            let admin = match connect(cli.config, api) {
+                Ok(a) => a,
+                Err(code) => return code,
+            };
+            match action {
+                ReplayAction::List => admin::replays_list(&admin, json),
+                ReplayAction::Show { id, watch } => admin::replays_show(&admin, &id, watch, json),
+                ReplayAction::Cancel { id } => admin::replays_cancel(&admin, &id, json),
+            }
+        }
         Command::Completions { shell } => {
             let shell = match shell {
                 Shell::Bash => clap_complete::Shell::Bash,
@@ -215,6 +426,26 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The admin API `api` names (else the one of the config file, else 127.0.0.1:9090).
+fn connect(config: Option<PathBuf>, api: Api) -> Result<admin::Admin, ExitCode> {
+    let loaded = match config.map(Config::admin_endpoint).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let address = api
+        .admin
+        .or_else(|| loaded.as_ref().map(|(a, _)| a.clone()))
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    let token = api.token.or_else(|| loaded.and_then(|(_, t)| t));
+    admin::Admin::new(address, token).map_err(|admin::Failed(why)| {
+        eprintln!("{why}");
+        ExitCode::FAILURE
+    })
 }
 
 /// One admin API call: a dead-letter `action`, or (`None`) a reload.

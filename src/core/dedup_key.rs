@@ -218,6 +218,57 @@ impl DedupKeySpec {
     }
 }
 
+impl DedupKeySpec {
+    /// The keys an event whose dedup key reads `value` may have been stored with, for a search
+    /// by key (`hookgate events list --key`): the value as the sender sent it (one pointer: a
+    /// JSON string, or a number or other JSON value written out; a header's value), and `value`
+    /// itself when it is a key's 32 hex digits as the history shows them. A composite or
+    /// `body` key is found by its hex digits only.
+    pub fn candidates(&self, scope: &str, value: &str) -> Vec<DedupKey> {
+        let seed = xxh3_64(scope.as_bytes());
+        let mut keys = Vec::new();
+        match self {
+            DedupKeySpec::Pointers(pointers) if pointers.len() == 1 => {
+                keys.push(xxh3_128_with_seed(value.as_bytes(), seed ^ KIND_STRING));
+                if let Ok(json) = serde_json::from_str::<Value>(value) {
+                    if !json.is_string() && !json.is_null() {
+                        keys.push(xxh3_128_with_seed(
+                            json.to_string().as_bytes(),
+                            seed ^ KIND_JSON,
+                        ));
+                    }
+                }
+            }
+            DedupKeySpec::Header(_) => {
+                keys.push(xxh3_128_with_seed(value.as_bytes(), seed ^ KIND_HEADER));
+            }
+            DedupKeySpec::Pointers(_) | DedupKeySpec::Body => {}
+        }
+        let mut out: Vec<DedupKey> = keys.into_iter().map(DedupKey::from_u128).collect();
+        out.extend(DedupKey::from_hex(value));
+        out
+    }
+}
+
+impl DedupKey {
+    /// The key's 16 bytes as 32 lowercase hex digits (as the event history shows it).
+    pub fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The key of 32 hex digits ([`to_hex`](Self::to_hex)'s form).
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 32 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
 // Seed tweaks per key kind, so a header value and a body with the same bytes never share a key.
 const KIND_STRING: u64 = 0x7374_7269_6e67_0001;
 const KIND_JSON: u64 = 0x6a73_6f6e_0000_0002;
@@ -272,6 +323,30 @@ impl JsonPointer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_is_found_by_the_value_the_sender_sent_or_its_hex() {
+        let spec: DedupKeySpec = "/generation_id".parse().unwrap();
+        let body = serde_json::json!({"generation_id": "g-1", "n": 7});
+        let key = spec
+            .extract("r", &HeaderMap::new(), None, Some(&body))
+            .unwrap();
+        assert!(spec.candidates("r", "g-1").contains(&key));
+        assert!(!spec.candidates("other", "g-1").contains(&key));
+        assert_eq!(DedupKey::from_hex(&key.to_hex()), Some(key));
+        assert!(spec.candidates("r", &key.to_hex()).contains(&key));
+        let number: DedupKeySpec = "/n".parse().unwrap();
+        let key = number
+            .extract("r", &HeaderMap::new(), None, Some(&body))
+            .unwrap();
+        assert!(number.candidates("r", "7").contains(&key));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-id", "abc".parse().unwrap());
+        let spec: DedupKeySpec = "header:x-id".parse().unwrap();
+        let key = spec.extract("r", &headers, None, None).unwrap();
+        assert!(spec.candidates("r", "abc").contains(&key));
+        assert_eq!(DedupKey::from_hex("zz"), None);
+    }
+
     use super::*;
     use http::HeaderValue;
     use serde_json::json;

@@ -278,6 +278,40 @@ impl Deliverer {
         Ok(())
     }
 
+    /// Takes over an event a replay made pending again (from the dead letters if `was_dead`):
+    /// queued for an attempt now (a shared spool's instances claim it themselves).
+    pub(crate) fn replayed(&self, event: Event, was_dead: bool) {
+        let inner = &self.inner;
+        if inner.shared {
+            return;
+        }
+        if was_dead {
+            inner.metrics.dead_letters.dec();
+        }
+        inner.metrics.spool_depth.inc();
+        let (due, id) = (event.next_attempt_ms, event.id);
+        inner.keep_hot(event);
+        inner.push(due, id);
+    }
+
+    /// Counts an event of a replay job: queued for delivery again, or skipped.
+    pub(crate) fn count_replay(&self, queued: bool) {
+        let m = &self.inner.metrics;
+        if queued {
+            m.replay_queued.inc();
+        } else {
+            m.replay_skipped.inc();
+        }
+    }
+
+    /// Sets `hookgate_events_retained` of the route.
+    pub(crate) fn set_retained(&self, n: u64) {
+        self.inner
+            .metrics
+            .retained
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// Replays every dead letter of the route; returns how many. One replayed concurrently by
     /// someone else is not counted twice.
     pub async fn replay_all(&self) -> Result<usize, SpoolError> {
@@ -717,6 +751,7 @@ async fn settle_attempt(
                 m.spool_depth.dec();
             }
             tracing::debug!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
+            replay_settled(inner, &event, "delivered");
             // Not awaited: nobody waits on this record (the writer logs a failed commit), and
             // losing it only means one repeat after a restart.
             inner.spool.forget_delivered(&event);
@@ -762,6 +797,27 @@ async fn settle_attempt(
     }
 }
 
+/// Counts a replayed event's end (`delivered`, or `failed`: dead-lettered) in the metrics and
+/// in its replay job's counter (wherever the job runs).
+fn replay_settled(inner: &Inner, event: &Event, result: &str) {
+    let Some(job) = &event.replay else {
+        return;
+    };
+    let m = &inner.metrics;
+    match result {
+        "delivered" => m.replay_delivered.inc(),
+        _ => m.replay_failed.inc(),
+    }
+    if crate::history::counted(job) {
+        // Not awaited: progress, not an event.
+        drop(
+            inner
+                .spool
+                .meta_add(&crate::history::counter_key(job, result), 1),
+        );
+    }
+}
+
 /// How long a dead letter that could not be stored waits before the next try.
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 
@@ -778,6 +834,7 @@ async fn dead_letter(inner: &Arc<Inner>, event: Event, outcome: &str, reason: &s
                 m.dead_letters.inc();
             }
             tracing::warn!(%route, event_id = %id, attempt = event.attempts, outcome, reason, "event dead-lettered");
+            replay_settled(inner, &event, "failed");
         }
         // Delivered or dead-lettered already by a duplicate schedule: counted there.
         Err(SpoolError::NotFound(_)) => {}
@@ -1074,6 +1131,24 @@ mod tests {
         }
         fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>> {
             self.spool.replay(id, job)
+        }
+        fn retained(&self) -> SpoolFuture<'_, Vec<(String, u64)>> {
+            self.spool.retained()
+        }
+        fn meta_get(&self, key: &str) -> SpoolFuture<'_, Option<Vec<u8>>> {
+            self.spool.meta_get(key)
+        }
+        fn meta_put(&self, key: &str, value: Option<Vec<u8>>) -> Completion {
+            self.spool.meta_put(key, value)
+        }
+        fn meta_list(&self, prefix: &str) -> SpoolFuture<'_, Vec<(String, Vec<u8>)>> {
+            self.spool.meta_list(prefix)
+        }
+        fn meta_add(&self, key: &str, by: i64) -> Completion<i64> {
+            self.spool.meta_add(key, by)
+        }
+        fn meta_counter(&self, key: &str) -> SpoolFuture<'_, i64> {
+            self.spool.meta_counter(key)
         }
         fn stats(&self) -> SpoolStats {
             self.spool.stats()

@@ -11,6 +11,15 @@
 //! | `POST /dead-letters/replay[?route=NAME]` | moves all (of a route) back |
 //! | `DELETE /dead-letters/{id}` | deletes one |
 //! | `DELETE /dead-letters[?route=NAME]` | deletes all (of a route) |
+//! | `GET /events?route=&status=&since=&until=&key=&where=&order=&limit=&after=` | a page of the event history ([`crate::history`]) |
+//! | `GET /events/{id}` | one event: headers, body, attempts |
+//! | `POST /events/{id}/replay` | sends it again |
+//! | `POST /replays` (the filters and `rate`, as a query or a JSON body) | starts a replay job: 202 `{"id", "matched"}` |
+//! | `GET /replays`, `GET /replays/{id}` | replay jobs and their progress |
+//! | `DELETE /replays/{id}` | cancels one |
+//!
+//! The dead-letter paths are the history's `status=dead` view, kept for the tools that use
+//! them.
 //!
 //! With `admin_token` set, every request but `/metrics`, `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>` (401 otherwise).
@@ -27,6 +36,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::deliver::Deliverer;
+use crate::history::{HistoryError, Params};
 use crate::store::{Event, EventSummary, Spool, SpoolError};
 
 /// The admin application.
@@ -225,6 +235,62 @@ fn refuse_mutation(headers: &http::HeaderMap) -> Option<Response<Vec<u8>>> {
     None
 }
 
+/// The most bytes of a request body the admin API reads (`POST /replays`' parameters).
+const MAX_BODY: usize = 64 << 10;
+
+/// The request's body, at most [`MAX_BODY`] (413 beyond).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Refusal> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    let _ = session.drain_request_body().await;
+                    return Err(Box::new(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("an admin request's body is at most {MAX_BODY} bytes"),
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("cannot read the request body: {e}"),
+                )))
+            }
+        }
+    }
+}
+
+/// The parameters in a JSON body (none for an empty one or `{}`).
+fn body_params(body: &[u8]) -> Result<Params, HistoryError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Params::default());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| HistoryError::bad_request(format!("the body is not JSON: {e}")))?;
+    Params::from_json(&value)
+}
+
+fn history_error(e: &HistoryError) -> Response<Vec<u8>> {
+    json(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.body(),
+    )
+}
+
+/// The history's answer: `ok` with its JSON, or its error.
+fn answer(result: Result<serde_json::Value, HistoryError>, ok: StatusCode) -> Response<Vec<u8>> {
+    match result {
+        Ok(v) => json(ok, &v),
+        Err(e) => history_error(&e),
+    }
+}
+
 /// `?a=b&c=d` into pairs (values percent-decoded).
 fn query(q: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
@@ -235,8 +301,12 @@ fn query(q: Option<&str>) -> HashMap<String, String> {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        // No admin request has a body; reading what a client sent keeps the connection usable.
-        let _ = session.drain_request_body().await;
+        // Only `POST /replays` reads a body (its parameters, bounded); what any other request
+        // sent is read and dropped, which keeps the connection usable.
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(res) => return *res,
+        };
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_owned();
@@ -313,9 +383,42 @@ impl ServeHttp for Admin {
                     .await
             }
             (Method::POST, ["reload"]) => self.reload().await,
+            (Method::GET, ["events"]) => {
+                let p = Params::from_query(req.uri.query().unwrap_or(""));
+                answer(self.shared.history.events(&p).await, StatusCode::OK)
+            }
+            (Method::GET, ["events", id]) => {
+                answer(self.shared.history.event(id).await, StatusCode::OK)
+            }
+            (Method::POST, ["events", id, "replay"]) => {
+                answer(self.shared.history.replay(id).await, StatusCode::OK)
+            }
+            (Method::POST, ["replays"]) => {
+                let mut p = Params::from_query(req.uri.query().unwrap_or(""));
+                match body_params(&body) {
+                    Ok(more) => p.0.extend(more.0),
+                    Err(e) => return history_error(&e),
+                }
+                answer(
+                    self.shared.history.start_replay(&p).await,
+                    StatusCode::ACCEPTED,
+                )
+            }
+            (Method::GET, ["replays"]) => {
+                answer(self.shared.history.replays().await, StatusCode::OK)
+            }
+            (Method::GET, ["replays", id]) => {
+                answer(self.shared.history.replay_job(id).await, StatusCode::OK)
+            }
+            (Method::DELETE, ["replays", id]) => {
+                answer(self.shared.history.cancel_replay(id).await, StatusCode::OK)
+            }
             (Method::POST, ["dead-letters", id, "replay"]) => self.one(id, true).await,
             (Method::DELETE, ["dead-letters", id]) => self.one(id, false).await,
-            (_, ["metrics" | "healthz" | "readyz" | "reload"])
+            (_, ["metrics" | "healthz" | "readyz" | "reload" | "events" | "replays"])
+            | (_, ["events", _])
+            | (_, ["events", _, "replay"])
+            | (_, ["replays", _])
             | (_, ["dead-letters"])
             | (_, ["dead-letters", "replay"])
             | (_, ["dead-letters", _, "replay"])

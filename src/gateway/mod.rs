@@ -152,6 +152,8 @@ pub(crate) struct Shared {
     pub spool: Arc<dyn Spool>,
     pub allow_entries: prometheus::IntGaugeVec,
     pub allow_failures: prometheus::IntCounterVec,
+    /// The event history's query and replay API (the admin listener's `/events`, `/replays`).
+    pub history: crate::history::History,
 }
 
 impl std::fmt::Debug for Shared {
@@ -171,6 +173,17 @@ impl Shared {
     ) {
         let mut all = (**self.deliverers.load()).clone();
         all.extend(deliverers);
+        // Replays reach every deliverer running (a removed route's too, until the stop); a
+        // route's dedup key finds its events by key.
+        let keys: HashMap<&str, &crate::core::DedupKeySpec> = routes
+            .values()
+            .map(|r| (r.name.as_str(), &r.dedup_key))
+            .collect();
+        self.history
+            .set_routes(all.values().map(|d| crate::history::HistoryRoute {
+                deliverer: d.clone(),
+                dedup: keys.get(d.route()).map(|k| (*k).clone()),
+            }));
         self.deliverers.store(Arc::new(all));
         self.routes.store(Arc::new(routes));
     }
@@ -315,8 +328,11 @@ fn build(config: &Config) -> Result<Built, StartError> {
         spool: storage.spool.clone(),
         allow_entries: own.allow_entries.clone(),
         allow_failures: own.allow_failures.clone(),
+        history: crate::history::History::new(storage.spool.clone()),
     });
     let mut workers: Vec<Background> = storage.background;
+    // Replay jobs: resumed after a restart, handed over from an instance that died.
+    workers.push(Box::pin(shared.history.clone().run()));
     let set = build_routes(config, &shared, &HashMap::new()).map_err(storage_error)?;
     workers.extend(set.workers);
     let refreshers = set.refreshers;

@@ -85,6 +85,7 @@ pub async fn spool<S: Spool + ?Sized>(open: impl Fn(Bounds) -> Arc<S>) {
     .await;
     oldest_pending_is_per_route(&*open(ROOMY)).await;
     history_finds_pages_and_replays(&*open(ROOMY)).await;
+    records_counters_and_leases(&*open(ROOMY)).await;
     retention_drops_delivered_events_only(&*open(Bounds {
         retention: SHORT_RETENTION,
         ..ROOMY
@@ -457,7 +458,7 @@ async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
         "until"
     );
     let key = EventFilter {
-        keys: Some([("s".to_string(), DedupKey::from_u128(7).to_bytes())].into()),
+        keys: Some([("s".to_string(), vec![DedupKey::from_u128(7).to_bytes()])].into()),
         ..EventFilter::default()
     };
     assert_eq!(
@@ -543,6 +544,67 @@ async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
         all_pages(spool, query(EventFilter::default())).await,
         ids(&all),
         "a replayed event is listed once"
+    );
+}
+
+/// The gateway's records (written, listed by prefix, deleted), counters (added to from zero)
+/// and leases (held by one owner until they lapse), and what each route retains.
+async fn records_counters_and_leases<S: Spool + ?Sized>(spool: &S) {
+    assert_eq!(spool.meta_get("replay/a").await.expect("get"), None);
+    spool
+        .meta_put("replay/a", Some(b"one".to_vec()))
+        .await
+        .expect("put");
+    spool
+        .meta_put("replay/b", Some(b"two".to_vec()))
+        .await
+        .expect("put");
+    spool
+        .meta_put("other", Some(b"three".to_vec()))
+        .await
+        .expect("put");
+    assert_eq!(
+        spool.meta_get("replay/a").await.expect("get").as_deref(),
+        Some(&b"one"[..])
+    );
+    assert_eq!(
+        spool.meta_list("replay/").await.expect("list"),
+        [
+            ("replay/a".to_string(), b"one".to_vec()),
+            ("replay/b".to_string(), b"two".to_vec())
+        ]
+    );
+    spool.meta_put("replay/a", None).await.expect("delete");
+    assert_eq!(spool.meta_list("replay/").await.expect("list").len(), 1);
+    assert_eq!(spool.meta_counter("n").await.expect("counter"), 0);
+    assert_eq!(spool.meta_add("n", 2).await.expect("add"), 2);
+    let (a, b) = tokio::join!(spool.meta_add("n", 1), spool.meta_add("n", 1));
+    assert_eq!(a.expect("add").max(b.expect("add")), 4, "no add lost");
+    assert_eq!(spool.meta_counter("n").await.expect("counter"), 4);
+    let ttl = Duration::from_millis(300);
+    assert!(spool.lease("job", "me", ttl).await.expect("lease"));
+    assert!(spool.lease("job", "me", ttl).await.expect("renew"));
+    if spool.shared().is_some() {
+        assert!(
+            !spool.lease("job", "you", ttl).await.expect("lease"),
+            "held"
+        );
+        tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+        assert!(
+            spool.lease("job", "you", ttl).await.expect("lease"),
+            "lapsed"
+        );
+    }
+    // What each route keeps: every event, whatever its status.
+    let (a, b, c) = (event("r"), event("r"), event("s"));
+    for e in [&a, &b, &c] {
+        spool.append(e).await.expect("append");
+    }
+    spool.delivered(&a).await.expect("delivered");
+    spool.dead_letter(&b).await.expect("dead letter");
+    assert_eq!(
+        spool.retained().await.expect("retained"),
+        [("r".to_string(), 2), ("s".to_string(), 1)]
     );
 }
 

@@ -92,8 +92,8 @@ pub struct EventFilter {
     /// Received before, in Unix milliseconds.
     pub until_ms: Option<u64>,
     /// The dedup key, per route (its 16 bytes, as the route's key spec hashes the sender's
-    /// value): an event of a route not named here does not match.
-    pub keys: Option<HashMap<String, [u8; 16]>>,
+    /// value; any of them): an event of a route not named here does not match.
+    pub keys: Option<HashMap<String, Vec<[u8; 16]>>>,
     /// JSON pointers into the body and the value each must equal (a string given also matches
     /// a JSON string of that text).
     pub matches: Vec<(JsonPointer, Value)>,
@@ -115,7 +115,7 @@ impl EventFilter {
             && self.until_ms.is_none_or(|t| received_ms < t)
             && self.keys.as_ref().is_none_or(|keys| {
                 keys.get(route)
-                    .is_some_and(|k| dedup.is_some_and(|d| d == k))
+                    .is_some_and(|k| dedup.is_some_and(|d| k.contains(d)))
             })
     }
 
@@ -257,7 +257,7 @@ mod tests {
             status: Some(DeliveryStatus::Delivered),
             since_ms: Some(10),
             until_ms: Some(20),
-            keys: Some([("r".to_string(), [1; 16])].into()),
+            keys: Some([("r".to_string(), vec![[1; 16]])].into()),
             matches: vec![
                 (
                     JsonPointer::parse("/status"),

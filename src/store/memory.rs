@@ -42,6 +42,9 @@ struct State {
     index: BTreeMap<Uuid, String>,
     /// Bytes of the delivered events kept.
     done_bytes: u64,
+    /// The gateway's records and counters.
+    meta: BTreeMap<String, Vec<u8>>,
+    counters: std::collections::HashMap<String, i64>,
     /// Expiry, then key: the expired ones sort first.
     dedup: BTreeSet<(u64, [u8; 16])>,
     bytes: u64,
@@ -386,14 +389,68 @@ impl Spool for MemorySpool {
     fn probe(&self) -> Completion {
         Completion::ready(Ok(()))
     }
+
+    fn retained(&self) -> SpoolFuture<'_, Vec<(String, u64)>> {
+        let mut s = self.lock();
+        self.retain(&mut s);
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for route in s.index.values() {
+            *counts.entry(route.clone()).or_default() += 1;
+        }
+        Box::pin(async move { Ok(counts.into_iter().collect()) })
+    }
+
+    fn meta_get(&self, key: &str) -> SpoolFuture<'_, Option<Vec<u8>>> {
+        let got = self.lock().meta.get(key).cloned();
+        Box::pin(async move { Ok(got) })
+    }
+
+    fn meta_put(&self, key: &str, value: Option<Vec<u8>>) -> Completion {
+        let mut s = self.lock();
+        match value {
+            Some(v) => s.meta.insert(key.to_owned(), v),
+            None => s.meta.remove(key),
+        };
+        Completion::ready(Ok(()))
+    }
+
+    fn meta_list(&self, prefix: &str) -> SpoolFuture<'_, Vec<(String, Vec<u8>)>> {
+        let listed = self
+            .lock()
+            .meta
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Box::pin(async move { Ok(listed) })
+    }
+
+    fn meta_add(&self, key: &str, by: i64) -> Completion<i64> {
+        let mut s = self.lock();
+        let n = s.counters.entry(key.to_owned()).or_default();
+        *n = n.saturating_add(by);
+        Completion::ready(Ok(*n))
+    }
+
+    fn meta_counter(&self, key: &str) -> SpoolFuture<'_, i64> {
+        let n = self.lock().counters.get(key).copied().unwrap_or(0);
+        Box::pin(async move { Ok(n) })
+    }
 }
 
 /// Opens the `memory` backend: an empty [`MemorySpool`] and a dedup store of `dedup_capacity`.
-pub fn open(max_events: u64, max_bytes: u64, dedup_capacity: usize, metrics: &Metrics) -> Storage {
+/// Delivered events stay `retention`.
+pub fn open(
+    max_events: u64,
+    max_bytes: u64,
+    dedup_capacity: usize,
+    retention: Duration,
+    metrics: &Metrics,
+) -> Storage {
     let dedup = MemoryDedupStore::with_metrics(dedup_capacity, metrics);
     Storage {
         backend: "memory",
-        spool: Arc::new(MemorySpool::new(max_events, max_bytes)),
+        spool: Arc::new(MemorySpool::new(max_events, max_bytes).with_retention(retention)),
         dedup: SharedDedupStore::new(dedup.clone()),
         background: vec![Box::pin(dedup.sweep_every(Duration::from_secs(30)))],
     }

@@ -159,6 +159,18 @@ impl Config {
                 "must be between 100ms and 1h".into(),
             ));
         }
+        if self.store.retention < Duration::from_secs(1) {
+            errors.push(invalid(
+                "store.retention".into(),
+                "must be at least 1s".into(),
+            ));
+        }
+        if self.store.retention_max_size.as_u64() < (1 << 20) {
+            errors.push(invalid(
+                "store.retention_max_size".into(),
+                "must be at least 1MiB".into(),
+            ));
+        }
         errors.extend(self.check_store());
         if s.max_connections == 0 {
             errors.push(invalid(

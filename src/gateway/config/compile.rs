@@ -57,7 +57,11 @@ impl Config {
                     .with_max_bytes(s.spool_max_size.as_u64())
                     .with_memory(self.store.memory.as_u64())
                     .with_write_retry(self.store.write_retry)
-                    .with_min_free(self.store.min_free_space.bytes()),
+                    .with_min_free(self.store.min_free_space.bytes())
+                    .with_retention(
+                        self.store.retention,
+                        Some(self.store.retention_max_size.as_u64()),
+                    ),
                 s.dedup_capacity,
                 metrics,
             ),
@@ -65,6 +69,7 @@ impl Config {
                 s.spool_max_events,
                 s.spool_max_size.as_u64(),
                 s.dedup_capacity,
+                self.store.retention,
                 metrics,
             )),
             #[cfg(feature = "redis")]
@@ -81,6 +86,7 @@ impl Config {
                 config.wait_replicas = st.wait_replicas;
                 config.max_events = s.spool_max_events;
                 config.max_bytes = s.spool_max_size.as_u64();
+                config.retention = self.store.retention;
                 crate::store::redis::open(config, metrics)
             }
             #[cfg(not(feature = "redis"))]

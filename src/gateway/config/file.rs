@@ -150,6 +150,14 @@ pub struct Store {
     /// (new events get 503 at once meanwhile).
     #[serde(with = "humantime_serde")]
     pub write_retry: Duration,
+    /// How long delivered events stay in the history (`GET /events`, replays), counted from
+    /// their receipt (default 72h). Pending and dead events are never dropped for it.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// `embedded`: the most the history may take on disk (default 1GiB; the oldest delivered
+    /// events go first). Below `min_free_space` the history yields before any new event is
+    /// refused.
+    pub retention_max_size: Size,
 }
 
 /// `min_free_space`: `"auto"` or a size.
@@ -201,6 +209,8 @@ impl Default for Store {
             wait_replicas: 0,
             min_free_space: FreeSpace::Auto,
             write_retry: Duration::from_secs(1),
+            retention: Duration::from_secs(72 * 3600),
+            retention_max_size: Size(1 << 30),
         }
     }
 }

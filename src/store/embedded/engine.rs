@@ -11,8 +11,8 @@
 //! | `engine.old/` | the database a rebuild replaced, until it is removed |
 //! | `hookgate.lock` | held while a process has the spool open |
 //!
-//! A rebuild copies what is live (pending events, dead letters, unexpired dedup keys, replay
-//! jobs, and the history still kept) into a
+//! A rebuild copies what is live (pending events, dead letters, unexpired dedup keys, the
+//! gateway's records, and the history still kept) into a
 //! fresh database beside the engine, written straight into tables (no journal), then swaps the
 //! two directories. fjall deletes a journal only once it passed 64 MB and was flushed: on a
 //! small filesystem nothing else gives the journal's space back; and after a failed write the
@@ -66,7 +66,7 @@ pub(super) struct Engine {
     pub done: fjall::Keyspace,
     pub kept: fjall::Keyspace,
     pub dedup: fjall::Keyspace,
-    pub jobs: fjall::Keyspace,
+    pub meta: fjall::Keyspace,
 }
 
 /// How the engine is opened: its memory budget.
@@ -143,12 +143,16 @@ impl Engine {
             move || fjall::KeyspaceCreateOptions::default().max_memtable_size(size)
         };
         Ok(Self {
-            events: db.keyspace("events", memtable(2))?,
+            // Records are read by id only when they exist (a bloom filter would only cost
+            // its building at each flush and compaction), and written once: no filter.
+            events: db.keyspace("events", || {
+                memtable(2)().filter_policy(fjall::config::FilterPolicy::disabled())
+            })?,
             live: db.keyspace("live", memtable(8))?,
             done: db.keyspace("done", memtable(8))?,
             kept: db.keyspace("kept", memtable(32))?,
             dedup: db.keyspace("dedup", memtable(8))?,
-            jobs: db.keyspace("jobs", memtable(64))?,
+            meta: db.keyspace("meta", memtable(64))?,
             db,
         })
     }
@@ -177,13 +181,13 @@ impl Engine {
             tables: self.history_bytes()
                 + self.live.disk_space()
                 + self.dedup.disk_space()
-                + self.jobs.disk_space(),
+                + self.meta.disk_space(),
         })
     }
 
     /// Copies everything live, but what `skip` names, into a fresh database at `to` (removed
     /// first if a previous try left it), straight into its tables, synced and marked complete:
-    /// the pending and dead events, the unexpired dedup keys, the replay jobs, and the history
+    /// the pending and dead events, the unexpired dedup keys, the gateway's records, and the history
     /// from `history_from` on (the records of older events still live go to `kept`). Returns
     /// the bytes written (records' keys and values).
     pub fn copy_live(
@@ -230,7 +234,7 @@ impl Engine {
             let id_skip: HashSet<Vec<u8>> = skipped.iter().map(|k| k.to_vec()).collect();
             written += ingest(self.events.range(from..), &fresh.events, &id_skip)?;
             written += ingest(self.done.range(from..), &fresh.done, &none)?;
-            written += ingest(self.jobs.iter(), &fresh.jobs, &none)?;
+            written += ingest(self.meta.iter(), &fresh.meta, &none)?;
             // Expired dedup keys sort first: they are left behind.
             written += ingest(
                 self.dedup.range(expired_until()..),

@@ -7,7 +7,7 @@
 //! | `done` | id | the state a delivered event ended with | at delivery |
 //! | `kept` | id | the record of a pending or dead event older than the retention | before retention drops its range |
 //! | `dedup` | expiry (8 bytes, big endian), key (16 bytes) | empty | at append |
-//! | `jobs` | job id | a replay job ([`super::jobs`]) | as it runs |
+//! | `meta` | `r/` key, `n/` key, `t/` route `0` minute | the gateway's records (replay jobs), counters, and how many events each route received each minute | as they change; the minutes with each batch of appends |
 //!
 //! Why this shape: ids are UUIDv7, so `events` and `done` grow at their end, in time order. A
 //! status change is a few bytes in `live` or `done`, never the record again. Retention drops
@@ -91,6 +91,41 @@ pub(super) fn route_of(key: &[u8]) -> Option<&str> {
 
 pub(super) use crate::store::history::first_id_at;
 
+/// The key of the gateway's record `key` in `meta`.
+pub(super) fn meta_record(key: &str) -> Vec<u8> {
+    [b"r/".as_slice(), key.as_bytes()].concat()
+}
+
+/// The key of counter `key` in `meta`.
+pub(super) fn meta_counter(key: &str) -> Vec<u8> {
+    [b"n/".as_slice(), key.as_bytes()].concat()
+}
+
+/// The prefix of every tally in `meta`.
+pub(super) const TALLY: &[u8] = b"t/";
+
+/// The key of `route`'s tally of minute `minute` (since the epoch) in `meta`.
+pub(super) fn tally_key(route: &str, minute: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(route.len() + 11);
+    k.extend_from_slice(TALLY);
+    k.extend_from_slice(route.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&minute.to_be_bytes());
+    k
+}
+
+/// The route and minute of a tally key.
+pub(super) fn decode_tally_key(k: &[u8]) -> Option<(String, u64)> {
+    let rest = k.strip_prefix(TALLY)?;
+    let split = rest.len().checked_sub(9)?;
+    if rest.get(split) != Some(&0) {
+        return None;
+    }
+    let route = std::str::from_utf8(&rest[..split]).ok()?.to_owned();
+    let minute = u64::from_be_bytes(rest[split + 1..].try_into().ok()?);
+    Some((route, minute))
+}
+
 /// A persisted dedup key: the expiry (big endian) then the key.
 pub(super) fn dedup_key(d: &DedupRecord) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -133,5 +168,10 @@ mod tests {
             expires_ms: 5,
         };
         assert_eq!(decode_dedup_key(&dedup_key(&d)), Some(d));
+        assert_eq!(
+            decode_tally_key(&tally_key("r/0", 29_000_000)),
+            Some(("r/0".to_owned(), 29_000_000))
+        );
+        assert!(tally_key("a", 2) < tally_key("a", 10));
     }
 }

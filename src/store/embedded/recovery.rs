@@ -189,8 +189,11 @@ pub(super) fn refuse(s: &Shared, op: Op, held: &mut Vec<Op>) {
         | Op::Probe { reply } => {
             let _ = reply.send(refusal());
         }
-        Op::Keep { reply, .. } => {
+        Op::Keep { reply, .. } | Op::MetaAdd { reply, .. } => {
             let _ = reply.send(refusal().map(|()| 0));
+        }
+        Op::Meta { reply, .. } => {
+            let _ = reply.send(refusal());
         }
         op @ (Op::Sweep { .. } | Op::Deferred) => held.push(op),
     }

@@ -196,6 +196,10 @@ pub(super) struct Shared {
     /// Whether `kept` may hold records (it is empty unless retention passed a live event): a
     /// delivery reads it only then.
     pub(super) kept_any: AtomicBool,
+    /// How many events each route received each minute (since the epoch) still in the
+    /// history: what `retained` sums. Kept in `meta` too, changed only by the writer.
+    pub(super) tally:
+        Mutex<std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>>,
 }
 
 #[derive(Default)]
@@ -351,6 +355,19 @@ impl EmbeddedSpool {
         sweep_at_open(&engine, config.durability)?;
         let (pending_count, dead_count, bytes) = Shared::count(&engine)?;
         let kept_any = engine.kept.first_key_value().is_some();
+        let mut tally: std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>> =
+            std::collections::HashMap::new();
+        for kv in engine.meta.prefix(keys::TALLY) {
+            let (k, v) = kv.into_inner()?;
+            if let (Some((route, minute)), Ok(n)) =
+                (keys::decode_tally_key(&k), <[u8; 8]>::try_from(&v[..]))
+            {
+                tally
+                    .entry(route)
+                    .or_default()
+                    .insert(minute, u64::from_le_bytes(n));
+            }
+        }
         let measure = match engine.measure(&path) {
             Ok(m) if m.total > 0 => Some(m),
             // Some file systems (FUSE ones among them) report no size at all.
@@ -391,6 +408,7 @@ impl EmbeddedSpool {
             oldest_hint: Mutex::new(OldestHint::default()),
             history_from: AtomicU64::new(0),
             kept_any: AtomicBool::new(kept_any),
+            tally: Mutex::new(tally),
         });
         // Bounded so a stalled disk pushes back on appends instead of growing memory.
         let (tx, rx) = mpsc::sync_channel(MAX_GROUP * 4);
@@ -1065,6 +1083,71 @@ impl Spool for EmbeddedSpool {
             let _ = tx.send(done.await.map(|()| Some((event, status))));
         });
         Completion::waiting(out)
+    }
+
+    fn retained(&self) -> SpoolFuture<'_, Vec<(String, u64)>> {
+        let from = self.visible_from_ms() / 60_000;
+        let mut counts: Vec<(String, u64)> = lock(&self.shared.tally)
+            .iter()
+            .map(|(route, minutes)| (route.clone(), minutes.range(from..).map(|(_, n)| n).sum()))
+            .collect();
+        counts.sort();
+        Box::pin(async move { Ok(counts) })
+    }
+
+    fn meta_get(&self, key: &str) -> SpoolFuture<'_, Option<Vec<u8>>> {
+        let got = self
+            .shared
+            .engine()
+            .and_then(|e| Ok(e.meta.get(keys::meta_record(key))?))
+            .map(|v| v.map(|v| v.to_vec()));
+        Box::pin(async move { got })
+    }
+
+    fn meta_put(&self, key: &str, value: Option<Vec<u8>>) -> Completion {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::Meta {
+                key: keys::meta_record(key),
+                value,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn meta_list(&self, prefix: &str) -> SpoolFuture<'_, Vec<(String, Vec<u8>)>> {
+        let listed = self.shared.engine().and_then(|e| {
+            e.meta
+                .prefix(keys::meta_record(prefix))
+                .map(|kv| {
+                    let (k, v) = kv.into_inner()?;
+                    let key = String::from_utf8_lossy(&k[2..]).into_owned();
+                    Ok((key, v.to_vec()))
+                })
+                .collect()
+        });
+        Box::pin(async move { listed })
+    }
+
+    fn meta_add(&self, key: &str, by: i64) -> Completion<i64> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            Op::MetaAdd {
+                key: keys::meta_counter(key),
+                by,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn meta_counter(&self, key: &str) -> SpoolFuture<'_, i64> {
+        let got = self
+            .shared
+            .engine()
+            .and_then(|e| writer::read_counter(&e.meta, &keys::meta_counter(key)));
+        Box::pin(async move { got })
     }
 
     fn probe(&self) -> Completion {

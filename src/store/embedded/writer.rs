@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::engine::Engine;
 use super::keys::{
     dedup_key, expired_until, id_of, live_key, live_prefix, record_key, route_of, space_prefix,
-    Space,
+    tally_key, Space,
 };
 use super::recovery::{fail, rebuild, recover, wants_rebuild, Failure, Owed, Rebuilt, Why};
 use super::spool::{lock, persist_mode, Shared};
@@ -74,8 +74,21 @@ pub(super) enum Op {
     /// Deletes a dead letter and its record, if present.
     Purge { live: fjall::Slice, reply: Reply },
     /// Copies to `kept` the records of pending and dead events older than `below`, synced,
-    /// before retention drops the range holding them; answers how many.
-    Keep { below: Uuid, reply: Reply<usize> },
+    /// before retention drops the range holding them, and drops the tallies of the minutes
+    /// before it; answers how many records it copied.
+    Keep { below: Uuid, reply: Reply<i64> },
+    /// Writes (or, `None`, deletes) one of the gateway's records in `meta`, synced.
+    Meta {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        reply: Reply,
+    },
+    /// Adds to a counter in `meta`; answers its new value.
+    MetaAdd {
+        key: Vec<u8>,
+        by: i64,
+        reply: Reply<i64>,
+    },
     /// Commits nothing, at the spool's full durability.
     Probe { reply: Reply },
     /// Removes the expired dedup keys, a chunk per batch; answers how many.
@@ -382,8 +395,12 @@ struct Batch<'a> {
     bytes: u64,
     /// Appends in the batch: the `live` key, and the dedup record's key if any.
     appended: Vec<(fjall::Slice, Option<[u8; 24]>)>,
-    /// Whether something in it must reach the disk before it is answered (a `Keep`).
+    /// Whether something in it must reach the disk before it is answered (a `Keep`, a record).
     synced: bool,
+    /// Counters written earlier in this batch: their value now.
+    counters: HashMap<Vec<u8>, i64>,
+    /// Appends per route and minute, for the tallies.
+    appends: HashMap<(String, u64), u64>,
 }
 
 impl<'a> Batch<'a> {
@@ -460,8 +477,8 @@ impl<'a> Batch<'a> {
     }
 
     /// Adds `op` to the batch; its own answer if the commit succeeds (`Keep` answers how many
-    /// it copied, sent by the caller).
-    fn add(&mut self, s: &Shared, op: &mut Op) -> Result<usize, SpoolError> {
+    /// it copied, `MetaAdd` the counter's value).
+    fn add(&mut self, s: &Shared, op: &mut Op) -> Result<i64, SpoolError> {
         match op {
             Op::Append {
                 id,
@@ -481,6 +498,12 @@ impl<'a> Batch<'a> {
                     self.put(ks, d.to_vec(), b"".to_vec());
                 }
                 self.appended.push((live.clone(), dedup));
+                if let (Some(route), Some(ms)) = (route_of(live), id_ms(*id)) {
+                    *self
+                        .appends
+                        .entry((route.to_owned(), ms / 60_000))
+                        .or_default() += 1;
+                }
                 self.delta.pending += 1;
                 self.delta.bytes += size as i64;
                 self.delta.dequeued += 1;
@@ -548,9 +571,56 @@ impl<'a> Batch<'a> {
                 if copied > 0 {
                     s.kept_any.store(true, Ordering::Release);
                 }
-                Ok(copied)
+                let minute = id_ms(*below).unwrap_or(0) / 60_000;
+                let meta = &self.engine.meta;
+                for (route, minutes) in lock(&s.tally).iter() {
+                    for m in minutes.range(..minute).map(|(m, _)| *m) {
+                        self.delete(meta, tally_key(route, m));
+                    }
+                }
+                Ok(copied as i64)
+            }
+            Op::Meta { key, value, .. } => {
+                self.synced = true;
+                let meta = &self.engine.meta;
+                match value.take() {
+                    Some(v) => self.put(meta, key.clone(), v),
+                    None => self.delete(meta, key.clone()),
+                }
+                Ok(0)
+            }
+            Op::MetaAdd { key, by, .. } => {
+                let now = match self.counters.get(key) {
+                    Some(n) => *n,
+                    None => read_counter(&self.engine.meta, key)?,
+                }
+                .saturating_add(*by);
+                self.counters.insert(key.clone(), now);
+                let meta = &self.engine.meta;
+                self.put(meta, key.clone(), now.to_le_bytes().to_vec());
+                Ok(now)
             }
             Op::Probe { .. } | Op::Sweep { .. } | Op::Deferred => Ok(0),
+        }
+    }
+
+    /// Adds this batch's appends to the tallies of their route and minute (in memory only
+    /// once the batch commits: see [`note_tallies`]).
+    fn tally(&mut self, s: &Shared) {
+        let tallies = lock(&s.tally);
+        let mut writes = Vec::with_capacity(self.appends.len());
+        for ((route, minute), n) in &self.appends {
+            let before = tallies
+                .get(route)
+                .and_then(|m| m.get(minute))
+                .copied()
+                .unwrap_or(0);
+            writes.push((tally_key(route, *minute), before + n));
+        }
+        drop(tallies);
+        let meta = &self.engine.meta;
+        for (key, n) in writes {
+            self.put(meta, key, n.to_le_bytes().to_vec());
         }
     }
 
@@ -646,11 +716,14 @@ fn commit(
         bytes: 0,
         appended: Vec::new(),
         synced: false,
+        counters: HashMap::new(),
+        appends: HashMap::new(),
     };
-    let mut answers: Vec<Result<usize, SpoolError>> = Vec::with_capacity(ops.len());
+    let mut answers: Vec<Result<i64, SpoolError>> = Vec::with_capacity(ops.len());
     for op in ops.iter_mut() {
         answers.push(b.add(s, op));
     }
+    b.tally(s);
     let synced = b.synced
         || ops
             .iter()
@@ -688,6 +761,7 @@ fn commit(
         writes,
         bytes,
         appended,
+        appends,
         ..
     } = b;
     let result = if writes == 0 {
@@ -716,6 +790,7 @@ fn commit(
                 s.syncs.fetch_add(1, Ordering::AcqRel);
             }
             note_oldest(s, ops, &answers);
+            note_tallies(s, appends, ops);
         }
         Err(e) => {
             tracing::error!(error = %e, operations = ops.len() + written.len(), "spool commit failed")
@@ -734,10 +809,11 @@ fn commit(
             | Op::Replay { reply, .. }
             | Op::Purge { reply, .. }
             | Op::Probe { reply } => reply,
-            Op::Keep { reply, .. } => {
+            Op::Keep { reply, .. } | Op::MetaAdd { reply, .. } => {
                 let _ = reply.send(answer);
                 continue;
             }
+            Op::Meta { reply, .. } => reply,
             Op::Sweep { .. } | Op::Deferred => continue,
         };
         let _ = reply.send(answer.map(|_| ()));
@@ -768,7 +844,7 @@ fn commit(
 /// Keeps the oldest-pending search hints true after a commit: a replayed or revived event (an
 /// older id) resets them, and so does an append whose id is older than its route's hint (ids are
 /// made before their append is queued, so commits can land slightly out of id order).
-fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<usize, SpoolError>]) {
+fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<i64, SpoolError>]) {
     let mut hint = lock(&s.oldest_hint);
     if hint.by_route.is_empty() {
         return;
@@ -788,6 +864,31 @@ fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<usize, SpoolError>]) {
         hint.generation += 1;
         hint.by_route.clear();
     }
+}
+
+/// Applies a committed batch's appends to the tallies in memory, and a `Keep`'s cut.
+fn note_tallies(s: &Shared, appends: HashMap<(String, u64), u64>, ops: &[Op]) {
+    let mut tallies = lock(&s.tally);
+    for ((route, minute), n) in appends {
+        *tallies.entry(route).or_default().entry(minute).or_default() += n;
+    }
+    for op in ops {
+        if let Op::Keep { below, .. } = op {
+            let minute = id_ms(*below).unwrap_or(0) / 60_000;
+            for minutes in tallies.values_mut() {
+                *minutes = minutes.split_off(&minute);
+            }
+            tallies.retain(|_, m| !m.is_empty());
+        }
+    }
+}
+
+/// Counter `key`'s value in `meta` (0 when absent).
+pub(super) fn read_counter(meta: &fjall::Keyspace, key: &[u8]) -> Result<i64, SpoolError> {
+    Ok(meta
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+        .map_or(0, i64::from_le_bytes))
 }
 
 /// Adds `by` to `counter`; the writer is its only writer, so it never goes below zero.

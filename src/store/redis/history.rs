@@ -81,7 +81,7 @@ impl HistoryReader {
     }
 
     /// Every route that ever stored an event, by name.
-    async fn routes(&self) -> Result<Vec<String>, SpoolError> {
+    pub(super) async fn routes(&self) -> Result<Vec<String>, SpoolError> {
         let key = self.conn.key(&["routes"]);
         let mut routes: Vec<String> = self
             .conn

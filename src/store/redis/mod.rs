@@ -24,6 +24,9 @@
 //! | `{prefix}:hist:{route}` | stream | `u`, `e` (the record), `a` (its state as delivered): the delivered events, trimmed by `MINID` to the retention |
 //! | `{prefix}:hix:{route}` | sorted set | `{event id}\|{stream entry}`, by name: the history by id, for pages |
 //! | `{prefix}:dedup:{key}` | string | `c` (committed) or `r:{instance}` (in flight), with its TTL |
+//! | `{prefix}:meta` | hash | the gateway's records (replay jobs) by name |
+//! | `{prefix}:meta:n` | hash | the gateway's counters (a replay job's progress) |
+//! | `{prefix}:lease:{name}` | string | the instance running a job, with the lease's TTL |
 //!
 //! With the tower layers, open it and run its background tasks on your runtime:
 //!

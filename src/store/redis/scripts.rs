@@ -367,3 +367,22 @@ return 1
 "
     ))
 });
+
+/// KEYS: a lease. ARGV: the owner, the lease's time (ms). Takes the lease if nobody holds it,
+/// renews it if `owner` does; returns 1 if `owner` holds it now.
+pub(super) static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        frees!(),
+        r"
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+elseif holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"
+    ))
+});

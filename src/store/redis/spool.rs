@@ -24,8 +24,8 @@ use uuid::Uuid;
 use super::batch::{self, Append, Delivered, Limits};
 use super::history::{Found, HistoryReader};
 use super::scripts::{
-    DEAD_LETTER, HEARTBEAT, PROMOTE, PURGE, REMOVE_CONSUMER, REPLAY_DELIVERED, RESCHEDULE, REVIVE,
-    TRIM_HISTORY,
+    DEAD_LETTER, HEARTBEAT, LEASE, PROMOTE, PURGE, REMOVE_CONSUMER, REPLAY_DELIVERED, RESCHEDULE,
+    REVIVE, TRIM_HISTORY,
 };
 use super::{storage_error, Conn, RedisConfig};
 use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
@@ -1041,6 +1041,147 @@ impl Spool for RedisSpool {
                 }
             };
             found(answer, id).map(|()| Some((event, status)))
+        })
+    }
+
+    fn retained(&self) -> SpoolFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let routes = self.history_reader().routes().await?;
+            let (_, cut_u) = self.conn.history_cutoff();
+            let mut pipe = redis::pipe();
+            for route in &routes {
+                pipe.cmd("HLEN").arg(self.keys("ev", route));
+                pipe.cmd("ZCARD").arg(self.keys("deadix", route));
+                pipe.cmd("ZLEXCOUNT")
+                    .arg(self.keys("hix", route))
+                    .arg(format!("[{cut_u}"))
+                    .arg("+");
+            }
+            let counts: Vec<u64> = self
+                .conn
+                .run(
+                    "read",
+                    |mut c| async move { pipe.query_async(&mut c).await },
+                )
+                .await?;
+            Ok(routes
+                .into_iter()
+                .zip(counts.chunks(3))
+                .map(|(route, n)| (route, n.iter().sum()))
+                .collect())
+        })
+    }
+
+    fn meta_get(&self, key: &str) -> SpoolFuture<'_, Option<Vec<u8>>> {
+        let (meta, field) = (self.conn.key(&["meta"]), key.to_owned());
+        Box::pin(async move {
+            self.conn
+                .run("read", |mut c| async move {
+                    redis::cmd("HGET")
+                        .arg(&meta)
+                        .arg(&field)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await
+        })
+    }
+
+    fn meta_put(&self, key: &str, value: Option<Vec<u8>>) -> Completion {
+        let (conn, meta, field) = (self.conn.clone(), self.conn.key(&["meta"]), key.to_owned());
+        spawn(&self.conn, async move {
+            conn.run("meta", |mut c| async move {
+                match value {
+                    Some(v) => {
+                        redis::cmd("HSET")
+                            .arg(&meta)
+                            .arg(&field)
+                            .arg(v)
+                            .query_async::<()>(&mut c)
+                            .await
+                    }
+                    None => {
+                        redis::cmd("HDEL")
+                            .arg(&meta)
+                            .arg(&field)
+                            .query_async::<()>(&mut c)
+                            .await
+                    }
+                }
+            })
+            .await
+        })
+    }
+
+    fn meta_list(&self, prefix: &str) -> SpoolFuture<'_, Vec<(String, Vec<u8>)>> {
+        let (meta, prefix) = (self.conn.key(&["meta"]), prefix.to_owned());
+        Box::pin(async move {
+            let all: Vec<(String, Vec<u8>)> = self
+                .conn
+                .run("read", |mut c| async move {
+                    redis::cmd("HGETALL").arg(&meta).query_async(&mut c).await
+                })
+                .await?;
+            let mut listed: Vec<(String, Vec<u8>)> = all
+                .into_iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .collect();
+            listed.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(listed)
+        })
+    }
+
+    fn meta_add(&self, key: &str, by: i64) -> Completion<i64> {
+        let (conn, counters, field) = (
+            self.conn.clone(),
+            self.conn.key(&["meta", "n"]),
+            key.to_owned(),
+        );
+        spawn(&self.conn, async move {
+            conn.run("meta", |mut c| async move {
+                redis::cmd("HINCRBY")
+                    .arg(&counters)
+                    .arg(&field)
+                    .arg(by)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+        })
+    }
+
+    fn meta_counter(&self, key: &str) -> SpoolFuture<'_, i64> {
+        let (counters, field) = (self.conn.key(&["meta", "n"]), key.to_owned());
+        Box::pin(async move {
+            let n: Option<i64> = self
+                .conn
+                .run("read", |mut c| async move {
+                    redis::cmd("HGET")
+                        .arg(&counters)
+                        .arg(&field)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            Ok(n.unwrap_or(0))
+        })
+    }
+
+    fn lease(&self, key: &str, owner: &str, ttl: Duration) -> SpoolFuture<'_, bool> {
+        let (lease, owner) = (self.conn.key(&["lease", key]), owner.to_owned());
+        Box::pin(async move {
+            let held: i64 = self
+                .conn
+                .run("lease", |mut c| async move {
+                    LEASE
+                        .key(&lease)
+                        .arg(&owner)
+                        .arg(ttl.as_millis() as u64)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            Ok(held == 1)
         })
     }
 

@@ -257,6 +257,28 @@ pub trait Spool: Send + Sync + 'static {
     /// Commits a write that changes nothing, at the spool's durability (synced under `fsync`):
     /// resolves `Ok` when the spool can store events now (for readiness checks).
     fn probe(&self) -> Completion;
+    /// How many events each route keeps now (pending, dead and delivered within the retention),
+    /// by route. Exact or close: a backend may count delivered ones by the minute.
+    fn retained(&self) -> SpoolFuture<'_, Vec<(String, u64)>>;
+    /// The small record `key` the gateway keeps beside the events (a replay job, a pause), if
+    /// any. Such records are as durable as the events, and shared by every instance on a
+    /// shared backend.
+    fn meta_get(&self, key: &str) -> SpoolFuture<'_, Option<Vec<u8>>>;
+    /// Writes record `key` (`None`: deletes it).
+    fn meta_put(&self, key: &str, value: Option<Vec<u8>>) -> Completion;
+    /// Every record whose key starts with `prefix`, by key.
+    fn meta_list(&self, prefix: &str) -> SpoolFuture<'_, Vec<(String, Vec<u8>)>>;
+    /// Adds `by` to counter `key` (0 when new); resolves with its new value. Counters are apart
+    /// from the records.
+    fn meta_add(&self, key: &str, by: i64) -> Completion<i64>;
+    /// Counter `key`'s value (0 when new).
+    fn meta_counter(&self, key: &str) -> SpoolFuture<'_, i64>;
+    /// Takes or renews the lease `key` for `owner` for `ttl`: whether `owner` holds it now. On a
+    /// spool one process owns, every lease is its own (the default).
+    fn lease(&self, key: &str, owner: &str, ttl: Duration) -> SpoolFuture<'_, bool> {
+        let _ = (key, owner, ttl);
+        Box::pin(async { Ok(true) })
+    }
     /// Whether new events are taken now, and the room left. The default: always, room unknown.
     fn health(&self) -> StoreHealth {
         StoreHealth::default()
