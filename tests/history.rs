@@ -436,7 +436,7 @@ async fn retention_drops_delivered_only(store: Store, dir: &Path) {
         ..Behavior::default()
     });
     let dead = send(&g, 1..2).await.remove(0);
-    let _ = poll(
+    poll(
         Duration::from_secs(10),
         Duration::from_millis(100),
         async || {
