@@ -15,6 +15,9 @@ use hookgate::tower::{ServeMetrics, WebhookLayer};
 use serde_json::{json, Value};
 
 #[allow(dead_code)]
+#[path = "../examples/history_axum.rs"]
+mod history_axum;
+#[allow(dead_code)]
 #[path = "../examples/hyper_incoming.rs"]
 mod hyper_incoming;
 #[allow(dead_code)]
@@ -394,5 +397,73 @@ async fn typed_handler_events_wait_through_a_restart() {
     let (status, body) = post(&format!("{base}{PATH}"), payload(2, "completed")).await;
     assert_eq!((status, body), (200, json!({"status": "duplicate"})));
     deliverer.shutdown(Duration::from_secs(2)).await;
+    server.abort();
+}
+
+/// examples/history_axum.rs: the history's API mounted beside a webhook on one axum router finds
+/// the event, replays it (the handler sees the replay), runs a paced job, and refuses a bad
+/// query with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_mounted_on_axum_finds_and_replays() {
+    /// Each delivery the handler saw: the event id and its replay.
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let processor = handler_fn(move |ev: DeliveredEvent| {
+        let record = record.clone();
+        async move {
+            record
+                .lock()
+                .unwrap()
+                .push((ev.id().to_string(), ev.replay().map(str::to_owned)));
+            Ok::<(), DeliveryError>(())
+        }
+    });
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let (url, server) = serve(history_axum::app(spool, processor).unwrap()).await;
+    let (status, ack) = post(&format!("{url}{PATH}"), payload(7, "completed")).await;
+    assert_eq!(status, 200, "{ack}");
+    let id = ack["event_id"].as_str().unwrap().to_owned();
+    wait_for("the first delivery", Duration::from_secs(10), || {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
+    let get = |path: String| async move {
+        local_http::send(&path, reqwest::Method::GET, String::new()).await
+    };
+    let (status, page) = get(format!("{url}/events?status=delivered&since=-1m")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["events"][0]["id"], id.as_str());
+    let (_, one) = get(format!("{url}/events/{id}")).await;
+    assert_eq!(
+        one["body"]["generation_id"],
+        "550e8400-e29b-41d4-a716-000000000007"
+    );
+    let (status, replayed) = post(&format!("{url}/events/{id}/replay"), String::new()).await;
+    assert_eq!(
+        (status, replayed["status"].as_str()),
+        (200, Some("replayed"))
+    );
+    wait_for("the replay", Duration::from_secs(10), || {
+        seen.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(
+        seen.lock().unwrap()[1].1.as_deref(),
+        replayed["replay"].as_str()
+    );
+    let (status, job) = post(
+        &format!("{url}/replays"),
+        json!({"since": "-1m", "rate": "50/s"}).to_string(),
+    )
+    .await;
+    assert_eq!((status, job["matched"].as_u64()), (202, Some(1)), "{job}");
+    wait_for("the job's delivery", Duration::from_secs(10), || {
+        seen.lock().unwrap().len() == 3
+    })
+    .await;
+    let (status, bad) = get(format!("{url}/events?where=kind")).await;
+    assert_eq!((status, bad["error"].as_str()), (400, Some("bad_pointer")));
     server.abort();
 }

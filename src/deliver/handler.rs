@@ -53,6 +53,7 @@ pub struct DeliveredEvent {
     client_ip: IpAddr,
     headers: HeaderMap,
     body: Bytes,
+    replay: Option<String>,
 }
 
 impl DeliveredEvent {
@@ -66,7 +67,14 @@ impl DeliveredEvent {
             client_ip: event.client_ip,
             headers,
             body: event.body.clone(),
+            replay: event.replay.clone(),
         }
+    }
+
+    /// The replay that sent this event again (its job id; `X-Hookgate-Replay` for an HTTP
+    /// target), or `None` on a first delivery and its retries.
+    pub fn replay(&self) -> Option<&str> {
+        self.replay.as_deref()
     }
 
     /// The event id (a UUIDv7), the one the sender got in its acknowledgement. The same on
