@@ -319,7 +319,9 @@ impl History {
                     self.start_runner(job);
                 }
             }
-            jobs::forget_old(&self.inner.spool).await;
+            if ticks.is_multiple_of(FORGET_EVERY) {
+                jobs::forget_old(&self.inner.spool).await;
+            }
         }
     }
 
@@ -371,6 +373,9 @@ impl History {
 
 /// How often (in looks for jobs) `hookgate_events_retained` is counted again.
 const RETAINED_EVERY: u64 = 10;
+
+/// How often (in looks for jobs) the records of jobs finished long ago are deleted.
+const FORGET_EVERY: u64 = 600;
 
 fn no_job(id: &str) -> HistoryError {
     HistoryError::new(404, "not_found", format!("no replay job {id:?}"))
