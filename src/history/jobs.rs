@@ -27,6 +27,9 @@ pub(super) const LOOK_EVERY: Duration = Duration::from_secs(1);
 pub(super) const LEASE: Duration = Duration::from_secs(10);
 /// How often a running job saves its cursor, renews its lease and looks for a cancel.
 const SAVE_EVERY: Duration = Duration::from_millis(500);
+/// How far behind its pace a job may fall and still catch up (sending faster than its rate
+/// for a moment); beyond, it resumes at its rate from where it is.
+const CATCH_UP: Duration = Duration::from_secs(1);
 /// Events read per page by a running job.
 const PAGE: usize = 100;
 /// How long a finished job is kept.
@@ -161,27 +164,42 @@ async fn save(spool: &Arc<dyn Spool>, job: &ReplayJob) -> Result<(), SpoolError>
     spool.meta_put(&record_key(&job.id), Some(bytes)).await
 }
 
-/// Job `id`, as last saved.
+/// Job `id`, as last saved (cancelled if it has a cancel mark).
 pub(super) async fn load(
     spool: &Arc<dyn Spool>,
     id: &str,
 ) -> Result<Option<ReplayJob>, SpoolError> {
-    Ok(match spool.meta_get(&record_key(id)).await? {
-        Some(bytes) => Some(
-            serde_json::from_slice(&bytes)
-                .map_err(|e| SpoolError::Corrupt(id.into(), e.to_string()))?,
-        ),
-        None => None,
-    })
+    let Some(bytes) = spool.meta_get(&record_key(id)).await? else {
+        return Ok(None);
+    };
+    let mut job: ReplayJob = serde_json::from_slice(&bytes)
+        .map_err(|e| SpoolError::Corrupt(id.into(), e.to_string()))?;
+    if job.state == JobState::Running && spool.meta_get(&cancel_key(id)).await?.is_some() {
+        job.state = JobState::Cancelled;
+    }
+    Ok(Some(job))
 }
 
-/// Every job, newest first.
+/// Every job, newest first. A job with a cancel mark is cancelled, whatever its record says
+/// (the mark is the one word on it: a runner saving its progress never undoes a cancel).
 pub(super) async fn list(spool: &Arc<dyn Spool>) -> Result<Vec<ReplayJob>, SpoolError> {
+    let cancelled: std::collections::HashSet<String> = spool
+        .meta_list("replay-cancel/")
+        .await?
+        .into_iter()
+        .filter_map(|(k, _)| k.strip_prefix("replay-cancel/").map(str::to_owned))
+        .collect();
     let mut jobs: Vec<ReplayJob> = spool
         .meta_list("replay/")
         .await?
         .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .filter_map(|(_, v)| serde_json::from_slice::<ReplayJob>(&v).ok())
+        .map(|mut job| {
+            if cancelled.contains(&job.id) && job.state == JobState::Running {
+                job.state = JobState::Cancelled;
+            }
+            job
+        })
         .collect();
     jobs.sort_by(|a, b| b.id.cmp(&a.id));
     Ok(jobs)
@@ -191,6 +209,7 @@ pub(super) async fn list(spool: &Arc<dyn Spool>) -> Result<Vec<ReplayJob>, Spool
 /// its lease for this instance.
 pub(super) async fn create(
     h: &History,
+    id: String,
     mut filter: EventFilter,
     rate: f64,
 ) -> Result<ReplayJob, HistoryError> {
@@ -213,7 +232,7 @@ pub(super) async fn create(
         }
     }
     let job = ReplayJob {
-        id: Uuid::now_v7().to_string(),
+        id,
         state: JobState::Running,
         created_ms: now,
         finished_ms: None,
@@ -291,10 +310,13 @@ enum Look {
     Stop,
 }
 
-/// Saves the cursor and counts, renews the lease, and looks for a cancel.
+/// Saves the cursor and counts, renews the lease, and looks for a cancel. Called at least every
+/// [`SAVE_EVERY`] while the job runs, whatever it is doing (pacing, waiting for the store), so
+/// its lease never lapses while it runs and a cancel stops it within a second.
 async fn look(h: &History, job: &ReplayJob) -> Look {
     let spool = h.spool();
     if matches!(spool.meta_get(&cancel_key(&job.id)).await, Ok(Some(_))) {
+        tracing::info!(replay = %job.id, "replay job stopped: cancelled");
         return Look::Stop;
     }
     match spool.lease(&lease_key(&job.id), h.owner(), LEASE).await {
@@ -313,13 +335,39 @@ async fn look(h: &History, job: &ReplayJob) -> Look {
     Look::Go
 }
 
-/// Runs `job` to its end (or its cancel).
+/// Sleeps until `until`, looking at the job every [`SAVE_EVERY`] meanwhile.
+async fn wait(
+    h: &History,
+    job: &ReplayJob,
+    until: tokio::time::Instant,
+    looked: &mut Instant,
+) -> Look {
+    loop {
+        if looked.elapsed() >= SAVE_EVERY {
+            *looked = Instant::now();
+            if let Look::Stop = look(h, job).await {
+                return Look::Stop;
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return Look::Go;
+        }
+        tokio::time::sleep_until(until.min(now + SAVE_EVERY)).await;
+    }
+}
+
+/// Runs `job` to its end (or its cancel, or another instance taking it over).
 pub(super) async fn run(h: History, mut job: ReplayJob) {
     let spool = h.spool().clone();
     let filter = job.filter.filter();
-    let gap = Duration::from_secs_f64(1.0 / job.rate);
+    let gap = Duration::try_from_secs_f64(1.0 / job.rate).unwrap_or(Duration::from_secs(3600));
     let mut next_send = tokio::time::Instant::now();
     let mut looked = Instant::now();
+    // A job cancelled before this instance took it runs nothing.
+    if let Look::Stop = look(&h, &job).await {
+        return;
+    }
     'pages: loop {
         let q = EventQuery {
             filter: filter.clone(),
@@ -331,7 +379,10 @@ pub(super) async fn run(h: History, mut job: ReplayJob) {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(replay = %job.id, error = %e, "cannot read the events to replay; trying again in a second");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let again = tokio::time::Instant::now() + Duration::from_secs(1);
+                if let Look::Stop = wait(&h, &job, again, &mut looked).await {
+                    return;
+                }
                 continue;
             }
         };
@@ -342,17 +393,26 @@ pub(super) async fn run(h: History, mut job: ReplayJob) {
                 .last()
                 .is_some_and(|a| a.replay.as_deref() == Some(job.id.as_str()));
             if !done {
-                let now = tokio::time::Instant::now();
-                if next_send > now {
-                    tokio::time::sleep_until(next_send).await;
+                if let Look::Stop = wait(&h, &job, next_send, &mut looked).await {
+                    return;
                 }
-                next_send = next_send.max(now) + gap;
+                // The pace holds on average: a send a little late (a look at the job, a slow
+                // commit) is made up for by the next ones; after a long stall (a store down),
+                // the job goes on at its rate rather than sending the arrears at once.
+                let now = tokio::time::Instant::now();
+                if now > next_send + CATCH_UP {
+                    next_send = now;
+                }
+                next_send += gap;
                 let queued = match h.replay_one(e.id, &job.id).await {
                     Ok(queued) => queued,
                     Err(err) if err.status == 404 => false,
                     Err(err) => {
                         tracing::warn!(replay = %job.id, event_id = %e.id, error = %err, "cannot replay an event; trying again in a second");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let again = tokio::time::Instant::now() + Duration::from_secs(1);
+                        if let Look::Stop = wait(&h, &job, again, &mut looked).await {
+                            return;
+                        }
                         continue 'pages;
                     }
                 };
@@ -364,12 +424,6 @@ pub(super) async fn run(h: History, mut job: ReplayJob) {
                 h.count(&e.route, queued);
             }
             job.cursor = Some(e.id);
-            if looked.elapsed() >= SAVE_EVERY {
-                looked = Instant::now();
-                if let Look::Stop = look(&h, &job).await {
-                    return;
-                }
-            }
         }
         match page.next {
             Some(next) => job.cursor = Some(next.max(job.cursor.unwrap_or(next))),

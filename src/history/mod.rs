@@ -112,8 +112,8 @@ struct Inner {
     routes: ArcSwap<HashMap<String, HistoryRoute>>,
     /// This instance's name in job leases.
     owner: String,
-    /// The jobs this instance runs now, by id.
-    running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The jobs this instance runs now, by id (`None`: being started).
+    running: Mutex<HashMap<String, Option<tokio::task::AbortHandle>>>,
 }
 
 impl std::fmt::Debug for History {
@@ -134,6 +134,7 @@ impl Drop for Inner {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            .flatten()
         {
             job.abort();
         }
@@ -227,18 +228,26 @@ impl History {
 
     /// Makes event `id` pending again for replay `job` and hands it to its route's delivery;
     /// `false` when it was pending already.
+    ///
+    /// Once started it runs to its end even if the caller goes away (a cancelled job, a client
+    /// that hung up): an event made pending is always handed to its delivery.
     pub(crate) async fn replay_one(&self, id: Uuid, job: &str) -> Result<bool, HistoryError> {
-        let Some((event, was)) = self.inner.spool.replay(id, job).await? else {
-            return Ok(false);
-        };
-        let route = self.inner.routes.load().get(&event.route).cloned();
-        match route {
-            Some(r) => r.deliverer.replayed(event, was == DeliveryStatus::Dead),
-            None => {
-                tracing::warn!(route = %event.route, event_id = %id, "replayed an event of a route this gateway no longer has: it waits in the spool until the route comes back")
+        let (inner, job) = (self.inner.clone(), job.to_owned());
+        let step = tokio::spawn(async move {
+            let Some((event, was)) = inner.spool.replay(id, &job).await? else {
+                return Ok(false);
+            };
+            let route = inner.routes.load().get(&event.route).cloned();
+            match route {
+                Some(r) => r.deliverer.replayed(event, was == DeliveryStatus::Dead),
+                None => {
+                    tracing::warn!(route = %event.route, event_id = %id, "replayed an event of a route this gateway no longer has: it waits in the spool until the route comes back")
+                }
             }
-        }
-        Ok(true)
+            Ok::<bool, HistoryError>(true)
+        });
+        step.await
+            .map_err(|e| HistoryError::new(503, "spool_unavailable", e.to_string()))?
     }
 
     /// `POST /replays`: starts a replay job over the events `p` selects (the same filters as
@@ -246,7 +255,25 @@ impl History {
     pub async fn start_replay(&self, p: &Params) -> Result<Value, HistoryError> {
         let q = self.parse(p, true)?;
         let rate = params::rate(p.get("rate").unwrap_or("100/s"))?;
-        let job = jobs::create(self, q.filter, rate).await?;
+        let id = Uuid::now_v7().to_string();
+        // Claimed here before it is saved: this instance's look for jobs nobody runs must not
+        // start it a second time.
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), None);
+        let job = match jobs::create(self, id.clone(), q.filter, rate).await {
+            Ok(job) => job,
+            Err(e) => {
+                self.inner
+                    .running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                return Err(e);
+            }
+        };
         self.start_runner(job.clone());
         Ok(serde_json::json!({ "id": job.id, "matched": job.matched }))
     }
@@ -268,20 +295,12 @@ impl History {
         Ok(jobs::progress(&self.inner.spool, &job).await?)
     }
 
-    /// `DELETE /replays/{id}`: cancels a job (it stops within a second, wherever it runs).
+    /// `DELETE /replays/{id}`: cancels a job (it stops within a second, wherever it runs: its
+    /// runner looks for the cancel twice a second, and finishes the event in hand first).
     pub async fn cancel_replay(&self, id: &str) -> Result<Value, HistoryError> {
         let job = jobs::cancel(&self.inner.spool, id)
             .await?
             .ok_or_else(|| no_job(id))?;
-        if let Some(run) = self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id)
-        {
-            run.abort();
-        }
         Ok(jobs::progress(&self.inner.spool, &job).await?)
     }
 
@@ -327,7 +346,7 @@ impl History {
 
     fn is_running(&self, id: &str) -> bool {
         let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|_, h| !h.is_finished());
+        running.retain(|_, h| h.as_ref().is_none_or(|h| !h.is_finished()));
         running.contains_key(id)
     }
 
@@ -341,7 +360,7 @@ impl History {
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, task.abort_handle());
+            .insert(id, Some(task.abort_handle()));
     }
 
     fn owner(&self) -> &str {

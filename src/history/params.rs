@@ -319,7 +319,7 @@ pub(crate) fn rate(text: &str) -> Result<f64, HistoryError> {
     };
     let n: f64 = n.trim().parse().map_err(|_| bad())?;
     let per_second = n / per;
-    if !(per_second.is_finite() && per_second > 0.0 && per_second <= 100_000.0) {
+    if !(per_second.is_finite() && (1.0 / 3600.0..=100_000.0).contains(&per_second)) {
         return Err(HistoryError::new(
             400,
             "bad_rate",
@@ -409,6 +409,7 @@ mod tests {
         assert_eq!(rate("600/m").unwrap(), 10.0);
         assert_eq!(rate("5").unwrap(), 5.0);
         assert!(rate("0/s").is_err() && rate("fast").is_err() && rate("1/d").is_err());
+        assert!(rate("1e-20").is_err() && rate("0.5/h").is_err() && rate("1/h").is_ok());
         let p = Params::from_json(&serde_json::json!({
             "route": "a", "rate": "200/s", "where": {"/n": 3}, "since": null
         }))

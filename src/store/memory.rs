@@ -139,6 +139,16 @@ impl MemorySpool {
             (Some(a), Order::Desc) if a <= hi => (Bound::Included(lo), Bound::Excluded(a)),
             _ => (Bound::Included(lo), Bound::Included(hi)),
         };
+        // A cursor past the window's end: nothing (a BTreeMap range must not be inverted).
+        let inverted = match (lo, hi) {
+            (Bound::Excluded(a) | Bound::Included(a), Bound::Excluded(b) | Bound::Included(b)) => {
+                a > b
+            }
+            _ => false,
+        };
+        if inverted {
+            return EventPage::default();
+        }
         let mut page = PageBuilder::new(q.limit);
         let range = s.index.range((lo, hi));
         let items: Box<dyn Iterator<Item = (&Uuid, &String)>> = match q.order {
@@ -342,6 +352,15 @@ impl Spool for MemorySpool {
         };
         let k = key(&route, id);
         if s.pending.contains_key(&k) {
+            return Completion::ready(Ok(None));
+        }
+        let last = s
+            .dead
+            .get(&k)
+            .or_else(|| s.done.get(&id))
+            .and_then(|e| e.history.last())
+            .and_then(|a| a.replay.clone());
+        if last.as_deref() == Some(job) {
             return Completion::ready(Ok(None));
         }
         let (mut event, was) = if let Some(e) = s.dead.remove(&k) {

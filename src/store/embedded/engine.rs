@@ -291,6 +291,10 @@ impl Engine {
                 batch.commit()?;
                 moved += chunk.len();
             }
+            // The moved records reach the disk before the only other copy goes.
+            if durability.is_some() {
+                self.db.persist(fjall::PersistMode::SyncAll)?;
+            }
             self.db.delete_keyspace(old)?;
         }
         if moved > 0 {

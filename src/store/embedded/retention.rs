@@ -126,14 +126,19 @@ fn size_cut(engine: &super::engine::Engine, max: u64) -> Result<u64, SpoolError>
     if size <= max {
         return Ok(0);
     }
+    /// About what a delivered event's state in `done` adds to its record.
+    const DONE: u64 = 64;
     let excess = size - max;
     let mut summed = 0u64;
+    let mut last = 0;
     for kv in engine.events.iter() {
         let (k, v) = kv.into_inner()?;
-        summed += (k.len() + v.len()) as u64;
+        summed += (k.len() + v.len()) as u64 + DONE;
+        last = keys::id_of(&k).and_then(id_ms).map_or(last, |ms| ms + 1);
         if summed >= excess {
-            return Ok(keys::id_of(&k).and_then(id_ms).map_or(0, |ms| ms + 1));
+            break;
         }
     }
-    Ok(now_ms())
+    // At most past the newest record: never a cut ahead of what is stored.
+    Ok(last)
 }

@@ -397,6 +397,10 @@ struct Batch<'a> {
     appended: Vec<(fjall::Slice, Option<[u8; 24]>)>,
     /// Whether something in it must reach the disk before it is answered (a `Keep`, a record).
     synced: bool,
+    /// Whether it must reach the disk whatever the durability (a `Keep`).
+    on_disk: bool,
+    /// Records copied to `kept` in this batch.
+    kept_added: std::collections::HashSet<Uuid>,
     /// Counters written earlier in this batch: their value now.
     counters: HashMap<Vec<u8>, i64>,
     /// Appends per route and minute, for the tallies.
@@ -465,7 +469,7 @@ impl<'a> Batch<'a> {
             return Ok(());
         }
         let key = record_key(id);
-        if self.engine.kept.contains_key(key)? {
+        if self.kept_added.contains(&id) || self.engine.kept.contains_key(key)? {
             let kept = &self.engine.kept;
             self.delete(kept, key.to_vec());
         }
@@ -491,6 +495,14 @@ impl<'a> Batch<'a> {
                 let size = record.len() as u64;
                 let events = &self.engine.events;
                 self.put(events, record_key(*id).to_vec(), record.clone());
+                // Made before retention's cut (an append that waited long in the queue): its
+                // table may be dropped, so its record goes to `kept` as well.
+                if id_ms(*id).is_some_and(|ms| ms < s.history_from.load(Ordering::Acquire)) {
+                    let kept = &self.engine.kept;
+                    self.put(kept, record_key(*id).to_vec(), record.clone());
+                    self.kept_added.insert(*id);
+                    s.kept_any.store(true, Ordering::Release);
+                }
                 self.set_live(live, std::mem::take(state), size);
                 let dedup = dedup.map(|d| dedup_key(&d));
                 if let Some(d) = &dedup {
@@ -567,10 +579,19 @@ impl<'a> Batch<'a> {
             }
             Op::Keep { below, .. } => {
                 self.synced = true;
-                let copied = self.keep_below(*below)?;
+                // Tables holding the only other copy are dropped right after this commit: it
+                // reaches the disk whatever the durability (but `memory`).
+                self.on_disk = true;
+                let from = *lock(&s.kept_from);
+                let copied = self.keep_below(from, *below)?;
                 if copied > 0 {
                     s.kept_any.store(true, Ordering::Release);
                 }
+                // Where the history starts, kept for the next start: events dropped for size
+                // do not come back.
+                let cut = s.history_from.load(Ordering::Acquire);
+                let meta = &self.engine.meta;
+                self.put(meta, HISTORY_FROM.to_vec(), cut.to_le_bytes().to_vec());
                 let minute = id_ms(*below).unwrap_or(0) / 60_000;
                 let meta = &self.engine.meta;
                 for (route, minutes) in lock(&s.tally).iter() {
@@ -627,7 +648,7 @@ impl<'a> Batch<'a> {
     /// Copies to `kept` the records of the live events older than `below` that have no copy
     /// there yet. Each route's live events are one range of `live` in time order: only the old
     /// ones are read.
-    fn keep_below(&mut self, below: Uuid) -> Result<usize, SpoolError> {
+    fn keep_below(&mut self, from_id: Uuid, below: Uuid) -> Result<usize, SpoolError> {
         let mut copied = 0;
         for space in [Space::Pending, Space::Dead] {
             let mut from = space_prefix(space).to_vec();
@@ -645,9 +666,16 @@ impl<'a> Batch<'a> {
                 };
                 let route = route.to_owned();
                 let prefix = live_prefix(space, &route);
+                // Only the events since the last copy: those before it were copied then (and
+                // no event older than a cut becomes live again: its replay is refused).
+                let start = live_key(space, &route, from_id);
                 let end = live_key(space, &route, below);
-                for kv in self.engine.live.range(prefix.clone()..end) {
+                for kv in self.engine.live.range(start..end) {
                     let key = kv.key()?;
+                    // Purged or delivered earlier in this batch.
+                    if matches!(self.touched.get(&key), Some(None)) {
+                        continue;
+                    }
                     let Some(id) = id_of(&key) else { continue };
                     let rk = record_key(id);
                     if self.engine.kept.contains_key(rk)? {
@@ -656,6 +684,7 @@ impl<'a> Batch<'a> {
                     if let Some(record) = self.engine.events.get(rk)? {
                         let kept = &self.engine.kept;
                         self.put(kept, rk.to_vec(), record);
+                        self.kept_added.insert(id);
                         copied += 1;
                     }
                 }
@@ -716,6 +745,8 @@ fn commit(
         bytes: 0,
         appended: Vec::new(),
         synced: false,
+        on_disk: false,
+        kept_added: std::collections::HashSet::new(),
         counters: HashMap::new(),
         appends: HashMap::new(),
     };
@@ -732,7 +763,9 @@ fn commit(
     // letters and replays only reach the OS, and removals of delivered events wait in the
     // journal's buffer for the next write: losing either in a crash means a repeat delivery,
     // never a lost event.
-    let mode = if synced {
+    let mode = if b.on_disk && s.config.durability != Durability::Memory {
+        Some(fjall::PersistMode::SyncData)
+    } else if synced {
         persist_mode(s.config.durability)
     } else if s.config.durability != Durability::Memory {
         Some(fjall::PersistMode::Buffer)
@@ -790,7 +823,7 @@ fn commit(
                 s.syncs.fetch_add(1, Ordering::AcqRel);
             }
             note_oldest(s, ops, &answers);
-            note_tallies(s, appends, ops);
+            note_tallies(s, appends, ops, &answers);
         }
         Err(e) => {
             tracing::error!(error = %e, operations = ops.len() + written.len(), "spool commit failed")
@@ -867,13 +900,21 @@ fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<i64, SpoolError>]) {
 }
 
 /// Applies a committed batch's appends to the tallies in memory, and a `Keep`'s cut.
-fn note_tallies(s: &Shared, appends: HashMap<(String, u64), u64>, ops: &[Op]) {
+fn note_tallies(
+    s: &Shared,
+    appends: HashMap<(String, u64), u64>,
+    ops: &[Op],
+    answers: &[Result<i64, SpoolError>],
+) {
     let mut tallies = lock(&s.tally);
     for ((route, minute), n) in appends {
         *tallies.entry(route).or_default().entry(minute).or_default() += n;
     }
-    for op in ops {
-        if let Op::Keep { below, .. } = op {
+    for (op, answer) in ops.iter().zip(answers) {
+        if let (Op::Keep { below, .. }, Ok(_)) = (op, answer) {
+            let mut from = lock(&s.kept_from);
+            *from = (*from).max(*below);
+            drop(from);
             let minute = id_ms(*below).unwrap_or(0) / 60_000;
             for minutes in tallies.values_mut() {
                 *minutes = minutes.split_off(&minute);
@@ -890,6 +931,9 @@ pub(super) fn read_counter(meta: &fjall::Keyspace, key: &[u8]) -> Result<i64, Sp
         .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
         .map_or(0, i64::from_le_bytes))
 }
+
+/// The key in `meta` of where the history starts (Unix ms, 8 bytes little endian).
+pub(super) const HISTORY_FROM: &[u8] = b"h/history_from";
 
 /// Adds `by` to `counter`; the writer is its only writer, so it never goes below zero.
 fn apply(counter: &std::sync::atomic::AtomicU64, by: i64) {

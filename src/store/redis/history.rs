@@ -335,11 +335,17 @@ impl HistoryReader {
                 for entry in entries {
                     let u = entry.get::<String>("u").unwrap_or_default();
                     let event = if s.status == DeliveryStatus::Dead {
-                        decode(&u, &entry.get::<Vec<u8>>("e").unwrap_or_default())?
+                        decode(&u, &entry.get::<Vec<u8>>("e").unwrap_or_default())
                     } else {
-                        Self::delivered(&u, &entry)?
+                        Self::delivered(&u, &entry)
                     };
-                    s.buf.push_back(event);
+                    match event {
+                        Ok(e) => s.buf.push_back(e),
+                        // One this release cannot read is left out, not the page's end.
+                        Err(e) => {
+                            tracing::warn!(event_id = %u, error = %e, "an event in the history cannot be read: left out of the query")
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -422,8 +428,12 @@ impl HistoryReader {
             .await?;
         for (u, blob) in fresh.iter().zip(blobs) {
             // Delivered or dead-lettered meanwhile: read where it went, in its turn.
-            if let Some(blob) = blob {
-                s.buf.push_back(decode(u, &blob)?);
+            match blob.map(|b| decode(u, &b)) {
+                Some(Ok(e)) => s.buf.push_back(e),
+                Some(Err(e)) => {
+                    tracing::warn!(event_id = %u, error = %e, "an event in the history cannot be read: left out of the query")
+                }
+                None => {}
             }
         }
         Ok(())

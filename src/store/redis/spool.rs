@@ -1020,6 +1020,12 @@ impl Spool for RedisSpool {
                 route,
                 locator,
             } = reader.find(id).await?.ok_or(SpoolError::NotFound(id))?;
+            // Replayed by this very job already (a job resumed, or taken over).
+            if event.replay.as_deref() == Some(job.as_str())
+                || event.history.last().and_then(|a| a.replay.as_deref()) == Some(job.as_str())
+            {
+                return Ok(None);
+            }
             event.replay_now();
             event.replay = Some(job);
             let uuid = id.to_string();
