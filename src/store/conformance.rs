@@ -466,6 +466,25 @@ async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
         [all[7].id],
         "a dedup key"
     );
+    // A cursor outside the window: an empty page, either way.
+    for order in [Order::Asc, Order::Desc] {
+        let outside = EventQuery {
+            filter: EventFilter {
+                until_ms: Some(all[0].received_ms.saturating_sub(60_000)),
+                since_ms: Some(all[0].received_ms.saturating_sub(120_000)),
+                ..EventFilter::default()
+            },
+            order,
+            after: Some(if order == Order::Asc {
+                all[39].id
+            } else {
+                Uuid::nil()
+            }),
+            ..EventQuery::default()
+        };
+        let page = spool.events(&outside).await.expect("query");
+        assert!(page.events.is_empty() && page.next.is_none(), "{order:?}");
+    }
     // A listed event: its attempts, not its body.
     let page = spool
         .events(&query(status(DeliveryStatus::Delivered)))
