@@ -442,10 +442,7 @@ fn connect(config: Option<PathBuf>, api: Api) -> Result<admin::Admin, ExitCode> 
         .or_else(|| loaded.as_ref().map(|(a, _)| a.clone()))
         .unwrap_or_else(|| "127.0.0.1:9090".into());
     let token = api.token.or_else(|| loaded.and_then(|(_, t)| t));
-    admin::Admin::new(address, token).map_err(|admin::Failed(why)| {
-        eprintln!("{why}");
-        ExitCode::FAILURE
-    })
+    admin::Admin::new(address, token).map_err(admin::Failed::report)
 }
 
 /// One admin API call: a dead-letter `action`, or (`None`) a reload.

@@ -19,6 +19,14 @@ pub struct Admin {
 /// A failed call: what to print, and the exit code.
 pub struct Failed(pub String);
 
+impl Failed {
+    /// Prints why on stderr; the exit code of a failed command.
+    pub fn report(self) -> ExitCode {
+        eprintln!("{}", self.0);
+        ExitCode::FAILURE
+    }
+}
+
 impl Admin {
     /// The admin API at `admin` (`host:port`) with `token`.
     pub fn new(admin: String, token: Option<String>) -> Result<Self, Failed> {
@@ -184,10 +192,7 @@ pub fn events_list(admin: &Admin, pairs: Vec<(&str, String)>, all: bool, json: b
     let next = loop {
         let page = match admin.get(&format!("/events{}", query(&pairs))) {
             Ok(p) => p,
-            Err(Failed(why)) => {
-                eprintln!("{why}");
-                return ExitCode::FAILURE;
-            }
+            Err(failed) => return failed.report(),
         };
         events.extend(page["events"].as_array().cloned().unwrap_or_default());
         match (&page["next"], all) {
@@ -241,10 +246,7 @@ pub fn events_list(admin: &Admin, pairs: Vec<(&str, String)>, all: bool, json: b
 pub fn events_show(admin: &Admin, id: &str, json: bool) -> ExitCode {
     let e = match admin.get(&format!("/events/{id}")) {
         Ok(e) => e,
-        Err(Failed(why)) => {
-            eprintln!("{why}");
-            return ExitCode::FAILURE;
-        }
+        Err(failed) => return failed.report(),
     };
     if json {
         return print_json(&e);
@@ -312,10 +314,7 @@ pub fn events_replay_one(admin: &Admin, id: &str, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(Failed(why)) => {
-            eprintln!("{why}");
-            ExitCode::FAILURE
-        }
+        Err(failed) => failed.report(),
     }
 }
 
@@ -324,10 +323,7 @@ pub fn events_replay_one(admin: &Admin, id: &str, json: bool) -> ExitCode {
 pub fn replay_job(admin: &Admin, body: Value, wait: bool, json: bool) -> ExitCode {
     let started = match admin.call(reqwest::Method::POST, "/replays", Some(body)) {
         Ok(v) => v,
-        Err(Failed(why)) => {
-            eprintln!("{why}");
-            return ExitCode::FAILURE;
-        }
+        Err(failed) => return failed.report(),
     };
     let id = text(&started["id"]);
     if json && !wait {
@@ -354,10 +350,7 @@ pub fn follow_job(admin: &Admin, id: &str, json: bool) -> ExitCode {
     loop {
         let job = match admin.get(&format!("/replays/{id}")) {
             Ok(j) => j,
-            Err(Failed(why)) => {
-                eprintln!("{why}");
-                return ExitCode::FAILURE;
-            }
+            Err(failed) => return failed.report(),
         };
         let n = |k: &str| job[k].as_u64().unwrap_or(0);
         let (matched, delivered, failed, skipped) =
@@ -402,10 +395,7 @@ pub fn follow_job(admin: &Admin, id: &str, json: bool) -> ExitCode {
 pub fn replays_list(admin: &Admin, json: bool) -> ExitCode {
     let all = match admin.get("/replays") {
         Ok(v) => v,
-        Err(Failed(why)) => {
-            eprintln!("{why}");
-            return ExitCode::FAILURE;
-        }
+        Err(failed) => return failed.report(),
     };
     if json {
         return print_json(&all);
@@ -475,10 +465,7 @@ pub fn replays_show(admin: &Admin, id: &str, watch: bool, json: bool) -> ExitCod
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(Failed(why)) => {
-            eprintln!("{why}");
-            ExitCode::FAILURE
-        }
+        Err(failed) => failed.report(),
     }
 }
 
@@ -495,10 +482,7 @@ pub fn replays_cancel(admin: &Admin, id: &str, json: bool) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(Failed(why)) => {
-            eprintln!("{why}");
-            ExitCode::FAILURE
-        }
+        Err(failed) => failed.report(),
     }
 }
 
