@@ -56,8 +56,14 @@ async fn event(State(h): State<History>, Path(id): Path<String>) -> Response {
     answer(h.event(&id).await, StatusCode::OK)
 }
 
-async fn replay(State(h): State<History>, Path(id): Path<String>) -> Response {
-    answer(h.replay(&id).await, StatusCode::OK)
+async fn replay(
+    State(h): State<History>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    // `?destination=NAME`: only there.
+    let p = Params::from_query(q.as_deref().unwrap_or(""));
+    answer(h.replay(&id, p.get("destination")).await, StatusCode::OK)
 }
 
 async fn start_replay(State(h): State<History>, Json(body): Json<Value>) -> Response {

@@ -31,6 +31,7 @@ use prometheus::{
 };
 
 use crate::core::{Counted, ErrorCode, EventClass, EventStatus, Reason};
+use crate::store::DEFAULT_DESTINATION;
 
 /// `registry`'s metrics in the Prometheus text format, with the content type to answer it with.
 pub fn render(registry: &Registry) -> Result<(&'static str, String), prometheus::Error> {
@@ -66,6 +67,8 @@ pub struct Metrics {
     probes: IntCounterVec,
     events_retained: IntGaugeVec,
     replay_events: IntCounterVec,
+    destination_paused: IntGaugeVec,
+    order_released: IntCounterVec,
     store: StoreMetrics,
 }
 
@@ -145,13 +148,13 @@ impl Metrics {
                 "keys evicted because the dedup store was full",
             )?,
             deliveries: IntCounterVec::new(
-                Opts::new("hookgate_deliveries_total", "delivery attempts by result (success, retry, dead_letter)"),
-                &["route", "result"],
+                Opts::new("hookgate_deliveries_total", "delivery attempts by destination and result (success, retry, dead_letter)"),
+                &["route", "destination", "result"],
             )?,
             delivery_duration: HistogramVec::new(
                 HistogramOpts::new("hookgate_delivery_duration_seconds", "duration of one delivery attempt")
                     .buckets(DELIVERY_BUCKETS.to_vec()),
-                &["route"],
+                &["route", "destination"],
             )?,
             delivery_attempts: HistogramVec::new(
                 HistogramOpts::new(
@@ -159,36 +162,36 @@ impl Metrics {
                     "attempts an event took until delivered or dead-lettered",
                 )
                 .buckets(ATTEMPT_BUCKETS.to_vec()),
-                &["route"],
+                &["route", "destination"],
             )?,
             spool_depth: IntGaugeVec::new(
-                Opts::new("hookgate_spool_depth", "events in the spool awaiting delivery"),
-                &["route"],
+                Opts::new("hookgate_spool_depth", "events in the spool awaiting delivery to the destination"),
+                &["route", "destination"],
             )?,
             spool_oldest_age: GaugeVec::new(
                 Opts::new(
                     "hookgate_spool_oldest_age_seconds",
-                    "age of the oldest event awaiting delivery (0 when none)",
+                    "age of the oldest event awaiting delivery to the destination (0 when none)",
                 ),
-                &["route"],
+                &["route", "destination"],
             )?,
             dead_letters: IntGaugeVec::new(
-                Opts::new("hookgate_dead_letters", "events in the dead letters"),
-                &["route"],
+                Opts::new("hookgate_dead_letters", "events in the destination's dead letters"),
+                &["route", "destination"],
             )?,
             upstream_up: IntGaugeVec::new(
                 Opts::new(
                     "hookgate_upstream_up",
-                    "1 while the route's circuit is closed (deliveries flow), 0 while it is open (the upstream is down; one probe per interval)",
+                    "1 while the destination's circuit is closed (deliveries flow), 0 while it is open (the upstream is down; one probe per interval)",
                 ),
-                &["route"],
+                &["route", "destination"],
             )?,
             probes: IntCounterVec::new(
                 Opts::new(
                     "hookgate_upstream_probes_total",
                     "deliveries sent as the probe of an open circuit, by result (success closes it)",
                 ),
-                &["route", "result"],
+                &["route", "destination", "result"],
             )?,
             events_retained: IntGaugeVec::new(
                 Opts::new(
@@ -200,9 +203,23 @@ impl Metrics {
             replay_events: IntCounterVec::new(
                 Opts::new(
                     "hookgate_replay_events_total",
-                    "events of replays by result: queued (sent to delivery again), skipped (pending already, or gone), delivered, failed (dead-lettered after the replay)",
+                    "events of replays by destination and result: queued (sent to delivery again), skipped (pending already, filtered, or gone), delivered, failed (dead-lettered after the replay)",
                 ),
-                &["route", "result"],
+                &["route", "destination", "result"],
+            )?,
+            destination_paused: IntGaugeVec::new(
+                Opts::new(
+                    "hookgate_destination_paused",
+                    "1 while the destination is paused (events are acknowledged and wait; no attempt is made)",
+                ),
+                &["route", "destination"],
+            )?,
+            order_released: IntCounterVec::new(
+                Opts::new(
+                    "hookgate_order_released_total",
+                    "events dead-lettered at the head of their ordering key, after which the next event of the key went on",
+                ),
+                &["route", "destination"],
             )?,
             store: StoreMetrics {
                 up: IntGauge::new(
@@ -271,6 +288,8 @@ impl Metrics {
         registry.register(Box::new(m.probes.clone()))?;
         registry.register(Box::new(m.events_retained.clone()))?;
         registry.register(Box::new(m.replay_events.clone()))?;
+        registry.register(Box::new(m.destination_paused.clone()))?;
+        registry.register(Box::new(m.order_released.clone()))?;
         registry.register(Box::new(m.store.up.clone()))?;
         registry.register(Box::new(m.store.commands.clone()))?;
         registry.register(Box::new(m.store.takeovers.clone()))?;
@@ -297,22 +316,8 @@ impl Metrics {
     /// ever read zero.
     pub fn unrouted(&self, name: &str) -> RouteMetrics {
         let route = self.route(name);
-        for result in ["success", "retry", "dead_letter"] {
-            let _ = self.deliveries.remove_label_values(&[name, result]);
-        }
-        let _ = self.delivery_duration.remove_label_values(&[name]);
-        let _ = self.delivery_attempts.remove_label_values(&[name]);
-        let _ = self.spool_depth.remove_label_values(&[name]);
-        let _ = self.spool_oldest_age.remove_label_values(&[name]);
-        let _ = self.dead_letters.remove_label_values(&[name]);
-        let _ = self.upstream_up.remove_label_values(&[name]);
-        for result in ["success", "failure"] {
-            let _ = self.probes.remove_label_values(&[name, result]);
-        }
+        self.remove_destination(name, DEFAULT_DESTINATION);
         let _ = self.events_retained.remove_label_values(&[name]);
-        for result in ["queued", "skipped", "delivered", "failed"] {
-            let _ = self.replay_events.remove_label_values(&[name, result]);
-        }
         let _ = self.forwarded_invalid.remove_label_values(&[name]);
         let completed = [EventStatus::Completed.as_str(), ErrorCode::None.as_str()];
         let _ = self
@@ -348,25 +353,65 @@ impl Metrics {
             ack_duration: self.ack_duration.with_label_values(&[route]),
             events,
             forwarded_invalid: self.forwarded_invalid.with_label_values(&[route]),
-            delivery: DeliveryMetrics {
-                success: self.deliveries.with_label_values(&[route, "success"]),
-                retry: self.deliveries.with_label_values(&[route, "retry"]),
-                dead_letter: self.deliveries.with_label_values(&[route, "dead_letter"]),
-                duration: self.delivery_duration.with_label_values(&[route]),
-                attempts: self.delivery_attempts.with_label_values(&[route]),
-                spool_depth: self.spool_depth.with_label_values(&[route]),
-                oldest_age: self.spool_oldest_age.with_label_values(&[route]),
-                dead_letters: self.dead_letters.with_label_values(&[route]),
-                upstream_up: self.upstream_up.with_label_values(&[route]),
-                probe_success: self.probes.with_label_values(&[route, "success"]),
-                probe_failure: self.probes.with_label_values(&[route, "failure"]),
-                retained: self.events_retained.with_label_values(&[route]),
-                replay_queued: self.replay_events.with_label_values(&[route, "queued"]),
-                replay_skipped: self.replay_events.with_label_values(&[route, "skipped"]),
-                replay_delivered: self.replay_events.with_label_values(&[route, "delivered"]),
-                replay_failed: self.replay_events.with_label_values(&[route, "failed"]),
-            },
+            delivery: self.destination(route, DEFAULT_DESTINATION),
         }))
+    }
+
+    /// The delivery series of destination `destination` of `route`, resolved once; every series
+    /// starts at zero so dashboards see it. (A route's [`delivery`](RouteMetrics::delivery)
+    /// series are its default destination's.)
+    pub fn destination(&self, route: &str, destination: &str) -> DeliveryMetrics {
+        let d = [route, destination];
+        let with = |r: &'static str| [route, destination, r];
+        DeliveryMetrics {
+            success: self.deliveries.with_label_values(&with("success")),
+            retry: self.deliveries.with_label_values(&with("retry")),
+            dead_letter: self.deliveries.with_label_values(&with("dead_letter")),
+            duration: self.delivery_duration.with_label_values(&d),
+            attempts: self.delivery_attempts.with_label_values(&d),
+            spool_depth: self.spool_depth.with_label_values(&d),
+            oldest_age: self.spool_oldest_age.with_label_values(&d),
+            dead_letters: self.dead_letters.with_label_values(&d),
+            upstream_up: self.upstream_up.with_label_values(&d),
+            probe_success: self.probes.with_label_values(&with("success")),
+            probe_failure: self.probes.with_label_values(&with("failure")),
+            retained: self.events_retained.with_label_values(&[route]),
+            replay_queued: self.replay_events.with_label_values(&with("queued")),
+            replay_skipped: self.replay_events.with_label_values(&with("skipped")),
+            replay_delivered: self.replay_events.with_label_values(&with("delivered")),
+            replay_failed: self.replay_events.with_label_values(&with("failed")),
+            paused: self.destination_paused.with_label_values(&d),
+            order_released: self.order_released.with_label_values(&d),
+        }
+    }
+
+    /// Removes the series of destination `destination` of `route` (a destination a reload
+    /// removed, or the gateway's series of requests that reach no route).
+    pub fn remove_destination(&self, route: &str, destination: &str) {
+        let d = [route, destination];
+        for result in ["success", "retry", "dead_letter"] {
+            let _ = self
+                .deliveries
+                .remove_label_values(&[route, destination, result]);
+        }
+        let _ = self.delivery_duration.remove_label_values(&d);
+        let _ = self.delivery_attempts.remove_label_values(&d);
+        let _ = self.spool_depth.remove_label_values(&d);
+        let _ = self.spool_oldest_age.remove_label_values(&d);
+        let _ = self.dead_letters.remove_label_values(&d);
+        let _ = self.upstream_up.remove_label_values(&d);
+        for result in ["success", "failure"] {
+            let _ = self
+                .probes
+                .remove_label_values(&[route, destination, result]);
+        }
+        for result in ["queued", "skipped", "delivered", "failed"] {
+            let _ = self
+                .replay_events
+                .remove_label_values(&[route, destination, result]);
+        }
+        let _ = self.destination_paused.remove_label_values(&d);
+        let _ = self.order_released.remove_label_values(&d);
     }
 
     /// The storage backend's metrics.
@@ -402,7 +447,8 @@ struct RouteInner {
     delivery: DeliveryMetrics,
 }
 
-/// One route's delivery series (from [`RouteMetrics::delivery`]).
+/// One destination's delivery series (from [`Metrics::destination`]; a route's default one
+/// from [`RouteMetrics::delivery`]).
 #[derive(Clone)]
 pub struct DeliveryMetrics {
     /// `hookgate_deliveries_total{result="success"}`
@@ -437,6 +483,10 @@ pub struct DeliveryMetrics {
     pub replay_delivered: IntCounter,
     /// `hookgate_replay_events_total{result="failed"}`
     pub replay_failed: IntCounter,
+    /// `hookgate_destination_paused`
+    pub paused: IntGauge,
+    /// `hookgate_order_released_total`
+    pub order_released: IntCounter,
 }
 
 impl std::fmt::Debug for DeliveryMetrics {

@@ -404,7 +404,10 @@ async fn rejected_event_is_dead_lettered_then_replayed_once() {
     .await;
     let dead = &s.deliverer.dead_letters(None, 10).unwrap()[0];
     assert_eq!(dead.id.to_string(), id);
-    assert_eq!(dead.history.last().unwrap().outcome, "status 400");
+    assert_eq!(
+        dead.destinations[0].history.last().unwrap().outcome,
+        "status 400"
+    );
     assert_eq!(s.upstream.seen().len(), 1, "a 400 is not retried");
 
     s.upstream.status.store(200, Ordering::SeqCst);
@@ -425,16 +428,16 @@ async fn rejected_event_is_dead_lettered_then_replayed_once() {
     assert!(s.deliverer.dead_letters(None, 10).unwrap().is_empty());
     wait_for("the delivery to be counted", Duration::from_secs(5), || {
         render(&s.registry)
-            .contains(r#"hookgate_deliveries_total{result="success",route="o3-video"} 1"#)
+            .contains(r#"hookgate_deliveries_total{destination="upstream",result="success",route="o3-video"} 1"#)
     })
     .await;
     let text = render(&s.registry);
     assert!(
-        text.contains(r#"hookgate_deliveries_total{result="dead_letter",route="o3-video"} 1"#),
+        text.contains(r#"hookgate_deliveries_total{destination="upstream",result="dead_letter",route="o3-video"} 1"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"hookgate_dead_letters{route="o3-video"} 0"#),
+        text.contains(r#"hookgate_dead_letters{destination="upstream",route="o3-video"} 0"#),
         "{text}"
     );
     s.server.abort();

@@ -105,7 +105,7 @@ async fn the_providers_flask_handler_receives_through_the_gateway() {
     // Flask's access log: three POSTs answered 200, nothing else.
     assert_eq!(log.matches(access).count(), 3, "{log}");
     // Counted once the gateway has read the answer, a moment after Flask logged it.
-    let success = r#"hookgate_deliveries_total{result="success",route="/webhook/o3-video"} 3"#;
+    let success = r#"hookgate_deliveries_total{destination="upstream",result="success",route="/webhook/o3-video"} 3"#;
     let counted = async || Some(gateway.metrics().await).filter(|m| m.contains(success));
     let metrics = poll(Duration::from_secs(10), Duration::from_millis(50), counted).await;
     assert!(metrics.is_some(), "{}", gateway.metrics().await);

@@ -163,7 +163,8 @@ async fn every_pipeline_row_answers_as_designed() {
     assert_eq!(series(&m, &accepted), 2.0);
     let duplicate = format!("hookgate_requests_total{{outcome=\"duplicate\",{r}}}");
     assert_eq!(series(&m, &duplicate), 1.0);
-    let delivered = format!("hookgate_deliveries_total{{result=\"success\",{r}}}");
+    let delivered =
+        format!("hookgate_deliveries_total{{destination=\"upstream\",result=\"success\",{r}}}");
     assert_eq!(series(&m, &delivered), 2.0);
 }
 
@@ -659,10 +660,13 @@ async fn admin_api_dead_letters_token_and_metrics() {
         .unwrap();
     assert_eq!(res.json::<Value>().await.unwrap()["count"], 0);
     let m = metrics(&s.gateway).await;
-    let dead = r#"hookgate_deliveries_total{result="dead_letter",route="/webhook/o3-video"}"#;
+    let dead = r#"hookgate_deliveries_total{destination="upstream",result="dead_letter",route="/webhook/o3-video"}"#;
     assert_eq!(series(&m, dead), 2.0);
     assert_eq!(
-        series(&m, r#"hookgate_dead_letters{route="/webhook/o3-video"}"#),
+        series(
+            &m,
+            r#"hookgate_dead_letters{destination="upstream",route="/webhook/o3-video"}"#
+        ),
         0.0
     );
 }
@@ -1110,7 +1114,7 @@ async fn https_upstream_with_its_own_ca() {
         "an untrusted upstream got the event"
     );
     let m = metrics(&gateway).await;
-    let retries = r#"hookgate_deliveries_total{result="retry",route="/webhook/o3-video"}"#;
+    let retries = r#"hookgate_deliveries_total{destination="upstream",result="retry",route="/webhook/o3-video"}"#;
     assert!(series(&m, retries) >= 1.0, "{m}");
     assert!(
         gateway.log_text().contains("certificate"),
@@ -1168,7 +1172,7 @@ async fn a_down_upstream_opens_the_circuit_and_the_backlog_drains_when_it_return
     let delivery = "[route.delivery]\nopen_after = 3\nbackoff = \"300ms\"\nmax_backoff = \"600ms\"\nmax_attempts = 3\nconcurrency = 4";
     let gateway = Gateway::for_upstream(dir.path(), &url, "", delivery).await;
     let r = r#"route="/webhook/o3-video""#;
-    let up = format!("hookgate_upstream_up{{{r}}}");
+    let up = format!("hookgate_upstream_up{{destination=\"upstream\",{r}}}");
     assert_eq!(series(&metrics(&gateway).await, &up), 1.0);
 
     let mut sent = HashSet::new();
@@ -1190,8 +1194,11 @@ async fn a_down_upstream_opens_the_circuit_and_the_backlog_drains_when_it_return
     .expect("the circuit opens");
 
     // While it is open: no attempt counted against the waiting events, a probe per interval.
-    let retries = format!("hookgate_deliveries_total{{result=\"retry\",{r}}}");
-    let probes = format!("hookgate_upstream_probes_total{{result=\"failure\",{r}}}");
+    let retries =
+        format!("hookgate_deliveries_total{{destination=\"upstream\",result=\"retry\",{r}}}");
+    let probes = format!(
+        "hookgate_upstream_probes_total{{destination=\"upstream\",result=\"failure\",{r}}}"
+    );
     let before = opened;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = metrics(&gateway).await;
@@ -1232,18 +1239,27 @@ async fn a_down_upstream_opens_the_circuit_and_the_backlog_drains_when_it_return
         Duration::from_millis(50),
         async || {
             let m = metrics(&gateway).await;
-            (series(&m, &up) == 1.0 && series(&m, &format!("hookgate_spool_depth{{{r}}}")) == 0.0)
+            (series(&m, &up) == 1.0
+                && series(
+                    &m,
+                    &format!("hookgate_spool_depth{{destination=\"upstream\",{r}}}"),
+                ) == 0.0)
                 .then_some(m)
         },
     )
     .await
     .expect("the circuit closes and the spool empties");
     assert_eq!(
-        series(&closed, &format!("hookgate_dead_letters{{{r}}}")),
+        series(
+            &closed,
+            &format!("hookgate_dead_letters{{destination=\"upstream\",{r}}}")
+        ),
         0.0,
         "{closed}"
     );
-    let succeeded = format!("hookgate_upstream_probes_total{{result=\"success\",{r}}}");
+    let succeeded = format!(
+        "hookgate_upstream_probes_total{{destination=\"upstream\",result=\"success\",{r}}}"
+    );
     assert_eq!(series(&closed, &succeeded), 1.0, "{closed}");
     assert!(
         gateway.log_text().contains("circuit closed"),

@@ -287,7 +287,7 @@ async fn find_and_replay(store: Store, dir: &Path) {
     assert_eq!(progress["delivered"], 10_000, "{progress}");
     let metrics = g.metrics().await;
     for result in ["queued", "delivered"] {
-        let line = format!("hookgate_replay_events_total{{result=\"{result}\",route=\"{PATH}\"}}");
+        let line = format!("hookgate_replay_events_total{{destination=\"upstream\",result=\"{result}\",route=\"{PATH}\"}}");
         assert_eq!(series(&metrics, &line), 10_000.0, "{line}");
     }
 

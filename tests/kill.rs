@@ -276,7 +276,7 @@ fn spool_contents(dir: &Path) -> (HashSet<String>, HashSet<String>) {
     if let Some(e) = dead_letters.first() {
         eprintln!(
             "first dead letter: attempts {}, history {:?}",
-            e.attempts, e.history
+            e.attempts, e.destinations
         );
     }
     let ids = |events: Vec<hookgate::store::Event>| -> HashSet<String> {

@@ -318,10 +318,10 @@ async fn typed_handler_retry_reject_and_panic() {
         .await
         .unwrap();
     for line in [
-        r#"hookgate_deliveries_total{result="dead_letter",route="o3-video"} 1"#,
-        r#"hookgate_deliveries_total{result="success",route="o3-video"} 5"#,
+        r#"hookgate_deliveries_total{destination="upstream",result="dead_letter",route="o3-video"} 1"#,
+        r#"hookgate_deliveries_total{destination="upstream",result="success",route="o3-video"} 5"#,
         // TIMEOUT twice, TASK_FAILED, MAINTENANCE and IMAGE_INACCESSIBLE once each.
-        r#"hookgate_deliveries_total{result="retry",route="o3-video"} 5"#,
+        r#"hookgate_deliveries_total{destination="upstream",result="retry",route="o3-video"} 5"#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }

@@ -115,7 +115,12 @@ async fn two_instances_dedup_across_and_a_killed_instance_s_events_are_taken_ove
         );
     }
     // Both instances hold attempts in flight (8 each), the rest wait in the stream.
-    let held = |m: &str| series(m, "hookgate_spool_depth{route=\"/webhook/o3-video\"}");
+    let held = |m: &str| {
+        series(
+            m,
+            "hookgate_spool_depth{destination=\"upstream\",route=\"/webhook/o3-video\"}",
+        )
+    };
     assert!(
         poll(
             Duration::from_secs(10),
@@ -359,7 +364,7 @@ async fn a_down_upstream_opens_the_circuit_and_every_event_waits_in_redis() {
     assert_eq!(
         series(
             &metrics,
-            "hookgate_upstream_up{route=\"/webhook/o3-video\"}"
+            "hookgate_upstream_up{destination=\"upstream\",route=\"/webhook/o3-video\"}"
         ),
         0.0,
         "circuit open"
@@ -367,7 +372,7 @@ async fn a_down_upstream_opens_the_circuit_and_every_event_waits_in_redis() {
     assert_eq!(
         series(
             &metrics,
-            "hookgate_deliveries_total{result=\"dead_letter\",route=\"/webhook/o3-video\"}"
+            "hookgate_deliveries_total{destination=\"upstream\",result=\"dead_letter\",route=\"/webhook/o3-video\"}"
         ),
         0.0,
         "no attempt counted while the circuit is open:\n{metrics}"
@@ -381,7 +386,7 @@ async fn a_down_upstream_opens_the_circuit_and_every_event_waits_in_redis() {
     assert_eq!(
         series(
             &metrics,
-            "hookgate_upstream_up{route=\"/webhook/o3-video\"}"
+            "hookgate_upstream_up{destination=\"upstream\",route=\"/webhook/o3-video\"}"
         ),
         1.0,
         "closed again"

@@ -6,6 +6,8 @@
 //! - step 5: `RateLimit` (feature `rate-limit`); step 9: `SignatureVerifier` (feature
 //!   `signatures`); steps 10–11: [`Validator`]; step 12's key: [`DedupKeySpec`];
 //! - steps 12–14 and every answer: [`outcome`] ([`Outcome`], [`Answer`]), [`Rejection`];
+//! - after the acknowledgement, which destinations get an event and in what order: [`Filter`],
+//!   [`OrderKey`]; and at what pace: [`DeliveryRate`], [`Pacer`];
 //! - which headers travel: [`forward`].
 //!
 //! ```
@@ -26,8 +28,10 @@
 mod allowlist;
 mod client_ip;
 mod dedup_key;
+mod fanout;
 pub mod forward;
 pub mod outcome;
+mod pace;
 #[cfg(feature = "rate-limit")]
 mod rate_limit;
 mod rejection;
@@ -39,7 +43,9 @@ mod validate;
 pub use allowlist::{Allowlist, LiveAllowlist};
 pub use client_ip::{ClientIp, ClientIpResolver};
 pub use dedup_key::{DedupKey, DedupKeySpec, JsonPointer};
+pub use fanout::{Filter, OrderKey};
 pub use outcome::{Answer, Counted, Outcome, Reservation};
+pub use pace::{DeliveryRate, Pacer};
 #[cfg(feature = "rate-limit")]
 pub use rate_limit::{RateLimit, DEFAULT_MAX_KEYS};
 pub use rejection::{

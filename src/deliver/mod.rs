@@ -20,6 +20,7 @@
 //! ```
 
 pub mod circuit;
+mod destination;
 #[cfg(feature = "http-target")]
 mod forward;
 mod handler;
@@ -31,6 +32,7 @@ pub mod policy;
 pub mod target;
 mod worker;
 
+pub use destination::Destination;
 #[cfg(feature = "http-target")]
 pub use forward::{Forwarder, MAX_ANSWER};
 pub use handler::{handler_fn, DeliveredEvent, DeliveryError, HandlerFn};
@@ -42,4 +44,4 @@ pub use policy::{classify, retry_delay, retry_floor, AttemptResult, DeliveryPoli
 pub use target::{attempt_headers, ServiceTarget, Target};
 #[cfg(feature = "gateway")]
 pub(crate) use worker::each_second_until;
-pub use worker::{Accepting, Deliverer};
+pub use worker::{Accepting, Deliverer, DestinationStatus};

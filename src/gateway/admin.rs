@@ -13,11 +13,15 @@
 //! | `DELETE /dead-letters[?route=NAME]` | deletes all (of a route) |
 //! | `GET /events?route=&status=&since=&until=&key=&where=&order=&limit=&after=` | a page of the event history ([`crate::history`]) |
 //! | `GET /events/{id}` | one event: headers, body, attempts |
-//! | `POST /events/{id}/replay` | sends it again |
+//! | `POST /events/{id}/replay[?destination=NAME]` | sends it again (to every destination it went to, or one) |
 //! | `POST /replays` (the filters and `rate`, as a query or a JSON body) | starts a replay job: 202 `{"id", "matched"}` |
 //! | `GET /replays`, `GET /replays/{id}` | replay jobs and their progress |
 //! | `DELETE /replays/{id}` | cancels one |
+//! | `GET /destinations` | every route's destinations: paused, circuit, queued |
+//! | `POST /destinations/{route}/{name}/pause`, `.../resume` | pauses (events wait) or resumes a destination |
 //!
+//! A route's name may hold `/` (it defaults to its path): write it percent-encoded
+//! (`/destinations/%2Fhooks%2Fstripe/app/pause`) or as it is (`/destinations//hooks/stripe/app/pause`).
 //! The dead-letter paths are the history's `status=dead` view, kept for the tools that use
 //! them.
 //!
@@ -60,6 +64,8 @@ pub struct DeadLetter<'a> {
     pub id: Uuid,
     /// The route.
     pub route: &'a str,
+    /// The destination where it is dead.
+    pub destination: &'a str,
     /// When it was acknowledged, RFC 3339.
     pub received_at: String,
     /// The client address.
@@ -88,14 +94,17 @@ fn rfc3339(ms: u64) -> String {
 
 impl<'a> DeadLetter<'a> {
     fn new(e: &'a EventSummary) -> Self {
+        let at = e.destinations.first();
         Self {
             id: e.id,
             route: &e.route,
+            destination: at.map_or(crate::store::DEFAULT_DESTINATION, |d| d.name.as_str()),
             received_at: rfc3339(e.received_ms),
             client_ip: e.client_ip.to_string(),
             attempts: e.attempts,
-            history: e
-                .history
+            history: at
+                .map(|d| d.history.as_slice())
+                .unwrap_or_default()
                 .iter()
                 .map(|a| Attempt {
                     at: rfc3339(a.at_ms),
@@ -382,7 +391,12 @@ impl ServeHttp for Admin {
                 self.all(route, |d| Box::pin(async move { d.purge_all().await }))
                     .await
             }
-            (Method::POST, ["reload"]) => self.reload().await,
+            (Method::POST, ["reload"]) => {
+                let force = params.get("force").is_some_and(|f| f == "true" || f == "1");
+                self.reload(force).await
+            }
+            (Method::GET, ["destinations"]) => self.destinations(),
+            (Method::POST, ["destinations", ..]) => self.pause(&path).await,
             (Method::GET, ["events"]) => {
                 let p = Params::from_query(req.uri.query().unwrap_or(""));
                 answer(self.shared.history.events(&p).await, StatusCode::OK)
@@ -391,7 +405,19 @@ impl ServeHttp for Admin {
                 answer(self.shared.history.event(id).await, StatusCode::OK)
             }
             (Method::POST, ["events", id, "replay"]) => {
-                answer(self.shared.history.replay(id).await, StatusCode::OK)
+                let mut destination = params.get("destination").cloned();
+                match body_params(&body) {
+                    Ok(p) => {
+                        if let Some(d) = p.get("destination") {
+                            destination = Some(d.to_owned());
+                        }
+                    }
+                    Err(e) => return history_error(&e),
+                }
+                answer(
+                    self.shared.history.replay(id, destination.as_deref()).await,
+                    StatusCode::OK,
+                )
             }
             (Method::POST, ["replays"]) => {
                 let mut p = Params::from_query(req.uri.query().unwrap_or(""));
@@ -415,7 +441,11 @@ impl ServeHttp for Admin {
             }
             (Method::POST, ["dead-letters", id, "replay"]) => self.one(id, true).await,
             (Method::DELETE, ["dead-letters", id]) => self.one(id, false).await,
-            (_, ["metrics" | "healthz" | "readyz" | "reload" | "events" | "replays"])
+            (
+                _,
+                ["metrics" | "healthz" | "readyz" | "reload" | "events" | "replays" | "destinations"],
+            )
+            | (_, ["destinations", ..])
             | (_, ["events", _])
             | (_, ["events", _, "replay"])
             | (_, ["replays", _])
@@ -481,9 +511,23 @@ impl Admin {
                 .await
                 .map(|e| format!("the spool cannot commit: {e}"))
         };
+        // Paused destinations are information, not a reason to be unready: their events are
+        // acknowledged and wait.
+        let paused: Vec<serde_json::Value> = self
+            .all_deliverers()
+            .iter()
+            .flat_map(|d| {
+                d.status()
+                    .into_iter()
+                    .filter(|s| s.paused)
+                    .map(|s| serde_json::json!({ "route": d.route(), "destination": s.name }))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let body = serde_json::json!({
             "status": if problem.is_some() { "not_ready" } else { "ready" },
             "detail": problem,
+            "paused": paused,
             "spool": { "pending": stats.pending, "dead": stats.dead, "bytes": stats.bytes },
             "store": {
                 "writable": health.refusing.is_none(),
@@ -595,10 +639,112 @@ impl Admin {
         json(StatusCode::OK, &serde_json::json!({ "count": count }))
     }
 
-    /// Reloads the configuration file (as SIGHUP does) and answers how it went.
-    async fn reload(&self) -> Response<Vec<u8>> {
+    /// Every route's deliverer (the running configuration's), by route name.
+    fn all_deliverers(&self) -> Vec<Deliverer> {
+        let routes = self.shared.routes.load();
+        let mut all: Vec<Deliverer> = routes.values().map(|r| r.deliverer.clone()).collect();
+        all.sort_by(|a, b| a.route().cmp(b.route()));
+        all
+    }
+
+    /// `GET /destinations`: every route's destinations and what each is doing.
+    fn destinations(&self) -> Response<Vec<u8>> {
+        let list: Vec<serde_json::Value> = self
+            .all_deliverers()
+            .iter()
+            .flat_map(|d| {
+                d.status()
+                    .into_iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "route": d.route(),
+                            "name": s.name,
+                            "paused": s.paused,
+                            "circuit": if s.circuit_open { "open" } else { "closed" },
+                            "scheduled": s.scheduled,
+                            "order_keys": s.order_keys,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        json(StatusCode::OK, &serde_json::json!({ "destinations": list }))
+    }
+
+    /// `POST /destinations/{route}/{name}/pause|resume`.
+    async fn pause(&self, path: &str) -> Response<Vec<u8>> {
+        let usage = || {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "POST /destinations/{route}/{destination}/pause or /resume (a route's name percent-encoded)",
+            )
+        };
+        let Some(rest) = path.strip_prefix("/destinations/") else {
+            return usage();
+        };
+        let Some((rest, action)) = rest.rsplit_once('/') else {
+            return usage();
+        };
+        let Some((route, name)) = rest.rsplit_once('/') else {
+            return usage();
+        };
+        let pause = match action {
+            "pause" => true,
+            "resume" => false,
+            _ => return usage(),
+        };
+        let route: String = url::form_urlencoded::parse(route.replace('+', "%2B").as_bytes())
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.into_owned()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        let Some(d) = self
+            .all_deliverers()
+            .into_iter()
+            .find(|d| d.route() == route)
+        else {
+            return no_route(&route);
+        };
+        if !d.has_destination(name) {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "route {route:?} has no destination named {} (its destinations: {})",
+                    quoted(name),
+                    d.destinations().join(", ")
+                ),
+            );
+        }
+        let result = if pause {
+            d.pause(name).await
+        } else {
+            d.resume(name).await
+        };
+        match result {
+            Ok(changed) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "route": route,
+                    "destination": name,
+                    "paused": pause,
+                    "changed": changed,
+                }),
+            ),
+            Err(e) => spool_error(e),
+        }
+    }
+
+    /// Reloads the configuration file (as SIGHUP does) and answers how it went; `force`
+    /// removes destinations that still have events waiting.
+    async fn reload(&self, force: bool) -> Response<Vec<u8>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.reload.send(tx).is_err() {
+        if self.reload.send((tx, force)).is_err() {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "reload_unavailable",

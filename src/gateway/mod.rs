@@ -29,7 +29,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::core::ClientIpResolver;
-use crate::deliver::{Deliverer, Forwarder, Target};
+use crate::deliver::{Deliverer, Forwarder};
 use crate::metrics::Metrics;
 use crate::store::{Background, Spool, SpoolError};
 
@@ -204,12 +204,13 @@ pub(crate) struct RouteSet {
 }
 
 /// Builds the routes of `config`, reusing the running deliverer of a route of the same name
-/// (its events keep flowing through a reload) and starting one for a new route.
+/// (its events keep flowing through a reload; a route whose destinations changed keeps the
+/// ones it still has) and starting one for a new route.
 pub(crate) fn build_routes(
     config: &Config,
     shared: &Shared,
     existing: &HashMap<String, Deliverer>,
-) -> Result<RouteSet, SpoolError> {
+) -> Result<RouteSet, String> {
     let mut set = RouteSet {
         routes: HashMap::new(),
         deliverers: HashMap::new(),
@@ -219,19 +220,42 @@ pub(crate) fn build_routes(
     for (rc, compiled) in config.compiled_routes() {
         let name = Config::route_name(rc).to_owned();
         let route_metrics = shared.metrics.route(&name);
-        let policy = rc.delivery.policy();
-        let compiled = compiled.clone();
+        let names: Vec<String> = compiled
+            .destinations
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
+        if !names.iter().any(|n| n == crate::store::DEFAULT_DESTINATION) {
+            // A route's default series, made with its others, read nothing here.
+            shared
+                .metrics
+                .remove_destination(&name, crate::store::DEFAULT_DESTINATION);
+        }
+        let destinations = || {
+            compiled
+                .destinations
+                .iter()
+                .map(|d| d.destination())
+                .collect::<Vec<_>>()
+        };
+        let failed = |e: crate::core::ConfigError| format!("route {name:?}: {e}");
         let deliverer = match existing.get(&name) {
-            Some(d) => d.clone(),
+            Some(d) if d.destinations() == names => d.clone(),
+            Some(d) => {
+                let (deliverer, worker) = d
+                    .reconfigure(&shared.metrics, destinations())
+                    .map_err(failed)?;
+                set.workers.push(Box::pin(worker));
+                deliverer
+            }
             None => {
-                let (deliverer, worker) = Deliverer::new(
+                let (deliverer, worker) = Deliverer::with_destinations(
                     name.clone(),
                     shared.spool.clone(),
-                    policy.clone(),
-                    route_metrics.delivery().clone(),
-                )?;
-                let target: Arc<dyn Target> = Arc::new(compiled.upstream.clone());
-                deliverer.set_target(target);
+                    &shared.metrics,
+                    destinations(),
+                )
+                .map_err(failed)?;
                 set.workers.push(Box::pin(worker));
                 deliverer
             }
@@ -246,19 +270,20 @@ pub(crate) fn build_routes(
                 failures,
             )));
         }
+        let policy = rc.delivery.policy();
         set.deliverers.insert(name.clone(), deliverer.clone());
         set.routes.insert(
             rc.path.clone(),
             Arc::new(Route {
-                forwarder: Forwarder::new(name.clone(), compiled.upstream, &policy),
+                forwarder: Forwarder::new(name.clone(), compiled.upstream().clone(), &policy),
                 name,
                 mode: rc.mode,
                 allow: compiled.allow.live.clone(),
-                clients: ClientIpResolver::new(compiled.trusted),
-                validator: compiled.validator,
-                dedup_key: compiled.dedup_key,
-                signature: compiled.signature,
-                rate_limit: compiled.rate_limit,
+                clients: ClientIpResolver::new(compiled.trusted.clone()),
+                validator: compiled.validator.clone(),
+                dedup_key: compiled.dedup_key.clone(),
+                signature: compiled.signature.clone(),
+                rate_limit: compiled.rate_limit.clone(),
                 dedup_ttl: rc.dedup.ttl,
                 max_body: rc.max_body.as_u64(),
                 deliverer,
@@ -333,7 +358,8 @@ fn build(config: &Config) -> Result<Built, StartError> {
     let mut workers: Vec<Background> = storage.background;
     // Replay jobs: resumed after a restart, handed over from an instance that died.
     workers.push(Box::pin(shared.history.clone().run()));
-    let set = build_routes(config, &shared, &HashMap::new()).map_err(storage_error)?;
+    let set = build_routes(config, &shared, &HashMap::new())
+        .map_err(|e| StartError::Other(format!("{file}: cannot start the deliveries: {e}")))?;
     workers.extend(set.workers);
     let refreshers = set.refreshers;
     let filter_wanted = !set.routes.values().any(|r| r.clients.trusts_proxies());

@@ -25,8 +25,9 @@ use crate::deliver::Deliverer;
 /// What a reload answers: the errors of a refused file, or what needs a restart.
 pub(crate) type ReloadResult = Result<Vec<String>, Vec<String>>;
 
-/// A reload asked for (by the admin API), with where its result goes.
-pub(crate) type ReloadRequest = oneshot::Sender<ReloadResult>;
+/// A reload asked for (by the admin API), with where its result goes, and whether it may remove
+/// destinations that have events waiting (`force`).
+pub(crate) type ReloadRequest = (oneshot::Sender<ReloadResult>, bool);
 
 /// The TLS certificate the listeners present, replaceable: every new handshake takes the
 /// current one; connections already open keep theirs.
@@ -117,21 +118,21 @@ impl BackgroundService for ReloadService {
             }
         };
         loop {
-            let answer = tokio::select! {
+            let (answer, force) = tokio::select! {
                 _ = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    None
+                    (None, false)
                 }
                 r = requests.recv() => match r {
-                    Some(r) => {
-                        tracing::info!("admin API: reloading the configuration");
-                        Some(r)
+                    Some((r, force)) => {
+                        tracing::info!(force, "admin API: reloading the configuration");
+                        (Some(r), force)
                     }
                     None => return,
                 },
                 _ = shutdown.changed() => break,
             };
-            let result = self.reload(&mut refreshing).await;
+            let result = self.reload(&mut refreshing, force).await;
             if let Some(answer) = answer {
                 let _ = answer.send(result);
             }
@@ -143,7 +144,11 @@ impl BackgroundService for ReloadService {
 }
 
 impl ReloadService {
-    async fn reload(&self, refreshing: &mut Vec<tokio::task::JoinHandle<()>>) -> ReloadResult {
+    async fn reload(
+        &self,
+        refreshing: &mut Vec<tokio::task::JoinHandle<()>>,
+        force: bool,
+    ) -> ReloadResult {
         let source = self
             .config
             .lock()
@@ -184,10 +189,34 @@ impl ReloadService {
             needs_restart(&self.started, &delivering, &config)
         };
         let existing: HashMap<String, Deliverer> = (**self.shared.deliverers.load()).clone();
+        let removed = removed_destinations(&existing, &config);
+        let waiting: Vec<String> = removed
+            .iter()
+            .filter(|(d, dest)| d.has_waiting(dest))
+            .map(|(d, dest)| {
+                format!(
+                    "route {:?}: destination {dest:?} has events waiting",
+                    d.route()
+                )
+            })
+            .collect();
+        if !waiting.is_empty() {
+            if !force {
+                let mut errors = waiting;
+                errors.push("deliver them first (or pause the destination and replay them elsewhere), or reload with force (hookgate reload --force, POST /reload?force=true): its events then stay in the spool, undelivered, until a destination of that name comes back".into());
+                return self.refused(errors);
+            }
+            for w in &waiting {
+                tracing::warn!(what = %w, "reload forced: the destination is removed; its events stay in the spool until a destination of that name comes back");
+            }
+        }
         let set = match super::build_routes(&config, &self.shared, &existing) {
             Ok(set) => set,
-            Err(e) => return self.refused(vec![e.to_string()]),
+            Err(e) => return self.refused(vec![e]),
         };
+        for (d, dest) in &removed {
+            self.shared.metrics.remove_destination(d.route(), dest);
+        }
         let RouteSet {
             routes,
             deliverers,
@@ -241,12 +270,48 @@ fn token_kept(running_admin: &str, token: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// The route settings a route's deliveries run with, by route name: set when its deliverer
-/// starts (with the process, or at the reload that adds the route) and kept until the stop, as
-/// the deliverer is (a removed route's keeps delivering its pending events; one added again
-/// reuses it).
+/// The destinations `config` leaves out of routes it keeps: each with its route's running
+/// deliverer.
+fn removed_destinations(
+    existing: &HashMap<String, Deliverer>,
+    config: &Config,
+) -> Vec<(Deliverer, String)> {
+    let mut removed = Vec::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let Some(d) = existing.get(Config::route_name(route)) else {
+            continue;
+        };
+        let kept: Vec<String> = route
+            .resolved_destinations(i)
+            .iter()
+            .map(|r| r.name.to_owned())
+            .collect();
+        for name in d.destinations() {
+            if !kept.contains(&name) {
+                removed.push((d.clone(), name));
+            }
+        }
+    }
+    removed
+}
+
+/// A destination's settings as its deliveries run with them, to compare.
+fn settings(d: &super::config::ResolvedDestination<'_>) -> String {
+    format!(
+        "{:?}",
+        (d.url, d.upstream_ca, &d.policy, d.rate, d.filter, d.order)
+    )
+}
+
+/// The settings each destination's deliveries run with, by route and destination name: set
+/// when it starts (with the process, or at the reload that adds it) and kept while it runs (a
+/// removed route's keeps delivering its pending events until the stop; a destination a reload
+/// removes stops then); and whether each route forwards (`proxy`).
 #[derive(Debug, Default)]
-pub(crate) struct Delivering(HashMap<String, super::config::Route>);
+pub(crate) struct Delivering {
+    destinations: HashMap<(String, String), String>,
+    proxy: HashMap<String, bool>,
+}
 
 impl Delivering {
     /// The routes the process starts with.
@@ -256,20 +321,31 @@ impl Delivering {
         d
     }
 
-    /// After a swap: the routes that had no deliverer now have one, with these settings.
+    /// After a swap: the destinations that had no lane now have one, with these settings; those
+    /// a route no longer has are gone.
     fn started(&mut self, routes: &[super::config::Route]) {
-        for r in routes {
-            self.0
-                .entry(Config::route_name(r).to_owned())
-                .or_insert_with(|| r.clone());
+        for (i, r) in routes.iter().enumerate() {
+            let name = Config::route_name(r).to_owned();
+            let resolved = r.resolved_destinations(i);
+            self.destinations.retain(|(route, dest), _| {
+                route != &name || resolved.iter().any(|d| d.name == dest)
+            });
+            for d in &resolved {
+                self.destinations
+                    .entry((name.clone(), d.name.to_owned()))
+                    .or_insert_with(|| settings(d));
+            }
+            self.proxy
+                .entry(name)
+                .or_insert(r.mode == super::config::Mode::Proxy);
         }
     }
 }
 
 /// The settings changed between `running` (as the process started) and `new` that only a
-/// restart applies; a route's upstream and delivery settings are compared to those its
+/// restart applies; a destination's URL and delivery settings are compared to those its
 /// deliveries started with (`delivering`). A proxy route's are not: its forwards are built anew
-/// at each reload.
+/// at each reload. Destinations added or removed apply at the reload.
 fn needs_restart(running: &Config, delivering: &Delivering, new: &Config) -> Vec<String> {
     let (a, b) = (&running.server, &new.server);
     let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
@@ -335,20 +411,30 @@ fn needs_restart(running: &Config, delivering: &Delivering, new: &Config) -> Vec
         .filter(|(_, x, y)| x != y)
         .map(|(key, _, _)| key.to_owned())
         .collect();
-    for route in &new.routes {
+    for (i, route) in new.routes.iter().enumerate() {
         let name = Config::route_name(route);
-        if let Some(old) = delivering.0.get(name) {
-            let forwarded = |r: &super::config::Route| r.mode == super::config::Mode::Proxy;
-            if forwarded(old) && forwarded(route) {
+        let forwarded = route.mode == super::config::Mode::Proxy;
+        if forwarded && delivering.proxy.get(name) == Some(&true) {
+            continue;
+        }
+        for d in route.resolved_destinations(i) {
+            let Some(old) = delivering
+                .destinations
+                .get(&(name.to_owned(), d.name.to_owned()))
+            else {
                 continue;
-            }
-            if old.upstream != route.upstream
-                || old.upstream_ca != route.upstream_ca
-                || show(&old.delivery) != show(&route.delivery)
-            {
-                changed.push(format!(
-                    "route {name:?}: upstream, upstream_ca or [route.delivery] (its deliveries run as started)"
-                ));
+            };
+            if *old != settings(&d) {
+                changed.push(if route.upstream.is_some() {
+                    format!(
+                        "route {name:?}: upstream, upstream_ca or [route.delivery] (its deliveries run as started)"
+                    )
+                } else {
+                    format!(
+                        "route {name:?} destination {:?}: url, upstream_ca, delivery, concurrency, rate, filter or order (its deliveries run as started)",
+                        d.name
+                    )
+                });
             }
         }
     }

@@ -427,7 +427,11 @@ impl Route {
         );
         let outcome = match self.mode {
             // Steps 13–14.
-            Mode::FastAck => self.deliverer.accept(event, Some(reserved)).await,
+            Mode::FastAck => {
+                self.deliverer
+                    .accept_parsed(event, Some(reserved), Some(&payload.value))
+                    .await
+            }
             // The key is committed only on the upstream's 2xx.
             Mode::Proxy => {
                 let outcome = self.forwarder.forward(&event).await;

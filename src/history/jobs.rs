@@ -52,6 +52,9 @@ pub enum JobState {
 pub struct StoredFilter {
     /// The route.
     pub route: Option<String>,
+    /// The destination: only its deliveries are replayed (every destination's, without).
+    #[serde(default)]
+    pub destination: Option<String>,
     /// The status.
     pub status: Option<DeliveryStatus>,
     /// Received at or after (Unix ms).
@@ -68,6 +71,7 @@ impl StoredFilter {
     fn of(f: &EventFilter) -> Self {
         Self {
             route: f.route.clone(),
+            destination: f.destination.clone(),
             status: f.status,
             since_ms: f.since_ms,
             until_ms: f.until_ms,
@@ -90,6 +94,7 @@ impl StoredFilter {
     fn filter(&self) -> EventFilter {
         EventFilter {
             route: self.route.clone(),
+            destination: self.destination.clone(),
             status: self.status,
             since_ms: self.since_ms,
             until_ms: self.until_ms,
@@ -387,11 +392,19 @@ pub(super) async fn run(h: History, mut job: ReplayJob) {
             }
         };
         for e in &page.events {
-            // Replayed by this job already, before a restart or a handover.
+            // Replayed by this job already, before a restart or a handover: at every
+            // destination it replays.
             let done = e
-                .history
-                .last()
-                .is_some_and(|a| a.replay.as_deref() == Some(job.id.as_str()));
+                .destinations
+                .iter()
+                .filter(|d| filter.destination.as_deref().is_none_or(|n| n == d.name))
+                .filter(|d| d.status != DeliveryStatus::Filtered)
+                .all(|d| {
+                    d.replay.as_deref() == Some(job.id.as_str())
+                        || d.history
+                            .last()
+                            .is_some_and(|a| a.replay.as_deref() == Some(job.id.as_str()))
+                });
             if !done {
                 if let Look::Stop = wait(&h, &job, next_send, &mut looked).await {
                     return;
@@ -404,8 +417,16 @@ pub(super) async fn run(h: History, mut job: ReplayJob) {
                     next_send = now;
                 }
                 next_send += gap;
-                let queued = match h.replay_one(e.id, &job.id).await {
-                    Ok(queued) => queued,
+                let replayed = h
+                    .replay_one(e.id, filter.destination.as_deref(), &job.id)
+                    .await;
+                let queued = match replayed {
+                    Ok(at) => {
+                        for (destination, queued) in &at {
+                            h.count(&e.route, destination, *queued);
+                        }
+                        at.iter().any(|(_, q)| *q)
+                    }
                     Err(err) if err.status == 404 => false,
                     Err(err) => {
                         tracing::warn!(replay = %job.id, event_id = %e.id, error = %err, "cannot replay an event; trying again in a second");
@@ -421,7 +442,6 @@ pub(super) async fn run(h: History, mut job: ReplayJob) {
                 } else {
                     job.skipped += 1;
                 }
-                h.count(&e.route, queued);
             }
             job.cursor = Some(e.id);
         }

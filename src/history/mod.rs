@@ -187,6 +187,7 @@ impl History {
             .map(|(name, r)| params::RouteKeys {
                 name,
                 dedup: r.dedup.as_ref(),
+                destinations: r.deliverer.destinations(),
             })
             .collect();
         params::query(p, &keys, job)
@@ -207,44 +208,87 @@ impl History {
     pub async fn event(&self, id: &str) -> Result<Value, HistoryError> {
         let id = parse_id(id)?;
         match self.inner.spool.event(id).await? {
-            Some((event, status)) => Ok(view::shown(&event, status)),
+            Some(detail) => Ok(view::shown(&detail)),
             None => Err(SpoolError::NotFound(id).into()),
         }
     }
 
-    /// `POST /events/{id}/replay`: sends event `id` again (a dead letter or a delivered
-    /// event), through its route's delivery. Its deliveries carry `X-Hookgate-Replay` with a
-    /// fresh replay id (`manual-...`), answered here.
-    pub async fn replay(&self, id: &str) -> Result<Value, HistoryError> {
+    /// `POST /events/{id}/replay`: sends event `id` again (where it was delivered or
+    /// dead-lettered; at `destination` only, if given), through each destination's delivery.
+    /// Its deliveries carry `X-Hookgate-Replay` with a fresh replay id (`manual-...`),
+    /// answered here with what happened at each destination (`replayed`, or `pending`
+    /// already; a destination that filtered the event out is left out).
+    pub async fn replay(&self, id: &str, destination: Option<&str>) -> Result<Value, HistoryError> {
         let id = parse_id(id)?;
         let job = format!("manual-{}", Uuid::now_v7());
-        let queued = self.replay_one(id, &job).await?;
+        let at = self.replay_one(id, destination, &job).await?;
+        if let (Some(d), true) = (destination, at.is_empty()) {
+            return Err(HistoryError::new(
+                404,
+                "not_found",
+                format!("event {id} never went to a destination named {d:?}"),
+            ));
+        }
+        let queued = at.iter().any(|(_, q)| *q);
         Ok(serde_json::json!({
             "id": id,
             "status": if queued { "replayed" } else { "pending" },
             "replay": job,
+            "destinations": at.iter().map(|(name, q)| serde_json::json!({
+                "name": name,
+                "status": if *q { "replayed" } else { "pending" },
+            })).collect::<Vec<_>>(),
         }))
     }
 
-    /// Makes event `id` pending again for replay `job` and hands it to its route's delivery;
-    /// `false` when it was pending already.
+    /// Makes event `id` pending again for replay `job` at each of its destinations (or at
+    /// `destination` only) where it was delivered or dead-lettered, and hands each copy to
+    /// its destination's delivery; returns each destination tried and whether it was queued
+    /// (`false`: pending there already).
     ///
     /// Once started it runs to its end even if the caller goes away (a cancelled job, a client
     /// that hung up): an event made pending is always handed to its delivery.
-    pub(crate) async fn replay_one(&self, id: Uuid, job: &str) -> Result<bool, HistoryError> {
+    pub(crate) async fn replay_one(
+        &self,
+        id: Uuid,
+        destination: Option<&str>,
+        job: &str,
+    ) -> Result<Vec<(String, bool)>, HistoryError> {
         let (inner, job) = (self.inner.clone(), job.to_owned());
+        let destination = destination.map(str::to_owned);
         let step = tokio::spawn(async move {
-            let Some((event, was)) = inner.spool.replay(id, &job).await? else {
-                return Ok(false);
+            let Some(detail) = inner.spool.event(id).await? else {
+                return Err(SpoolError::NotFound(id).into());
             };
-            let route = inner.routes.load().get(&event.route).cloned();
-            match route {
-                Some(r) => r.deliverer.replayed(event, was == DeliveryStatus::Dead),
-                None => {
-                    tracing::warn!(route = %event.route, event_id = %id, "replayed an event of a route this gateway no longer has: it waits in the spool until the route comes back")
+            let mut at = Vec::new();
+            for d in &detail.destinations {
+                if d.status == DeliveryStatus::Filtered
+                    || destination.as_deref().is_some_and(|n| n != d.name)
+                {
+                    continue;
+                }
+                let replayed = match inner.spool.replay(id, &d.name, &job).await {
+                    Ok(r) => r,
+                    // Gone meanwhile (retention, a purge): nothing to send there.
+                    Err(SpoolError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let Some((event, was)) = replayed else {
+                    at.push((d.name.clone(), false));
+                    continue;
+                };
+                at.push((d.name.clone(), true));
+                let route = inner.routes.load().get(&event.route).cloned();
+                match route {
+                    Some(r) if r.deliverer.has_destination(&d.name) => {
+                        r.deliverer.replayed(event, was == DeliveryStatus::Dead)
+                    }
+                    _ => {
+                        tracing::warn!(route = %event.route, destination = %d.name, event_id = %id, "replayed an event to a destination this gateway no longer has: it waits in the spool until the destination comes back")
+                    }
                 }
             }
-            Ok::<bool, HistoryError>(true)
+            Ok::<_, HistoryError>(at)
         });
         step.await
             .map_err(|e| HistoryError::new(503, "spool_unavailable", e.to_string()))?
@@ -367,10 +411,10 @@ impl History {
         &self.inner.owner
     }
 
-    /// Counts a replay job's event in its route's metrics.
-    fn count(&self, route: &str, queued: bool) {
+    /// Counts a replay job's event at `destination` in its route's metrics.
+    fn count(&self, route: &str, destination: &str, queued: bool) {
         if let Some(r) = self.inner.routes.load().get(route) {
-            r.deliverer.count_replay(queued);
+            r.deliverer.count_replay(destination, queued);
         }
     }
 

@@ -116,11 +116,22 @@ fn decode(s: &str) -> String {
 pub(crate) struct RouteKeys<'a> {
     pub name: &'a str,
     pub dedup: Option<&'a DedupKeySpec>,
+    /// Its destinations' names.
+    pub destinations: Vec<String>,
 }
 
 /// The parameters a page takes.
 const PAGE: &[&str] = &[
-    "route", "status", "since", "until", "key", "where", "order", "limit", "after",
+    "route",
+    "destination",
+    "status",
+    "since",
+    "until",
+    "key",
+    "where",
+    "order",
+    "limit",
+    "after",
 ];
 
 /// The parameters a replay job takes besides a page's filters.
@@ -147,9 +158,9 @@ pub(crate) fn query(
                 format!(
                     "{name:?} is not a parameter here; use {}",
                     if job {
-                        "route, status, since, until, key, where and rate"
+                        "route, destination, status, since, until, key, where and rate"
                     } else {
-                        "route, status, since, until, key, where, order, limit and after"
+                        "route, destination, status, since, until, key, where, order, limit and after"
                     }
                 ),
             ));
@@ -164,6 +175,32 @@ pub(crate) fn query(
                 400,
                 "unknown_route",
                 format!("no route named {r:?} (routes: {})", names.join(", ")),
+            ));
+        }
+    }
+    let destination = p.get("destination").map(str::to_owned);
+    if let Some(d) = &destination {
+        let has = |r: &&RouteKeys<'_>| {
+            route.as_deref().is_none_or(|n| n == r.name) && r.destinations.iter().any(|x| x == d)
+        };
+        if !routes.iter().any(|r| has(&r)) {
+            let mut names: Vec<String> = routes
+                .iter()
+                .filter(|r| route.as_deref().is_none_or(|n| n == r.name))
+                .flat_map(|r| {
+                    r.destinations
+                        .iter()
+                        .map(move |d| format!("{}/{d}", r.name))
+                })
+                .collect();
+            names.sort_unstable();
+            return Err(HistoryError::new(
+                400,
+                "unknown_destination",
+                format!(
+                    "no destination named {d:?} (destinations: {})",
+                    names.join(", ")
+                ),
             ));
         }
     }
@@ -245,6 +282,7 @@ pub(crate) fn query(
     Ok(EventQuery {
         filter: EventFilter {
             route,
+            destination,
             status,
             since_ms,
             until_ms,
@@ -303,30 +341,9 @@ pub(crate) fn time(name: &str, text: &str, now: u64) -> Result<u64, HistoryError
 
 /// A replay job's `rate`: `200/s`, `600/m`, `3600/h` or a number per second.
 pub(crate) fn rate(text: &str) -> Result<f64, HistoryError> {
-    let bad = || {
-        HistoryError::new(
-            400,
-            "bad_rate",
-            format!("rate={text:?}: write events per unit, such as 200/s, 600/m or 3600/h"),
-        )
-    };
-    let (n, per) = match text.split_once('/') {
-        Some((n, "s")) => (n, 1.0),
-        Some((n, "m")) => (n, 60.0),
-        Some((n, "h")) => (n, 3600.0),
-        Some(_) => return Err(bad()),
-        None => (text, 1.0),
-    };
-    let n: f64 = n.trim().parse().map_err(|_| bad())?;
-    let per_second = n / per;
-    if !(per_second.is_finite() && (1.0 / 3600.0..=100_000.0).contains(&per_second)) {
-        return Err(HistoryError::new(
-            400,
-            "bad_rate",
-            format!("rate={text:?}: between 1/h and 100000/s"),
-        ));
-    }
-    Ok(per_second)
+    text.parse::<crate::core::DeliveryRate>()
+        .map(|r| r.per_second())
+        .map_err(|reason| HistoryError::new(400, "bad_rate", format!("rate={reason}")))
 }
 
 #[cfg(test)]
@@ -340,10 +357,12 @@ mod tests {
             RouteKeys {
                 name: "a",
                 dedup: Some(&SPEC),
+                destinations: vec!["app".into(), "alerts".into()],
             },
             RouteKeys {
                 name: "b",
                 dedup: None,
+                destinations: vec!["upstream".into()],
             },
         ]
     }
@@ -374,11 +393,15 @@ mod tests {
         assert_eq!(q.filter.matches[1].1, serde_json::json!(3));
         assert_eq!((q.order, q.limit), (Order::Desc, 5));
         assert_eq!(q.filter.keys.unwrap()["a"].len(), 1);
+        let q = query(&Params::from_query("destination=alerts"), &routes(), false).unwrap();
+        assert_eq!(q.filter.destination.as_deref(), Some("alerts"));
     }
 
     #[test]
     fn every_mistake_is_a_400_with_its_reason() {
         assert_eq!(reason("route=nope"), "unknown_route");
+        assert_eq!(reason("destination=nope"), "unknown_destination");
+        assert_eq!(reason("route=b&destination=alerts"), "unknown_destination");
         assert_eq!(reason("since=yesterday"), "bad_time");
         assert_eq!(reason("since=-1h&until=-2h"), "bad_time");
         assert_eq!(reason("where=status=failed"), "bad_pointer");

@@ -4,8 +4,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::core::DedupKey;
-use crate::store::history::DeliveryStatus;
-use crate::store::{AttemptKind, AttemptRecord, Event, EventSummary};
+use crate::store::history::{DestinationState, EventDetail};
+use crate::store::{AttemptKind, AttemptRecord, EventSummary};
 
 /// Unix milliseconds as RFC 3339 (UTC, milliseconds).
 pub(crate) fn rfc3339(ms: u64) -> String {
@@ -38,8 +38,46 @@ fn dedup_key(key: Option<[u8; 16]>) -> Option<String> {
     key.map(|k| DedupKey::from_bytes(k).to_hex())
 }
 
+/// One destination's standing: its status, attempts, newest attempt (or every attempt kept,
+/// `whole`), when its next attempt is due (pending) and the replay it is pending for.
+fn destination(d: &DestinationState, whole: bool) -> Value {
+    let mut v = json!({
+        "name": d.name,
+        "status": d.status.as_str(),
+        "attempts": d.attempts,
+        "last_attempt": d.history.last().map(attempt),
+        "next_attempt_at": d.next_attempt_ms.map(rfc3339),
+        "replay": d.replay,
+    });
+    if whole {
+        v["history"] = d.history.iter().map(attempt).collect();
+    }
+    v
+}
+
+/// Every destination's attempts, oldest first, each with its destination's name.
+fn history(states: &[DestinationState]) -> Vec<Value> {
+    let mut all: Vec<(&str, &AttemptRecord)> = states
+        .iter()
+        .flat_map(|d| d.history.iter().map(move |a| (d.name.as_str(), a)))
+        .collect();
+    all.sort_by_key(|(_, a)| a.at_ms);
+    all.into_iter()
+        .map(|(name, a)| {
+            let mut v = attempt(a);
+            v["destination"] = Value::String(name.to_owned());
+            v
+        })
+        .collect()
+}
+
 /// An event in a page: everything but its headers and body.
 pub(crate) fn listed(e: &EventSummary) -> Value {
+    let last = e
+        .destinations
+        .iter()
+        .filter_map(|d| d.history.last())
+        .max_by_key(|a| a.at_ms);
     json!({
         "id": e.id,
         "route": e.route,
@@ -49,19 +87,22 @@ pub(crate) fn listed(e: &EventSummary) -> Value {
         "client_ip": e.client_ip.to_string(),
         "dedup_key": dedup_key(e.dedup),
         "body_bytes": e.body_bytes,
-        "last_attempt": e.history.last().map(attempt),
+        "last_attempt": last.map(attempt),
+        "destinations": e.destinations.iter().map(|d| destination(d, false)).collect::<Vec<_>>(),
     })
 }
 
 /// An event whole: its request (headers, and the body as JSON when it is JSON, else base64 in
-/// `body_base64`), and every attempt kept.
-pub(crate) fn shown(e: &Event, status: DeliveryStatus) -> Value {
+/// `body_base64`), where each destination stands with every attempt kept, and every attempt
+/// in time order (`history`).
+pub(crate) fn shown(d: &EventDetail) -> Value {
+    let e = &d.event;
     let mut v = json!({
         "id": e.id,
         "route": e.route,
         "received_at": rfc3339(e.received_ms),
-        "status": status.as_str(),
-        "attempts": e.attempts,
+        "status": d.status().as_str(),
+        "attempts": d.destinations.iter().map(|d| d.attempts).sum::<u32>(),
         "client_ip": e.client_ip.to_string(),
         "dedup_key": dedup_key(e.dedup.map(|d| d.key)),
         "method": e.method,
@@ -70,8 +111,8 @@ pub(crate) fn shown(e: &Event, status: DeliveryStatus) -> Value {
             .map(|(k, v)| json!([k, String::from_utf8_lossy(v)]))
             .collect::<Vec<_>>(),
         "body_bytes": e.body.len(),
-        "history": e.history.iter().map(attempt).collect::<Vec<_>>(),
-        "replay": e.replay,
+        "destinations": d.destinations.iter().map(|d| destination(d, true)).collect::<Vec<_>>(),
+        "history": history(&d.destinations),
     });
     match serde_json::from_slice::<Value>(&e.body) {
         Ok(body) => v["body"] = body,

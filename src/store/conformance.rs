@@ -86,6 +86,7 @@ pub async fn spool<S: Spool + ?Sized>(open: impl Fn(Bounds) -> Arc<S>) {
     oldest_pending_is_per_route(&*open(ROOMY)).await;
     history_finds_pages_and_replays(&*open(ROOMY)).await;
     records_counters_and_leases(&*open(ROOMY)).await;
+    fan_out_keeps_each_destinations_state(&*open(ROOMY)).await;
     retention_drops_delivered_events_only(&*open(Bounds {
         retention: SHORT_RETENTION,
         ..ROOMY
@@ -209,7 +210,10 @@ async fn dead_letters_by_route_page_replay_purge<S: Spool + ?Sized>(spool: &S) {
         ids(&events),
         "one route's, oldest first"
     );
-    assert_eq!(listed[0].history[0].outcome, "status 400", "history kept");
+    assert_eq!(
+        listed[0].destinations[0].history[0].outcome, "status 400",
+        "history kept"
+    );
     assert_eq!(listed[0].body_bytes, events[0].body.len(), "body size");
     let page = spool.dead_letters("r", None, 2).expect("page");
     let rest = spool.dead_letters("r", Some(page[1].id), 2).expect("rest");
@@ -495,18 +499,23 @@ async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
         (first.status, first.attempts, first.body_bytes),
         (DeliveryStatus::Delivered, 1, all[0].body.len())
     );
-    assert_eq!(first.history[0].kind, AttemptKind::Delivered);
-    assert_eq!(first.history[0].status, Some(200));
+    assert_eq!(first.destinations.len(), 1);
+    assert_eq!(first.destinations[0].name, super::DEFAULT_DESTINATION);
+    assert_eq!(
+        first.destinations[0].history[0].kind,
+        AttemptKind::Delivered
+    );
+    assert_eq!(first.destinations[0].history[0].status, Some(200));
     assert_eq!(first.dedup, all[0].dedup.map(|d| d.key));
 
     // One event, whole.
-    let (whole, st) = spool.event(all[3].id).await.expect("event").expect("found");
-    assert_eq!(st, DeliveryStatus::Delivered);
+    let whole = spool.event(all[3].id).await.expect("event").expect("found");
+    assert_eq!(whole.status(), DeliveryStatus::Delivered);
     assert_eq!(
-        (&whole.body, &whole.headers),
+        (&whole.event.body, &whole.event.headers),
         (&all[3].body, &all[3].headers)
     );
-    assert_eq!(whole.history, all[3].history);
+    assert_eq!(whole.destinations[0].history, all[3].history);
     assert_eq!(
         spool.event(Uuid::now_v7()).await.expect("event"),
         None,
@@ -515,7 +524,7 @@ async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
 
     // Replays: from the history, from the dead letters; of a pending event, nothing.
     let (replayed, was) = spool
-        .replay(all[0].id, "job-1")
+        .replay(all[0].id, super::DEFAULT_DESTINATION, "job-1")
         .await
         .expect("replay")
         .expect("queued");
@@ -527,15 +536,22 @@ async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
         Some(replayed)
     );
     assert_eq!(
-        spool.event(all[0].id).await.expect("event").map(|(_, s)| s),
+        spool
+            .event(all[0].id)
+            .await
+            .expect("event")
+            .map(|d| d.status()),
         Some(DeliveryStatus::Pending)
     );
     assert_eq!(
-        spool.replay(all[0].id, "job-2").await.expect("replay"),
+        spool
+            .replay(all[0].id, super::DEFAULT_DESTINATION, "job-2")
+            .await
+            .expect("replay"),
         None
     );
     let (dead, was) = spool
-        .replay(all[20].id, "job-1")
+        .replay(all[20].id, super::DEFAULT_DESTINATION, "job-1")
         .await
         .expect("replay")
         .expect("queued");
@@ -544,7 +560,9 @@ async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
     let stats = spool.stats();
     assert_eq!((stats.pending, stats.dead), (17, 4), "{stats:?}");
     assert!(matches!(
-        spool.replay(Uuid::now_v7(), "job-1").await,
+        spool
+            .replay(Uuid::now_v7(), super::DEFAULT_DESTINATION, "job-1")
+            .await,
         Err(SpoolError::NotFound(_))
     ));
     // Delivered again: delivered, with both deliveries' attempts, once in the history.
@@ -555,15 +573,197 @@ async fn history_finds_pages_and_replays<S: Spool + ?Sized>(spool: &S) {
     again.attempts += 1;
     again.record_attempt(AttemptKind::Delivered, "status 200".into(), Some(200), 1);
     spool.delivered(&again).await.expect("delivered");
-    let (found, st) = spool.event(all[0].id).await.expect("event").expect("found");
-    assert_eq!(st, DeliveryStatus::Delivered);
-    assert_eq!(found.history.len(), 2);
-    assert_eq!(found.history[1].replay.as_deref(), Some("job-1"));
+    let found = spool.event(all[0].id).await.expect("event").expect("found");
+    assert_eq!(found.status(), DeliveryStatus::Delivered);
+    let history = &found.destinations[0].history;
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].replay.as_deref(), Some("job-1"));
     assert_eq!(
         all_pages(spool, query(EventFilter::default())).await,
         ids(&all),
         "a replayed event is listed once"
     );
+}
+
+/// An event fanned out to several destinations: stored once, each destination's share with its
+/// own status, attempts, dead letters and replays; a filtered one recorded as such; an event
+/// every destination filtered out kept as history.
+async fn fan_out_keeps_each_destinations_state<S: Spool + ?Sized>(spool: &S) {
+    use super::{lane, Fanout};
+    let share = |d: &str, filtered: bool, order: Option<[u8; 16]>| Fanout {
+        destination: d.into(),
+        filtered,
+        order,
+    };
+    let mut e = event("f");
+    e.destinations = vec![
+        share("app", false, Some([9; 16])),
+        share("alerts", true, None),
+        share("audit", false, None),
+    ];
+    spool.append(&e).await.expect("append");
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.pending, stats.dead),
+        (2, 0),
+        "a share per destination: {stats:?}"
+    );
+    let app = spool
+        .get(&lane("f", "app"), e.id)
+        .expect("get")
+        .expect("app's share");
+    assert_eq!(app.destination_name(), "app");
+    assert_eq!(app.order_key(), Some([9; 16]), "its ordering key");
+    let audit = spool
+        .get(&lane("f", "audit"), e.id)
+        .expect("get")
+        .expect("audit's share");
+    assert_eq!(audit.destination_name(), "audit");
+    assert_eq!(spool.get("f", e.id).expect("get"), None, "no default share");
+    assert_eq!(
+        spool.get(&lane("f", "alerts"), e.id).expect("get"),
+        None,
+        "filtered: none"
+    );
+    let statuses = |d: &super::EventDetail| -> Vec<(String, DeliveryStatus)> {
+        d.destinations
+            .iter()
+            .map(|s| (s.name.clone(), s.status))
+            .collect()
+    };
+    let found = spool.event(e.id).await.expect("event").expect("found");
+    assert_eq!(
+        statuses(&found),
+        [
+            ("app".to_string(), DeliveryStatus::Pending),
+            ("alerts".to_string(), DeliveryStatus::Filtered),
+            ("audit".to_string(), DeliveryStatus::Pending),
+        ]
+    );
+    // Delivered to one, dead at another.
+    let mut app = app;
+    app.attempts = 1;
+    app.record_attempt(AttemptKind::Delivered, "status 200".into(), Some(200), 3);
+    spool.delivered(&app).await.expect("delivered");
+    let mut audit = audit;
+    audit.attempts = 2;
+    audit.record_attempt(AttemptKind::Rejected, "status 400".into(), Some(400), 1);
+    spool.dead_letter(&audit).await.expect("dead letter");
+    let stats = spool.stats();
+    assert_eq!((stats.pending, stats.dead), (0, 1), "{stats:?}");
+    let found = spool.event(e.id).await.expect("event").expect("found");
+    assert_eq!(found.status(), DeliveryStatus::Dead);
+    assert_eq!(
+        statuses(&found),
+        [
+            ("app".to_string(), DeliveryStatus::Delivered),
+            ("alerts".to_string(), DeliveryStatus::Filtered),
+            ("audit".to_string(), DeliveryStatus::Dead),
+        ]
+    );
+    let at = |name: &str| found.destination(name).cloned().expect(name);
+    assert_eq!(
+        (at("app").attempts, at("audit").attempts),
+        (1, 2),
+        "each its own attempts"
+    );
+    assert_eq!(at("audit").history[0].status, Some(400));
+    let dead = spool
+        .dead_letters(&lane("f", "audit"), None, 10)
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].destinations[0].name, "audit");
+    assert!(spool
+        .dead_letters(&lane("f", "app"), None, 10)
+        .expect("dead letters")
+        .is_empty());
+    // Queries by destination and status.
+    let q = |destination: Option<&str>, status| EventQuery {
+        filter: EventFilter {
+            route: Some("f".into()),
+            destination: destination.map(str::to_owned),
+            status: Some(status),
+            ..EventFilter::default()
+        },
+        ..EventQuery::default()
+    };
+    for (destination, status, want) in [
+        (Some("audit"), DeliveryStatus::Dead, vec![e.id]),
+        (Some("app"), DeliveryStatus::Dead, vec![]),
+        (Some("app"), DeliveryStatus::Delivered, vec![e.id]),
+        (None, DeliveryStatus::Dead, vec![e.id]),
+        (None, DeliveryStatus::Filtered, vec![e.id]),
+        (Some("alerts"), DeliveryStatus::Filtered, vec![e.id]),
+        (None, DeliveryStatus::Pending, vec![]),
+    ] {
+        assert_eq!(
+            all_pages(spool, q(destination, status)).await,
+            want,
+            "destination {destination:?}, status {status:?}"
+        );
+    }
+    let page = spool
+        .events(&q(Some("audit"), DeliveryStatus::Dead))
+        .await
+        .expect("query");
+    assert_eq!(
+        page.events[0].destinations.len(),
+        3,
+        "every destination listed"
+    );
+    assert_eq!(page.events[0].attempts, 3, "attempts at every destination");
+    // Replays, one destination at a time; none where it was filtered out.
+    let (again, was) = spool
+        .replay(e.id, "app", "job")
+        .await
+        .expect("replay")
+        .expect("queued");
+    assert_eq!(
+        (again.destination_name(), was),
+        ("app", DeliveryStatus::Delivered)
+    );
+    assert_eq!(
+        spool.replay(e.id, "alerts", "job").await.expect("replay"),
+        None
+    );
+    assert!(matches!(
+        spool.replay(e.id, "nope", "job").await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert_eq!(
+        spool
+            .get(&lane("f", "app"), e.id)
+            .expect("get")
+            .map(|e| e.replay),
+        Some(Some("job".to_string()))
+    );
+    // A dead letter purged at one destination: the event stays for the others.
+    spool.purge(&lane("f", "audit"), e.id).await.expect("purge");
+    let found = spool
+        .event(e.id)
+        .await
+        .expect("event")
+        .expect("still found");
+    assert_eq!(found.status(), DeliveryStatus::Pending);
+    assert!(found.destination("audit").is_none(), "purged there");
+    // Filtered out everywhere: acknowledged, nothing to deliver, kept as history.
+    let mut none = event("f");
+    none.destinations = vec![share("app", true, None), share("audit", true, None)];
+    let before = spool.stats();
+    spool.append(&none).await.expect("append");
+    assert_eq!(spool.stats().pending, before.pending, "nothing pending");
+    let found = spool.event(none.id).await.expect("event").expect("kept");
+    assert_eq!(found.status(), DeliveryStatus::Filtered);
+    assert_eq!(
+        statuses(&found),
+        [
+            ("app".to_string(), DeliveryStatus::Filtered),
+            ("audit".to_string(), DeliveryStatus::Filtered),
+        ]
+    );
+    assert!(all_pages(spool, q(None, DeliveryStatus::Filtered))
+        .await
+        .contains(&none.id));
 }
 
 /// The gateway's records (written, listed by prefix, deleted), counters (added to from zero)
@@ -648,14 +848,14 @@ async fn retention_drops_delivered_events_only<S: Spool + ?Sized>(spool: &S) {
     );
     assert_eq!(spool.event(a.id).await.expect("event"), None);
     assert!(matches!(
-        spool.replay(a.id, "job").await,
+        spool.replay(a.id, super::DEFAULT_DESTINATION, "job").await,
         Err(SpoolError::NotFound(_))
     ));
     assert!(spool.event(b.id).await.expect("event").is_some());
     assert!(spool.event(c.id).await.expect("event").is_some());
     // And a dead letter replayed and delivered after that goes too, in its turn.
     b = spool
-        .replay(b.id, "job")
+        .replay(b.id, super::DEFAULT_DESTINATION, "job")
         .await
         .expect("replay")
         .expect("queued")

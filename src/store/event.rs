@@ -78,6 +78,58 @@ pub struct AttemptRecord {
     pub replay: Option<String>,
 }
 
+/// The name of a route's destination when it has just one: `upstream = "..."` in the gateway's
+/// file, the processor of [`with_fast_ack`](crate::tower::WebhookLayerBuilder::with_fast_ack).
+/// Its events keep the route's own place in the spool (its lane is the route's name), so a
+/// route that gains destinations keeps what it had queued, under this name.
+pub const DEFAULT_DESTINATION: &str = "upstream";
+
+/// What separates a route from a destination in a lane's name (never in a route's name).
+pub const LANE_SEPARATOR: char = '#';
+
+/// The name of the queue one destination of `route` delivers from, in every backend: the route's
+/// name for [`DEFAULT_DESTINATION`], `route#destination` for any other.
+///
+/// ```
+/// use hookgate::store::lane;
+/// assert_eq!(lane("stripe", "upstream"), "stripe");
+/// assert_eq!(lane("stripe", "alerts"), "stripe#alerts");
+/// ```
+pub fn lane<'a>(route: &'a str, destination: &str) -> std::borrow::Cow<'a, str> {
+    if destination.is_empty() || destination == DEFAULT_DESTINATION {
+        std::borrow::Cow::Borrowed(route)
+    } else {
+        std::borrow::Cow::Owned(format!("{route}{LANE_SEPARATOR}{destination}"))
+    }
+}
+
+/// The route and the destination of a lane's name (the inverse of [`lane`]).
+///
+/// ```
+/// use hookgate::store::split_lane;
+/// assert_eq!(split_lane("stripe#alerts"), ("stripe", "alerts"));
+/// assert_eq!(split_lane("stripe"), ("stripe", "upstream"));
+/// ```
+pub fn split_lane(lane: &str) -> (&str, &str) {
+    match lane.rsplit_once(LANE_SEPARATOR) {
+        Some((route, destination)) => (route, destination),
+        None => (lane, DEFAULT_DESTINATION),
+    }
+}
+
+/// One destination an event was fanned out to, as its record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fanout {
+    /// The destination's name.
+    pub destination: String,
+    /// Its filter did not match the event: it is never delivered there (status `filtered`).
+    pub filtered: bool,
+    /// The event's ordering key there (its `order`'s value, hashed), if the destination
+    /// orders its events and the event has the key: it waits for the events before it with
+    /// the same key.
+    pub order: Option<[u8; 16]>,
+}
+
 /// How many attempts an event's record keeps (the newest; [`Event::attempts`] counts them all).
 pub const HISTORY_LEN: usize = 32;
 
@@ -118,6 +170,14 @@ pub struct Event {
     /// The replay job this event is pending for, if a replay queued it: its deliveries carry
     /// `X-Hookgate-Replay`.
     pub replay: Option<String>,
+    /// The destinations the event was fanned out to when it was acknowledged, filtered ones
+    /// included; empty for a route with only [`DEFAULT_DESTINATION`]. Part of the record.
+    pub destinations: Vec<Fanout>,
+    /// The destination this copy is for: `attempts`, `history`, the schedule and `replay` are
+    /// its own. Empty means [`DEFAULT_DESTINATION`]. Not part of the record: each destination's
+    /// queue (its [`lane`]) says whose copy it holds.
+    #[serde(skip)]
+    pub destination: String,
 }
 
 impl Event {
@@ -147,7 +207,61 @@ impl Event {
             dedup: None,
             history: Vec::new(),
             replay: None,
+            destinations: Vec::new(),
+            destination: String::new(),
         }
+    }
+
+    /// The destination this copy is for ([`DEFAULT_DESTINATION`] when not set).
+    pub fn destination_name(&self) -> &str {
+        if self.destination.is_empty() {
+            DEFAULT_DESTINATION
+        } else {
+            &self.destination
+        }
+    }
+
+    /// The queue this copy waits in: see [`lane`].
+    pub fn lane(&self) -> std::borrow::Cow<'_, str> {
+        lane(&self.route, &self.destination)
+    }
+
+    /// Every destination the event was fanned out to, with whether it was filtered out.
+    pub fn fanout(&self) -> impl Iterator<Item = (&str, bool)> + '_ {
+        let default = self
+            .destinations
+            .is_empty()
+            .then_some((DEFAULT_DESTINATION, false));
+        default.into_iter().chain(
+            self.destinations
+                .iter()
+                .map(|f| (f.destination.as_str(), f.filtered)),
+        )
+    }
+
+    /// The destinations it waits for (those not filtered out).
+    pub fn delivered_to(&self) -> impl Iterator<Item = &str> + '_ {
+        self.fanout().filter(|(_, f)| !f).map(|(d, _)| d)
+    }
+
+    /// The ordering key of this copy's destination, if it has one.
+    pub fn order_key(&self) -> Option<[u8; 16]> {
+        let name = self.destination_name();
+        self.destinations
+            .iter()
+            .find(|f| f.destination == name)
+            .and_then(|f| f.order)
+    }
+
+    /// This event as destination `destination`'s copy.
+    #[must_use]
+    pub fn for_destination(mut self, destination: &str) -> Self {
+        self.destination = if destination == DEFAULT_DESTINATION {
+            String::new()
+        } else {
+            destination.to_owned()
+        };
+        self
     }
 
     /// The event of a request a face has admitted (steps 1–12): its forwardable headers

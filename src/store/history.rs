@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::event::id_ms;
+use super::event::{id_ms, AttemptRecord, Event};
 use super::spool::EventSummary;
 use crate::core::JsonPointer;
 
@@ -41,6 +41,8 @@ pub enum DeliveryStatus {
     Delivered,
     /// In the dead letters.
     Dead,
+    /// Not for this destination: its filter did not match the event.
+    Filtered,
 }
 
 impl DeliveryStatus {
@@ -50,7 +52,98 @@ impl DeliveryStatus {
             DeliveryStatus::Pending => "pending",
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Filtered => "filtered",
         }
+    }
+
+    /// Where an event stands as a whole, from where each destination does: pending while any
+    /// is, then dead while any is, then delivered if any was, else filtered (for every one).
+    pub fn overall(states: &[DestinationState]) -> Option<Self> {
+        let any = |s: DeliveryStatus| states.iter().any(|d| d.status == s);
+        [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Dead,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Filtered,
+        ]
+        .into_iter()
+        .find(|s| any(*s))
+    }
+}
+
+/// Where one destination of an event stands, with its own attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationState {
+    /// The destination's name.
+    pub name: String,
+    /// Where it stands there.
+    pub status: DeliveryStatus,
+    /// Attempts made there.
+    pub attempts: u32,
+    /// The newest attempts there.
+    pub history: Vec<AttemptRecord>,
+    /// When the next attempt is due, for a pending one (Unix milliseconds).
+    pub next_attempt_ms: Option<u64>,
+    /// The replay job it is pending for, if a replay queued it.
+    pub replay: Option<String>,
+}
+
+impl DestinationState {
+    /// The state of `e`'s copy (its destination's), standing at `status`.
+    pub fn of(e: &Event, status: DeliveryStatus) -> Self {
+        Self {
+            name: e.destination_name().to_owned(),
+            status,
+            attempts: e.attempts,
+            history: e.history.clone(),
+            next_attempt_ms: (status == DeliveryStatus::Pending).then_some(e.next_attempt_ms),
+            replay: e.replay.clone(),
+        }
+    }
+
+    /// Puts this state's attempts, history, schedule and replay on `event` (that destination's
+    /// copy, read from its record).
+    pub(crate) fn apply(&self, event: &mut Event) {
+        event.attempts = self.attempts;
+        event.history = self.history.clone();
+        if let Some(due) = self.next_attempt_ms {
+            event.next_attempt_ms = due;
+        }
+        event.replay = self.replay.clone();
+    }
+
+    /// Destination `name`, which the event's filter left out.
+    pub fn filtered(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            status: DeliveryStatus::Filtered,
+            attempts: 0,
+            history: Vec::new(),
+            next_attempt_ms: None,
+            replay: None,
+        }
+    }
+}
+
+/// An event, whole, with where each of its destinations stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDetail {
+    /// The event as received. Its per-destination fields (attempts, history, schedule) are
+    /// not meaningful here: see `destinations`.
+    pub event: Event,
+    /// Each destination it was fanned out to, as far as the store still knows it.
+    pub destinations: Vec<DestinationState>,
+}
+
+impl EventDetail {
+    /// Where the event stands as a whole (see [`DeliveryStatus::overall`]).
+    pub fn status(&self) -> DeliveryStatus {
+        DeliveryStatus::overall(&self.destinations).unwrap_or(DeliveryStatus::Delivered)
+    }
+
+    /// Destination `name`'s state.
+    pub fn destination(&self, name: &str) -> Option<&DestinationState> {
+        self.destinations.iter().find(|d| d.name == name)
     }
 }
 
@@ -62,8 +155,9 @@ impl std::str::FromStr for DeliveryStatus {
             "pending" => Ok(DeliveryStatus::Pending),
             "delivered" => Ok(DeliveryStatus::Delivered),
             "dead" => Ok(DeliveryStatus::Dead),
+            "filtered" => Ok(DeliveryStatus::Filtered),
             other => Err(format!(
-                "{other:?} is not a status: use pending, delivered or dead"
+                "{other:?} is not a status: use pending, delivered, dead or filtered"
             )),
         }
     }
@@ -85,8 +179,10 @@ pub enum Order {
 pub struct EventFilter {
     /// The route's name.
     pub route: Option<String>,
-    /// Where it stands.
+    /// Where it stands: an event matches if any destination (or `destination`) stands there.
     pub status: Option<DeliveryStatus>,
+    /// One destination: the event must have been fanned out to it (and `status` is its own).
+    pub destination: Option<String>,
     /// Received at or after, in Unix milliseconds.
     pub since_ms: Option<u64>,
     /// Received before, in Unix milliseconds.
@@ -100,23 +196,28 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    /// Whether an event received at `received_ms` on `route`, with `dedup` and `status`,
-    /// passes every filter but `matches` (the cheap ones: no body read).
-    pub fn admits(
-        &self,
-        route: &str,
-        received_ms: u64,
-        dedup: Option<&[u8; 16]>,
-        status: DeliveryStatus,
-    ) -> bool {
+    /// Whether an event received at `received_ms` on `route`, with `dedup`, passes every
+    /// filter but `status`, `destination` and `matches` (the cheap ones: no state and no body
+    /// read).
+    pub fn admits(&self, route: &str, received_ms: u64, dedup: Option<&[u8; 16]>) -> bool {
         self.route.as_deref().is_none_or(|r| r == route)
-            && self.status.is_none_or(|s| s == status)
             && self.since_ms.is_none_or(|t| received_ms >= t)
             && self.until_ms.is_none_or(|t| received_ms < t)
             && self.keys.as_ref().is_none_or(|keys| {
                 keys.get(route)
                     .is_some_and(|k| dedup.is_some_and(|d| k.contains(d)))
             })
+    }
+
+    /// Whether an event whose destinations stand at `states` passes `destination` and
+    /// `status`.
+    pub fn admits_destinations(&self, states: &[DestinationState]) -> bool {
+        let wanted =
+            |d: &&DestinationState| self.destination.as_deref().is_none_or(|n| n == d.name);
+        match self.status {
+            Some(s) => states.iter().filter(wanted).any(|d| d.status == s),
+            None => self.destination.is_none() || states.iter().any(|d| wanted(&d)),
+        }
     }
 
     /// Whether `body` passes `matches` (always, without any).
@@ -254,6 +355,7 @@ mod tests {
     fn the_cheap_filters_and_the_body_filter() {
         let f = EventFilter {
             route: Some("r".into()),
+            destination: None,
             status: Some(DeliveryStatus::Delivered),
             since_ms: Some(10),
             until_ms: Some(20),
@@ -266,17 +368,40 @@ mod tests {
                 (JsonPointer::parse("/n"), serde_json::json!(3)),
             ],
         };
-        let ok = |route, at, key: Option<&[u8; 16]>, status| f.admits(route, at, key, status);
-        assert!(ok("r", 10, Some(&[1; 16]), DeliveryStatus::Delivered));
-        assert!(
-            !ok("r", 20, Some(&[1; 16]), DeliveryStatus::Delivered),
-            "until excludes"
+        let ok = |route, at, key: Option<&[u8; 16]>| f.admits(route, at, key);
+        assert!(ok("r", 10, Some(&[1; 16])));
+        assert!(!ok("r", 20, Some(&[1; 16])), "until excludes");
+        assert!(!ok("r", 9, Some(&[1; 16])));
+        assert!(!ok("s", 15, Some(&[1; 16])));
+        assert!(!ok("r", 15, Some(&[2; 16])));
+        assert!(!ok("r", 15, None));
+        let state = |name: &str, status| DestinationState {
+            status,
+            ..DestinationState::filtered(name)
+        };
+        let delivered = [state("a", DeliveryStatus::Delivered)];
+        assert!(f.admits_destinations(&delivered));
+        assert!(!f.admits_destinations(&[state("a", DeliveryStatus::Dead)]));
+        let both = [
+            state("a", DeliveryStatus::Delivered),
+            state("b", DeliveryStatus::Dead),
+        ];
+        assert!(f.admits_destinations(&both), "any destination");
+        let at_b = EventFilter {
+            destination: Some("b".into()),
+            ..f.clone()
+        };
+        assert!(!at_b.admits_destinations(&both), "b's own status");
+        assert!(!at_b.admits_destinations(&delivered), "no b");
+        assert_eq!(
+            DeliveryStatus::overall(&both),
+            Some(DeliveryStatus::Dead),
+            "dead before delivered"
         );
-        assert!(!ok("r", 9, Some(&[1; 16]), DeliveryStatus::Delivered));
-        assert!(!ok("s", 15, Some(&[1; 16]), DeliveryStatus::Delivered));
-        assert!(!ok("r", 15, Some(&[2; 16]), DeliveryStatus::Delivered));
-        assert!(!ok("r", 15, None, DeliveryStatus::Delivered));
-        assert!(!ok("r", 15, Some(&[1; 16]), DeliveryStatus::Dead));
+        assert_eq!(
+            DeliveryStatus::overall(&[DestinationState::filtered("x")]),
+            Some(DeliveryStatus::Filtered)
+        );
         assert!(f.matches_body(br#"{"status":"failed","n":3}"#));
         assert!(f.matches_body(br#"{"status":"failed","n":"3"}"#));
         assert!(!f.matches_body(br#"{"status":"completed","n":3}"#));
@@ -303,9 +428,9 @@ mod tests {
             received_ms: 0,
             client_ip: "127.0.0.1".parse().unwrap(),
             attempts: 0,
-            history: vec![],
             body_bytes: 0,
             status: DeliveryStatus::Pending,
+            destinations: vec![],
             dedup: None,
         };
         let mut p = PageBuilder::new(2);

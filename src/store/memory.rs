@@ -22,37 +22,42 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::embedded::MemoryDedupStore;
-use super::event::{id_ms, now_ms, DedupRecord, Event};
+use super::event::{id_ms, lane, now_ms, DedupRecord, Event, DEFAULT_DESTINATION};
 use super::history::{
-    self, first_id_at, DeliveryStatus, EventPage, EventQuery, Order, PageBuilder,
+    self, first_id_at, DeliveryStatus, DestinationState, EventDetail, EventPage, EventQuery, Order,
+    PageBuilder,
 };
 use super::spool::{Completion, EventSummary, Spool, SpoolError, SpoolFuture, SpoolStats};
 use super::{SharedDedupStore, Storage};
 use crate::metrics::Metrics;
 
+/// A destination's share: its lane, then the event id.
 type Key = (String, Uuid);
 
 #[derive(Default)]
 struct State {
+    /// Each destination's pending copies.
     pending: BTreeMap<Key, Event>,
+    /// Each destination's dead letters.
     dead: BTreeMap<Key, Event>,
-    /// Delivered events, kept for the retention.
-    done: BTreeMap<Uuid, Event>,
-    /// Every event kept, pending, dead or delivered: its route, in id order (for queries).
-    index: BTreeMap<Uuid, String>,
-    /// Bytes of the delivered events kept.
+    /// Each destination's delivered copy (and a filtered destination's), by id then name.
+    done: BTreeMap<(Uuid, String), Event>,
+    /// Every event kept, as received: pending, dead or delivered somewhere, within the
+    /// retention.
+    records: BTreeMap<Uuid, Event>,
+    /// Bytes of `done`, for the history's bound.
     done_bytes: u64,
-    /// The gateway's records and counters.
     meta: BTreeMap<String, Vec<u8>>,
     counters: std::collections::HashMap<String, i64>,
-    /// Expiry, then key: the expired ones sort first.
+    /// Dedup keys by expiry.
     dedup: BTreeSet<(u64, [u8; 16])>,
+    /// Bytes of the pending and dead copies.
     bytes: u64,
 }
 
-/// A [`Spool`] in memory, bounded like the embedded one; every write is done when it returns.
-/// Delivered events are kept for the retention (72 hours unless set), the oldest dropped first
-/// beyond `max_bytes` of them.
+/// The `memory` backend's spool: bounded by a number of events and of bytes, like the embedded
+/// one. Delivered events stay in its history for the retention (72 hours unless
+/// [`with_retention`](Self::with_retention)), within `max_bytes` of their own.
 pub struct MemorySpool {
     state: Mutex<State>,
     max_events: u64,
@@ -68,13 +73,70 @@ impl std::fmt::Debug for MemorySpool {
     }
 }
 
-fn key(route: &str, id: Uuid) -> Key {
-    (route.to_owned(), id)
+fn key(lane: &str, id: Uuid) -> Key {
+    (lane.to_owned(), id)
+}
+
+impl State {
+    /// Where destination `destination` (filtered out or not) of event `record` stands, with its
+    /// copy.
+    fn standing(
+        &self,
+        record: &Event,
+        destination: &str,
+        filtered: bool,
+    ) -> Option<DestinationState> {
+        if filtered {
+            return Some(DestinationState::filtered(destination));
+        }
+        let k = key(&lane(&record.route, destination), record.id);
+        if let Some(e) = self.pending.get(&k) {
+            return Some(DestinationState::of(e, DeliveryStatus::Pending));
+        }
+        if let Some(e) = self.dead.get(&k) {
+            return Some(DestinationState::of(e, DeliveryStatus::Dead));
+        }
+        self.done
+            .get(&(record.id, destination.to_owned()))
+            .map(|e| DestinationState::of(e, DeliveryStatus::Delivered))
+    }
+
+    /// Where each destination of event `id` stands, with its record.
+    fn detail(&self, id: Uuid) -> Option<EventDetail> {
+        let record = self.records.get(&id)?;
+        let destinations: Vec<DestinationState> = record
+            .fanout()
+            .filter_map(|(d, filtered)| self.standing(record, d, filtered))
+            .collect();
+        (!destinations.is_empty()).then(|| EventDetail {
+            event: record.clone(),
+            destinations,
+        })
+    }
+
+    /// Whether any destination of `record` still holds a copy of it.
+    fn held(&self, record: &Event) -> bool {
+        record.fanout().any(|(d, _)| {
+            let k = key(&lane(&record.route, d), record.id);
+            self.pending.contains_key(&k)
+                || self.dead.contains_key(&k)
+                || self.done.contains_key(&(record.id, d.to_owned()))
+        })
+    }
+
+    /// Forgets `id`'s record once no destination holds it.
+    fn forget_if_unheld(&mut self, id: Uuid) {
+        if let Some(record) = self.records.get(&id) {
+            if !self.held(record) {
+                self.records.remove(&id);
+            }
+        }
+    }
 }
 
 impl MemorySpool {
-    /// A spool holding at most `max_events` events and `max_bytes` bytes (approximate: the
-    /// events' [`stored_size`](Event::stored_size)).
+    /// A spool of at most `max_events` events (each destination's share counts as one) and
+    /// `max_bytes` bytes.
     pub fn new(max_events: u64, max_bytes: u64) -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -91,39 +153,31 @@ impl MemorySpool {
         self
     }
 
-    /// Where the history starts now, in Unix milliseconds.
     fn visible_from_ms(&self) -> u64 {
         now_ms().saturating_sub(self.retention.as_millis() as u64)
     }
 
-    /// Drops delivered events past the retention, and the oldest beyond `max_bytes` of them.
+    /// Drops the delivered (and filtered) shares past the retention or beyond `max_bytes` of
+    /// history, oldest first, and the records no destination holds any more.
     fn retain(&self, s: &mut State) {
         let from = self.visible_from_ms();
-        while let Some((&id, e)) = s.done.first_key_value() {
+        while let Some(((id, _), _)) = s.done.first_key_value() {
+            let id = *id;
             if history::retained(id, from) && s.done_bytes <= self.max_bytes {
                 break;
             }
-            s.done_bytes -= e.stored_size();
-            s.done.remove(&id);
-            if let Some(route) = s.index.get(&id) {
-                let k = key(route, id);
-                if !s.pending.contains_key(&k) && !s.dead.contains_key(&k) {
-                    s.index.remove(&id);
-                }
+            if let Some(((id, _), e)) = s.done.pop_first() {
+                s.done_bytes -= e.stored_size();
+                s.forget_if_unheld(id);
             }
         }
-    }
-
-    /// Where `id` (of `route`) stands, and the event.
-    fn standing<'s>(s: &'s State, route: &str, id: Uuid) -> Option<(&'s Event, DeliveryStatus)> {
-        let k = key(route, id);
-        if let Some(e) = s.pending.get(&k) {
-            return Some((e, DeliveryStatus::Pending));
+        // Events filtered out everywhere have no share at all: they go by time.
+        while let Some((&id, record)) = s.records.first_key_value() {
+            if history::retained(id, from) || s.held(record) {
+                break;
+            }
+            s.records.remove(&id);
         }
-        if let Some(e) = s.dead.get(&k) {
-            return Some((e, DeliveryStatus::Dead));
-        }
-        s.done.get(&id).map(|e| (e, DeliveryStatus::Delivered))
     }
 
     fn query(&self, q: &EventQuery) -> EventPage {
@@ -150,22 +204,23 @@ impl MemorySpool {
             return EventPage::default();
         }
         let mut page = PageBuilder::new(q.limit);
-        let range = s.index.range((lo, hi));
-        let items: Box<dyn Iterator<Item = (&Uuid, &String)>> = match q.order {
+        let range = s.records.range((lo, hi));
+        let items: Box<dyn Iterator<Item = (&Uuid, &Event)>> = match q.order {
             Order::Asc => Box::new(range),
             Order::Desc => Box::new(range.rev()),
         };
         let mut ran_out = true;
-        for (&id, route) in items {
-            let matched = Self::standing(&s, route, id).and_then(|(e, status)| {
-                (f.admits(
-                    route,
-                    e.received_ms,
-                    e.dedup.as_ref().map(|d| &d.key),
-                    status,
-                ) && f.matches_body(&e.body))
-                .then(|| EventSummary::of(e, status))
-            });
+        for (&id, record) in items {
+            let matched = f
+                .admits(
+                    &record.route,
+                    record.received_ms,
+                    record.dedup.as_ref().map(|d| &d.key),
+                )
+                .then(|| s.detail(id))
+                .flatten()
+                .filter(|d| f.admits_destinations(&d.destinations) && f.matches_body(&record.body))
+                .map(|d| EventSummary::with_destinations(record, d.destinations));
             if !page.offer(id, matched) {
                 ran_out = false;
                 break;
@@ -183,9 +238,10 @@ impl MemorySpool {
 impl Spool for MemorySpool {
     fn append(&self, event: &Event) -> Completion {
         let mut s = self.lock();
+        let shares = event.delivered_to().count() as u64;
         let held = (s.pending.len() + s.dead.len()) as u64;
-        let size = event.stored_size();
-        if held >= self.max_events {
+        let size = event.stored_size() * shares;
+        if held + shares > self.max_events {
             return Completion::ready(Err(SpoolError::Full(format!("{held} events"))));
         }
         if s.bytes + size > self.max_bytes {
@@ -205,20 +261,31 @@ impl Spool for MemorySpool {
         if let Some(d) = event.dedup {
             s.dedup.insert((d.expires_ms, d.key));
         }
-        s.pending.insert(key(&event.route, event.id), event.clone());
-        s.index.insert(event.id, event.route.clone());
+        for (destination, filtered) in event.fanout() {
+            let copy = event.clone().for_destination(destination);
+            if filtered {
+                s.done_bytes += copy.stored_size();
+                s.done.insert((event.id, destination.to_owned()), copy);
+            } else {
+                s.pending
+                    .insert(key(&lane(&event.route, destination), event.id), copy);
+            }
+        }
+        s.records
+            .insert(event.id, event.clone().for_destination(DEFAULT_DESTINATION));
         Completion::ready(Ok(()))
     }
 
-    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
-        Ok(self.lock().pending.get(&key(route, id)).cloned())
+    fn get(&self, lane: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        Ok(self.lock().pending.get(&key(lane, id)).cloned())
     }
 
     fn delivered(&self, event: &Event) -> Completion {
         let mut s = self.lock();
-        if let Some(old) = s.pending.remove(&key(&event.route, event.id)) {
+        if let Some(old) = s.pending.remove(&key(&event.lane(), event.id)) {
             s.bytes -= old.stored_size();
-            if let Some(before) = s.done.insert(event.id, event.clone()) {
+            let k = (event.id, event.destination_name().to_owned());
+            if let Some(before) = s.done.insert(k, event.clone()) {
                 s.done_bytes -= before.stored_size();
             }
             s.done_bytes += event.stored_size();
@@ -230,7 +297,7 @@ impl Spool for MemorySpool {
     fn reschedule(&self, event: &Event) -> Completion {
         let mut s = self.lock();
         let State { pending, bytes, .. } = &mut *s;
-        match pending.get_mut(&key(&event.route, event.id)) {
+        match pending.get_mut(&key(&event.lane(), event.id)) {
             Some(stored) => {
                 *bytes = *bytes - stored.stored_size() + event.stored_size();
                 *stored = event.clone();
@@ -242,7 +309,7 @@ impl Spool for MemorySpool {
 
     fn dead_letter(&self, event: &Event) -> Completion {
         let mut s = self.lock();
-        let k = key(&event.route, event.id);
+        let k = key(&event.lane(), event.id);
         match s.pending.remove(&k) {
             Some(old) => {
                 s.bytes = s.bytes - old.stored_size() + event.stored_size();
@@ -257,11 +324,11 @@ impl Spool for MemorySpool {
         Ok(self.lock().pending.values().cloned().collect())
     }
 
-    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
+    fn pending_schedule(&self, lane: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
         Ok(self
             .lock()
             .pending
-            .range(key(route, Uuid::nil())..=key(route, Uuid::max()))
+            .range(key(lane, Uuid::nil())..=key(lane, Uuid::max()))
             .map(|(_, e)| (e.id, e.next_attempt_ms))
             .collect())
     }
@@ -278,31 +345,31 @@ impl Spool for MemorySpool {
 
     fn dead_letters(
         &self,
-        route: &str,
+        lane: &str,
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<EventSummary>, SpoolError> {
         use std::ops::Bound;
         let start = match after {
-            Some(id) => Bound::Excluded(key(route, id)),
-            None => Bound::Included(key(route, Uuid::nil())),
+            Some(id) => Bound::Excluded(key(lane, id)),
+            None => Bound::Included(key(lane, Uuid::nil())),
         };
         Ok(self
             .lock()
             .dead
-            .range((start, Bound::Included(key(route, Uuid::max()))))
+            .range((start, Bound::Included(key(lane, Uuid::max()))))
             .take(limit)
             .map(|(_, e)| EventSummary::of(e, DeliveryStatus::Dead))
             .collect())
     }
 
-    fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
-        Ok(self.lock().dead.get(&key(route, id)).cloned())
+    fn get_dead(&self, lane: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        Ok(self.lock().dead.get(&key(lane, id)).cloned())
     }
 
-    fn revive(&self, route: &str, id: Uuid) -> Completion<Event> {
+    fn revive(&self, lane: &str, id: Uuid) -> Completion<Event> {
         let mut s = self.lock();
-        let k = key(route, id);
+        let k = key(lane, id);
         let Some(mut event) = s.dead.remove(&k) else {
             return Completion::ready(Err(SpoolError::NotFound(id)));
         };
@@ -313,15 +380,17 @@ impl Spool for MemorySpool {
         Completion::ready(Ok(event))
     }
 
-    fn purge(&self, route: &str, id: Uuid) -> Completion {
+    fn purge(&self, lane: &str, id: Uuid) -> Completion {
         let mut s = self.lock();
-        match s.dead.remove(&key(route, id)) {
+        match s.dead.remove(&key(lane, id)) {
             Some(old) => {
                 s.bytes -= old.stored_size();
-                if let Some(done) = s.done.remove(&id) {
+                let k = (id, old.destination_name().to_owned());
+                if let Some(done) = s.done.remove(&k) {
                     s.done_bytes -= done.stored_size();
                 }
-                s.index.remove(&id);
+                // Gone for good once no other destination holds it either.
+                s.forget_if_unheld(id);
                 Completion::ready(Ok(()))
             }
             None => Completion::ready(Err(SpoolError::NotFound(id))),
@@ -333,31 +402,39 @@ impl Spool for MemorySpool {
         Box::pin(async move { Ok(page) })
     }
 
-    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>> {
+    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<EventDetail>> {
         let mut s = self.lock();
         self.retain(&mut s);
-        let found = s
-            .index
-            .get(&id)
-            .and_then(|route| Self::standing(&s, route, id))
-            .map(|(e, status)| (e.clone(), status));
+        let found = s.detail(id);
         Box::pin(async move { Ok(found) })
     }
 
-    fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>> {
+    fn replay(
+        &self,
+        id: Uuid,
+        destination: &str,
+        job: &str,
+    ) -> Completion<Option<(Event, DeliveryStatus)>> {
         let mut s = self.lock();
         self.retain(&mut s);
-        let Some(route) = s.index.get(&id).cloned() else {
+        let Some(record) = s.records.get(&id) else {
             return Completion::ready(Err(SpoolError::NotFound(id)));
         };
-        let k = key(&route, id);
+        let Some((_, filtered)) = record.fanout().find(|(d, _)| *d == destination) else {
+            return Completion::ready(Err(SpoolError::NotFound(id)));
+        };
+        if filtered {
+            return Completion::ready(Ok(None));
+        }
+        let k = key(&lane(&record.route, destination), id);
+        let done_key = (id, destination.to_owned());
         if s.pending.contains_key(&k) {
             return Completion::ready(Ok(None));
         }
         let last = s
             .dead
             .get(&k)
-            .or_else(|| s.done.get(&id))
+            .or_else(|| s.done.get(&done_key))
             .and_then(|e| e.history.last())
             .and_then(|a| a.replay.clone());
         if last.as_deref() == Some(job) {
@@ -366,7 +443,7 @@ impl Spool for MemorySpool {
         let (mut event, was) = if let Some(e) = s.dead.remove(&k) {
             s.bytes -= e.stored_size();
             (e, DeliveryStatus::Dead)
-        } else if let Some(e) = s.done.get(&id).cloned() {
+        } else if let Some(e) = s.done.get(&done_key).cloned() {
             (e, DeliveryStatus::Delivered)
         } else {
             return Completion::ready(Err(SpoolError::NotFound(id)));
@@ -388,11 +465,11 @@ impl Spool for MemorySpool {
         }
     }
 
-    fn oldest_pending_ms(&self, route: &str) -> Option<u64> {
+    fn oldest_pending_ms(&self, lane: &str) -> Option<u64> {
         let s = self.lock();
         let (_, e) = s
             .pending
-            .range(key(route, Uuid::nil())..=key(route, Uuid::max()))
+            .range(key(lane, Uuid::nil())..=key(lane, Uuid::max()))
             .next()?;
         id_ms(e.id)
     }
@@ -413,8 +490,8 @@ impl Spool for MemorySpool {
         let mut s = self.lock();
         self.retain(&mut s);
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for route in s.index.values() {
-            *counts.entry(route.clone()).or_default() += 1;
+        for record in s.records.values() {
+            *counts.entry(record.route.clone()).or_default() += 1;
         }
         Box::pin(async move { Ok(counts.into_iter().collect()) })
     }

@@ -50,9 +50,12 @@ pub use embedded::MemoryDedupStore;
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedSpool, SpoolConfig};
 pub use event::{
-    id_ms, now_ms, AttemptKind, AttemptRecord, DedupRecord, Event, HISTORY_LEN, OUTCOME_MAX,
+    id_ms, lane, now_ms, split_lane, AttemptKind, AttemptRecord, DedupRecord, Event, Fanout,
+    DEFAULT_DESTINATION, HISTORY_LEN, LANE_SEPARATOR, OUTCOME_MAX,
 };
-pub use history::{DeliveryStatus, EventFilter, EventPage, EventQuery};
+pub use history::{
+    DeliveryStatus, DestinationState, EventDetail, EventFilter, EventPage, EventQuery,
+};
 pub use spool::{
     Completion, Durability, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture,
     SpoolStats, StoreHealth,

@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | 1 (before the event history) | `0x10` (postcard's length of the 16-byte id) | the event, attempts as `{at_ms, outcome}` |
 //! | 2 | `0xE7 0x02` | the event, attempts with their kind, HTTP status, duration and replay; the replay job |
+//! | 3 | `0xE7 0x03` | version 2, then the destinations the event was fanned out to |
 //!
 //! The embedded layout also keeps an event's changing part apart from its record (see
 //! [`State`]): a status change writes that, not the record.
@@ -21,7 +22,9 @@ use super::spool::SpoolError;
 /// The first byte of every versioned record. A version 1 record starts with `0x10`: never this.
 const TAG: u8 = 0xE7;
 /// The version written now.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// Version 2: version 3 without its last field (the destinations).
+const VERSION_2: u8 = 2;
 
 /// `event`, encoded at the newest version.
 pub(crate) fn encode(event: &Event) -> Result<Vec<u8>, SpoolError> {
@@ -38,6 +41,13 @@ pub(crate) fn decode(what: &str, bytes: &[u8]) -> Result<Event, SpoolError> {
     let corrupt = |e: postcard::Error| SpoolError::Corrupt(what.to_owned(), e.to_string());
     match bytes {
         [TAG, VERSION, rest @ ..] => postcard::from_bytes(rest).map_err(corrupt),
+        // Version 3 only added a list at the end: an empty one is its length, a single 0.
+        [TAG, VERSION_2, rest @ ..] => {
+            let mut v3 = Vec::with_capacity(rest.len() + 1);
+            v3.extend_from_slice(rest);
+            v3.push(0);
+            postcard::from_bytes(&v3).map_err(corrupt)
+        }
         [TAG, v, ..] => Err(SpoolError::Corrupt(
             what.to_owned(),
             format!("written by a newer release (record version {v}); upgrade to read it"),
@@ -75,6 +85,34 @@ pub(crate) struct View<'a> {
     pub dedup: Option<DedupRecord>,
     #[allow(dead_code)]
     pub history: Vec<AttemptRecord>,
+    #[allow(dead_code)]
+    pub replay: Option<&'a str>,
+    pub destinations: Vec<FanoutView<'a>>,
+}
+
+/// A [`Fanout`](super::event::Fanout), borrowed.
+#[cfg(feature = "embedded")]
+#[derive(Deserialize)]
+pub(crate) struct FanoutView<'a> {
+    pub destination: &'a str,
+    pub filtered: bool,
+    #[allow(dead_code)] // read only to reach the next
+    pub order: Option<[u8; 16]>,
+}
+
+#[cfg(feature = "embedded")]
+impl View<'_> {
+    /// Every destination of the event, with whether it was filtered out (see
+    /// [`Event::fanout`]).
+    pub fn fanout(&self) -> Vec<(&str, bool)> {
+        if self.destinations.is_empty() {
+            return vec![(super::event::DEFAULT_DESTINATION, false)];
+        }
+        self.destinations
+            .iter()
+            .map(|f| (f.destination, f.filtered))
+            .collect()
+    }
 }
 
 /// The view of a record of the newest version (`None`: another version, to decode whole).
@@ -177,6 +215,23 @@ pub(crate) fn set_state_size(bytes: &mut [u8], size: u32) {
 }
 
 impl State {
+    /// This state as destination `name`'s, standing at `status`.
+    pub(crate) fn into_destination(
+        self,
+        name: &str,
+        status: super::history::DeliveryStatus,
+    ) -> super::history::DestinationState {
+        super::history::DestinationState {
+            name: name.to_owned(),
+            status,
+            attempts: self.attempts,
+            history: self.history,
+            next_attempt_ms: (status == super::history::DeliveryStatus::Pending)
+                .then_some(self.next_attempt_ms),
+            replay: self.replay,
+        }
+    }
+
     /// Puts this state on `event` (read from its record).
     pub(crate) fn apply(self, event: &mut Event) {
         event.attempts = self.attempts;
@@ -282,6 +337,8 @@ impl From<EventV1> for Event {
                 })
                 .collect(),
             replay: None,
+            destinations: Vec::new(),
+            destination: String::new(),
         }
     }
 }
@@ -315,6 +372,37 @@ mod tests {
         let v = view("x", &bytes).unwrap().unwrap();
         assert_eq!((v.id, v.route, v.body), (e.id, "r", &b"{\"a\":1}"[..]));
         assert_eq!(v.history, e.history);
+    }
+
+    #[test]
+    fn a_version_2_record_is_read_and_the_destinations_round_trip() {
+        let e = event();
+        let mut v2 = encode(&e).unwrap();
+        assert_eq!(v2.pop(), Some(0), "an empty list is one byte at the end");
+        v2[1] = VERSION_2;
+        assert_eq!(decode("x", &v2).unwrap(), e);
+        assert!(view("x", &v2).unwrap().is_none(), "decoded whole");
+        let mut fanned = e.clone();
+        fanned.destinations = vec![
+            crate::store::event::Fanout {
+                destination: "app".into(),
+                filtered: false,
+                order: Some([7; 16]),
+            },
+            crate::store::event::Fanout {
+                destination: "alerts".into(),
+                filtered: true,
+                order: None,
+            },
+        ];
+        let bytes = encode(&fanned).unwrap();
+        assert_eq!(decode("x", &bytes).unwrap(), fanned);
+        let v = view("x", &bytes).unwrap().unwrap();
+        assert_eq!(v.fanout(), [("app", false), ("alerts", true)]);
+        assert_eq!(
+            view("x", &encode(&e).unwrap()).unwrap().unwrap().fanout(),
+            [("upstream", false)]
+        );
     }
 
     /// Written before the event history: the same fields, attempts as `{at_ms, outcome}`.

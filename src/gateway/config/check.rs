@@ -227,36 +227,91 @@ impl Config {
             if route.dedup.ttl < Duration::from_secs(1) {
                 errors.push(invalid(key("dedup.ttl"), "must be at least 1s".into()));
             }
-            let d = &route.delivery;
-            if d.max_attempts == 0 {
+            check_delivery(&key("delivery"), &route.delivery, &mut errors);
+            let name = Config::route_name(route);
+            if name.contains(crate::store::LANE_SEPARATOR) {
                 errors.push(invalid(
-                    key("delivery.max_attempts"),
-                    "must be at least 1".into(),
+                    key("name"),
+                    format!(
+                        "{name:?}: a route's name cannot hold {:?} (it separates a route from a destination)",
+                        crate::store::LANE_SEPARATOR
+                    ),
                 ));
             }
-            if d.concurrency == 0 {
+            match (&route.upstream, route.destinations.is_empty()) {
+                (Some(_), false) => errors.push(invalid(
+                    key("upstream"),
+                    "and [[route.destination]] are both set: write the upstream as a destination (name = \"upstream\", url = ...) or keep upstream alone".into(),
+                )),
+                (None, true) => errors.push(invalid(
+                    key("upstream"),
+                    "is missing: set upstream = \"http://...\" or add [[route.destination]] tables".into(),
+                )),
+                _ => {}
+            }
+            if route.mode == super::Mode::Proxy && route.upstream.is_none() {
                 errors.push(invalid(
-                    key("delivery.concurrency"),
-                    "must be at least 1".into(),
+                    key("destination"),
+                    "mode = \"proxy\" forwards to one upstream and answers with its answer: set upstream = \"http://...\" (destinations are for fast_ack)".into(),
                 ));
             }
-            if d.backoff > d.max_backoff {
+            if route.upstream.is_none() && route.upstream_ca.is_some() {
                 errors.push(invalid(
-                    key("delivery.backoff"),
-                    "is larger than delivery.max_backoff".into(),
+                    key("upstream_ca"),
+                    "is set without upstream: give each [[route.destination]] its own upstream_ca"
+                        .into(),
                 ));
             }
-            for (k, v) in [
-                ("delivery.timeout", d.timeout),
-                ("delivery.connect_timeout", d.connect_timeout),
-                ("delivery.backoff", d.backoff),
-            ] {
-                if v.is_zero() {
-                    errors.push(invalid(key(k), "must be more than 0s".into()));
+            let mut names = HashSet::new();
+            for (j, d) in route.destinations.iter().enumerate() {
+                let dkey = |k: &str| format!("route[{i}].destination[{j}].{k}");
+                if let Err(e) = crate::deliver::Destination::check_name(&dkey("name"), &d.name) {
+                    errors.push(e);
+                }
+                if !names.insert(d.name.as_str()) {
+                    errors.push(invalid(
+                        dkey("name"),
+                        format!("{:?} is used by another destination of the route", d.name),
+                    ));
+                }
+                if let Some(delivery) = &d.delivery {
+                    check_delivery(&dkey("delivery"), delivery, &mut errors);
+                }
+                if d.concurrency == Some(0) {
+                    errors.push(invalid(dkey("concurrency"), "must be at least 1".into()));
                 }
             }
         }
         errors
+    }
+}
+
+/// The value checks of a `[route.delivery]` (or a destination's), `key` its place in the file.
+fn check_delivery(key: &str, d: &super::Delivery, errors: &mut Vec<crate::core::ConfigError>) {
+    let invalid = |k: &str, reason: &str| crate::core::ConfigError::InvalidValue {
+        key: format!("{key}.{k}"),
+        reason: reason.to_owned(),
+    };
+    if d.max_attempts == 0 {
+        errors.push(invalid("max_attempts", "must be at least 1"));
+    }
+    if d.concurrency == 0 {
+        errors.push(invalid("concurrency", "must be at least 1"));
+    }
+    if d.backoff > d.max_backoff {
+        errors.push(invalid(
+            "backoff",
+            &format!("is larger than {key}.max_backoff"),
+        ));
+    }
+    for (k, v) in [
+        ("timeout", d.timeout),
+        ("connect_timeout", d.connect_timeout),
+        ("backoff", d.backoff),
+    ] {
+        if v.is_zero() {
+            errors.push(invalid(k, "must be more than 0s"));
+        }
     }
 }
 

@@ -7,11 +7,15 @@ use crate::core::{
     Allowlist, ConfigError, DedupKeySpec, HmacAlgorithm, HmacScheme, RateLimit, SignatureEncoding,
     SignatureScheme, SignatureVerifier, Validator,
 };
-use crate::deliver::HttpTarget;
+use std::sync::Arc;
+
+use crate::core::{DeliveryRate, Filter, OrderKey};
+use crate::deliver::{DeliveryPolicy, Destination, HttpTarget};
 use crate::metrics::Metrics;
 use crate::store::{embedded, memory, SpoolConfig, SpoolError, Storage};
 
-/// One route as [`Config::parse`] built it: its allowlists, validator, dedup key and upstream.
+/// One route as [`Config::parse`] built it: its allowlists, validator, dedup key and
+/// destinations.
 #[derive(Clone)]
 pub struct CompiledRoute {
     pub(crate) allow: crate::gateway::allow::RouteAllow,
@@ -20,7 +24,45 @@ pub struct CompiledRoute {
     pub(crate) dedup_key: DedupKeySpec,
     pub(crate) signature: Option<SignatureVerifier>,
     pub(crate) rate_limit: Option<RateLimit>,
-    pub(crate) upstream: HttpTarget,
+    /// At least one; a `proxy` route's one is its upstream.
+    pub(crate) destinations: Vec<CompiledDestination>,
+}
+
+/// A destination as built: its client, policy, rate, filter and order.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledDestination {
+    pub name: String,
+    pub target: HttpTarget,
+    pub policy: DeliveryPolicy,
+    pub rate: Option<DeliveryRate>,
+    pub filter: Option<Filter>,
+    pub order: Option<OrderKey>,
+}
+
+impl CompiledDestination {
+    /// As the delivery engine takes it.
+    pub(crate) fn destination(&self) -> Destination {
+        let mut d = Destination::new(&self.name)
+            .with_shared_target(Arc::new(self.target.clone()))
+            .with_policy(self.policy.clone());
+        if let Some(r) = &self.rate {
+            d = d.with_rate(r.clone());
+        }
+        if let Some(f) = &self.filter {
+            d = d.with_filter(f.clone());
+        }
+        if let Some(o) = &self.order {
+            d = d.with_order(o.clone());
+        }
+        d
+    }
+}
+
+impl CompiledRoute {
+    /// The route's upstream, for `proxy` mode: its first destination's client.
+    pub(crate) fn upstream(&self) -> &HttpTarget {
+        &self.destinations[0].target
+    }
 }
 
 impl Config {
@@ -177,29 +219,20 @@ impl Config {
             .as_ref()
             .map(|r| RateLimit::parse(&key("rate_limit"), &r.per_ip, r.burst))
             .transpose();
-        let upstream = match &route.upstream_ca {
-            None => crate::deliver::HttpTarget::new(
-                &key("upstream"),
-                &route.upstream,
-                &route.delivery.policy(),
-            ),
-            Some(file) => {
-                let path = self.resolve(file);
-                std::fs::read(&path)
-                    .map_err(|e| ConfigError::InvalidValue {
-                        key: key("upstream_ca"),
-                        reason: format!("cannot read {}: {e}", path.display()),
-                    })
-                    .and_then(|pem| {
-                        crate::deliver::HttpTarget::with_ca(
-                            &key("upstream_ca"),
-                            &route.upstream,
-                            &route.delivery.policy(),
-                            Some(&pem),
-                        )
-                    })
+        let mut destinations = Vec::new();
+        let mut destination_errors = Vec::new();
+        for d in route.resolved_destinations(i) {
+            match self.compile_destination(&d) {
+                Ok(c) => destinations.push(c),
+                Err(e) => destination_errors.extend(e),
             }
-        };
+        }
+        let upstream: Result<Vec<CompiledDestination>, Vec<ConfigError>> =
+            if destination_errors.is_empty() {
+                Ok(destinations)
+            } else {
+                Err(destination_errors)
+            };
         match (
             allow, trusted, validator, dedup_key, signature, rate_limit, upstream,
         ) {
@@ -210,7 +243,7 @@ impl Config {
                 Ok(dedup_key),
                 Ok(signature),
                 Ok(rate_limit),
-                Ok(upstream),
+                Ok(destinations),
             ) => Ok(CompiledRoute {
                 allow,
                 trusted,
@@ -218,20 +251,83 @@ impl Config {
                 dedup_key,
                 signature,
                 rate_limit,
-                upstream,
+                destinations,
             }),
-            (allow, trusted, validator, dedup_key, signature, rate_limit, upstream) => Err([
-                allow.err(),
-                trusted.err(),
-                validator.err(),
-                dedup_key.err(),
-                signature.err(),
-                rate_limit.err(),
-                upstream.err(),
-            ]
-            .into_iter()
-            .flatten()
-            .collect()),
+            (allow, trusted, validator, dedup_key, signature, rate_limit, destinations) => {
+                let mut errors: Vec<ConfigError> = [
+                    allow.err(),
+                    trusted.err(),
+                    validator.err(),
+                    dedup_key.err(),
+                    signature.err(),
+                    rate_limit.err(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                errors.extend(destinations.err().into_iter().flatten());
+                Err(errors)
+            }
+        }
+    }
+
+    /// A destination's client (its URL, its private CA), rate, filter and order, or every
+    /// error found in them.
+    fn compile_destination(
+        &self,
+        d: &super::ResolvedDestination<'_>,
+    ) -> Result<CompiledDestination, Vec<ConfigError>> {
+        let key = |k: &str| format!("{}.{k}", d.key);
+        let mut errors = Vec::new();
+        let target = match d.upstream_ca {
+            None => HttpTarget::new(&d.url_key, d.url, &d.policy),
+            Some(file) => {
+                let path = self.resolve(file);
+                std::fs::read(&path)
+                    .map_err(|e| ConfigError::InvalidValue {
+                        key: d.ca_key.clone(),
+                        reason: format!("cannot read {}: {e}", path.display()),
+                    })
+                    .and_then(|pem| HttpTarget::with_ca(&d.ca_key, d.url, &d.policy, Some(&pem)))
+            }
+        };
+        let target = target.map_err(|e| errors.push(e)).ok();
+        let rate = d
+            .rate
+            .map(|r| DeliveryRate::parse(&key("rate"), r))
+            .transpose()
+            .map_err(|e| errors.push(e))
+            .ok()
+            .flatten();
+        let filter = d
+            .filter
+            .map(|f| {
+                Filter::new(
+                    &key("filter"),
+                    f.iter().map(|(k, v)| (k.clone(), v.clone())),
+                )
+            })
+            .transpose()
+            .map_err(|e| errors.push(e))
+            .ok()
+            .flatten();
+        let order = d
+            .order
+            .map(|o| OrderKey::parse(&key("order"), o))
+            .transpose()
+            .map_err(|e| errors.push(e))
+            .ok()
+            .flatten();
+        match target {
+            Some(target) if errors.is_empty() => Ok(CompiledDestination {
+                name: d.name.to_owned(),
+                target,
+                policy: d.policy.clone(),
+                rate,
+                filter,
+                order,
+            }),
+            _ => Err(errors),
         }
     }
 
@@ -270,7 +366,7 @@ impl Config {
 impl std::fmt::Debug for CompiledRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledRoute")
-            .field("upstream", &self.upstream)
+            .field("destinations", &self.destinations)
             .finish_non_exhaustive()
     }
 }

@@ -372,8 +372,11 @@ pub struct Route {
     pub name: Option<String>,
     /// The exact request path.
     pub path: String,
-    /// Where events go: an `http://` or `https://` URL.
-    pub upstream: String,
+    /// Where events go: an `http://` or `https://` URL. The one-destination shorthand: a
+    /// destination named `upstream` ([`DEFAULT_DESTINATION`](crate::store::DEFAULT_DESTINATION)),
+    /// delivering by `[route.delivery]`. Either this or `[[route.destination]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// For an `https://` upstream with a private CA: a PEM file of CA certificates to trust
     /// besides the system's (relative to the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,9 +409,118 @@ pub struct Route {
     /// `[route.signature]`: step 9 (401 when the request's signature does not verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
-    /// Retries, timeouts and concurrency of deliveries (and of `proxy` forwarding).
+    /// Retries, timeouts and concurrency of deliveries (and of `proxy` forwarding); what a
+    /// destination without its own `[route.destination.delivery]` delivers by.
     #[serde(default)]
     pub delivery: Delivery,
+    /// `[[route.destination]]`: where events go when there are several places (fan-out), or one
+    /// with a name, a rate, a filter or an order. Either these or `upstream`.
+    #[serde(default, rename = "destination", skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+/// `[[route.destination]]` (DESIGN §13).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Its name (unique in the route): letters, digits, `-`, `_` and `.`. Metrics, logs, the
+    /// history and the admin API say it.
+    pub name: String,
+    /// Where its events go: an `http://` or `https://` URL.
+    pub url: String,
+    /// For an `https://` URL with a private CA: a PEM file of CA certificates to trust besides
+    /// the system's (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<PathBuf>,
+    /// `[route.destination.delivery]`: its own retries, timeouts and circuit; left out, the
+    /// route's `[route.delivery]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+    /// Deliveries in flight at once (1: one at a time); left out, its delivery's `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// At most this many deliveries a second (`"200/s"`, `"600/m"`), retries and replays
+    /// included, across every instance sharing a Redis store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// `{ "/pointer" = value }` or `{ "/pointer" = [values] }`: only the events whose JSON holds
+    /// one of the values at each pointer come here; the others are `filtered` for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// `"/json/pointer"` or `"header:NAME"`: events with the same value are delivered one at a
+    /// time, in arrival order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+}
+
+/// A route's destination as its deliveries take it: the shorthand `upstream` made one, or a
+/// `[[route.destination]]`, its delivery policy resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedDestination<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its URL.
+    pub url: &'a str,
+    /// Its private CA, if any.
+    pub upstream_ca: Option<&'a Path>,
+    /// How events are delivered there.
+    pub policy: DeliveryPolicy,
+    /// `rate`, as written.
+    pub rate: Option<&'a str>,
+    /// `filter`, as written.
+    pub filter: Option<&'a std::collections::BTreeMap<String, serde_json::Value>>,
+    /// `order`, as written.
+    pub order: Option<&'a str>,
+    /// Where it is in the file (`route[0]`, `route[0].destination[1]`).
+    pub key: String,
+    /// The key of its URL (`route[0].upstream`, `route[0].destination[1].url`).
+    pub url_key: String,
+    /// The key of its CA file.
+    pub ca_key: String,
+}
+
+impl Route {
+    /// The route's destinations: `upstream` as one named `upstream`, or each
+    /// `[[route.destination]]`. `i` is the route's place in the file, for the keys.
+    pub fn resolved_destinations(&self, i: usize) -> Vec<ResolvedDestination<'_>> {
+        match &self.upstream {
+            Some(url) => vec![ResolvedDestination {
+                name: crate::store::DEFAULT_DESTINATION,
+                url,
+                upstream_ca: self.upstream_ca.as_deref(),
+                policy: self.delivery.policy(),
+                rate: None,
+                filter: None,
+                order: None,
+                key: format!("route[{i}]"),
+                url_key: format!("route[{i}].upstream"),
+                ca_key: format!("route[{i}].upstream_ca"),
+            }],
+            None => self
+                .destinations
+                .iter()
+                .enumerate()
+                .map(|(j, d)| {
+                    let mut policy = d.delivery.as_ref().unwrap_or(&self.delivery).policy();
+                    if let Some(n) = d.concurrency {
+                        policy.concurrency = n;
+                    }
+                    ResolvedDestination {
+                        name: &d.name,
+                        url: &d.url,
+                        upstream_ca: d.upstream_ca.as_deref(),
+                        policy,
+                        rate: d.rate.as_deref(),
+                        filter: d.filter.as_ref(),
+                        order: d.order.as_deref(),
+                        key: format!("route[{i}].destination[{j}]"),
+                        url_key: format!("route[{i}].destination[{j}].url"),
+                        ca_key: format!("route[{i}].destination[{j}].upstream_ca"),
+                    }
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `dedup = { key = "/generation_id", ttl = "24h" }`.
@@ -576,7 +688,7 @@ pub enum SignatureEncodingName {
 }
 
 /// `[route.delivery]`; a key left out takes [`DeliveryPolicy::default`]'s value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Delivery {
     /// Attempts before the dead letters.

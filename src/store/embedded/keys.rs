@@ -3,8 +3,8 @@
 //! | keyspace | key | value | written |
 //! | --- | --- | --- | --- |
 //! | `events` | id (16 bytes) | the event's record ([`record`](crate::store::record)) | once, at append |
-//! | `live` | `p` or `d`, route, `0`, id | the event's [`State`](crate::store::record::State): pending (`p`) or dead (`d`) | at append, each retry, dead letter, replay |
-//! | `done` | id | the state a delivered event ended with | at delivery |
+//! | `live` | `p` or `d`, lane, `0`, id | one destination's [`State`](crate::store::record::State) of the event: pending (`p`) or dead (`d`) | at append, each retry, dead letter, replay |
+//! | `done` | id, then the destination's name unless it is the default one | the state a delivered event ended with there | at delivery |
 //! | `kept` | id | the record of a pending or dead event older than the retention | before retention drops its range |
 //! | `dedup` | expiry (8 bytes, big endian), key (16 bytes) | empty | at append |
 //! | `meta` | `r/` key, `n/` key, `t/` route `0` minute | the gateway's records (replay jobs), counters, and how many events each route received each minute | as they change; the minutes with each batch of appends |
@@ -53,7 +53,18 @@ pub(super) fn record_key(id: Uuid) -> [u8; 16] {
     *id.as_bytes()
 }
 
-/// The key of event `id` of `route` in `live`.
+/// The key of destination `destination`'s delivered state of event `id` in `done`: the id
+/// alone for the default destination (as before there were others), else the id and the name.
+/// Either sorts with its id, so retention's ranges by id cover it.
+pub(super) fn done_key(id: Uuid, destination: &str) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    if destination != crate::store::event::DEFAULT_DESTINATION {
+        key.extend_from_slice(destination.as_bytes());
+    }
+    key
+}
+
+/// The key of event `id` of `route` (a lane: see [`crate::store::lane`]) in `live`.
 pub(super) fn live_key(space: Space, route: &str, id: Uuid) -> Vec<u8> {
     let mut key = Vec::with_capacity(route.len() + 18);
     key.push(space.tag());
@@ -77,13 +88,13 @@ pub(super) fn space_prefix(space: Space) -> [u8; 1] {
     [space.tag()]
 }
 
-/// The id at the end of a key (of any keyspace but `dedup`).
+/// The id at the end of a key (of any keyspace but `dedup` and `done`).
 pub(super) fn id_of(key: &[u8]) -> Option<Uuid> {
     let start = key.len().checked_sub(16)?;
     Uuid::from_slice(&key[start..]).ok()
 }
 
-/// The route of a `live` key.
+/// The lane of a `live` key.
 pub(super) fn route_of(key: &[u8]) -> Option<&str> {
     let end = key.len().checked_sub(17)?;
     std::str::from_utf8(key.get(1..end)?).ok()
@@ -173,5 +184,10 @@ mod tests {
             Some(("r/0".to_owned(), 29_000_000))
         );
         assert!(tally_key("a", 2) < tally_key("a", 10));
+        let id = Uuid::now_v7();
+        assert_eq!(done_key(id, "upstream"), id.as_bytes());
+        let alerts = done_key(id, "alerts");
+        assert!(alerts.as_slice() > id.as_bytes().as_slice());
+        assert!(alerts.as_slice() < Uuid::from_u128(id.as_u128() + 1).as_bytes().as_slice());
     }
 }

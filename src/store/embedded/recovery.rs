@@ -176,10 +176,16 @@ pub(super) fn recover(
 pub(super) fn refuse(s: &Shared, op: Op, held: &mut Vec<Op>) {
     let refusal = || Err(lock(&s.failure).clone().unwrap_or(SpoolError::Reopening));
     match op {
-        Op::Append { record, reply, .. } => {
-            s.queued.fetch_sub(1, Ordering::AcqRel);
+        Op::Append {
+            record,
+            reply,
+            lives,
+            ..
+        } => {
+            let weight = super::writer::weight(&lives);
+            s.queued.fetch_sub(weight, Ordering::AcqRel);
             s.queued_bytes
-                .fetch_sub(record.len() as u64, Ordering::AcqRel);
+                .fetch_sub(record.len() as u64 * weight, Ordering::AcqRel);
             let _ = reply.send(refusal());
         }
         Op::Rewrite { reply, .. }

@@ -14,9 +14,10 @@ use super::engine::{self, Engine, Tuning};
 use super::keys::{self, decode_dedup_key, live_key, live_prefix, Space};
 use super::retention;
 use super::writer::{self, DeferredDelete, Op, MAX_GROUP, SWEEP_CHUNK};
-use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
+use crate::store::event::{id_ms, now_ms, split_lane, DedupRecord, Event, DEFAULT_DESTINATION};
 use crate::store::history::{
-    self, DeliveryStatus, EventFilter, EventPage, EventQuery, Order, PageBuilder,
+    self, DeliveryStatus, DestinationState, EventDetail, EventFilter, EventPage, EventQuery, Order,
+    PageBuilder,
 };
 use crate::store::record;
 use crate::store::spool::{
@@ -511,9 +512,12 @@ impl EmbeddedSpool {
                 return;
             }
         };
+        let destination = event.destination_name();
         lock(&s.deferred).push(DeferredDelete {
-            live: live_key(Space::Pending, &event.route, event.id).into(),
+            live: live_key(Space::Pending, &event.lane(), event.id).into(),
+            done: keys::done_key(event.id, destination),
             state,
+            siblings: siblings(&event.route, event.id, event.fanout(), destination),
             reply,
         });
         // Only a writer asleep with nothing to do needs waking; a busy one takes the removal with
@@ -571,7 +575,28 @@ fn sweep_at_open(engine: &Engine, durability: Durability) -> Result<usize, Spool
     }
 }
 
-/// An event's `live` state read with its record: the event as it stands now.
+/// The `live` keys (pending and dead) of event `id`'s destinations of `fanout` other than
+/// `destination` and those filtered out: what still holds its record once `destination` lets
+/// it go. Empty (no allocation) for an event with one destination.
+fn siblings<'a>(
+    route: &str,
+    id: Uuid,
+    fanout: impl Iterator<Item = (&'a str, bool)>,
+    destination: &str,
+) -> Vec<fjall::Slice> {
+    let mut out = Vec::new();
+    for (d, filtered) in fanout {
+        if filtered || d == destination {
+            continue;
+        }
+        let lane = crate::store::lane(route, d);
+        out.push(live_key(Space::Pending, &lane, id).into());
+        out.push(live_key(Space::Dead, &lane, id).into());
+    }
+    out
+}
+
+/// An event's `live` state read with its record: that destination's copy as it stands now.
 fn joined(engine: &Engine, live_key: &[u8], state: &[u8]) -> Result<Option<Event>, SpoolError> {
     let Some(id) = keys::id_of(live_key) else {
         return Ok(None);
@@ -582,10 +607,12 @@ fn joined(engine: &Engine, live_key: &[u8], state: &[u8]) -> Result<Option<Event
     };
     let mut event = record::decode(&what, &record)?;
     record::decode_state(&what, state)?.apply(&mut event);
-    Ok(Some(event))
+    let destination = keys::route_of(live_key).map_or("", |l| split_lane(l).1);
+    Ok(Some(event.for_destination(destination)))
 }
 
-/// The summary of a `live` entry (its record's body skipped).
+/// The summary of a `live` entry, with that destination's state alone (its record's body
+/// skipped).
 fn live_summary(
     engine: &Engine,
     key: &[u8],
@@ -598,57 +625,105 @@ fn live_summary(
     let Some(record) = engine.record(id)? else {
         return Ok(None);
     };
+    let destination = keys::route_of(key).map_or(DEFAULT_DESTINATION, |l| split_lane(l).1);
     let state = record::decode_state(&id.to_string(), state)?;
-    Ok(Some((
-        summary_of(id, &record, state, status)?,
-        Some(record),
-    )))
+    let states = vec![state.into_destination(destination, status)];
+    Ok(Some((summary_of(id, &record, states)?, Some(record))))
 }
 
-/// The summary of the event whose record is `record`, standing at `status` with `state`.
+/// The summary of the event whose record is `record`, its destinations standing at `states`.
 fn summary_of(
     id: Uuid,
     record: &[u8],
-    state: record::State,
-    status: DeliveryStatus,
+    states: Vec<DestinationState>,
 ) -> Result<EventSummary, SpoolError> {
     let what = id.to_string();
-    let mut s = match record::view(&what, record)? {
+    Ok(match record::view(&what, record)? {
         Some(v) => EventSummary {
             id: v.id,
             route: v.route.to_owned(),
             received_ms: v.received_ms,
             client_ip: v.client_ip,
-            attempts: 0,
-            history: Vec::new(),
+            attempts: states.iter().map(|d| d.attempts).sum(),
             body_bytes: v.body.len(),
-            status,
+            status: DeliveryStatus::overall(&states).unwrap_or(DeliveryStatus::Delivered),
+            destinations: states,
             dedup: v.dedup.map(|d| d.key),
         },
-        None => EventSummary::of(&record::decode(&what, record)?, status),
-    };
-    s.attempts = state.attempts;
-    s.history = state.history;
-    Ok(s)
+        None => EventSummary::with_destinations(&record::decode(&what, record)?, states),
+    })
 }
 
-/// Where event `id` (of `route`) stands, with its state: pending, dead, or delivered (`None`:
-/// none of them, a purged dead letter or an append in flight).
+/// Where destination `destination` of event `id` of `route` stands, with its state: pending,
+/// dead, or delivered (`None`: none of them, a purged dead letter or an append in flight).
 fn standing(
     engine: &Engine,
     route: &str,
+    destination: &str,
     id: Uuid,
 ) -> Result<Option<(DeliveryStatus, fjall::Slice)>, SpoolError> {
-    if let Some(v) = engine.live.get(live_key(Space::Pending, route, id))? {
+    let lane = crate::store::lane(route, destination);
+    if let Some(v) = engine.live.get(live_key(Space::Pending, &lane, id))? {
         return Ok(Some((DeliveryStatus::Pending, v)));
     }
-    if let Some(v) = engine.live.get(live_key(Space::Dead, route, id))? {
+    if let Some(v) = engine.live.get(live_key(Space::Dead, &lane, id))? {
         return Ok(Some((DeliveryStatus::Dead, v)));
     }
     Ok(engine
         .done
-        .get(keys::record_key(id))?
+        .get(keys::done_key(id, destination))?
         .map(|v| (DeliveryStatus::Delivered, v)))
+}
+
+/// Where each destination of event `id` (of `route`, fanned out as `fanout`) stands; a
+/// delivered one only while the history shows it (`visible_from`).
+fn states_of(
+    engine: &Engine,
+    route: &str,
+    id: Uuid,
+    fanout: &[(&str, bool)],
+    visible_from: u64,
+) -> Result<Vec<DestinationState>, SpoolError> {
+    let what = id.to_string();
+    let mut out = Vec::with_capacity(fanout.len());
+    for &(destination, filtered) in fanout {
+        if filtered {
+            if history::retained(id, visible_from) {
+                out.push(DestinationState::filtered(destination));
+            }
+            continue;
+        }
+        let Some((status, state)) = standing(engine, route, destination, id)? else {
+            continue;
+        };
+        if status == DeliveryStatus::Delivered && !history::retained(id, visible_from) {
+            continue;
+        }
+        let state = record::decode_state(&what, &state)?;
+        out.push(state.into_destination(destination, status));
+    }
+    Ok(out)
+}
+
+/// The route and destinations of an encoded record.
+fn route_and_fanout(
+    what: &str,
+    record: &[u8],
+) -> Result<(String, Vec<(String, bool)>), SpoolError> {
+    Ok(match record::view(what, record)? {
+        Some(v) => (
+            v.route.to_owned(),
+            v.fanout()
+                .into_iter()
+                .map(|(d, f)| (d.to_owned(), f))
+                .collect(),
+        ),
+        None => {
+            let e = record::decode(what, record)?;
+            let fanout = e.fanout().map(|(d, f)| (d.to_owned(), f)).collect();
+            (e.route, fanout)
+        }
+    })
 }
 
 impl EmbeddedSpool {
@@ -682,26 +757,35 @@ impl EmbeddedSpool {
             }
         };
         let (lo_b, hi_b) = (bound(lo, lo_excl), bound(hi, hi_excl));
-        // A route's pending or dead events: its range of `live`, not the whole history.
-        if let (Some(route), Some(status @ (DeliveryStatus::Pending | DeliveryStatus::Dead))) =
-            (&f.route, f.status)
+        // One destination's pending or dead events: its lane's range of `live`, not the whole
+        // history (a route's, when it has only its default destination).
+        let lane = match (&f.route, &f.destination) {
+            (Some(route), Some(d)) => Some(crate::store::lane(route, d).into_owned()),
+            (Some(route), None) if !has_other_lanes(&engine, route)? => Some(route.clone()),
+            _ => None,
+        };
+        if let (Some(lane), Some(status @ (DeliveryStatus::Pending | DeliveryStatus::Dead))) =
+            (lane, f.status)
         {
             let space = if status == DeliveryStatus::Pending {
                 Space::Pending
             } else {
                 Space::Dead
             };
-            let key = |b: std::ops::Bound<Uuid>| b.map(|id| live_key(space, route, id));
+            let key = |b: std::ops::Bound<Uuid>| b.map(|id| live_key(space, &lane, id));
             let range = engine.live.range::<Vec<u8>, _>((key(lo_b), key(hi_b)));
             let mut scan = |kv: fjall::Guard| -> Result<bool, SpoolError> {
-                let (k, v) = kv.into_inner()?;
+                let k = kv.key()?;
                 let Some(id) = keys::id_of(&k) else {
                     return Ok(true);
                 };
-                let found = live_summary(&engine, &k, &v, status)?;
-                let matched = match found {
-                    Some((s, Some(record))) if admits(f, &s, &record)? => Some(s),
-                    _ => None,
+                let matched = match self.summary(&engine, id, f, visible_from) {
+                    Ok(m) => m,
+                    Err(e @ SpoolError::Corrupt(..)) => {
+                        tracing::warn!(event_id = %id, error = %e, "an event in the history cannot be read: left out of the query");
+                        None
+                    }
+                    Err(e) => return Err(e),
                 };
                 Ok(page.offer(id, matched))
             };
@@ -720,28 +804,7 @@ impl EmbeddedSpool {
             let Some(id) = keys::id_of(&k) else {
                 return Ok(true);
             };
-            let what = id.to_string();
-            let matched = || -> Result<Option<EventSummary>, SpoolError> {
-                let route = match record::view(&what, &record)? {
-                    Some(v) => v.route.to_owned(),
-                    None => record::decode(&what, &record)?.route,
-                };
-                if f.route.as_deref().is_some_and(|r| r != route) {
-                    return Ok(None);
-                }
-                let Some((status, state)) = standing(&engine, &route, id)? else {
-                    return Ok(None);
-                };
-                let shown =
-                    status != DeliveryStatus::Delivered || history::retained(id, visible_from);
-                if !shown || f.status.is_some_and(|s| s != status) {
-                    return Ok(None);
-                }
-                let state = record::decode_state(&what, &state)?;
-                let s = summary_of(id, &record, state, status)?;
-                Ok(admits(f, &s, &record)?.then_some(s))
-            };
-            let matched = match matched() {
+            let matched = match self.summary_of_record(&engine, id, &record, f, visible_from) {
                 Ok(m) => m,
                 // A record this release cannot read is passed over, not the page's end.
                 Err(e @ SpoolError::Corrupt(..)) => {
@@ -759,28 +822,79 @@ impl EmbeddedSpool {
         Ok(page.finish(ran_out))
     }
 
-    /// Event `id`, whole, and where it stands.
-    fn event_now(&self, id: Uuid) -> Result<Option<(Event, DeliveryStatus)>, SpoolError> {
+    /// Event `id`'s summary if it passes `f` (its record read from `events` or `kept`).
+    fn summary(
+        &self,
+        engine: &Engine,
+        id: Uuid,
+        f: &EventFilter,
+        visible_from: u64,
+    ) -> Result<Option<EventSummary>, SpoolError> {
+        match engine.record(id)? {
+            Some(record) => self.summary_of_record(engine, id, &record, f, visible_from),
+            None => Ok(None),
+        }
+    }
+
+    /// The summary of event `id`, whose record is `record`, if it passes `f`.
+    fn summary_of_record(
+        &self,
+        engine: &Engine,
+        id: Uuid,
+        record: &[u8],
+        f: &EventFilter,
+        visible_from: u64,
+    ) -> Result<Option<EventSummary>, SpoolError> {
+        let what = id.to_string();
+        let (route, fanout) = route_and_fanout(&what, record)?;
+        if f.route.as_deref().is_some_and(|r| r != route) {
+            return Ok(None);
+        }
+        let fanout: Vec<(&str, bool)> = fanout.iter().map(|(d, x)| (d.as_str(), *x)).collect();
+        let states = states_of(engine, &route, id, &fanout, visible_from)?;
+        if states.is_empty() || !f.admits_destinations(&states) {
+            return Ok(None);
+        }
+        let s = summary_of(id, record, states)?;
+        Ok(admits(f, &s, record)?.then_some(s))
+    }
+
+    /// Event `id`, whole, and where each destination stands.
+    fn event_now(&self, id: Uuid) -> Result<Option<EventDetail>, SpoolError> {
         let engine = self.shared.engine()?;
         let Some(record) = engine.record(id)? else {
             return Ok(None);
         };
         let what = id.to_string();
-        let mut event = record::decode(&what, &record)?;
-        let Some((status, state)) = standing(&engine, &event.route, id)? else {
-            return Ok(None);
-        };
-        if status == DeliveryStatus::Delivered && !history::retained(id, self.visible_from_ms()) {
+        let event = record::decode(&what, &record)?;
+        let fanout: Vec<(&str, bool)> = event.fanout().collect();
+        let states = states_of(&engine, &event.route, id, &fanout, self.visible_from_ms())?;
+        if states.is_empty() {
             return Ok(None);
         }
-        record::decode_state(&what, &state)?.apply(&mut event);
-        Ok(Some((event, status)))
+        Ok(Some(EventDetail {
+            event: event.clone(),
+            destinations: states,
+        }))
     }
+}
+
+/// Whether `route` has a destination other than its default one with an event pending or dead.
+fn has_other_lanes(engine: &Engine, route: &str) -> Result<bool, SpoolError> {
+    for space in [Space::Pending, Space::Dead] {
+        let mut prefix = keys::space_prefix(space).to_vec();
+        prefix.extend_from_slice(route.as_bytes());
+        prefix.push(crate::store::LANE_SEPARATOR as u8);
+        if engine.live.prefix(prefix).next().is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether summary `s` (of `record`) passes `f`.
 fn admits(f: &EventFilter, s: &EventSummary, record: &[u8]) -> Result<bool, SpoolError> {
-    if !f.admits(&s.route, s.received_ms, s.dedup.as_ref(), s.status) {
+    if !f.admits(&s.route, s.received_ms, s.dedup.as_ref()) {
         return Ok(false);
     }
     if f.matches.is_empty() {
@@ -857,10 +971,23 @@ impl Spool for EmbeddedSpool {
             Ok(v) => v,
             Err(e) => return Completion::ready(Err(e)),
         };
+        let lives: Vec<fjall::Slice> = event
+            .delivered_to()
+            .map(|d| {
+                live_key(
+                    Space::Pending,
+                    &crate::store::lane(&event.route, d),
+                    event.id,
+                )
+                .into()
+            })
+            .collect();
+        let weight = writer::weight(&lives);
         // Reserve a place in the bounds now so concurrent appends cannot overshoot together; the
         // writer gives it back when the append leaves the queue.
-        let queued = s.queued.fetch_add(1, Ordering::AcqRel) + 1;
-        let queued_bytes = s.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
+        let queued = s.queued.fetch_add(weight, Ordering::AcqRel) + weight;
+        let queued_bytes =
+            s.queued_bytes.fetch_add(size * weight, Ordering::AcqRel) + size * weight;
         let held = s.pending_count.load(Ordering::Acquire) + s.dead_count.load(Ordering::Acquire);
         let bytes = s.bytes.load(Ordering::Acquire);
         let full = if held + queued > s.config.max_events {
@@ -873,8 +1000,8 @@ impl Spool for EmbeddedSpool {
             None
         };
         let give_back = || {
-            s.queued.fetch_sub(1, Ordering::AcqRel);
-            s.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            s.queued.fetch_sub(weight, Ordering::AcqRel);
+            s.queued_bytes.fetch_sub(size * weight, Ordering::AcqRel);
         };
         if let Some(why) = full {
             give_back();
@@ -885,7 +1012,7 @@ impl Spool for EmbeddedSpool {
         // into the batch, with no copy and no cross-thread free.
         let op = Op::Append {
             id: event.id,
-            live: live_key(Space::Pending, &event.route, event.id).into(),
+            lives,
             record: record.into(),
             state,
             dedup: event.dedup,
@@ -898,9 +1025,9 @@ impl Spool for EmbeddedSpool {
         completion
     }
 
-    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+    fn get(&self, lane: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
         let engine = self.shared.engine()?;
-        let key = live_key(Space::Pending, route, id);
+        let key = live_key(Space::Pending, lane, id);
         match engine.live.get(&key)? {
             Some(state) => joined(&engine, &key, &state),
             None => Ok(None),
@@ -925,7 +1052,7 @@ impl Spool for EmbeddedSpool {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
             Op::Rewrite {
-                live: live_key(Space::Pending, &event.route, event.id).into(),
+                live: live_key(Space::Pending, &event.lane(), event.id).into(),
                 state,
                 reply,
             },
@@ -934,10 +1061,10 @@ impl Spool for EmbeddedSpool {
     }
 
     fn dead_letter(&self, event: &Event) -> Completion {
-        let (route, id) = (&event.route, event.id);
+        let (lane, id) = (event.lane(), event.id);
         self.move_event(
-            live_key(Space::Pending, route, id),
-            live_key(Space::Dead, route, id),
+            live_key(Space::Pending, &lane, id),
+            live_key(Space::Dead, &lane, id),
             event,
         )
     }
@@ -952,11 +1079,11 @@ impl Spool for EmbeddedSpool {
         Ok(out)
     }
 
-    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
+    fn pending_schedule(&self, lane: &str) -> Result<Vec<(Uuid, u64)>, SpoolError> {
         let engine = self.shared.engine()?;
         engine
             .live
-            .prefix(live_prefix(Space::Pending, route))
+            .prefix(live_prefix(Space::Pending, lane))
             .filter_map(|kv| {
                 let (k, v) = match kv.into_inner() {
                     Ok(kv) => kv,
@@ -983,18 +1110,18 @@ impl Spool for EmbeddedSpool {
 
     fn dead_letters(
         &self,
-        route: &str,
+        lane: &str,
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<EventSummary>, SpoolError> {
-        let end = live_key(Space::Dead, route, Uuid::max());
+        let end = live_key(Space::Dead, lane, Uuid::max());
         let range = match after {
             Some(id) => (
-                std::ops::Bound::Excluded(live_key(Space::Dead, route, id)),
+                std::ops::Bound::Excluded(live_key(Space::Dead, lane, id)),
                 std::ops::Bound::Included(end),
             ),
             None => (
-                std::ops::Bound::Included(live_prefix(Space::Dead, route)),
+                std::ops::Bound::Included(live_prefix(Space::Dead, lane)),
                 std::ops::Bound::Included(end),
             ),
         };
@@ -1012,17 +1139,17 @@ impl Spool for EmbeddedSpool {
         Ok(out)
     }
 
-    fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+    fn get_dead(&self, lane: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
         let engine = self.shared.engine()?;
-        let key = live_key(Space::Dead, route, id);
+        let key = live_key(Space::Dead, lane, id);
         match engine.live.get(&key)? {
             Some(state) => joined(&engine, &key, &state),
             None => Ok(None),
         }
     }
 
-    fn revive(&self, route: &str, id: Uuid) -> Completion<Event> {
-        let mut event = match self.get_dead(route, id) {
+    fn revive(&self, lane: &str, id: Uuid) -> Completion<Event> {
+        let mut event = match self.get_dead(lane, id) {
             Ok(Some(e)) => e,
             Ok(None) => return Completion::ready(Err(SpoolError::NotFound(id))),
             Err(e) => return Completion::ready(Err(e)),
@@ -1031,8 +1158,8 @@ impl Spool for EmbeddedSpool {
         // The writer moves it only if it is still a dead letter: of two concurrent replays of
         // one event, the second answers NotFound.
         let done = self.move_event(
-            live_key(Space::Dead, route, id),
-            live_key(Space::Pending, route, id),
+            live_key(Space::Dead, lane, id),
+            live_key(Space::Pending, lane, id),
             &event,
         );
         let (tx, out) = tokio::sync::oneshot::channel();
@@ -1042,11 +1169,36 @@ impl Spool for EmbeddedSpool {
         Completion::waiting(out)
     }
 
-    fn purge(&self, route: &str, id: Uuid) -> Completion {
+    fn purge(&self, lane: &str, id: Uuid) -> Completion {
+        // The record says which other destinations may still hold the event.
+        let (route, destination) = split_lane(lane);
+        let fanout = match self
+            .shared
+            .engine()
+            .and_then(|e| e.record(id))
+            .and_then(|r| match r {
+                Some(r) => route_and_fanout(&id.to_string(), &r).map(|(_, f)| f),
+                None => Ok(Vec::new()),
+            }) {
+            Ok(f) => f,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let others = fanout
+            .iter()
+            .filter(|(d, f)| !f && d != destination)
+            .count();
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(
             Op::Purge {
-                live: live_key(Space::Dead, route, id).into(),
+                live: live_key(Space::Dead, lane, id).into(),
+                done: keys::done_key(id, destination),
+                siblings: siblings(
+                    route,
+                    id,
+                    fanout.iter().map(|(d, f)| (d.as_str(), *f)),
+                    destination,
+                ),
+                whole: others == 0,
                 reply,
             },
             rx,
@@ -1062,16 +1214,27 @@ impl Spool for EmbeddedSpool {
         })
     }
 
-    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>> {
+    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<EventDetail>> {
         Box::pin(async move { self.event_now(id) })
     }
 
-    fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>> {
-        let (mut event, status) = match self.event_now(id) {
+    fn replay(
+        &self,
+        id: Uuid,
+        destination: &str,
+        job: &str,
+    ) -> Completion<Option<(Event, DeliveryStatus)>> {
+        let detail = match self.event_now(id) {
             Ok(Some(found)) => found,
             Ok(None) => return Completion::ready(Err(SpoolError::NotFound(id))),
             Err(e) => return Completion::ready(Err(e)),
         };
+        let Some(state) = detail.destination(destination).cloned() else {
+            return Completion::ready(Err(SpoolError::NotFound(id)));
+        };
+        let status = state.status;
+        let mut event = detail.event.for_destination(destination);
+        state.apply(&mut event);
         // Replayed by this very job already (a job resumed after a crash, or run twice).
         if event.replay.as_deref() == Some(job)
             || event.history.last().and_then(|a| a.replay.as_deref()) == Some(job)
@@ -1080,12 +1243,14 @@ impl Spool for EmbeddedSpool {
         }
         event.replay_now();
         event.replay = Some(job.to_owned());
-        let (route, id) = (event.route.clone(), event.id);
+        let (lane, id) = (event.lane().into_owned(), event.id);
         let done = match status {
-            DeliveryStatus::Pending => return Completion::ready(Ok(None)),
+            DeliveryStatus::Pending | DeliveryStatus::Filtered => {
+                return Completion::ready(Ok(None))
+            }
             DeliveryStatus::Dead => self.move_event(
-                live_key(Space::Dead, &route, id),
-                live_key(Space::Pending, &route, id),
+                live_key(Space::Dead, &lane, id),
+                live_key(Space::Pending, &lane, id),
                 &event,
             ),
             DeliveryStatus::Delivered => {
@@ -1097,7 +1262,7 @@ impl Spool for EmbeddedSpool {
                 self.send(
                     Op::Replay {
                         id,
-                        live: live_key(Space::Pending, &route, id).into(),
+                        live: live_key(Space::Pending, &lane, id).into(),
                         state,
                         reply,
                     },
@@ -1220,7 +1385,8 @@ impl Spool for EmbeddedSpool {
         self.send(Op::Sweep { reply: Some(reply) }, rx)
     }
 
-    fn oldest_pending_ms(&self, route: &str) -> Option<u64> {
+    fn oldest_pending_ms(&self, lane: &str) -> Option<u64> {
+        let route = lane;
         let (generation, hint) = {
             let h = lock(&self.shared.oldest_hint);
             (h.generation, h.by_route.get(route).copied())

@@ -19,7 +19,7 @@ use super::keys::{
 };
 use super::recovery::{fail, rebuild, recover, wants_rebuild, Failure, Owed, Rebuilt, Why};
 use super::spool::{lock, persist_mode, Shared};
-use crate::store::event::{id_ms, DedupRecord};
+use crate::store::event::{id_ms, split_lane, DedupRecord};
 use crate::store::record::{set_state_size, state_size};
 use crate::store::spool::{Durability, SpoolError};
 
@@ -41,10 +41,12 @@ const MEASURE_IDLE: Duration = Duration::from_millis(50);
 pub(super) type Reply<T = ()> = oneshot::Sender<Result<T, SpoolError>>;
 
 pub(super) enum Op {
-    /// A new event: its record, and its state pending; counted in `queued` until committed.
+    /// A new event: its record, and its state pending in the lane of each destination it
+    /// goes to (none if every one filtered it out: then it is history at once); counted in
+    /// `queued` (see [`weight`]) until committed.
     Append {
         id: Uuid,
-        live: fjall::Slice,
+        lives: Vec<fjall::Slice>,
         record: fjall::Slice,
         state: Vec<u8>,
         dedup: Option<DedupRecord>,
@@ -71,8 +73,16 @@ pub(super) enum Op {
         state: Vec<u8>,
         reply: Reply,
     },
-    /// Deletes a dead letter and its record, if present.
-    Purge { live: fjall::Slice, reply: Reply },
+    /// Deletes a dead letter (and its state in `done`), if present; and its record if the
+    /// event has no other destination (`whole`), its copy in `kept` once none of `siblings`
+    /// (the other destinations' `live` keys) holds it.
+    Purge {
+        live: fjall::Slice,
+        done: Vec<u8>,
+        siblings: Vec<fjall::Slice>,
+        whole: bool,
+        reply: Reply,
+    },
     /// Copies to `kept` the records of pending and dead events older than `below`, synced,
     /// before retention drops the range holding them, and drops the tallies of the minutes
     /// before it; answers how many records it copied.
@@ -97,12 +107,22 @@ pub(super) enum Op {
     Deferred,
 }
 
-/// A delivered event leaving the pending ones: its `live` key, the state it ended with, and
-/// who waits for the record; it waits for the writer's next batch.
+/// A delivered event leaving the pending ones of one destination: its `live` key, its key in
+/// `done` and the state it ended with, the other destinations' `live` keys (its copy in `kept`
+/// goes once none holds it), and who waits for the record; it waits for the writer's next
+/// batch.
 pub(super) struct DeferredDelete {
     pub live: fjall::Slice,
+    pub done: Vec<u8>,
     pub state: Vec<u8>,
+    pub siblings: Vec<fjall::Slice>,
     pub reply: Option<Reply>,
+}
+
+/// What an append holds of the bounds while it is queued: one event per destination it goes
+/// to (one if none: its record is written all the same).
+pub(super) fn weight(lives: &[fjall::Slice]) -> u64 {
+    lives.len().max(1) as u64
 }
 
 /// A sweep in progress: the caller to answer, and how many keys so far.
@@ -386,14 +406,15 @@ struct Batch<'a> {
     /// `live` keys written or removed earlier in this batch: their record's size now, or `None`
     /// when removed.
     touched: HashMap<fjall::Slice, Option<u64>>,
-    /// Records made pending again (replays) earlier in this batch.
-    replayed: std::collections::HashSet<Uuid>,
+    /// `live` keys made pending again (replays) earlier in this batch.
+    replayed: std::collections::HashSet<fjall::Slice>,
     delta: Delta,
     /// Records written or removed so far.
     writes: usize,
     /// Bytes of the keys and values written so far (what the journal grows by, about).
     bytes: u64,
-    /// Appends in the batch: the `live` key, and the dedup record's key if any.
+    /// Appends in the batch: a `live` key (by which its id is known), and the dedup record's key
+    /// if any.
     appended: Vec<(fjall::Slice, Option<[u8; 24]>)>,
     /// Whether something in it must reach the disk before it is answered (a `Keep`, a record).
     synced: bool,
@@ -463,10 +484,21 @@ impl<'a> Batch<'a> {
     }
 
     /// Removes `id`'s copy in `kept`, if it has one (an event older than the retention that
-    /// leaves the live ones).
-    fn unkeep(&mut self, s: &Shared, id: Uuid) -> Result<(), SpoolError> {
+    /// leaves the live ones), unless one of `siblings` (other destinations' `live` keys) still
+    /// holds it.
+    fn unkeep(
+        &mut self,
+        s: &Shared,
+        id: Uuid,
+        siblings: &[fjall::Slice],
+    ) -> Result<(), SpoolError> {
         if !s.kept_any.load(Ordering::Acquire) {
             return Ok(());
+        }
+        for sibling in siblings {
+            if self.size(sibling)?.is_some() {
+                return Ok(());
+            }
         }
         let key = record_key(id);
         if self.kept_added.contains(&id) || self.engine.kept.contains_key(key)? {
@@ -486,13 +518,14 @@ impl<'a> Batch<'a> {
         match op {
             Op::Append {
                 id,
-                live,
+                lives,
                 record,
                 state,
                 dedup,
                 ..
             } => {
                 let size = record.len() as u64;
+                let weight = weight(lives);
                 let events = &self.engine.events;
                 self.put(events, record_key(*id).to_vec(), record.clone());
                 // Made before retention's cut (an append that waited long in the queue): its
@@ -503,23 +536,30 @@ impl<'a> Batch<'a> {
                     self.kept_added.insert(*id);
                     s.kept_any.store(true, Ordering::Release);
                 }
-                self.set_live(live, std::mem::take(state), size);
+                for live in lives.iter() {
+                    self.set_live(live, state.clone(), size);
+                }
                 let dedup = dedup.map(|d| dedup_key(&d));
                 if let Some(d) = &dedup {
                     let ks = &self.engine.dedup;
                     self.put(ks, d.to_vec(), b"".to_vec());
                 }
-                self.appended.push((live.clone(), dedup));
-                if let (Some(route), Some(ms)) = (route_of(live), id_ms(*id)) {
-                    *self
-                        .appends
-                        .entry((route.to_owned(), ms / 60_000))
-                        .or_default() += 1;
+                let route = match lives.first() {
+                    Some(live) => route_of(live).map(|l| split_lane(l).0.to_owned()),
+                    // Filtered out everywhere: the record says where it came.
+                    None => record_route(record),
+                };
+                let marker = lives.first().cloned().unwrap_or_else(|| {
+                    live_key(Space::Pending, route.as_deref().unwrap_or(""), *id).into()
+                });
+                self.appended.push((marker, dedup));
+                if let (Some(route), Some(ms)) = (route, id_ms(*id)) {
+                    *self.appends.entry((route, ms / 60_000)).or_default() += 1;
                 }
-                self.delta.pending += 1;
-                self.delta.bytes += size as i64;
-                self.delta.dequeued += 1;
-                self.delta.dequeued_bytes += size;
+                self.delta.pending += lives.len() as i64;
+                self.delta.bytes += (size * lives.len() as u64) as i64;
+                self.delta.dequeued += weight;
+                self.delta.dequeued_bytes += size * weight;
                 Ok(0)
             }
             Op::Rewrite { live, state, .. } => {
@@ -545,7 +585,7 @@ impl<'a> Batch<'a> {
                 let dead = dead_key_of(live);
                 if self.size(live)?.is_some()
                     || self.size(&dead)?.is_some()
-                    || self.replayed.contains(&id)
+                    || self.replayed.contains(live)
                 {
                     return Err(gone());
                 }
@@ -559,19 +599,28 @@ impl<'a> Batch<'a> {
                     None => self.engine.kept.size_of(key)?.ok_or_else(gone)?,
                 };
                 self.set_live(live, std::mem::take(state), u64::from(size));
-                self.replayed.insert(id);
+                self.replayed.insert(live.clone());
                 self.delta.pending += 1;
                 self.delta.bytes += i64::from(size);
                 Ok(0)
             }
-            Op::Purge { live, .. } => {
+            Op::Purge {
+                live,
+                done,
+                siblings,
+                whole,
+                ..
+            } => {
                 let size = self.size(live)?.ok_or_else(|| Self::not_found(live))?;
                 self.remove_live(live);
                 if let Some(id) = id_of(live) {
-                    let (events, done) = (&self.engine.events, &self.engine.done);
-                    self.delete(events, record_key(id).to_vec());
-                    self.delete(done, record_key(id).to_vec());
-                    self.unkeep(s, id)?;
+                    let ks = &self.engine.done;
+                    self.delete(ks, done.clone());
+                    if *whole {
+                        let events = &self.engine.events;
+                        self.delete(events, record_key(id).to_vec());
+                    }
+                    self.unkeep(s, id, siblings)?;
                 }
                 self.delta.dead -= 1;
                 self.delta.bytes -= size as i64;
@@ -678,7 +727,8 @@ impl<'a> Batch<'a> {
                     }
                     let Some(id) = id_of(&key) else { continue };
                     let rk = record_key(id);
-                    if self.engine.kept.contains_key(rk)? {
+                    // Another destination's share copied it already.
+                    if self.kept_added.contains(&id) || self.engine.kept.contains_key(rk)? {
                         continue;
                     }
                     if let Some(record) = self.engine.events.get(rk)? {
@@ -706,13 +756,23 @@ impl<'a> Batch<'a> {
             if let Some(id) = id_of(&d.live) {
                 let done = &self.engine.done;
                 // A copy: a batch that fails to commit leaves the removal for a later one.
-                self.put(done, record_key(id).to_vec(), d.state.clone());
-                self.unkeep(s, id)?;
+                self.put(done, d.done.clone(), d.state.clone());
+                self.unkeep(s, id, &d.siblings)?;
             }
             self.delta.pending -= 1;
             self.delta.bytes -= size as i64;
         }
         Ok(())
+    }
+}
+
+/// The route in an encoded record (`None` if it cannot be read).
+fn record_route(record: &[u8]) -> Option<String> {
+    match crate::store::record::view("append", record) {
+        Ok(Some(v)) => Some(v.route.to_owned()),
+        _ => crate::store::record::decode("append", record)
+            .ok()
+            .map(|e| e.route),
     }
 }
 
@@ -887,9 +947,11 @@ fn note_oldest(s: &Shared, ops: &[Op], answers: &[Result<i64, SpoolError>]) {
             && match op {
                 Op::Move { to, .. } => Space::of(to) == Some(Space::Pending),
                 Op::Replay { .. } => true,
-                Op::Append { id, live, .. } => route_of(live)
-                    .and_then(|r| hint.by_route.get(r))
-                    .is_some_and(|h| *id < *h),
+                Op::Append { id, lives, .. } => lives.iter().any(|live| {
+                    route_of(live)
+                        .and_then(|r| hint.by_route.get(r))
+                        .is_some_and(|h| *id < *h)
+                }),
                 _ => false,
             }
     });

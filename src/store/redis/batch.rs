@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::scripts::{APPEND, DELIVERED};
+use super::scripts::{APPEND, APPEND_FILTERED, DELIVERED};
 use super::{storage_error, Conn, WAIT_TIMEOUT_MS};
 use crate::store::spool::SpoolError;
 
@@ -16,7 +16,16 @@ const BATCH: usize = 256;
 
 /// One append, queued.
 pub(super) struct Append {
-    pub route: String,
+    /// The lanes it goes to, joined (appends going to the same lanes share a script).
+    pub group: String,
+    /// The lanes it goes to (none: every destination filtered it out; then `history` says
+    /// where it is kept).
+    pub lanes: Vec<String>,
+    /// Its ordering key in each lane, hex ('' for none).
+    pub orders: Vec<String>,
+    /// For an event every destination filtered out: the lane whose history keeps it, and its
+    /// state.
+    pub history: Option<(String, Vec<u8>)>,
     pub id: String,
     pub blob: Vec<u8>,
     pub id_ms: u64,
@@ -28,8 +37,11 @@ pub(super) struct Append {
 
 /// One delivery, queued.
 pub(super) struct Delivered {
+    /// The lane it was delivered from.
     pub route: String,
     pub id: String,
+    /// Its ordering key there, hex ('' for none).
+    pub order: String,
     /// The stream entry this instance claimed it by ('' if none).
     pub entry: String,
     /// Its state as delivered (attempts), kept with its record in the history.
@@ -94,11 +106,13 @@ pub(super) async fn appends(conn: Conn, mut rx: mpsc::UnboundedReceiver<Append>,
     };
     while let Some(batch) = next_batch(&mut rx).await {
         let mut answered: Vec<(Append, Result<(), SpoolError>)> = Vec::with_capacity(batch.len());
-        for (route, jobs) in by_route(batch, |j| &j.route) {
-            let results = if limits.wait_replicas == 0 {
-                append_route(&conn, &route, &jobs, limits).await
+        for (_, jobs) in by_route(batch, |j| &j.group) {
+            let results = if jobs[0].lanes.is_empty() {
+                append_filtered(&conn, &jobs).await
+            } else if limits.wait_replicas == 0 {
+                append_route(&conn, &jobs, limits).await
             } else if let Some(waiting) = &waiting {
-                append_route_and_wait(&conn, waiting, &route, &jobs, limits).await
+                append_route_and_wait(&conn, waiting, &jobs, limits).await
             } else {
                 Err(SpoolError::Storage("redis: no connection for WAIT".into()))
             };
@@ -118,20 +132,26 @@ pub(super) async fn appends(conn: Conn, mut rx: mpsc::UnboundedReceiver<Append>,
     }
 }
 
-/// The append script's invocation for `jobs` of `route`.
-fn invocation(
-    conn: &Conn,
-    route: &str,
-    jobs: &[Append],
-    limits: Limits,
-) -> redis::ScriptInvocation<'static> {
-    let mut keys = conn.script_keys(route, &["ev", "pending", "queue"]);
-    keys.push(conn.key(&["routes"]));
+/// The append script's invocation for `jobs`, all going to the same lanes.
+fn invocation(conn: &Conn, jobs: &[Append], limits: Limits) -> redis::ScriptInvocation<'static> {
+    let lanes = &jobs[0].lanes;
+    let mut keys = vec![conn.key(&["stats"]), conn.key(&["routes"])];
+    for lane in lanes {
+        for what in ["ev", "pending", "queue"] {
+            keys.push(conn.key(&[what, lane]));
+        }
+    }
     let mut invocation = APPEND.prepare_invoke();
     invocation
         .arg(limits.max_events)
         .arg(limits.max_bytes)
-        .arg(route);
+        .arg(lanes.len());
+    for lane in lanes {
+        invocation.arg(lane);
+    }
+    for lane in lanes {
+        invocation.arg(conn.order_prefix(lane));
+    }
     for job in jobs {
         let (index, expiry) = match job.dedup {
             Some((key, expiry)) => {
@@ -147,6 +167,9 @@ fn invocation(
             .arg(job.due)
             .arg(index)
             .arg(expiry);
+        for order in &job.orders {
+            invocation.arg(order);
+        }
     }
     for k in &keys {
         invocation.key(k);
@@ -177,13 +200,49 @@ fn answers(answers: Vec<Value>, jobs: usize) -> Result<Vec<Result<(), SpoolError
         .collect())
 }
 
+/// Appends of events every destination filtered out: into their route's history at once.
+async fn append_filtered(
+    conn: &Conn,
+    jobs: &[Append],
+) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let Some((lane, state)) = &job.history else {
+            out.push(Err(storage_error("append: no lane for the event")));
+            continue;
+        };
+        let mut invocation = APPEND_FILTERED.prepare_invoke();
+        invocation
+            .key(conn.key(&["routes"]))
+            .key(conn.key(&["hist", lane]))
+            .key(conn.key(&["hix", lane]));
+        if let Some((key, _)) = job.dedup {
+            invocation.key(conn.dedup_key(key));
+        }
+        let (cutoff, _) = conn.history_cutoff();
+        invocation
+            .arg(lane)
+            .arg(&job.id)
+            .arg(&job.blob[..])
+            .arg(&state[..])
+            .arg(cutoff)
+            .arg(job.dedup.map_or(0, |(_, e)| e.max(1)));
+        let done: Result<i64, SpoolError> = conn
+            .run("append", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await;
+        out.push(done.map(drop));
+    }
+    Ok(out)
+}
+
 async fn append_route(
     conn: &Conn,
-    route: &str,
     jobs: &[Append],
     limits: Limits,
 ) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
-    let invocation = invocation(conn, route, jobs, limits);
+    let invocation = invocation(conn, jobs, limits);
     let got: Vec<Value> = conn
         .run("append", |mut c| async move {
             invocation.invoke_async(&mut c).await
@@ -199,11 +258,10 @@ async fn append_route(
 async fn append_route_and_wait(
     conn: &Conn,
     waiting: &redis::aio::ConnectionManager,
-    route: &str,
     jobs: &[Append],
     limits: Limits,
 ) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
-    let invocation = invocation(conn, route, jobs, limits);
+    let invocation = invocation(conn, jobs, limits);
     let replicas = limits.wait_replicas;
     let (got, acked): (Vec<Value>, i64) = conn
         .run_on(waiting.clone(), "append", |mut c| async move {
@@ -267,9 +325,14 @@ pub(super) async fn deliveries(conn: Conn, mut rx: mpsc::UnboundedReceiver<Deliv
             invocation
                 .arg(if conn.keeps_history() { "1" } else { "0" })
                 .arg(cutoff)
-                .arg(cut_u);
+                .arg(cut_u)
+                .arg(conn.order_prefix(&route));
             for job in &jobs {
-                invocation.arg(&job.id).arg(&job.entry).arg(&job.state[..]);
+                invocation
+                    .arg(&job.id)
+                    .arg(&job.entry)
+                    .arg(&job.state[..])
+                    .arg(&job.order);
             }
             let result = conn
                 .run("deliver", |mut c| async move {

@@ -1,7 +1,8 @@
-//! The event history on Redis: every route keeps its pending events (`ev`, by time in
-//! `pending`), its dead letters (`dead`, by id in `deadix`) and its delivered events (`hist`,
-//! by id in `hix`). A query reads each of those (of each route it covers) in id order, a chunk
-//! at a time, and merges them: a page reads a bounded number of events however many match.
+//! The event history on Redis: every lane (a route's destination) keeps its pending events
+//! (`ev`, by time in `pending`), its dead letters (`dead`, by id in `deadix`) and its delivered
+//! events (`hist`, by id in `hix`). A query reads each of those (of each lane it covers) in id
+//! order, a chunk at a time, and merges them, an event's copies in its route's lanes into one:
+//! a page reads a bounded number of events however many match.
 
 use std::collections::VecDeque;
 
@@ -10,20 +11,69 @@ use uuid::Uuid;
 
 use super::Conn;
 use crate::store::event::{id_ms, Event};
-use crate::store::history::{self, DeliveryStatus, EventPage, EventQuery, Order, PageBuilder};
+use crate::store::history::{
+    self, DeliveryStatus, DestinationState, EventDetail, EventPage, EventQuery, Order, PageBuilder,
+};
 use crate::store::record::{decode, decode_state};
 use crate::store::spool::{EventSummary, SpoolError};
 
 /// Index members read per round trip from one source.
 const CHUNK: usize = 200;
 
-/// An event found by id: where it stands, its route, and where its record is (the index
-/// member of a dead letter or a delivered event; empty for a pending one).
-pub(super) struct Found {
+/// One destination's copy of an event found by id: where it stands, its lane, and where its
+/// record is (the index member of a dead letter or a delivered event; empty for a pending one).
+pub(super) struct FoundLane {
     pub event: Event,
     pub status: DeliveryStatus,
-    pub route: String,
+    pub lane: String,
     pub locator: String,
+}
+
+/// An event found by id: its record, and its copy in each lane that has one.
+pub(super) struct Found {
+    pub record: Event,
+    pub lanes: Vec<FoundLane>,
+}
+
+impl Found {
+    /// The event with where each destination stands (a filtered one as its record says).
+    pub(super) fn detail(self) -> EventDetail {
+        let destinations = states(
+            &self.record,
+            self.lanes.iter().map(|l| (&l.event, l.status)),
+        );
+        EventDetail {
+            event: self.record,
+            destinations,
+        }
+    }
+}
+
+/// Where each destination of `record` stands, from its copies (each with its status) and the
+/// destinations its record says filtered it out.
+fn states<'a>(
+    record: &Event,
+    copies: impl Iterator<Item = (&'a Event, DeliveryStatus)>,
+) -> Vec<DestinationState> {
+    let filtered: Vec<&str> = record
+        .fanout()
+        .filter(|(_, f)| *f)
+        .map(|(d, _)| d)
+        .collect();
+    let mut out: Vec<DestinationState> = copies
+        .filter(|(e, _)| !filtered.contains(&e.destination_name()))
+        .map(|(e, status)| DestinationState::of(e, status))
+        .collect();
+    out.extend(filtered.into_iter().map(DestinationState::filtered));
+    // In the record's order of destinations.
+    let order: Vec<&str> = record.fanout().map(|(d, _)| d).collect();
+    out.sort_by_key(|d| {
+        order
+            .iter()
+            .position(|o| *o == d.name)
+            .unwrap_or(usize::MAX)
+    });
+    out
 }
 
 /// Reads the history (queries, lookups by id) on the backend's shared connection.
@@ -31,9 +81,11 @@ pub(super) struct HistoryReader {
     conn: Conn,
 }
 
-/// One route's events of one status, read in id order a chunk at a time.
+/// One lane's events of one status, read in id order a chunk at a time.
 struct Source {
     route: String,
+    /// The destination of the lane (`route`).
+    destination: String,
     status: DeliveryStatus,
     /// Read and not yet merged.
     buf: VecDeque<Event>,
@@ -128,86 +180,121 @@ impl HistoryReader {
         Ok(event)
     }
 
-    /// Event `id`, wherever it stands.
+    /// Event `id`, wherever it stands, in every lane that has it (a delivered copy only
+    /// within the retention).
     pub(super) async fn find(&self, id: Uuid) -> Result<Option<Found>, SpoolError> {
         let u = id.to_string();
-        for route in self.routes().await? {
-            let ev = self.conn.key(&["ev", &route]);
-            let deadix = self.conn.key(&["deadix", &route]);
-            let hix = self.conn.key(&["hix", &route]);
-            let mut pipe = redis::pipe();
-            pipe.cmd("HGET").arg(&ev).arg(&u);
+        let lanes = self.routes().await?;
+        if lanes.is_empty() {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        for lane in &lanes {
+            pipe.cmd("HGET").arg(self.conn.key(&["ev", lane])).arg(&u);
             pipe.cmd("ZRANGEBYLEX")
-                .arg(&deadix)
+                .arg(self.conn.key(&["deadix", lane]))
                 .arg(format!("[{u}:"))
                 .arg(format!("({u};"))
                 .arg("LIMIT")
                 .arg(0)
                 .arg(1);
             pipe.cmd("ZRANGEBYLEX")
-                .arg(&hix)
+                .arg(self.conn.key(&["hix", lane]))
                 .arg(format!("[{u}|"))
                 .arg(format!("({u}}}"))
                 .arg("LIMIT")
                 .arg(0)
                 .arg(1);
-            let (blob, dead, done): (Option<Vec<u8>>, Vec<String>, Vec<String>) = self
-                .conn
-                .run(
-                    "read",
-                    |mut c| async move { pipe.query_async(&mut c).await },
-                )
-                .await?;
+        }
+        let answers: Vec<redis::Value> = self
+            .conn
+            .run(
+                "read",
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
+            .await?;
+        let visible = history::retained(id, self.visible_from_ms());
+        let mut found = Vec::new();
+        for (lane, a) in lanes.iter().zip(answers.chunks_exact(3)) {
+            let destination = crate::store::split_lane(lane).1;
+            let blob: Option<Vec<u8>> =
+                redis::from_redis_value(a[0].clone()).map_err(super::storage_error)?;
+            let dead: Vec<String> =
+                redis::from_redis_value(a[1].clone()).map_err(super::storage_error)?;
+            let done: Vec<String> =
+                redis::from_redis_value(a[2].clone()).map_err(super::storage_error)?;
             if let Some(blob) = blob {
-                return Ok(Some(Found {
-                    event: decode(&u, &blob)?,
+                found.push(FoundLane {
+                    event: decode(&u, &blob)?.for_destination(destination),
                     status: DeliveryStatus::Pending,
-                    route,
+                    lane: lane.clone(),
                     locator: String::new(),
-                }));
-            }
-            if let Some(member) = dead.into_iter().next() {
-                let key = self.conn.key(&["dead", &route]);
+                });
+            } else if let Some(member) = dead.into_iter().next() {
+                let key = self.conn.key(&["dead", lane]);
                 let Some(entry) = self.entries(&key, &[entry_of(&member)]).await?.pop() else {
                     continue;
                 };
                 let event = decode(&u, &entry.get::<Vec<u8>>("e").unwrap_or_default())?;
-                return Ok(Some(Found {
-                    event,
+                found.push(FoundLane {
+                    event: event.for_destination(destination),
                     status: DeliveryStatus::Dead,
-                    route,
+                    lane: lane.clone(),
                     locator: member,
-                }));
-            }
-            if let Some(member) = done.into_iter().next() {
-                if !history::retained(id, self.visible_from_ms()) {
-                    return Ok(None);
+                });
+            } else if let Some(member) = done.into_iter().next() {
+                if !visible {
+                    continue;
                 }
-                let key = self.conn.key(&["hist", &route]);
+                let key = self.conn.key(&["hist", lane]);
                 let Some(entry) = self.entries(&key, &[entry_of(&member)]).await?.pop() else {
                     continue;
                 };
-                return Ok(Some(Found {
-                    event: Self::delivered(&u, &entry)?,
+                found.push(FoundLane {
+                    event: Self::delivered(&u, &entry)?.for_destination(destination),
                     status: DeliveryStatus::Delivered,
-                    route,
+                    lane: lane.clone(),
                     locator: member,
-                }));
+                });
             }
         }
-        Ok(None)
+        let Some(first) = found.first() else {
+            return Ok(None);
+        };
+        let record = first
+            .event
+            .clone()
+            .for_destination(crate::store::DEFAULT_DESTINATION);
+        Ok(Some(Found {
+            record,
+            lanes: found,
+        }))
     }
 
     /// A page of `q`.
     pub(super) async fn query(&self, q: &EventQuery) -> Result<EventPage, SpoolError> {
         let f = &q.filter;
-        let routes = match &f.route {
-            Some(r) => vec![r.clone()],
-            None => self.routes().await?,
-        };
+        let lanes: Vec<String> = self
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|l| {
+                f.route
+                    .as_deref()
+                    .is_none_or(|r| crate::store::split_lane(l).0 == r)
+            })
+            .collect();
+        // A route of one lane shows its events' status where they are: only the sources of
+        // the status asked for are read. A route of several needs every copy of an event to
+        // tell where it stands.
+        let mut per_route: std::collections::HashMap<&str, usize> = Default::default();
+        for l in &lanes {
+            *per_route.entry(crate::store::split_lane(l).0).or_default() += 1;
+        }
+        let single = per_route.values().all(|n| *n == 1);
         let statuses = match f.status {
-            Some(s) => vec![s],
-            None => vec![
+            Some(s) if single && s != DeliveryStatus::Filtered => vec![s],
+            _ => vec![
                 DeliveryStatus::Pending,
                 DeliveryStatus::Dead,
                 DeliveryStatus::Delivered,
@@ -220,11 +307,12 @@ impl HistoryReader {
             order: q.order,
         };
         let after = q.after.map(|a| a.to_string());
-        let mut sources: Vec<Source> = routes
+        let mut sources: Vec<Source> = lanes
             .iter()
-            .flat_map(|r| {
+            .flat_map(|l| {
                 statuses.iter().map(|&status| Source {
-                    route: r.clone(),
+                    route: l.clone(),
+                    destination: crate::store::split_lane(l).1.to_owned(),
                     status,
                     buf: VecDeque::new(),
                     cursor: after.clone(),
@@ -242,31 +330,45 @@ impl HistoryReader {
             }
             let next = sources
                 .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.buf.front().map(|e| (i, e.id)))
-                .reduce(|a, b| match (q.order, b.1 < a.1) {
+                .filter_map(|s| s.buf.front().map(|e| e.id))
+                .reduce(|a, b| match (q.order, b < a) {
                     (Order::Asc, true) | (Order::Desc, false) => b,
                     _ => a,
                 });
-            let Some((i, _)) = next else {
+            let Some(id) = next else {
                 return Ok(page.finish(true));
             };
-            let status = sources[i].status;
-            let Some(e) = sources[i].buf.pop_front() else {
-                continue;
+            // Every copy of the event, from each source holding it now.
+            let mut copies: Vec<(Event, DeliveryStatus)> = Vec::new();
+            for s in sources.iter_mut() {
+                if s.buf.front().is_some_and(|e| e.id == id) {
+                    if let Some(e) = s.buf.pop_front() {
+                        copies.push((e, s.status));
+                    }
+                }
+            }
+            let shown = copies
+                .iter()
+                .filter(|(_, status)| {
+                    *status != DeliveryStatus::Delivered || history::retained(id, visible_from)
+                })
+                .map(|(e, s)| (e, *s));
+            let matched = match copies.first() {
+                Some((record, _)) => {
+                    let states = states(record, shown);
+                    (!states.is_empty()
+                        && f.admits(
+                            &record.route,
+                            record.received_ms,
+                            record.dedup.as_ref().map(|d| &d.key),
+                        )
+                        && f.admits_destinations(&states)
+                        && f.matches_body(&record.body))
+                    .then(|| EventSummary::with_destinations(record, states))
+                }
+                None => None,
             };
-            let shown =
-                status != DeliveryStatus::Delivered || history::retained(e.id, visible_from);
-            let matched = (shown
-                && f.admits(
-                    &e.route,
-                    e.received_ms,
-                    e.dedup.as_ref().map(|d| &d.key),
-                    status,
-                )
-                && f.matches_body(&e.body))
-            .then(|| EventSummary::of(&e, status));
-            if !page.offer(e.id, matched) {
+            if !page.offer(id, matched) {
                 return Ok(page.finish(false));
             }
         }
@@ -277,6 +379,11 @@ impl HistoryReader {
         let desc = w.order == Order::Desc;
         match s.status {
             DeliveryStatus::Pending => self.refill_pending(s, w).await,
+            // Never read: a filtered destination's status is in its record.
+            DeliveryStatus::Filtered => {
+                s.done = true;
+                Ok(())
+            }
             DeliveryStatus::Dead | DeliveryStatus::Delivered => {
                 // Members are `u:entry` (dead letters) or `u|entry` (history): the first name
                 // past every member of id `u` is `u;` or `u}`.
@@ -340,7 +447,7 @@ impl HistoryReader {
                         Self::delivered(&u, &entry)
                     };
                     match event {
-                        Ok(e) => s.buf.push_back(e),
+                        Ok(e) => s.buf.push_back(e.for_destination(&s.destination)),
                         // One this release cannot read is left out, not the page's end.
                         Err(e) => {
                             tracing::warn!(event_id = %u, error = %e, "an event in the history cannot be read: left out of the query")
@@ -429,7 +536,7 @@ impl HistoryReader {
         for (u, blob) in fresh.iter().zip(blobs) {
             // Delivered or dead-lettered meanwhile: read where it went, in its turn.
             match blob.map(|b| decode(u, &b)) {
-                Some(Ok(e)) => s.buf.push_back(e),
+                Some(Ok(e)) => s.buf.push_back(e.for_destination(&s.destination)),
                 Some(Err(e)) => {
                     tracing::warn!(event_id = %u, error = %e, "an event in the history cannot be read: left out of the query")
                 }

@@ -9,7 +9,9 @@
 //! - [`RedisDedupStore`] (`dedup.rs`): `SET NX PX` to reserve, renewed to the full TTL on commit,
 //!   a compare-and-delete on release.
 //!
-//! Every key starts with the configured prefix; a route's keys then carry the route:
+//! Every key starts with the configured prefix; a route's keys then carry the route, or rather
+//! its lane: each destination of a route has its own (see [`crate::store::lane`]), and an
+//! event fanned out to two destinations is stored in both:
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
@@ -23,6 +25,8 @@
 //! | `{prefix}:deadix:{route}` | sorted set | `{event id}:{stream entry}`, by name: the dead letters by id, for pages |
 //! | `{prefix}:hist:{route}` | stream | `u`, `e` (the record), `a` (its state as delivered): the delivered events, trimmed by `MINID` to the retention |
 //! | `{prefix}:hix:{route}` | sorted set | `{event id}\|{stream entry}`, by name: the history by id, for pages |
+//! | `{prefix}:ord:{lane}:{key}` | list | an ordered destination's pending events of one ordering key, in arrival order: only the first is on the queue |
+//! | `{prefix}:pace:{lane}` | string | a paced destination's next free slot (µs, Redis's clock) |
 //! | `{prefix}:dedup:{key}` | string | `c` (committed) or `r:{instance}` (in flight), with its TTL |
 //! | `{prefix}:meta` | hash | the gateway's records (replay jobs) by name |
 //! | `{prefix}:meta:n` | hash | the gateway's counters (a replay job's progress) |
@@ -264,6 +268,13 @@ impl Conn {
             k.push(':');
             k.push_str(p);
         }
+        k
+    }
+
+    /// The prefix of lane `lane`'s ordering lists: `{prefix}:ord:{lane}:` then the key's hex.
+    pub(crate) fn order_prefix(&self, lane: &str) -> String {
+        let mut k = self.key(&["ord", lane]);
+        k.push(':');
         k
     }
 

@@ -47,31 +47,69 @@ macro_rules! ack {
     };
 }
 
-/// A batch of appends to one route. KEYS: stats, ev, pending, queue, routes, then the batch's
-/// dedup keys. ARGV: max_events, max_bytes, route, then six per event: u, e, id_ms, due, the
-/// index in KEYS of its dedup key (0: none), that key's expiry (Unix ms). Returns one answer per
-/// event: 1, or `events N` / `bytes N` when the spool is full. An event's dedup key is committed
-/// with it, atomically: once the event is stored, every instance answers its duplicates
-/// `duplicate`, whatever happens to this one.
+/// `queue_head(ordp, k, u, queue, due)`: puts event `u` on `queue` (due `due`) unless it is
+/// ordered (key `k` not empty) and another event of its key is ahead of it: each ordered key
+/// keeps its pending events in arrival order in the list `{ordp}{k}`, and only the first is
+/// ever on the queue.
+const QUEUE_HEAD: &str = r"
+local function queue_head(ordp, k, u, queue, due)
+  if k == '' or redis.call('RPUSH', ordp .. k, u) == 1 then
+    redis.call('XADD', queue, '*', 'u', u, 'd', due)
+  end
+end
+";
+
+/// `release(ordp, k, u, queue)`: event `u` leaves its key's list (delivered or dead-lettered);
+/// if it was the first, the next of its key goes on the queue, due now (`d` = `*`: whatever
+/// its due time says, it was never queued before).
+const RELEASE_ORDER: &str = r"
+local function release(ordp, k, u, queue)
+  if k == '' then return end
+  local list = ordp .. k
+  local head = redis.call('LINDEX', list, 0)
+  redis.call('LREM', list, 1, u)
+  if head == u then
+    local nxt = redis.call('LINDEX', list, 0)
+    if nxt then redis.call('XADD', queue, '*', 'u', nxt, 'd', '*') end
+  end
+end
+";
+
+/// A batch of appends of events going to the same destinations (lanes). KEYS: stats, routes,
+/// then `ev`, `pending`, `queue` of each lane, then the batch's dedup keys. ARGV: max_events,
+/// max_bytes, the number of lanes L, each lane's name, each lane's ordering-list prefix, then
+/// per event: u, e, id_ms, due, the index in KEYS of its dedup key (0: none), that key's
+/// expiry (Unix ms), and its ordering key in each lane ('' for none). Each event counts once
+/// per lane against the bounds. Returns one answer per event: 1, or `events N` / `bytes N`
+/// when the spool is full. An event's dedup key is committed with it, atomically: once the
+/// event is stored, every instance answers its duplicates `duplicate`, whatever happens to
+/// this one.
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+    Script::new(&format!(
+        "{}{QUEUE_HEAD}{}",
         grows!(),
         r"
 local n = tonumber(redis.call('HGET', KEYS[1], 'events') or '0')
 local b = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
-local max_n, max_b = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_n, max_b, lanes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local first = 4 + 2 * lanes
+local per = 6 + lanes
 local out, added, added_b = {}, 0, 0
-for i = 4, #ARGV, 6 do
+for i = first, #ARGV, per do
   local u, e = ARGV[i], ARGV[i + 1]
-  if n + added >= max_n then
+  if n + added + lanes > max_n then
     out[#out + 1] = 'events ' .. (n + added)
-  elseif b + added_b + #e > max_b then
+  elseif b + added_b + #e * lanes > max_b then
     out[#out + 1] = 'bytes ' .. (b + added_b)
   else
-    if redis.call('HSETNX', KEYS[2], u, e) == 1 then
-      redis.call('ZADD', KEYS[3], ARGV[i + 2], u)
-      redis.call('XADD', KEYS[4], '*', 'u', u, 'd', ARGV[i + 3])
-      added, added_b = added + 1, added_b + #e
+    if redis.call('HSETNX', KEYS[3], u, e) == 1 then
+      for j = 1, lanes do
+        local ev, pending, queue = KEYS[3 * j], KEYS[3 * j + 1], KEYS[3 * j + 2]
+        if j > 1 then redis.call('HSET', ev, u, e) end
+        redis.call('ZADD', pending, ARGV[i + 2], u)
+        queue_head(ARGV[3 + lanes + j], ARGV[i + 5 + j], u, queue, ARGV[i + 3])
+      end
+      added, added_b = added + lanes, added_b + #e * lanes
       local k = tonumber(ARGV[i + 4])
       if k > 0 then redis.call('SET', KEYS[k], 'c', 'PXAT', ARGV[i + 5]) end
     end
@@ -81,9 +119,25 @@ end
 if added > 0 then
   redis.call('HINCRBY', KEYS[1], 'events', added)
   redis.call('HINCRBY', KEYS[1], 'bytes', added_b)
-  redis.call('SADD', KEYS[5], ARGV[3])
+  for j = 1, lanes do redis.call('SADD', KEYS[2], ARGV[3 + j]) end
 end
 return out
+"
+    ))
+});
+
+/// An event every destination filtered out: history at once, in its route's first lane.
+/// KEYS: routes, hist, hix, the dedup key (or none). ARGV: the lane, u, e, its state, the
+/// retention's cutoff (Unix ms), the dedup key's expiry. Returns 1.
+pub(super) static APPEND_FILTERED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        grows!(),
+        r"
+local id = redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[5], '*', 'u', ARGV[2], 'e', ARGV[3], 'a', ARGV[4])
+redis.call('ZADD', KEYS[3], 0, ARGV[2] .. '|' .. id)
+redis.call('SADD', KEYS[1], ARGV[1])
+if KEYS[4] then redis.call('SET', KEYS[4], 'c', 'PXAT', ARGV[6]) end
+return 1
 "
     ))
 });
@@ -106,21 +160,22 @@ local function trim_oldest(hist, hix, n)
 end
 ";
 
-/// A batch of deliveries of one route. KEYS: stats, ev, pending, queue, retry, hist, hix. ARGV:
+/// A batch of deliveries of one lane. KEYS: stats, ev, pending, queue, retry, hist, hix. ARGV:
 /// keep (1: into the history; 0: Redis is short of memory, the history yields), the retention's
-/// cutoff (Unix ms) and its first id, then three per event: u, its stream entry ('' if this
-/// instance did not claim it), and its state as delivered. A delivered event's record moves
+/// cutoff (Unix ms) and its first id, the lane's ordering-list prefix, then four per event: u,
+/// its stream entry ('' if this instance did not claim it), its state as delivered, and its
+/// ordering key ('' for none: the next of its key goes on the queue). A delivered event's record moves
 /// from the hash to the route's history stream (`u`, `e` the record, `a` the state), indexed
 /// by `u|entry` in `hix`; both are trimmed to the retention here. Returns how many of the events
 /// were pending.
 pub(super) static DELIVERED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{TRIM_OLDEST}{}",
+        "{}{TRIM_OLDEST}{RELEASE_ORDER}{}",
         frees!(),
         r"
-local keep, cutoff, cut_u = ARGV[1] == '1', ARGV[2], ARGV[3]
+local keep, cutoff, cut_u, ordp = ARGV[1] == '1', ARGV[2], ARGV[3], ARGV[4]
 local removed, bytes, acks = 0, 0, {}
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 4 do
   local u = ARGV[i]
   if ARGV[i + 1] ~= '' then acks[#acks + 1] = ARGV[i + 1] end
   local e = redis.call('HGET', KEYS[2], u)
@@ -128,6 +183,7 @@ for i = 4, #ARGV, 3 do
     redis.call('HDEL', KEYS[2], u)
     redis.call('ZREM', KEYS[3], u)
     redis.call('ZREM', KEYS[5], u)
+    release(ordp, ARGV[i + 3], u, KEYS[4])
     removed, bytes = removed + 1, bytes + #e
     if keep then
       local id = redis.call('XADD', KEYS[6], 'MINID', '~', cutoff, '*', 'u', u, 'e', e, 'a', ARGV[i + 2])
@@ -169,10 +225,12 @@ return trim_oldest(KEYS[1], KEYS[2], tonumber(ARGV[3]))
 });
 
 /// A delivered event pending again (a replay). KEYS: stats, ev, pending, queue, hist, hix.
-/// ARGV: u, its history member (`u|entry`), the replayed event, id_ms, due. Returns 1 if it was
-/// in the history and not pending (0: replayed meanwhile, or trimmed).
+/// ARGV: u, its history member (`u|entry`), the replayed event, id_ms, due, the lane's
+/// ordering-list prefix and its ordering key ('' for none). Returns 1 if it was in the history
+/// and not pending (0: replayed meanwhile, or trimmed).
 pub(super) static REPLAY_DELIVERED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+    Script::new(&format!(
+        "{}{QUEUE_HEAD}{}",
         grows!(),
         r"
 if not redis.call('ZSCORE', KEYS[6], ARGV[2]) then return 0 end
@@ -181,7 +239,7 @@ redis.call('ZREM', KEYS[6], ARGV[2])
 redis.call('XDEL', KEYS[5], string.sub(ARGV[2], #ARGV[1] + 2))
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('XADD', KEYS[4], '*', 'u', ARGV[1], 'd', ARGV[5])
+queue_head(ARGV[6], ARGV[7], ARGV[1], KEYS[4], ARGV[5])
 redis.call('HINCRBY', KEYS[1], 'events', 1)
 redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[3])
 return 1
@@ -205,10 +263,12 @@ return 1
     ))
 });
 
-/// KEYS: stats, ev, pending, queue, retry, dead, deadix. ARGV: u, e, entry. Returns 1 if the
-/// event was pending.
+/// KEYS: stats, ev, pending, queue, retry, dead, deadix. ARGV: u, e, entry, the lane's
+/// ordering-list prefix, the event's ordering key ('' for none: the next of its key goes on
+/// the queue). Returns 1 if the event was pending.
 pub(super) static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+    Script::new(&format!(
+        "{}{}{RELEASE_ORDER}{}",
         frees!(),
         ack!("4", "3"),
         r"
@@ -217,6 +277,7 @@ if old == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+release(ARGV[4], ARGV[5], ARGV[1], KEYS[4])
 local id = redis.call('XADD', KEYS[6], '*', 'u', ARGV[1], 'e', ARGV[2])
 redis.call('ZADD', KEYS[7], 0, ARGV[1] .. ':' .. id)
 redis.call('HINCRBY', KEYS[1], 'dead', 1)
@@ -243,11 +304,12 @@ local function dead_size(key, id)
 end
 ";
 
-/// KEYS: stats, ev, pending, queue, dead, deadix. ARGV: u, e (the replayed event), id_ms, due.
-/// Returns 1 if it was a dead letter.
+/// KEYS: stats, ev, pending, queue, dead, deadix. ARGV: u, e (the replayed event), id_ms, due,
+/// the lane's ordering-list prefix, its ordering key ('' for none). Returns 1 if it was a dead
+/// letter.
 pub(super) static REVIVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{DEAD_SIZE}{}",
+        "{}{DEAD_SIZE}{QUEUE_HEAD}{}",
         grows!(),
         r"
 local member, id = dead_entry(KEYS[6], ARGV[1])
@@ -257,7 +319,7 @@ redis.call('XDEL', KEYS[5], id)
 redis.call('ZREM', KEYS[6], member)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('XADD', KEYS[4], '*', 'u', ARGV[1], 'd', ARGV[4])
+queue_head(ARGV[5], ARGV[6], ARGV[1], KEYS[4], ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'dead', -1)
 redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[2] - old)
 return 1
@@ -296,6 +358,26 @@ for i = 1, #due, 2 do
   redis.call('ZREM', KEYS[1], due[i])
 end
 return #due / 2
+"
+    ))
+});
+
+/// A destination's pace, shared by every instance. KEYS: the lane's pace key. ARGV: the time
+/// between two slots (µs). Reserves the next slot (the later of the last one reserved plus the
+/// interval, and now, by Redis's clock) and returns how long until it (µs): slots are taken in
+/// turn, none saved up while idle.
+pub(super) static PACE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        frees!(),
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < now then slot = now end
+local nxt = slot + interval
+redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor((nxt - now) / 1000) + 1000)
+return slot - now
 "
     ))
 });

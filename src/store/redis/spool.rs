@@ -22,14 +22,14 @@ use redis::{RedisError, Value};
 use uuid::Uuid;
 
 use super::batch::{self, Append, Delivered, Limits};
-use super::history::{Found, HistoryReader};
+use super::history::{FoundLane, HistoryReader};
 use super::scripts::{
-    DEAD_LETTER, HEARTBEAT, LEASE, PROMOTE, PURGE, REMOVE_CONSUMER, REPLAY_DELIVERED, RESCHEDULE,
-    REVIVE, TRIM_HISTORY,
+    DEAD_LETTER, HEARTBEAT, LEASE, PACE, PROMOTE, PURGE, REMOVE_CONSUMER, REPLAY_DELIVERED,
+    RESCHEDULE, REVIVE, TRIM_HISTORY,
 };
 use super::{storage_error, Conn, RedisConfig};
 use crate::store::event::{id_ms, now_ms, DedupRecord, Event};
-use crate::store::history::{DeliveryStatus, EventPage, EventQuery};
+use crate::store::history::{DeliveryStatus, EventDetail, EventPage, EventQuery};
 use crate::store::spool::{
     Completion, EventSummary, RouteGauges, SharedSpool, Spool, SpoolError, SpoolFuture, SpoolStats,
     StoreHealth,
@@ -61,8 +61,8 @@ pub struct RedisSpool {
     deliveries: Option<tokio::sync::mpsc::UnboundedSender<Delivered>>,
     /// Disconnected once both batchers have sent everything queued and ended.
     drained: Mutex<std::sync::mpsc::Receiver<()>>,
-    /// Events this instance claimed and has not settled: id → (route, stream entry).
-    held: Mutex<HashMap<Uuid, (String, String)>>,
+    /// Events this instance claimed and has not settled: (lane, id) → stream entry.
+    held: Mutex<HashMap<(String, Uuid), String>>,
     /// Per route: the blocking connection and when it last promoted and took over.
     routes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<RouteState>>>>,
     /// The blocking-free connection for the trait's synchronous reads (admin, start-up).
@@ -190,20 +190,19 @@ impl RedisSpool {
         self.conn.key(&[what, route])
     }
 
-    /// Takes this instance's hold on `id`: the stream entry its settling write acks.
-    fn release_hold(&self, id: Uuid) -> String {
+    /// Takes this instance's hold on `id` in `lane`: the stream entry its settling write acks.
+    fn release_hold(&self, lane: &str, id: Uuid) -> String {
         self.held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)
-            .map(|(_, entry)| entry)
+            .remove(&(lane.to_owned(), id))
             .unwrap_or_default()
     }
 
     /// What a write settling `event` needs: this instance's hold on it (the stream entry its
     /// script acknowledges), and the event encoded.
     fn settling(&self, event: &Event) -> Result<(String, Vec<u8>), SpoolError> {
-        let entry = self.release_hold(event.id);
+        let entry = self.release_hold(&event.lane(), event.id);
         Ok((entry, encode(event)?))
     }
 
@@ -272,6 +271,7 @@ impl RedisSpool {
             .entry(route.to_owned())
             .or_insert_with(|| {
                 // The route's takeovers series starts at zero, so dashboards and alerts see it.
+                let route = crate::store::split_lane(route).0;
                 self.conn.metrics().takeovers.with_label_values(&[route]);
                 Arc::new(tokio::sync::Mutex::new(RouteState {
                     blocking: None,
@@ -293,7 +293,7 @@ impl RedisSpool {
         loop {
             tick.tick().await;
             let mut by_route: HashMap<String, Vec<String>> = HashMap::new();
-            for (route, entry) in self.held.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            for ((route, _), entry) in self.held.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                 by_route
                     .entry(route.clone())
                     .or_default()
@@ -318,7 +318,7 @@ impl RedisSpool {
                         self.held
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .retain(|_, (_, entry)| !lost.contains(entry));
+                            .retain(|_, entry| !lost.contains(entry));
                         tracing::warn!(%route, events = lost.len(), "events this instance held were taken over by another (it was silent for the visibility timeout)");
                     }
                     Ok(_) => {}
@@ -415,7 +415,7 @@ impl RedisSpool {
                 self.conn
                     .metrics()
                     .takeovers
-                    .with_label_values(&[route])
+                    .with_label_values(&[crate::store::split_lane(route).0])
                     .inc_by(reply.claimed.len() as u64);
                 tracing::warn!(
                     route,
@@ -586,12 +586,17 @@ impl RedisSpool {
         let mut events = Vec::with_capacity(entries.len());
         let mut claimed = Vec::with_capacity(entries.len());
         let mut stale = Vec::new();
+        let destination = crate::store::split_lane(route).1;
         for ((entry, id), blob) in entries.into_iter().zip(&ids).zip(blobs) {
-            let due: Option<u64> = entry.get::<String>("d").and_then(|d| d.parse().ok());
+            // `*`: the next of an ordering key, queued when the one before it left: due now,
+            // whatever its record says.
+            let d = entry.get::<String>("d");
+            let released = d.as_deref() == Some("*");
+            let due: Option<u64> = d.and_then(|d| d.parse().ok());
             match blob.map(|b| decode(id, &b)) {
-                Some(Ok(e)) if Some(e.next_attempt_ms) == due => {
+                Some(Ok(e)) if released || Some(e.next_attempt_ms) == due => {
                     claimed.push((e.id, entry.id));
-                    events.push(e);
+                    events.push(e.for_destination(destination));
                 }
                 Some(Err(e)) => {
                     // Left in its hash (counted, and the oldest pending age shows it), its entry
@@ -631,7 +636,7 @@ impl RedisSpool {
         // claim never leaves an event held that nobody attempts.
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         for (id, entry) in claimed {
-            held.insert(id, (route.to_owned(), entry));
+            held.insert((route.to_owned(), id), entry);
         }
         Ok(events)
     }
@@ -697,8 +702,32 @@ impl Spool for RedisSpool {
             Err(e) => return Completion::ready(Err(e)),
         };
         let (done, rx) = tokio::sync::oneshot::channel();
+        let lanes: Vec<String> = event
+            .delivered_to()
+            .map(|d| crate::store::lane(&event.route, d).into_owned())
+            .collect();
+        let orders: Vec<String> = event
+            .delivered_to()
+            .map(|d| {
+                let copy = event.destinations.iter().find(|f| f.destination == d);
+                copy.and_then(|f| f.order).map_or(String::new(), hex)
+            })
+            .collect();
+        // Filtered out everywhere: kept in the history of the route's first destination.
+        let history = if lanes.is_empty() {
+            let first = event.fanout().next().map_or("", |(d, _)| d);
+            match record::encode_state(event, 0, now_ms()) {
+                Ok(state) => Some((crate::store::lane(&event.route, first).into_owned(), state)),
+                Err(e) => return Completion::ready(Err(e)),
+            }
+        } else {
+            None
+        };
         let job = Append {
-            route: event.route.clone(),
+            group: lanes.join("\u{1f}"),
+            lanes,
+            orders,
+            history,
             id: event.id.to_string(),
             blob,
             id_ms: id_ms(event.id).unwrap_or(event.received_ms),
@@ -714,11 +743,13 @@ impl Spool for RedisSpool {
         Completion::waiting(rx)
     }
 
-    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
-        let key = self.keys("ev", route);
+    fn get(&self, lane: &str, id: Uuid) -> Result<Option<Event>, SpoolError> {
+        let key = self.keys("ev", lane);
         let blob: Option<Vec<u8>> =
             self.read(|c| redis::cmd("HGET").arg(&key).arg(id.to_string()).query(c))?;
-        blob.map(|b| decode(&id.to_string(), &b)).transpose()
+        let destination = crate::store::split_lane(lane).1;
+        blob.map(|b| decode(&id.to_string(), &b).map(|e| e.for_destination(destination)))
+            .transpose()
     }
 
     fn delivered(&self, event: &Event) -> Completion {
@@ -727,10 +758,12 @@ impl Spool for RedisSpool {
             Ok(state) => state,
             Err(e) => return Completion::ready(Err(e)),
         };
+        let lane = event.lane().into_owned();
         let job = Delivered {
-            route: event.route.clone(),
+            entry: self.release_hold(&lane, event.id),
+            route: lane,
             id: event.id.to_string(),
-            entry: self.release_hold(event.id),
+            order: event.order_key().map_or(String::new(), hex),
             state,
             done,
         };
@@ -751,7 +784,7 @@ impl Spool for RedisSpool {
         };
         let keys = self
             .conn
-            .script_keys(&event.route, &["ev", "queue", "retry"]);
+            .script_keys(&event.lane(), &["ev", "queue", "retry"]);
         let args = vec![
             arg(event.id),
             blob,
@@ -770,11 +803,18 @@ impl Spool for RedisSpool {
             Ok(settling) => settling,
             Err(e) => return Completion::ready(Err(e)),
         };
+        let lane = event.lane();
         let keys = self.conn.script_keys(
-            &event.route,
+            &lane,
             &["ev", "pending", "queue", "retry", "dead", "deadix"],
         );
-        let args = vec![arg(event.id), blob, entry.into_bytes()];
+        let args = vec![
+            arg(event.id),
+            blob,
+            entry.into_bytes(),
+            self.conn.order_prefix(&lane).into_bytes(),
+            event.order_key().map_or(String::new(), hex).into_bytes(),
+        ];
         let (written, id) = (
             call(&self.conn, "dead_letter", &DEAD_LETTER, keys, args),
             event.id,
@@ -792,8 +832,9 @@ impl Spool for RedisSpool {
         for route in routes {
             let key = self.keys("ev", &route);
             let blobs: Vec<Vec<u8>> = self.read(|c| redis::cmd("HVALS").arg(&key).query(c))?;
+            let destination = crate::store::split_lane(&route).1;
             for b in blobs {
-                all.push(decode("?", &b)?);
+                all.push(decode("?", &b)?.for_destination(destination));
             }
         }
         all.sort_by_key(|e| e.id);
@@ -848,12 +889,15 @@ impl Spool for RedisSpool {
             pipe.cmd("XRANGE").arg(&dead).arg(entry).arg(entry);
         }
         let pages: Vec<StreamRangeReply> = self.read(|c| pipe.query(c))?;
+        let destination = crate::store::split_lane(route).1;
         pages
             .iter()
             .flat_map(|p| p.ids.first())
             .map(|entry| {
                 let blob: Vec<u8> = entry.get("e").unwrap_or_default();
-                decode(&entry.id, &blob).map(|e| EventSummary::of(&e, DeliveryStatus::Dead))
+                decode(&entry.id, &blob).map(|e| {
+                    EventSummary::of(&e.for_destination(destination), DeliveryStatus::Dead)
+                })
             })
             .collect()
     }
@@ -870,9 +914,13 @@ impl Spool for RedisSpool {
                 .arg(&entry)
                 .query(c)
         })?;
+        let destination = crate::store::split_lane(route).1;
         page.ids
             .first()
-            .map(|e| decode(&e.id, &e.get::<Vec<u8>>("e").unwrap_or_default()))
+            .map(|e| {
+                decode(&e.id, &e.get::<Vec<u8>>("e").unwrap_or_default())
+                    .map(|e| e.for_destination(destination))
+            })
             .transpose()
     }
 
@@ -881,6 +929,10 @@ impl Spool for RedisSpool {
             .conn
             .script_keys(route, &["ev", "pending", "queue", "dead", "deadix"]);
         let conn = self.conn.clone();
+        let (ordp, destination) = (
+            self.conn.order_prefix(route),
+            crate::store::split_lane(route).1.to_owned(),
+        );
         spawn(&self.conn, async move {
             let (dead, deadix) = (keys[4].clone(), keys[5].clone());
             let uuid = id.to_string();
@@ -920,12 +972,21 @@ impl Spool for RedisSpool {
             let Some(stored) = page.ids.first() else {
                 return Err(SpoolError::NotFound(id));
             };
-            let mut event = decode(&uuid, &stored.get::<Vec<u8>>("e").unwrap_or_default())?;
+            let mut event = decode(&uuid, &stored.get::<Vec<u8>>("e").unwrap_or_default())?
+                .for_destination(&destination);
             event.replay_now();
             let blob = encode(&event)?;
             let id_time = id_ms(event.id).unwrap_or(event.received_ms);
             let due = event.next_attempt_ms;
-            let args = vec![arg(&uuid), blob, arg(id_time), arg(due)];
+            let okey = event.order_key().map_or(String::new(), hex);
+            let args = vec![
+                arg(&uuid),
+                blob,
+                arg(id_time),
+                arg(due),
+                arg(ordp),
+                arg(okey),
+            ];
             let answer = call(&conn, "revive", &REVIVE, keys, args).await?;
             found(answer, id).map(|()| event)
         })
@@ -1001,25 +1062,39 @@ impl Spool for RedisSpool {
         Box::pin(async move { self.history_reader().query(&query).await })
     }
 
-    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>> {
-        Box::pin(async move {
-            Ok(self
-                .history_reader()
-                .find(id)
-                .await?
-                .map(|found| (found.event, found.status)))
-        })
+    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<EventDetail>> {
+        Box::pin(async move { Ok(self.history_reader().find(id).await?.map(|f| f.detail())) })
     }
 
-    fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>> {
+    fn replay(
+        &self,
+        id: Uuid,
+        destination: &str,
+        job: &str,
+    ) -> Completion<Option<(Event, DeliveryStatus)>> {
         let (conn, job, reader) = (self.conn.clone(), job.to_owned(), self.history_reader());
+        let destination = destination.to_owned();
         spawn(&self.conn, async move {
-            let Found {
+            let hit = reader.find(id).await?.ok_or(SpoolError::NotFound(id))?;
+            if hit
+                .record
+                .fanout()
+                .any(|(d, filtered)| d == destination && filtered)
+            {
+                return Ok(None);
+            }
+            let Some(FoundLane {
                 mut event,
                 status,
-                route,
+                lane,
                 locator,
-            } = reader.find(id).await?.ok_or(SpoolError::NotFound(id))?;
+            }) = hit
+                .lanes
+                .into_iter()
+                .find(|l| l.event.destination_name() == destination)
+            else {
+                return Err(SpoolError::NotFound(id));
+            };
             // Replayed by this very job already (a job resumed, or taken over).
             if event.replay.as_deref() == Some(job.as_str())
                 || event.history.last().and_then(|a| a.replay.as_deref()) == Some(job.as_str())
@@ -1032,17 +1107,36 @@ impl Spool for RedisSpool {
             let blob = encode(&event)?;
             let id_time = id_ms(id).unwrap_or(event.received_ms);
             let due = event.next_attempt_ms;
+            let (ordp, okey) = (
+                conn.order_prefix(&lane),
+                event.order_key().map_or(String::new(), hex),
+            );
             let answer = match status {
-                DeliveryStatus::Pending => return Ok(None),
+                DeliveryStatus::Pending | DeliveryStatus::Filtered => return Ok(None),
                 DeliveryStatus::Dead => {
                     let keys =
-                        conn.script_keys(&route, &["ev", "pending", "queue", "dead", "deadix"]);
-                    let args = vec![arg(&uuid), blob, arg(id_time), arg(due)];
+                        conn.script_keys(&lane, &["ev", "pending", "queue", "dead", "deadix"]);
+                    let args = vec![
+                        arg(&uuid),
+                        blob,
+                        arg(id_time),
+                        arg(due),
+                        arg(ordp),
+                        arg(okey),
+                    ];
                     call(&conn, "revive", &REVIVE, keys, args).await?
                 }
                 DeliveryStatus::Delivered => {
-                    let keys = conn.script_keys(&route, &["ev", "pending", "queue", "hist", "hix"]);
-                    let args = vec![arg(&uuid), arg(&locator), blob, arg(id_time), arg(due)];
+                    let keys = conn.script_keys(&lane, &["ev", "pending", "queue", "hist", "hix"]);
+                    let args = vec![
+                        arg(&uuid),
+                        arg(&locator),
+                        blob,
+                        arg(id_time),
+                        arg(due),
+                        arg(ordp),
+                        arg(okey),
+                    ];
                     call(&conn, "replay", &REPLAY_DELIVERED, keys, args).await?
                 }
             };
@@ -1070,11 +1164,17 @@ impl Spool for RedisSpool {
                     |mut c| async move { pipe.query_async(&mut c).await },
                 )
                 .await?;
-            Ok(routes
-                .into_iter()
-                .zip(counts.chunks(3))
-                .map(|(route, n)| (route, n.iter().sum()))
-                .collect())
+            // A route's destinations each keep a copy of its events: the route keeps as many
+            // as its fullest destination (close: an event one destination filtered out and
+            // another delivered is counted once, by the one that keeps it).
+            let mut by_route: std::collections::BTreeMap<String, u64> = Default::default();
+            for (lane, n) in routes.iter().zip(counts.chunks(3)) {
+                let route = crate::store::split_lane(lane).0.to_owned();
+                let n: u64 = n.iter().sum();
+                let kept = by_route.entry(route).or_default();
+                *kept = (*kept).max(n);
+            }
+            Ok(by_route.into_iter().collect())
         })
     }
 
@@ -1220,4 +1320,23 @@ impl SharedSpool for RedisSpool {
     fn gauges<'a>(&'a self, route: &'a str) -> SpoolFuture<'a, RouteGauges> {
         Box::pin(self.route_gauges(route))
     }
+
+    fn pace<'a>(&'a self, lane: &'a str, interval: Duration) -> SpoolFuture<'a, Duration> {
+        let key = self.keys("pace", lane);
+        let interval_us = interval.as_micros().max(1) as u64;
+        Box::pin(async move {
+            let wait_us: i64 = self
+                .conn
+                .run("pace", |mut c| async move {
+                    PACE.key(&key).arg(interval_us).invoke_async(&mut c).await
+                })
+                .await?;
+            Ok(Duration::from_micros(wait_us.max(0) as u64))
+        })
+    }
+}
+
+/// An ordering key as the scripts name it: 32 hex digits.
+fn hex(key: [u8; 16]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -23,8 +23,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::event::{AttemptRecord, DedupRecord, Event};
-use super::history::{DeliveryStatus, EventPage, EventQuery};
+use super::event::{DedupRecord, Event};
+use super::history::{DeliveryStatus, DestinationState, EventDetail, EventPage, EventQuery};
 
 /// How much an acknowledged event survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,29 +182,37 @@ pub struct EventSummary {
     pub received_ms: u64,
     /// The resolved client address.
     pub client_ip: IpAddr,
-    /// Delivery attempts made.
+    /// Delivery attempts made, at every destination.
     pub attempts: u32,
-    /// The newest attempts.
-    pub history: Vec<AttemptRecord>,
     /// The body's size in bytes.
     pub body_bytes: usize,
-    /// Where it stands.
+    /// Where it stands as a whole (see [`DeliveryStatus::overall`]).
     pub status: DeliveryStatus,
+    /// Where each destination stands, with its attempts.
+    pub destinations: Vec<DestinationState>,
     /// Its dedup key's 16 bytes, if the route dedups.
     pub dedup: Option<[u8; 16]>,
 }
 
 /// Where acknowledged events wait for delivery. Writes resolve at the configured durability.
 ///
-/// Pending events and dead letters are both keyed by route, then id (UUIDv7: oldest first).
+/// An event is stored once, with the destinations it was fanned out to
+/// ([`Event::destinations`]); each destination then has its own copy of the changing part
+/// (attempts, schedule, status) in its own queue, its *lane* ([`lane`](super::lane): the route's
+/// name for the default destination, `route#destination` for another). The methods that take
+/// a `lane` work on one destination's share; the ones that take an [`Event`] on the share of
+/// [`Event::destination`]. Each destination's share counts as one event against the bounds.
+///
+/// Pending events and dead letters are both keyed by lane, then id (UUIDv7: oldest first).
 /// Writes that find their event gone (delivered, dead-lettered or replayed meanwhile) change
 /// nothing and answer [`SpoolError::NotFound`], so concurrent or repeated calls never count an
 /// event twice.
 pub trait Spool: Send + Sync + 'static {
-    /// Stores a new event (and its dedup key). Fails when full or when the commit fails.
+    /// Stores a new event (and its dedup key), pending for each destination of
+    /// [`Event::delivered_to`], all or none. Fails when full or when the commit fails.
     fn append(&self, event: &Event) -> Completion;
-    /// The pending event `id` of `route`.
-    fn get(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
+    /// The pending event `id` of `lane` (that destination's copy).
+    fn get(&self, lane: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
     /// Removes a delivered event.
     fn delivered(&self, event: &Event) -> Completion;
     /// Removes a delivered event without waiting for the record (a crash before it is written
@@ -218,39 +226,46 @@ pub trait Spool: Send + Sync + 'static {
     fn dead_letter(&self, event: &Event) -> Completion;
     /// Every pending event.
     fn pending(&self) -> Result<Vec<Event>, SpoolError>;
-    /// The id and next attempt time of every pending event of `route` (for recovery at start).
-    fn pending_schedule(&self, route: &str) -> Result<Vec<(Uuid, u64)>, SpoolError>;
+    /// The id and next attempt time of every pending event of `lane` (for recovery at start).
+    fn pending_schedule(&self, lane: &str) -> Result<Vec<(Uuid, u64)>, SpoolError>;
     /// The persisted dedup keys still inside their TTL.
     fn dedup_keys(&self) -> Result<Vec<DedupRecord>, SpoolError>;
-    /// Up to `limit` dead letters of `route`, oldest first, starting after `after`; bodies are
+    /// Up to `limit` dead letters of `lane`, oldest first, starting after `after`; bodies are
     /// not read.
     fn dead_letters(
         &self,
-        route: &str,
+        lane: &str,
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<EventSummary>, SpoolError>;
-    /// The dead letter `id` of `route`, whole.
-    fn get_dead(&self, route: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
-    /// Moves dead letter `id` of `route` back to pending, due now; returns it.
-    fn revive(&self, route: &str, id: Uuid) -> Completion<Event>;
-    /// Deletes dead letter `id` of `route`.
-    fn purge(&self, route: &str, id: Uuid) -> Completion;
+    /// The dead letter `id` of `lane`, whole.
+    fn get_dead(&self, lane: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
+    /// Moves dead letter `id` of `lane` back to pending, due now; returns it.
+    fn revive(&self, lane: &str, id: Uuid) -> Completion<Event>;
+    /// Deletes dead letter `id` of `lane` (and the event's record once no destination
+    /// holds it any more).
+    fn purge(&self, lane: &str, id: Uuid) -> Completion;
     /// A page of the event history (see [`history`](super::history)): pending, dead and
     /// delivered events still kept, in id order, bodies left out.
     fn events(&self, query: &EventQuery) -> SpoolFuture<'_, EventPage>;
-    /// Event `id`, whole, and where it stands (`None`: unknown, or delivered and past the
-    /// retention).
-    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<(Event, DeliveryStatus)>>;
-    /// Makes event `id` pending again, due now, its deliveries marked with replay `job`: a dead
-    /// letter (as [`revive`](Self::revive) does) or a delivered event still kept. Resolves with
-    /// the event as queued and where it stood before; `None` if it is pending already (its
-    /// delivery is on its way); [`SpoolError::NotFound`] if it is unknown or past the retention.
-    fn replay(&self, id: Uuid, job: &str) -> Completion<Option<(Event, DeliveryStatus)>>;
+    /// Event `id`, whole, and where each destination stands (`None`: unknown, or delivered and
+    /// past the retention).
+    fn event(&self, id: Uuid) -> SpoolFuture<'_, Option<EventDetail>>;
+    /// Makes event `id` pending again for `destination`, due now, its deliveries marked with
+    /// replay `job`: a dead letter (as [`revive`](Self::revive) does) or a delivered event still
+    /// kept. Resolves with that destination's copy as queued and where it stood before; `None`
+    /// if it is pending there already (its delivery is on its way) or was filtered out;
+    /// [`SpoolError::NotFound`] if it is unknown, past the retention, or never went there.
+    fn replay(
+        &self,
+        id: Uuid,
+        destination: &str,
+        job: &str,
+    ) -> Completion<Option<(Event, DeliveryStatus)>>;
     /// What the spool holds.
     fn stats(&self) -> SpoolStats;
-    /// The receive time of the oldest pending event of `route`, in Unix milliseconds.
-    fn oldest_pending_ms(&self, route: &str) -> Option<u64>;
+    /// The receive time of the oldest pending event of `lane`, in Unix milliseconds.
+    fn oldest_pending_ms(&self, lane: &str) -> Option<u64>;
     /// Deletes persisted dedup keys whose TTL has passed, in chunks that never hold up appends;
     /// resolves with how many. A backend may also sweep on its own schedule.
     fn sweep_expired_keys(&self) -> Completion<usize>;
@@ -303,16 +318,20 @@ pub type SpoolFuture<'a, T> =
 /// silent (killed, partitioned) for the backend's visibility timeout, another instance's
 /// `claim` takes the event over: nothing acknowledged waits on a dead instance.
 pub trait SharedSpool: Send + Sync {
-    /// Up to `max` events of `route` that are due and held by no live instance, now held by
+    /// Up to `max` events of `lane` that are due and held by no live instance, now held by
     /// this one; waits up to `wait` for the first.
     fn claim<'a>(
         &'a self,
-        route: &'a str,
+        lane: &'a str,
         max: usize,
         wait: Duration,
     ) -> SpoolFuture<'a, Vec<Event>>;
-    /// What `route` holds across every instance.
-    fn gauges<'a>(&'a self, route: &'a str) -> SpoolFuture<'a, RouteGauges>;
+    /// What `lane` holds across every instance.
+    fn gauges<'a>(&'a self, lane: &'a str) -> SpoolFuture<'a, RouteGauges>;
+    /// Reserves `lane`'s next delivery slot at one per `interval`, shared by every instance
+    /// (a destination's `rate`): resolves with how long to wait for it. Slots are taken in
+    /// turn, none saved up while idle.
+    fn pace<'a>(&'a self, lane: &'a str, interval: Duration) -> SpoolFuture<'a, Duration>;
 }
 
 /// One route's share of a shared spool, for its gauges.
@@ -327,17 +346,22 @@ pub struct RouteGauges {
 }
 
 impl EventSummary {
-    /// The summary of `e`, standing at `status`.
+    /// The summary of `e`'s copy (one destination's), standing at `status`.
     pub fn of(e: &Event, status: DeliveryStatus) -> Self {
+        Self::with_destinations(e, vec![DestinationState::of(e, status)])
+    }
+
+    /// The summary of `e` whose destinations stand at `states` (at least one).
+    pub fn with_destinations(e: &Event, states: Vec<DestinationState>) -> Self {
         Self {
             id: e.id,
             route: e.route.clone(),
             received_ms: e.received_ms,
             client_ip: e.client_ip,
-            attempts: e.attempts,
-            history: e.history.clone(),
+            attempts: states.iter().map(|d| d.attempts).sum(),
             body_bytes: e.body.len(),
-            status,
+            status: DeliveryStatus::overall(&states).unwrap_or(DeliveryStatus::Delivered),
+            destinations: states,
             dedup: e.dedup.map(|d| d.key),
         }
     }
