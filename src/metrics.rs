@@ -217,7 +217,7 @@ impl Metrics {
             order_released: IntCounterVec::new(
                 Opts::new(
                     "hookgate_order_released_total",
-                    "events dead-lettered at the head of their ordering key, after which the next event of the key went on",
+                    "ordered events dead-lettered (each was the head of its key): the events after it of its key went on without it",
                 ),
                 &["route", "destination"],
             )?,

@@ -28,6 +28,9 @@ Examples:
   hookgate dead-letters list                            list the dead letters
   hookgate dead-letters replay --all --route /webhook/o3-video
   hookgate dead-letters purge 0190c5d2-8f3a-7c1e-9b2d-3e4f5a6b7c8d
+  hookgate destinations                                 every route's destinations: paused, circuit, queued
+  hookgate pause /hooks/stripe/app                      pause one destination (events are acknowledged and wait)
+  hookgate resume /hooks/stripe                         resume every destination of a route
   hookgate reload                                       reload the config file (as SIGHUP does)
   hookgate completions bash > /etc/bash_completion.d/hookgate
   RUST_LOG=hookgate=debug hookgate --log-format json --config hookgate.toml";
@@ -98,6 +101,31 @@ enum Command {
         /// The admin token (default: `server.admin_token` of --config).
         #[arg(long, env = "HOOKGATE_ADMIN_TOKEN")]
         token: Option<String>,
+        /// Remove destinations even if they have events waiting (their events stay in the
+        /// spool, undelivered, until a destination of that name comes back).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every route's destinations on a running gateway: paused, circuit, queued.
+    Destinations {
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Pause deliveries to a destination (ROUTE/DESTINATION), or to every destination of a
+    /// route (ROUTE): events go on being acknowledged and wait. Survives restarts; shared by
+    /// every instance on Redis.
+    Pause {
+        #[command(flatten)]
+        api: Api,
+        /// ROUTE or ROUTE/DESTINATION (a route's name, or its path when unnamed).
+        target: String,
+    },
+    /// Resume deliveries paused with `hookgate pause`.
+    Resume {
+        #[command(flatten)]
+        api: Api,
+        /// ROUTE or ROUTE/DESTINATION.
+        target: String,
     },
     /// Print a shell completion script to stdout, e.g.
     /// `hookgate completions bash > /etc/bash_completion.d/hookgate`.
@@ -152,7 +180,11 @@ struct Filters {
     /// The route (its name; the path when unnamed).
     #[arg(long)]
     route: Option<String>,
-    /// pending, delivered or dead.
+    /// One destination of the route(s): its status is the one --status looks at, and a replay
+    /// sends only there.
+    #[arg(long)]
+    destination: Option<String>,
+    /// pending, delivered, dead or filtered (at any destination, or at --destination).
     #[arg(long)]
     status: Option<String>,
     /// Received at or after: RFC 3339 (2026-12-07T03:10:00Z), now, or before now (-1h).
@@ -175,6 +207,7 @@ impl Filters {
         let mut p = Vec::new();
         for (k, v) in [
             ("route", &self.route),
+            ("destination", &self.destination),
             ("status", &self.status),
             ("since", &self.since),
             ("until", &self.until),
@@ -219,9 +252,10 @@ enum EventAction {
         /// The event id.
         id: String,
     },
-    /// Send events again: one by id, or a replay job over the filters, paced by --rate.
+    /// Send events again: one by id, or a replay job over the filters, paced by --rate (and by
+    /// each destination's own rate, concurrency and order).
     Replay {
-        /// One event's id.
+        /// One event's id (with --destination: only there).
         #[arg(conflicts_with_all = ["route", "status", "since", "until", "key", "matches"])]
         id: Option<String>,
         #[command(flatten)]
@@ -337,8 +371,21 @@ fn main() -> ExitCode {
             admin,
             token,
             action,
-        } => dead_letters(cli.config, admin, token, Some(action)),
-        Command::Reload { admin, token } => dead_letters(cli.config, admin, token, None),
+        } => dead_letters(cli.config, admin, token, Some(action), false),
+        Command::Reload {
+            admin,
+            token,
+            force,
+        } => dead_letters(cli.config, admin, token, None, force),
+        Command::Destinations { api } => {
+            let json = api.json;
+            match connect(cli.config, api) {
+                Ok(admin) => admin::destinations(&admin, json),
+                Err(code) => code,
+            }
+        }
+        Command::Pause { api, target } => pause(cli.config, api, &target, true),
+        Command::Resume { api, target } => pause(cli.config, api, &target, false),
         Command::Events { api, action } => {
             let json = api.json;
             let admin = match connect(cli.config, api) {
@@ -364,9 +411,11 @@ fn main() -> ExitCode {
                     admin::events_list(&admin, pairs, all, json)
                 }
                 EventAction::Show { id } => admin::events_show(&admin, &id, json),
-                EventAction::Replay { id: Some(id), .. } => {
-                    admin::events_replay_one(&admin, &id, json)
-                }
+                EventAction::Replay {
+                    id: Some(id),
+                    filters,
+                    ..
+                } => admin::events_replay_one(&admin, &id, filters.destination.as_deref(), json),
                 EventAction::Replay {
                     id: None,
                     filters,
@@ -428,6 +477,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `hookgate pause|resume TARGET`.
+fn pause(config: Option<PathBuf>, api: Api, target: &str, pause: bool) -> ExitCode {
+    let json = api.json;
+    match connect(config, api) {
+        Ok(admin) => admin::pause(&admin, target, pause, json),
+        Err(code) => code,
+    }
+}
+
 /// The admin API `api` names (else the one of the config file, else 127.0.0.1:9090).
 fn connect(config: Option<PathBuf>, api: Api) -> Result<admin::Admin, ExitCode> {
     let loaded = match config.map(Config::admin_endpoint).transpose() {
@@ -445,12 +503,14 @@ fn connect(config: Option<PathBuf>, api: Api) -> Result<admin::Admin, ExitCode> 
     admin::Admin::new(address, token).map_err(admin::Failed::report)
 }
 
-/// One admin API call: a dead-letter `action`, or (`None`) a reload.
+/// One admin API call: a dead-letter `action`, or (`None`) a reload (`force`: removing
+/// destinations with events waiting).
 fn dead_letters(
     config: Option<PathBuf>,
     admin: Option<String>,
     token: Option<String>,
     action: Option<DeadLetterAction>,
+    force: bool,
 ) -> ExitCode {
     // Only the admin listener and token of the file: no route secret or published list needed.
     let loaded = match config.map(Config::admin_endpoint).transpose() {
@@ -475,6 +535,7 @@ fn dead_letters(
             .unwrap_or_default()
     };
     let (method, url) = match &action {
+        None if force => (reqwest::Method::POST, format!("{base}/reload?force=true")),
         None => (reqwest::Method::POST, format!("{base}/reload")),
         Some(action) => match action {
             DeadLetterAction::List { route, limit } => {

@@ -24,7 +24,7 @@ use crate::core::RateLimit;
 #[cfg(feature = "signatures")]
 use crate::core::SignatureVerifier;
 use crate::core::{Allowlist, ConfigError, DedupKeySpec, LiveAllowlist, Validator};
-use crate::deliver::{Deliverer, DeliveryPolicy, Target};
+use crate::deliver::{Deliverer, DeliveryPolicy, Destination, Target};
 use crate::metrics::Metrics;
 use crate::store::{DedupStore, MemoryDedupStore, Spool, SpoolError};
 use crate::tower::validate::{DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
@@ -198,8 +198,11 @@ pub struct DirectAck;
 #[derive(Clone)]
 pub struct FastAckMode {
     spool: Arc<dyn Spool>,
-    processor: Arc<dyn Target>,
+    /// The processor given to `with_fast_ack`: the destination named `upstream`.
+    processor: Option<Arc<dyn Target>>,
     policy: DeliveryPolicy,
+    /// Destinations besides (or instead of) the processor.
+    destinations: Vec<Destination>,
 }
 
 impl std::fmt::Debug for FastAckMode {
@@ -268,8 +271,53 @@ impl WebhookLayerBuilder<DirectAck> {
     ) -> WebhookLayerBuilder<FastAckMode> {
         self.with_ack(FastAckMode {
             spool,
-            processor: Arc::new(processor),
+            processor: Some(Arc::new(processor)),
             policy: DeliveryPolicy::default(),
+            destinations: Vec::new(),
+        })
+    }
+
+    /// Like [`with_fast_ack`](Self::with_fast_ack), delivering each event to several
+    /// `destinations` (fan-out, DESIGN §13): each its own target (an in-process handler, a
+    /// tower service, an HTTP upstream), delivery policy, circuit, and optionally a rate, a
+    /// filter and an order, exactly as the gateway's `[[route.destination]]`. An event is
+    /// acknowledged once; each destination then has its own status, attempts and dead letters.
+    ///
+    /// ```
+    /// use hookgate::core::{Filter, OrderKey};
+    /// use hookgate::deliver::{handler_fn, DeliveredEvent, Destination};
+    /// use hookgate::store::memory::MemorySpool;
+    /// use hookgate::tower::WebhookLayer;
+    /// use std::sync::Arc;
+    ///
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+    /// # let metrics = hookgate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
+    /// let app = Destination::new("app")
+    ///     .with_target(handler_fn(|_ev: DeliveredEvent| async { Ok(()) }))
+    ///     .with_order(OrderKey::parse("order", "/generation_id")?);
+    /// let alerts = Destination::new("alerts")
+    ///     .with_target(handler_fn(|_ev: DeliveredEvent| async { Ok(()) }))
+    ///     .with_filter(Filter::new("filter", [("/status".to_string(), "failed".into())])?);
+    /// let (webhook, deliverer) = WebhookLayer::builder("o3-video")
+    ///     .with_allow(["127.0.0.0/8"])?
+    /// #   .with_metrics(&metrics)
+    ///     .with_fast_ack_destinations(Arc::new(MemorySpool::new(10_000, 64 << 20)), [app, alerts])
+    ///     .build()?;
+    /// assert_eq!(deliverer.destinations(), ["app", "alerts"]);
+    /// # let _ = webhook;
+    /// # Ok::<(), hookgate::core::ConfigError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn with_fast_ack_destinations(
+        self,
+        spool: Arc<dyn Spool>,
+        destinations: impl IntoIterator<Item = Destination>,
+    ) -> WebhookLayerBuilder<FastAckMode> {
+        self.with_ack(FastAckMode {
+            spool,
+            processor: None,
+            policy: DeliveryPolicy::default(),
+            destinations: destinations.into_iter().collect(),
         })
     }
 
@@ -297,6 +345,14 @@ impl WebhookLayerBuilder<FastAckMode> {
     /// exponential backoff, 8 at once, 10 s per attempt).
     pub fn with_delivery_policy(mut self, policy: DeliveryPolicy) -> Self {
         self.ack.policy = policy;
+        self
+    }
+
+    /// Delivers each event to `destination` as well (fan-out; see
+    /// [`with_fast_ack_destinations`](WebhookLayerBuilder::with_fast_ack_destinations)).
+    /// The processor given to `with_fast_ack` is the destination named `upstream`.
+    pub fn with_destination(mut self, destination: Destination) -> Self {
+        self.ack.destinations.push(destination);
         self
     }
 
@@ -356,18 +412,19 @@ impl WebhookLayerBuilder<FastAckMode> {
             spool,
             processor,
             policy,
+            destinations,
         } = self.ack.clone();
         // Keys accepted before a restart answer `duplicate` again for the rest of their TTL.
         crate::store::refill_dedup(spool.as_ref(), &store).map_err(spool_error)?;
         let layer = self.layer(store)?;
-        let deliverer = Deliverer::start(
-            self.route.clone(),
-            spool,
-            policy,
-            metrics.route(&self.route).delivery().clone(),
-        )
-        .map_err(spool_error)?
-        .with_target(processor);
+        let mut all: Vec<Destination> = processor
+            .map(|p| Destination::default_for(policy).with_shared_target(p))
+            .into_iter()
+            .collect();
+        all.extend(destinations);
+        let (deliverer, worker) =
+            Deliverer::with_destinations(self.route.clone(), spool, &metrics, all)?;
+        tokio::spawn(worker);
         Ok((layer.layer(FastAck::new(deliverer.clone())), deliverer))
     }
 }

@@ -1,4 +1,5 @@
-//! The CLI's side of the admin API: `events`, `replays`, `dead-letters` and `reload`, each one
+//! The CLI's side of the admin API: `events`, `replays`, `destinations`, `pause`, `resume`,
+//! `dead-letters` and `reload`, each one
 //! or a few requests to a running gateway, answered as a table for people or as JSON
 //! (`--json`) for scripts.
 
@@ -279,7 +280,25 @@ pub fn events_show(admin: &Admin, id: &str, json: bool) -> ExitCode {
         (None, Some(b64)) => out.push_str(&format!("(not JSON; base64) {}", text(b64))),
         _ => {}
     }
-    out.push_str("\n\nattempts\n");
+    out.push_str("\n\ndestinations\n");
+    let rows: Vec<Vec<String>> = e["destinations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                text(&d["name"]),
+                text(&d["status"]),
+                text(&d["attempts"]),
+                text(&d["next_attempt_at"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["NAME", "STATUS", "ATTEMPTS", "NEXT ATTEMPT"],
+        &rows,
+    ));
+    out.push_str("\nattempts\n");
     let rows: Vec<Vec<String>> = e["history"]
         .as_array()
         .into_iter()
@@ -287,6 +306,7 @@ pub fn events_show(admin: &Admin, id: &str, json: bool) -> ExitCode {
         .map(|a| {
             vec![
                 text(&a["at"]),
+                text(&a["destination"]),
                 text(&a["result"]),
                 text(&a["status"]),
                 format!("{} ms", text(&a["duration_ms"])),
@@ -296,26 +316,157 @@ pub fn events_show(admin: &Admin, id: &str, json: bool) -> ExitCode {
         })
         .collect();
     out.push_str(&table(
-        &["AT", "RESULT", "STATUS", "TOOK", "OUTCOME", "REPLAY"],
+        &[
+            "AT",
+            "DESTINATION",
+            "RESULT",
+            "STATUS",
+            "TOOK",
+            "OUTCOME",
+            "REPLAY",
+        ],
         &rows,
     ));
     print!("{out}");
     ExitCode::SUCCESS
 }
 
-/// `hookgate events replay ID`.
-pub fn events_replay_one(admin: &Admin, id: &str, json: bool) -> ExitCode {
-    match admin.call(reqwest::Method::POST, &format!("/events/{id}/replay"), None) {
+/// `hookgate events replay ID [--destination NAME]`.
+pub fn events_replay_one(
+    admin: &Admin,
+    id: &str,
+    destination: Option<&str>,
+    json: bool,
+) -> ExitCode {
+    let body = destination.map(|d| serde_json::json!({ "destination": d }));
+    match admin.call(reqwest::Method::POST, &format!("/events/{id}/replay"), body) {
         Ok(v) if json => print_json(&v),
         Ok(v) => {
-            match v["status"].as_str() {
-                Some("pending") => println!("{id} is pending already: its delivery is on its way"),
-                _ => println!("{id} replayed (X-Hookgate-Replay: {})", text(&v["replay"])),
+            let at: Vec<&Value> = v["destinations"].as_array().into_iter().flatten().collect();
+            if at.len() > 1 {
+                for d in at {
+                    match d["status"].as_str() {
+                        Some("pending") => println!(
+                            "{id} at {}: pending already (its delivery is on its way)",
+                            text(&d["name"])
+                        ),
+                        _ => println!("{id} at {}: replayed", text(&d["name"])),
+                    }
+                }
+                println!("X-Hookgate-Replay: {}", text(&v["replay"]));
+            } else {
+                match v["status"].as_str() {
+                    Some("pending") => {
+                        println!("{id} is pending already: its delivery is on its way")
+                    }
+                    _ => println!("{id} replayed (X-Hookgate-Replay: {})", text(&v["replay"])),
+                }
             }
             ExitCode::SUCCESS
         }
         Err(failed) => failed.report(),
     }
+}
+
+/// `hookgate destinations`: every route's destinations, as a table or JSON.
+pub fn destinations(admin: &Admin, json: bool) -> ExitCode {
+    let list = match admin.get("/destinations") {
+        Ok(v) => v,
+        Err(failed) => return failed.report(),
+    };
+    if json {
+        return print_json(&list);
+    }
+    let rows: Vec<Vec<String>> = list["destinations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                text(&d["route"]),
+                text(&d["name"]),
+                if d["paused"] == Value::Bool(true) {
+                    "paused".into()
+                } else {
+                    "running".into()
+                },
+                text(&d["circuit"]),
+                text(&d["scheduled"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["ROUTE", "DESTINATION", "STATE", "CIRCUIT", "QUEUED HERE"],
+            &rows
+        )
+    );
+    ExitCode::SUCCESS
+}
+
+/// The destinations `target` names among `listed` (`GET /destinations`): a route's name alone
+/// (each of its destinations), or `ROUTE/DESTINATION` (a route's name may hold `/`: it is read
+/// from the end).
+pub fn targets(listed: &Value, target: &str) -> Result<Vec<(String, String)>, String> {
+    let all: Vec<(String, String)> = listed["destinations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| (text(&d["route"]), text(&d["name"])))
+        .collect();
+    let whole: Vec<(String, String)> = all.iter().filter(|(r, _)| r == target).cloned().collect();
+    if !whole.is_empty() {
+        return Ok(whole);
+    }
+    if let Some((route, name)) = target.rsplit_once('/') {
+        if let Some(one) = all.iter().find(|(r, d)| r == route && d == name) {
+            return Ok(vec![one.clone()]);
+        }
+    }
+    let mut known: Vec<String> = all.iter().map(|(r, d)| format!("{r}/{d}")).collect();
+    known.sort();
+    Err(format!(
+        "hookgate: no route or destination {target:?} (ROUTE or ROUTE/DESTINATION; known: {})",
+        known.join(", ")
+    ))
+}
+
+/// `hookgate pause|resume ROUTE[/DESTINATION]`.
+pub fn pause(admin: &Admin, target: &str, pause: bool, json: bool) -> ExitCode {
+    let listed = match admin.get("/destinations") {
+        Ok(v) => v,
+        Err(failed) => return failed.report(),
+    };
+    let chosen = match targets(&listed, target) {
+        Ok(c) => c,
+        Err(why) => return Failed(why).report(),
+    };
+    let action = if pause { "pause" } else { "resume" };
+    let mut answers = Vec::new();
+    for (route, name) in chosen {
+        let encoded: String = url::form_urlencoded::byte_serialize(route.as_bytes()).collect();
+        let path = format!("/destinations/{encoded}/{name}/{action}");
+        match admin.call(reqwest::Method::POST, &path, None) {
+            Ok(v) => {
+                if !json {
+                    let was = if v["changed"] == Value::Bool(true) {
+                        ""
+                    } else {
+                        " (it was already)"
+                    };
+                    let state = if pause { "paused" } else { "resumed" };
+                    println!("{route}/{name}: {state}{was}");
+                }
+                answers.push(v);
+            }
+            Err(failed) => return failed.report(),
+        }
+    }
+    if json {
+        return print_json(&Value::Array(answers));
+    }
+    ExitCode::SUCCESS
 }
 
 /// `hookgate events replay --since ... --rate ...`: starts a job; with a terminal, follows it
@@ -489,6 +640,48 @@ pub fn replays_cancel(admin: &Admin, id: &str, json: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_is_a_route_or_a_route_and_destination_read_from_the_end() {
+        let listed = serde_json::json!({"destinations": [
+            {"route": "/hooks/stripe", "name": "app"},
+            {"route": "/hooks/stripe", "name": "alerts"},
+            {"route": "/hooks/stripe/app", "name": "upstream"},
+            {"route": "github", "name": "upstream"},
+        ]});
+        type Targets = Vec<(String, String)>;
+        let pair = |r: &str, d: &str| (r.to_string(), d.to_string());
+        let cases: [(&str, Result<Targets, &str>); 5] = [
+            (
+                "/hooks/stripe",
+                Ok(vec![
+                    pair("/hooks/stripe", "app"),
+                    pair("/hooks/stripe", "alerts"),
+                ]),
+            ),
+            (
+                "/hooks/stripe/alerts",
+                Ok(vec![pair("/hooks/stripe", "alerts")]),
+            ),
+            // A route of that very name wins over a route and destination.
+            (
+                "/hooks/stripe/app",
+                Ok(vec![pair("/hooks/stripe/app", "upstream")]),
+            ),
+            ("github/upstream", Ok(vec![pair("github", "upstream")])),
+            (
+                "github/nope",
+                Err("no route or destination \"github/nope\""),
+            ),
+        ];
+        for (target, want) in cases {
+            match (targets(&listed, target), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{target}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{target}: {got}"),
+                (got, want) => panic!("{target}: {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn a_table_pads_every_column_but_the_last() {

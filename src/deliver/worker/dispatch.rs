@@ -165,6 +165,14 @@ pub(super) async fn dispatch(lane: Arc<Lane>) {
                     return;
                 }
             }
+            // Paused while it waited for its slot: back in the queue.
+            if lane.is_paused() {
+                if probe {
+                    lane.lock_circuit().probe_unsent();
+                }
+                lane.push(now_ms(), id);
+                continue;
+            }
         }
         let stored = match lane.take_hot(id) {
             Some(e) => Ok(Some(e)),
@@ -187,7 +195,7 @@ pub(super) async fn dispatch(lane: Arc<Lane>) {
                 if probe {
                     lane.lock_circuit().probe_unsent();
                 }
-                lane.release(id, false);
+                lane.release(id);
             }
             // A record that cannot be decoded can never be delivered: it stays in the spool
             // for an operator, and is not scheduled again.
@@ -360,7 +368,7 @@ async fn settle_attempt(
             // Not awaited: nobody waits on this record (the writer logs a failed commit), and
             // losing it only means one repeat after a restart.
             lane.spool.forget_delivered(&event);
-            lane.release(id, false);
+            lane.release(id);
         }
         Verdict::Reject => {
             dead_letter(lane, event, &result.to_string(), "rejected by the target").await;
@@ -440,7 +448,8 @@ async fn dead_letter(lane: &Arc<Lane>, event: Event, outcome: &str, reason: &str
             }
             tracing::warn!(%route, destination = %lane.destination, event_id = %id, attempt = event.attempts, outcome, reason, "event dead-lettered");
             replay_settled(lane, &event, "failed");
-            lane.release(id, true);
+            lane.dead_lettered_in_order(&event);
+            lane.release(id);
         }
         // Delivered or dead-lettered already by a duplicate schedule: counted there.
         Err(SpoolError::NotFound(_)) => {}
@@ -538,6 +547,19 @@ pub(super) async fn claim(lane: Arc<Lane>) {
                 }
             }
             return;
+        };
+        // Paused while the claim waited: what it brought goes back, untried, for the resume.
+        let claimed = match claimed {
+            Ok(events) if lane.is_paused() => {
+                if probe {
+                    lane.lock_circuit().probe_unsent();
+                }
+                for event in events {
+                    let _ = lane.spool.reschedule(&event).await;
+                }
+                continue;
+            }
+            other => other,
         };
         match claimed {
             Ok(events) => {

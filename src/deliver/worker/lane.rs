@@ -136,19 +136,23 @@ impl Lane {
     }
 
     /// Event `id` left the lane (delivered, dead-lettered, gone): the next event of its key, if
-    /// it was the head of one, is due now. `dead` (its head dead-lettered) is logged and counted:
-    /// the next of its key goes on without it.
-    pub(super) fn release(&self, id: Uuid, dead: bool) {
+    /// it was the head of one, is due now.
+    pub(super) fn release(&self, id: Uuid) {
         if self.order.is_none() || self.shared {
             return;
         }
         let next = self.lock_keys().release(id);
         if let Some(next) = next {
-            if dead {
-                self.metrics.order_released.inc();
-                tracing::warn!(route = %self.route, destination = %self.destination, event_id = %id, next = %next, "the head of an ordering key was dead-lettered; the next event of the key goes on");
-            }
             self.push(now_ms(), next);
+        }
+    }
+
+    /// An ordered event was dead-lettered: the events after it of its key go on without it
+    /// (on a shared spool, the store lets the next one go). Logged and counted.
+    pub(super) fn dead_lettered_in_order(&self, event: &Event) {
+        if self.order.is_some() && event.order_key().is_some() {
+            self.metrics.order_released.inc();
+            tracing::warn!(route = %self.route, destination = %self.destination, event_id = %event.id, "the head of an ordering key was dead-lettered; the next event of the key goes on without it");
         }
     }
 

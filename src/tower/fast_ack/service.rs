@@ -86,6 +86,11 @@ impl<B> Service<Request<B>> for FastAck {
             payload.raw.clone(),
             reservation.as_ref(),
         );
-        ResponseFuture::accepting(self.deliverer.accept(event, reservation))
+        // The payload parsed already decides the destinations' filters and ordering keys.
+        ResponseFuture::accepting(self.deliverer.accept_parsed(
+            event,
+            reservation,
+            Some(&payload.value),
+        ))
     }
 }
