@@ -467,3 +467,77 @@ async fn the_history_mounted_on_axum_finds_and_replays() {
     assert_eq!((status, bad["error"].as_str()), (400, Some("bad_pointer")));
     server.abort();
 }
+
+/// The tower face fans out like the gateway: one acknowledgement, then each destination with
+/// its own target (an in-process handler, a tower service), filter and order, its own series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_ack_fans_out_to_an_in_process_handler_and_a_tower_service() {
+    use hookgate::core::{Filter, OrderKey};
+    use hookgate::deliver::{Destination, ServiceTarget};
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).unwrap();
+    // In process: every event, one at a time per model (the ordering key), in arrival order.
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h = handled.clone();
+    let app = Destination::new("app")
+        .with_target(handler_fn(move |ev: DeliveredEvent| {
+            let h = h.clone();
+            async move {
+                let v: Value = serde_json::from_slice(ev.body()).unwrap();
+                h.lock()
+                    .unwrap()
+                    .push(v["generation_id"].as_str().unwrap().to_owned());
+                Ok(())
+            }
+        }))
+        .with_order(OrderKey::parse("order", "/model").unwrap());
+    // A tower service (an axum router), only for failed generations.
+    let failed: Arc<Mutex<usize>> = Arc::default();
+    let f = failed.clone();
+    let alerts = Destination::new("alerts")
+        .with_target(ServiceTarget::new(Router::new().route(
+            "/{*path}",
+            axum::routing::post(move || {
+                let f = f.clone();
+                async move {
+                    *f.lock().unwrap() += 1;
+                    "ok"
+                }
+            }),
+        )))
+        .with_filter(Filter::new("filter", [("/status".to_string(), json!("failed"))]).unwrap());
+    let spool: Arc<dyn Spool> =
+        Arc::new(EmbeddedSpool::open(SpoolConfig::new("", Durability::Memory)).unwrap());
+    let (webhook, deliverer) = WebhookLayer::builder("o3-video")
+        .with_allow(["127.0.0.0/8"])
+        .unwrap()
+        .with_metrics(&metrics)
+        .with_fast_ack_destinations(spool, [app, alerts])
+        .build()
+        .unwrap();
+    assert_eq!(deliverer.destinations(), ["app", "alerts"]);
+    let (base, server) = serve(Router::new().route_service(PATH, webhook)).await;
+    let url = format!("{base}{PATH}");
+    let mut sent = Vec::new();
+    for n in 0..8 {
+        let status = if n % 2 == 0 { "completed" } else { "TIMEOUT" };
+        let body = payload(n, status);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        sent.push(v["generation_id"].as_str().unwrap().to_owned());
+        let (code, ack) = post(&url, body).await;
+        assert_eq!((code, ack["status"].as_str()), (200, Some("received")));
+    }
+    wait_for("every delivery", Duration::from_secs(10), || {
+        handled.lock().unwrap().len() == 8 && *failed.lock().unwrap() == 4
+    })
+    .await;
+    assert_eq!(*handled.lock().unwrap(), sent, "in arrival order");
+    let (_, text) = render(&registry).unwrap();
+    for (d, n) in [("app", 8), ("alerts", 4)] {
+        let line = format!(
+            r#"hookgate_deliveries_total{{destination="{d}",result="success",route="o3-video"}} {n}"#
+        );
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
+    server.abort();
+}

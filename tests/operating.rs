@@ -520,6 +520,13 @@ fn alert_tests_catch_a_changed_threshold() {
         ("HookgateDeliveryBacklog", "> 1800", "> 2000"),
         ("HookgateDeliveryBacklog", "> 1800", "> 1600"),
         ("HookgateDeliveryBacklog", "for: 5m", "for: 10m"),
+        (
+            "HookgateDeliveryBacklog",
+            "hookgate_destination_paused == 1",
+            "hookgate_destination_paused == 2",
+        ),
+        ("HookgateDestinationPaused", "== 1", "== 0"),
+        ("HookgateDestinationPaused", "for: 1h", "for: 2h"),
         ("HookgateDeadLettersGrowing", "> 0", "> 5"),
         ("HookgateDeadLettersGrowing", "[15m]", "[5m]"),
         (
