@@ -196,6 +196,138 @@ allow = ["127.0.0.1/32", "::1/128"]
         }
     }
 
+    /// MINIMAL's route with its upstream given as destinations instead.
+    fn with_destinations(tables: &str) -> String {
+        MINIMAL.replace(
+            "upstream = \"http://127.0.0.1:3000/webhook/o3-video\"\n",
+            "",
+        ) + tables
+    }
+
+    #[test]
+    fn destinations_read_and_resolve() {
+        let text = with_destinations(
+            r#"
+[route.delivery]
+max_attempts = 3
+
+[[route.destination]]
+name = "app"
+url = "http://127.0.0.1:3000/app"
+order = "/data/object/id"
+rate = "200/s"
+concurrency = 1
+
+[[route.destination]]
+name = "alerts"
+url = "http://127.0.0.1:4000/alerts"
+filter = { "/type" = ["invoice.payment_failed", "charge.failed"], "/livemode" = true }
+
+[route.destination.delivery]
+max_attempts = 20
+"#,
+        );
+        let c = Config::parse("t.toml", &text).unwrap();
+        let d = c.routes[0].resolved_destinations(0);
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            (d[0].name, d[0].order, d[0].rate),
+            ("app", Some("/data/object/id"), Some("200/s"))
+        );
+        assert_eq!(d[0].policy.max_attempts, 3, "the route's [route.delivery]");
+        assert_eq!(d[0].policy.concurrency, 1, "its own concurrency");
+        assert_eq!(
+            d[1].policy.max_attempts, 20,
+            "its own [route.destination.delivery]"
+        );
+        assert_eq!(d[1].filter.unwrap().len(), 2);
+        assert_eq!(c.compiled[0].destinations.len(), 2);
+        // The shorthand is one destination named upstream, by the route's delivery.
+        let short = Config::parse("t.toml", MINIMAL).unwrap();
+        let d = short.routes[0].resolved_destinations(0);
+        assert_eq!((d.len(), d[0].name), (1, "upstream"));
+        // The printed effective config reads back the same.
+        let again = Config::parse("t.toml", &c.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+    }
+
+    #[test]
+    fn destination_mistakes_name_their_key() {
+        let dest = |extra: &str| {
+            format!("[[route.destination]]\nname = \"app\"\nurl = \"http://127.0.0.1:3000/a\"\n{extra}\n")
+        };
+        let cases: [(&str, String, &[&str]); 10] = [
+            (
+                "neither",
+                with_destinations(""),
+                &["t.toml: route[0].upstream: is missing"],
+            ),
+            (
+                "both",
+                MINIMAL.to_owned() + &dest(""),
+                &["t.toml: route[0].upstream: and [[route.destination]] are both set"],
+            ),
+            (
+                "bad name",
+                with_destinations(&dest("").replace("\"app\"", "\"a b\"")),
+                &[
+                    "t.toml: route[0].destination[0].name",
+                    "not a destination name",
+                ],
+            ),
+            (
+                "twice",
+                with_destinations(&(dest("") + &dest(""))),
+                &[
+                    "t.toml: route[0].destination[1].name",
+                    "used by another destination",
+                ],
+            ),
+            (
+                "bad url",
+                with_destinations(&dest("").replace("http://", "ftp://")),
+                &["t.toml: route[0].destination[0].url"],
+            ),
+            (
+                "bad rate",
+                with_destinations(&dest("rate = \"fast\"")),
+                &["t.toml: route[0].destination[0].rate"],
+            ),
+            (
+                "bad filter",
+                with_destinations(&dest("filter = { \"type\" = 1 }")),
+                &[
+                    "t.toml: route[0].destination[0].filter",
+                    "not a JSON pointer",
+                ],
+            ),
+            (
+                "bad order",
+                with_destinations(&dest("order = \"id\"")),
+                &[
+                    "t.toml: route[0].destination[0].order",
+                    "not an ordering key",
+                ],
+            ),
+            (
+                "proxy",
+                with_destinations(&dest("")).replace("allow = [", "mode = \"proxy\"\nallow = ["),
+                &["t.toml: route[0].destination", "proxy"],
+            ),
+            (
+                "route name",
+                MINIMAL.replace("allow = [", "name = \"a#b\"\nallow = ["),
+                &["t.toml: route[0].name", "cannot hold"],
+            ),
+        ];
+        for (name, text, want) in cases {
+            let err = load(&text).expect_err(name).to_string();
+            for w in want {
+                assert!(err.contains(w), "{name}: {err:?} lacks {w:?}");
+            }
+        }
+    }
+
     #[test]
     fn the_redis_store_is_configured_and_checked() {
         let redis =
