@@ -27,6 +27,11 @@
 //!   (1 s), so the gateway retries them (each arrives twice);
 //! - `--upstream-down-every N` [0]: the handler answers 503 to everything during every Nth
 //!   stretch between two faults (events pile up in the spool meanwhile);
+//! - `--destinations 1|2` [1]: with 2, the route fans out to a second destination that orders
+//!   its events by `/key` (the sender then gives its generations `--keys` keys, each key's sent
+//!   one after the other): every acknowledged generation must reach it too, and each key's in
+//!   the order they were acknowledged;
+//! - `--keys K` [64]: with `--destinations 2`, how many keys;
 //! - `--data-dir DIR` [a temporary directory]: the gateway's `server.data_dir` (a LazyFS mount);
 //! - `--on-kill CMD` [none]: a shell command run after each SIGKILL, before the restart
 //!   (`scripts/powercut`: LazyFS's `clear-cache`, the power cut);
@@ -69,6 +74,8 @@ struct Options {
     fail_percent: u64,
     stall_percent: u64,
     upstream_down_every: usize,
+    destinations: usize,
+    keys: usize,
     data_dir: Option<PathBuf>,
     on_kill: Option<String>,
     gateway: PathBuf,
@@ -93,6 +100,8 @@ fn parse() -> Result<Options, String> {
         fail_percent: 20,
         stall_percent: 5,
         upstream_down_every: 0,
+        destinations: 1,
+        keys: 64,
         data_dir: None,
         on_kill: None,
         // target/<profile>/examples/chaos → target/<profile>/hookgate
@@ -123,6 +132,10 @@ fn parse() -> Result<Options, String> {
             "--upstream-down-every" => {
                 o.upstream_down_every = value.parse().map_err(|e| bad(&e))?
             }
+            "--destinations" if value == "1" || value == "2" => {
+                o.destinations = value.parse().map_err(|e| bad(&e))?
+            }
+            "--keys" => o.keys = value.parse().map_err(|e| bad(&e))?,
             "--data-dir" => o.data_dir = Some(value.into()),
             "--on-kill" => o.on_kill = Some(value),
             "--gateway" => o.gateway = value.into(),
@@ -164,10 +177,18 @@ struct Handler {
     stall: u64,
     down: Arc<AtomicBool>,
     processed: Arc<Mutex<HashMap<String, u32>>>,
+    /// The ordered destination's: per key, the `seq` of each event processed, in the order
+    /// they came (a repeat is a redelivery); and each generation it processed.
+    ordered: Arc<Mutex<HashMap<String, Vec<u64>>>>,
+    ordered_ids: Arc<Mutex<std::collections::HashSet<String>>>,
     requests: Arc<AtomicU64>,
 }
 
-async fn handle(State(h): State<Handler>, body: Bytes) -> (StatusCode, &'static str) {
+async fn handle(
+    State(h): State<Handler>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
     h.requests.fetch_add(1, Ordering::Relaxed);
     if h.down.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down");
@@ -176,19 +197,33 @@ async fn handle(State(h): State<Handler>, body: Bytes) -> (StatusCode, &'static 
     if roll < h.fail {
         return (StatusCode::INTERNAL_SERVER_ERROR, "failed");
     }
-    let id = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["generation_id"].as_str().map(str::to_owned));
-    let Some(id) = id else {
+    let v = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+    let Some(id) = v["generation_id"].as_str().map(str::to_owned) else {
         return (StatusCode::BAD_REQUEST, "no generation_id");
     };
     // Processed, then (a stall) answered after the gateway gave up waiting: it retries, and the
     // handler sees the event again. At least once, as promised.
-    *h.processed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(id)
-        .or_default() += 1;
+    if uri.path().ends_with("/ordered") {
+        let (Some(key), Some(seq)) = (v["key"].as_str(), v["seq"].as_u64()) else {
+            return (StatusCode::BAD_REQUEST, "no key and seq");
+        };
+        h.ordered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .push(seq);
+        h.ordered_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+    } else {
+        *h.processed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default() += 1;
+    }
     if roll < h.fail + h.stall {
         tokio::time::sleep(DELIVERY_TIMEOUT + Duration::from_millis(500)).await;
     }
@@ -396,6 +431,27 @@ fn config_text(
     upstream: u16,
     redis: Option<u16>,
 ) -> String {
+    // One destination: the `upstream` shorthand, in the route's table; two: tables after it.
+    let (upstream_line, destinations) = if o.destinations == 2 {
+        (
+            String::new(),
+            format!(
+                r#"[[route.destination]]
+name = "app"
+url = "http://127.0.0.1:{upstream}{PATH}"
+[[route.destination]]
+name = "ordered"
+url = "http://127.0.0.1:{upstream}{PATH}/ordered"
+order = "/key"
+"#
+            ),
+        )
+    } else {
+        (
+            format!("upstream = \"http://127.0.0.1:{upstream}{PATH}\"\n"),
+            String::new(),
+        )
+    };
     let store = match redis {
         Some(port) => format!(
             "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\nvisibility_timeout = \"5s\"\n"
@@ -414,8 +470,7 @@ threads = 2
 {store}
 [[route]]
 path = "{PATH}"
-upstream = "http://127.0.0.1:{upstream}{PATH}"
-allow = ["127.0.0.1/32"]
+{upstream_line}allow = ["127.0.0.1/32"]
 dedup = {{ key = "/generation_id", ttl = "24h" }}
 
 [route.delivery]
@@ -426,7 +481,8 @@ max_backoff = "1s"
 max_attempts = 1000
 max_age = "1h"
 concurrency = 32
-"#,
+
+{destinations}"#,
         durability = o.durability,
         timeout = DELIVERY_TIMEOUT.as_millis(),
     )
@@ -515,6 +571,8 @@ async fn run(o: &Options) -> Result<bool, String> {
         stall: o.stall_percent,
         down: Arc::new(AtomicBool::new(false)),
         processed: Arc::new(Mutex::new(HashMap::new())),
+        ordered: Arc::new(Mutex::new(HashMap::new())),
+        ordered_ids: Arc::new(Mutex::new(std::collections::HashSet::new())),
         requests: Arc::new(AtomicU64::new(0)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -574,6 +632,11 @@ async fn run(o: &Options) -> Result<bool, String> {
                     &o.attempts.to_string(),
                 ])
                 .args(["--connect-timeout", "1s", "--timeout", "5s"])
+                .args(if o.destinations == 2 {
+                    vec!["--keys".to_owned(), o.keys.to_string()]
+                } else {
+                    Vec::new()
+                })
                 .arg("--acked")
                 .arg(&acked_file)
                 .stdout(std::fs::File::create(&sender_log).map_err(|e| e.to_string())?)
@@ -679,9 +742,16 @@ async fn run(o: &Options) -> Result<bool, String> {
     loop {
         let missing = {
             let p = handler.processed.lock().unwrap_or_else(|e| e.into_inner());
+            let ordered = handler
+                .ordered_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             acked_set
                 .iter()
-                .filter(|id| !p.contains_key(id.as_str()))
+                .filter(|id| {
+                    !p.contains_key(id.as_str())
+                        || (o.destinations == 2 && !ordered.contains(id.as_str()))
+                })
                 .count()
         };
         if missing == 0 || Instant::now() > wait_until {
@@ -700,6 +770,33 @@ async fn run(o: &Options) -> Result<bool, String> {
             .filter(|id| p.get(id.as_str()).is_some_and(|n| *n > 1))
             .count();
         (lost, p.len(), twice)
+    };
+    // The ordered destination: every acknowledged generation reached it, and each key's came in
+    // order: an event never after a later one of its key (a repeat of the one just delivered, a
+    // redelivery, is in order).
+    let (ordered_lost, out_of_order) = if o.destinations == 2 {
+        let ids = handler
+            .ordered_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let lost = acked_set
+            .iter()
+            .filter(|id| !ids.contains(id.as_str()))
+            .count();
+        let by_key = handler.ordered.lock().unwrap_or_else(|e| e.into_inner());
+        let mut late = 0;
+        for seqs in by_key.values() {
+            let mut highest = None;
+            for &s in seqs {
+                if highest.is_some_and(|h| s < h) {
+                    late += 1;
+                }
+                highest = highest.max(Some(s));
+            }
+        }
+        (lost, late)
+    } else {
+        (0, 0)
     };
     // Their dedup keys survived every fault.
     let misses = not_duplicate(&url, &acked_ids).await;
@@ -728,9 +825,10 @@ async fn run(o: &Options) -> Result<bool, String> {
 
     let count = |k: &str| done.get(k).copied().unwrap_or(0);
     // One set of counts, printed as a table row and as `chaos:` key=value pairs.
-    let counts: [(&str, &str, String); 16] = [
+    let counts: [(&str, &str, String); 19] = [
         ("backend", "backend", o.backend.clone()),
         ("durability", "durability", o.durability.clone()),
+        ("destinations", "destinations", o.destinations.to_string()),
         ("generations", "generations", o.generations.to_string()),
         ("acked", "acked", acked_ids.len().to_string()),
         ("", "gave_up", gave_up.to_string()),
@@ -738,6 +836,8 @@ async fn run(o: &Options) -> Result<bool, String> {
         ("delivered", "delivered", delivered.to_string()),
         ("delivered twice", "delivered_twice", twice.to_string()),
         ("not duplicate", "not_duplicate", misses.to_string()),
+        ("ordered lost", "ordered_lost", ordered_lost.to_string()),
+        ("out of order", "out_of_order", out_of_order.to_string()),
         ("kills", "kills", count("kills").to_string()),
         ("terms", "terms", count("terms").to_string()),
         (
@@ -768,7 +868,7 @@ async fn run(o: &Options) -> Result<bool, String> {
     println!("| {} |", row(&|c| c.2.clone()));
     let pairs: Vec<String> = counts.iter().map(|c| format!("{}={}", c.1, c.2)).collect();
     println!("chaos: {}", pairs.join(" "));
-    if lost > 0 || misses > 0 {
+    if lost > 0 || misses > 0 || ordered_lost > 0 || out_of_order > 0 {
         let log = std::fs::read_to_string(&gateway.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         eprintln!("chaos: FAILED; the gateway's log ends:");

@@ -15,8 +15,11 @@
 //! as a sender does when the answer was lost; 0), `--connect-timeout D` (10s), `--timeout D`
 //! (30s), `--rate R` (generations started per second at most; default: as fast as the concurrency
 //! allows), `--acked FILE` (each acknowledged generation id, a line as soon as its 200 arrives: what
-//! `scripts/chaos` checks reached the handler). Every run is bounded: N × attempts requests at
-//! most.
+//! `scripts/chaos` checks reached the handler), `--keys K` (the generations belong to K keys,
+//! generation n to key `k{n % K}` as its `seq` n / K, written in the payload as `"key"` and
+//! `"seq"`; each key's generations are sent one after the other, the next once the one before
+//! was acknowledged or given up: K at a time, whatever `--concurrency`). Every run is bounded:
+//! N × attempts requests at most.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +47,7 @@ struct Options {
     timeout: Duration,
     acked: Option<std::path::PathBuf>,
     rate: Option<f64>,
+    keys: Option<usize>,
 }
 
 fn parse() -> Result<Options, String> {
@@ -59,6 +63,7 @@ fn parse() -> Result<Options, String> {
         timeout: Duration::from_secs(30),
         acked: None,
         rate: None,
+        keys: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -85,25 +90,37 @@ fn parse() -> Result<Options, String> {
                     ))
                 }
             },
+            "--keys" => match value.parse::<usize>() {
+                Ok(k) if k > 0 => o.keys = Some(k),
+                _ => return Err(bad(&"a number of keys, at least 1")),
+            },
             other => return Err(format!("unknown option {other}")),
         }
     }
     if o.concurrency == 0 || o.attempts == 0 {
         return Err("--concurrency and --attempts must be at least 1".into());
     }
+    // One worker per key: a key's generations one after the other.
+    if let Some(k) = o.keys {
+        o.concurrency = k;
+    }
     Ok(o)
 }
 
-fn payload(n: usize, failed_percent: u64) -> (String, String) {
+fn payload(n: usize, failed_percent: u64, keys: Option<usize>) -> (String, String) {
     let id = uuid::Uuid::new_v4().to_string();
+    let keyed = match keys {
+        Some(k) => format!(r#","key":"k{}","seq":{}"#, n % k, n / k),
+        None => String::new(),
+    };
     let body = if fastrand::u64(0..100) < failed_percent {
         let code = CODES[n % CODES.len()];
         format!(
-            r#"{{"generation_id":"{id}","status":"failed","video_url":null,"model":"kling-o3-video-10s-pro","message":"{code}"}}"#
+            r#"{{"generation_id":"{id}","status":"failed","video_url":null,"model":"kling-o3-video-10s-pro","message":"{code}"{keyed}}}"#
         )
     } else {
         format!(
-            r#"{{"generation_id":"{id}","status":"completed","video_url":"https://cdn.example.com/videos/{id}.mp4","model":"kling-o3-video-10s-pro","message":null}}"#
+            r#"{{"generation_id":"{id}","status":"completed","video_url":"https://cdn.example.com/videos/{id}.mp4","model":"kling-o3-video-10s-pro","message":null{keyed}}}"#
         )
     };
     (id, body)
@@ -157,12 +174,20 @@ async fn main() {
         o.count, o.url, o.concurrency, o.attempts, o.interval
     );
     let workers: Vec<_> = (0..o.concurrency)
-        .map(|_| {
+        .map(|worker| {
             let (o, client, tally, next) = (o.clone(), client.clone(), tally.clone(), next.clone());
             let acked_file = acked_file.clone();
             tokio::spawn(async move {
+                // With keys, worker w sends key w's generations: w, w + K, w + 2K, ...
+                let mut own = (worker..o.count).step_by(o.keys.unwrap_or(1));
                 loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let n = match o.keys {
+                        Some(_) => match own.next() {
+                            Some(n) => n,
+                            None => return,
+                        },
+                        None => next.fetch_add(1, Ordering::Relaxed),
+                    };
                     if n >= o.count {
                         return;
                     }
@@ -171,7 +196,7 @@ async fn main() {
                         let at = started + Duration::from_secs_f64(n as f64 / rate);
                         tokio::time::sleep_until(at.into()).await;
                     }
-                    let (id, body) = payload(n, o.failed_percent);
+                    let (id, body) = payload(n, o.failed_percent, o.keys);
                     let resend = fastrand::u64(0..100) < o.resend_percent;
                     let mut acked = false;
                     for attempt in 1..=o.attempts {

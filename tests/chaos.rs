@@ -2,7 +2,8 @@
 //! the real gateway to a handler that fails 20% and stalls 5% of deliveries, the gateway
 //! SIGKILLed 3 times and SIGTERMed once under load (and on Redis, Redis restarted twice with
 //! `appendfsync always`). Every acknowledged generation must reach the handler and still be
-//! answered `duplicate`. `scripts/chaos` runs the full one (20,000 generations, 10 kills).
+//! answered `duplicate`; with a second, ordered destination, each key's generations reach it in
+//! order. `scripts/chaos` runs the full one (20,000 generations, 10 kills).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,6 +81,20 @@ fn chaos_on_the_embedded_store_loses_no_acknowledged_event() {
     let out = chaos(&[]);
     println!("{out}");
     assert_eq!(count(&out, "lost"), 0);
+    assert_eq!(count(&out, "not_duplicate"), 0);
+    assert_eq!(count(&out, "kills"), 3);
+    assert!(count(&out, "acked") >= 1900, "{out}");
+}
+
+/// Two destinations, the second ordered by a key: both get every acknowledged event, and each
+/// key's come in order, through the kills.
+#[test]
+fn chaos_with_an_ordered_second_destination_loses_nothing_and_keeps_order() {
+    let out = chaos(&["--destinations", "2", "--keys", "16"]);
+    println!("{out}");
+    assert_eq!(count(&out, "lost"), 0);
+    assert_eq!(count(&out, "ordered_lost"), 0);
+    assert_eq!(count(&out, "out_of_order"), 0);
     assert_eq!(count(&out, "not_duplicate"), 0);
     assert_eq!(count(&out, "kills"), 3);
     assert!(count(&out, "acked") >= 1900, "{out}");

@@ -195,7 +195,7 @@ pub(super) async fn dispatch(lane: Arc<Lane>) {
                 if probe {
                     lane.lock_circuit().probe_unsent();
                 }
-                lane.release(id);
+                lane.release(id, None);
             }
             // A record that cannot be decoded can never be delivered: it stays in the spool
             // for an operator, and is not scheduled again.
@@ -365,10 +365,18 @@ async fn settle_attempt(
             }
             tracing::debug!(%route, event_id = %id, attempt = event.attempts, outcome = %result, "event delivered");
             replay_settled(lane, &event, "delivered");
-            // Not awaited: nobody waits on this record (the writer logs a failed commit), and
-            // losing it only means one repeat after a restart.
-            lane.spool.forget_delivered(&event);
-            lane.release(id);
+            if lane.order.is_some() && event.order_key().is_some() && !lane.shared {
+                // The next of its key goes once this delivery is recorded: a process killed
+                // after the next was sent cannot send this one again after it.
+                if let Err(e) = lane.spool.delivered(&event).await {
+                    tracing::warn!(%route, destination = %lane.destination, event_id = %id, error = %e, "cannot record an ordered delivery; the next of its key goes on (after a restart this one may come again)");
+                }
+            } else {
+                // Not awaited: nobody waits on this record (the writer logs a failed commit),
+                // and losing it only means one repeat after a restart.
+                lane.spool.forget_delivered(&event);
+            }
+            lane.release(id, event.order_key());
         }
         Verdict::Reject => {
             dead_letter(lane, event, &result.to_string(), "rejected by the target").await;
@@ -449,7 +457,7 @@ async fn dead_letter(lane: &Arc<Lane>, event: Event, outcome: &str, reason: &str
             tracing::warn!(%route, destination = %lane.destination, event_id = %id, attempt = event.attempts, outcome, reason, "event dead-lettered");
             replay_settled(lane, &event, "failed");
             lane.dead_lettered_in_order(&event);
-            lane.release(id);
+            lane.release(id, event.order_key());
         }
         // Delivered or dead-lettered already by a duplicate schedule: counted there.
         Err(SpoolError::NotFound(_)) => {}

@@ -135,13 +135,13 @@ impl Lane {
         }
     }
 
-    /// Event `id` left the lane (delivered, dead-lettered, gone): the next event of its key, if
-    /// it was the head of one, is due now.
-    pub(super) fn release(&self, id: Uuid) {
+    /// Event `id` (ordering key `key`, if known) left the lane (delivered, dead-lettered,
+    /// gone): the next event of its key, if it was the head of one, is due now.
+    pub(super) fn release(&self, id: Uuid, key: Option<[u8; 16]>) {
         if self.order.is_none() || self.shared {
             return;
         }
-        let next = self.lock_keys().release(id);
+        let next = self.lock_keys().release(id, key);
         if let Some(next) = next {
             self.push(now_ms(), next);
         }

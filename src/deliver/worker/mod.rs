@@ -902,6 +902,9 @@ mod tests {
     struct FailingDeadLetters {
         spool: MemorySpool,
         failures: AtomicUsize,
+        /// When set, a delivery's record is written only once a permit is added here (a slow
+        /// disk): `delivered` resolves then.
+        slow_records: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     impl Spool for FailingDeadLetters {
@@ -912,7 +915,16 @@ mod tests {
             self.spool.get(r, id)
         }
         fn delivered(&self, e: &Event) -> Completion {
-            self.spool.delivered(e)
+            let Some(gate) = self.slow_records.clone() else {
+                return self.spool.delivered(e);
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let written = self.spool.delivered(e);
+            tokio::spawn(async move {
+                let _permit = gate.acquire().await;
+                let _ = tx.send(written.await);
+            });
+            Completion::waiting(rx)
         }
         fn reschedule(&self, e: &Event) -> Completion {
             self.spool.reschedule(e)
@@ -1016,6 +1028,7 @@ mod tests {
         let spool = Arc::new(FailingDeadLetters {
             spool: MemorySpool::new(100, 1 << 20),
             failures: AtomicUsize::new(1),
+            slow_records: None,
         });
         let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
         let deliverer = Deliverer::start(
@@ -1047,5 +1060,76 @@ mod tests {
         let stats = spool.stats();
         assert_eq!((stats.pending, stats.dead), (0, 1), "{stats:?}");
         assert_eq!(metrics.route("r").delivery().dead_letters.get(), 1);
+    }
+
+    /// An ordered destination sends the next event of a key only once the one before it is
+    /// recorded delivered: a process killed in between cannot send the first again after the
+    /// second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_of_a_key_waits_for_the_record_of_the_one_before() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let spool = Arc::new(FailingDeadLetters {
+            spool: MemorySpool::new(100, 1 << 20),
+            failures: AtomicUsize::new(0),
+            slow_records: Some(gate.clone()),
+        });
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s = seen.clone();
+        let app = Destination::new("app")
+            .with_target(crate::deliver::handler_fn(
+                move |ev: crate::deliver::DeliveredEvent| {
+                    let s = s.clone();
+                    async move {
+                        s.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(ev.body()).into_owned());
+                        Ok(())
+                    }
+                },
+            ))
+            .with_order(crate::core::OrderKey::parse("order", "/k").unwrap());
+        let (deliverer, worker) =
+            Deliverer::with_destinations("r", spool.clone(), &metrics, vec![app]).unwrap();
+        tokio::spawn(worker);
+        let event = |n: u32| {
+            Event::new(
+                "r",
+                "127.0.0.1".parse().unwrap(),
+                "POST",
+                "/",
+                vec![],
+                format!(r#"{{"k":"a","n":{n}}}"#).into(),
+            )
+        };
+        for n in 0..2 {
+            let outcome = deliverer.accept(event(n), None).await;
+            assert_eq!(outcome.counted(), Counted::Accepted);
+        }
+        let first = wait(|| !seen.lock().unwrap().is_empty()).await;
+        assert!(first, "the first is delivered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "the second waits while the first's record is being written"
+        );
+        gate.add_permits(10);
+        assert!(wait(|| seen.lock().unwrap().len() == 2).await);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [r#"{"k":"a","n":0}"#, r#"{"k":"a","n":1}"#]
+        );
+    }
+
+    /// Waits (5 s at most) until `done` holds.
+    async fn wait(done: impl Fn() -> bool) -> bool {
+        for _ in 0..250 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 }
