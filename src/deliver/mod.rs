@@ -5,8 +5,9 @@
 //! - [`target`]: where events go (a route's processor): an HTTP upstream (`HttpTarget`, feature
 //!   `http-target`), a tower service ([`ServiceTarget`]) or a typed async function
 //!   ([`handler_fn`], [`DeliveredEvent`], [`DeliveryError`]).
-//! - [`Deliverer`]: one route's worker: steps 13–14 ([`Deliverer::accept`]), schedule,
-//!   dispatcher, concurrency limit, dead letters, graceful stop.
+//! - [`Deliverer`]: one route's worker: steps 13–14 ([`Deliverer::accept`]), then for each of
+//!   its [`Destination`]s (DESIGN §13) a schedule, a dispatcher, a concurrency limit, a rate, a
+//!   per-key order, pause and resume, dead letters, graceful stop.
 //! - [`circuit`]: a route's circuit breaker (DESIGN §11): one probe per interval while the
 //!   upstream is down, no attempt counted against waiting events.
 //! - `Forwarder` (feature `http-target`): `proxy` mode's bounded synchronous forward.

@@ -818,11 +818,14 @@ fn commit(
     let synced = b.synced
         || ops
             .iter()
-            .any(|op| matches!(op, Op::Append { .. } | Op::Probe { .. }));
-    // Appends, probes and retention's copies wait for the configured durability. Retries, dead
-    // letters and replays only reach the OS, and removals of delivered events wait in the
-    // journal's buffer for the next write: losing either in a crash means a repeat delivery,
-    // never a lost event.
+            .any(|op| matches!(op, Op::Append { .. } | Op::Probe { .. }))
+        // A delivery someone waits for (an ordered destination's, before the next of its key
+        // goes) is written at the configured durability too.
+        || deletes.iter().any(|d| d.reply.is_some());
+    // Appends, probes, awaited deliveries and retention's copies wait for the configured
+    // durability. Retries, dead letters and replays only reach the OS, and removals of
+    // delivered events nobody waits for ride with the next write: losing either in a crash
+    // means a repeat delivery, never a lost event.
     let mode = if b.on_disk && s.config.durability != Durability::Memory {
         Some(fjall::PersistMode::SyncData)
     } else if synced {

@@ -213,7 +213,8 @@ pub trait Spool: Send + Sync + 'static {
     fn append(&self, event: &Event) -> Completion;
     /// The pending event `id` of `lane` (that destination's copy).
     fn get(&self, lane: &str, id: Uuid) -> Result<Option<Event>, SpoolError>;
-    /// Removes a delivered event.
+    /// Removes a delivered event (its destination's share), keeping its final state in the
+    /// history; resolves once that is written at the spool's durability.
     fn delivered(&self, event: &Event) -> Completion;
     /// Removes a delivered event without waiting for the record (a crash before it is written
     /// means one repeat delivery after the restart). The delivery engine's way: cheaper.
