@@ -103,6 +103,7 @@ impl DestinationState {
 
     /// Puts this state's attempts, history, schedule and replay on `event` (that destination's
     /// copy, read from its record).
+    #[cfg(feature = "embedded")]
     pub(crate) fn apply(&self, event: &mut Event) {
         event.attempts = self.attempts;
         event.history = self.history.clone();

@@ -216,6 +216,7 @@ pub(crate) fn set_state_size(bytes: &mut [u8], size: u32) {
 
 impl State {
     /// This state as destination `name`'s, standing at `status`.
+    #[cfg(feature = "embedded")]
     pub(crate) fn into_destination(
         self,
         name: &str,
