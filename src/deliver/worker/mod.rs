@@ -545,21 +545,32 @@ impl Deliverer {
     /// Moves dead letter `id` back to the spool, at every destination where it is dead, and
     /// schedules it now (its attempt limit counts afresh; its id and history are kept).
     pub async fn replay(&self, id: Uuid) -> Result<(), SpoolError> {
+        self.at_each_destination(id, |lane| async move {
+            let event = self.inner.spool.revive(&lane.lane, id).await?;
+            if !lane.shared {
+                lane.metrics.dead_letters.dec();
+                lane.metrics.spool_depth.inc();
+                let event = event.for_destination(&lane.destination);
+                if lane.admit(id, event.order_key()) {
+                    lane.push(event.next_attempt_ms, id);
+                }
+            }
+            tracing::info!(route = %self.inner.route, destination = %lane.destination, event_id = %id, "dead letter replayed");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `op` at every destination; [`SpoolError::NotFound`] unless it found `id` at one.
+    async fn at_each_destination<'a, F, Fut>(&'a self, id: Uuid, op: F) -> Result<(), SpoolError>
+    where
+        F: Fn(&'a Arc<Lane>) -> Fut,
+        Fut: Future<Output = Result<(), SpoolError>>,
+    {
         let mut found = false;
         for lane in &self.inner.lanes {
-            match self.inner.spool.revive(&lane.lane, id).await {
-                Ok(event) => {
-                    found = true;
-                    if !lane.shared {
-                        lane.metrics.dead_letters.dec();
-                        lane.metrics.spool_depth.inc();
-                        let event = event.for_destination(&lane.destination);
-                        if lane.admit(id, event.order_key()) {
-                            lane.push(event.next_attempt_ms, id);
-                        }
-                    }
-                    tracing::info!(route = %self.inner.route, destination = %lane.destination, event_id = %id, "dead letter replayed");
-                }
+            match op(lane).await {
+                Ok(()) => found = true,
                 Err(SpoolError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -622,25 +633,15 @@ impl Deliverer {
 
     /// Deletes dead letter `id` for good, at every destination where it is dead.
     pub async fn purge(&self, id: Uuid) -> Result<(), SpoolError> {
-        let mut found = false;
-        for lane in &self.inner.lanes {
-            match self.inner.spool.purge(&lane.lane, id).await {
-                Ok(()) => {
-                    found = true;
-                    if !lane.shared {
-                        lane.metrics.dead_letters.dec();
-                    }
-                    tracing::info!(route = %self.inner.route, destination = %lane.destination, event_id = %id, "dead letter purged");
-                }
-                Err(SpoolError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+        self.at_each_destination(id, |lane| async move {
+            self.inner.spool.purge(&lane.lane, id).await?;
+            if !lane.shared {
+                lane.metrics.dead_letters.dec();
             }
-        }
-        if found {
+            tracing::info!(route = %self.inner.route, destination = %lane.destination, event_id = %id, "dead letter purged");
             Ok(())
-        } else {
-            Err(SpoolError::NotFound(id))
-        }
+        })
+        .await
     }
 
     /// Deletes every dead letter of the route; returns how many.

@@ -291,33 +291,21 @@ impl Config {
                     .and_then(|pem| HttpTarget::with_ca(&d.ca_key, d.url, &d.policy, Some(&pem)))
             }
         };
-        let target = target.map_err(|e| errors.push(e)).ok();
+        // Each setting's value, or its error kept for the list.
+        fn kept<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
+            r.map_err(|e| errors.push(e)).ok()
+        }
+        let target = kept(&mut errors, target);
         let rate = d
             .rate
-            .map(|r| DeliveryRate::parse(&key("rate"), r))
-            .transpose()
-            .map_err(|e| errors.push(e))
-            .ok()
-            .flatten();
-        let filter = d
-            .filter
-            .map(|f| {
-                Filter::new(
-                    &key("filter"),
-                    f.iter().map(|(k, v)| (k.clone(), v.clone())),
-                )
-            })
-            .transpose()
-            .map_err(|e| errors.push(e))
-            .ok()
-            .flatten();
+            .and_then(|r| kept(&mut errors, DeliveryRate::parse(&key("rate"), r)));
+        let filter = d.filter.and_then(|f| {
+            let rules = f.iter().map(|(k, v)| (k.clone(), v.clone()));
+            kept(&mut errors, Filter::new(&key("filter"), rules))
+        });
         let order = d
             .order
-            .map(|o| OrderKey::parse(&key("order"), o))
-            .transpose()
-            .map_err(|e| errors.push(e))
-            .ok()
-            .flatten();
+            .and_then(|o| kept(&mut errors, OrderKey::parse(&key("order"), o)));
         match target {
             Some(target) if errors.is_empty() => Ok(CompiledDestination {
                 name: d.name.to_owned(),

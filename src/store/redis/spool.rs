@@ -975,18 +975,7 @@ impl Spool for RedisSpool {
             let mut event = decode(&uuid, &stored.get::<Vec<u8>>("e").unwrap_or_default())?
                 .for_destination(&destination);
             event.replay_now();
-            let blob = encode(&event)?;
-            let id_time = id_ms(event.id).unwrap_or(event.received_ms);
-            let due = event.next_attempt_ms;
-            let okey = event.order_key().map_or(String::new(), hex);
-            let args = vec![
-                arg(&uuid),
-                blob,
-                arg(id_time),
-                arg(due),
-                arg(ordp),
-                arg(okey),
-            ];
+            let args = revive_args(&event, ordp)?;
             let answer = call(&conn, "revive", &REVIVE, keys, args).await?;
             found(answer, id).map(|()| event)
         })
@@ -1103,40 +1092,19 @@ impl Spool for RedisSpool {
             }
             event.replay_now();
             event.replay = Some(job);
-            let uuid = id.to_string();
-            let blob = encode(&event)?;
-            let id_time = id_ms(id).unwrap_or(event.received_ms);
-            let due = event.next_attempt_ms;
-            let (ordp, okey) = (
-                conn.order_prefix(&lane),
-                event.order_key().map_or(String::new(), hex),
-            );
+            let ordp = conn.order_prefix(&lane);
             let answer = match status {
                 DeliveryStatus::Pending | DeliveryStatus::Filtered => return Ok(None),
                 DeliveryStatus::Dead => {
                     let keys =
                         conn.script_keys(&lane, &["ev", "pending", "queue", "dead", "deadix"]);
-                    let args = vec![
-                        arg(&uuid),
-                        blob,
-                        arg(id_time),
-                        arg(due),
-                        arg(ordp),
-                        arg(okey),
-                    ];
-                    call(&conn, "revive", &REVIVE, keys, args).await?
+                    call(&conn, "revive", &REVIVE, keys, revive_args(&event, ordp)?).await?
                 }
                 DeliveryStatus::Delivered => {
                     let keys = conn.script_keys(&lane, &["ev", "pending", "queue", "hist", "hix"]);
-                    let args = vec![
-                        arg(&uuid),
-                        arg(&locator),
-                        blob,
-                        arg(id_time),
-                        arg(due),
-                        arg(ordp),
-                        arg(okey),
-                    ];
+                    // REVIVE's arguments with the event's place in the history after its id.
+                    let mut args = revive_args(&event, ordp)?;
+                    args.insert(1, arg(&locator));
                     call(&conn, "replay", &REPLAY_DELIVERED, keys, args).await?
                 }
             };
@@ -1334,6 +1302,19 @@ impl SharedSpool for RedisSpool {
             Ok(Duration::from_micros(wait_us.max(0) as u64))
         })
     }
+}
+
+/// The arguments of `REVIVE` for `event` (its copy as made pending again) in the lane whose
+/// ordering lists start with `ordp`.
+fn revive_args(event: &Event, ordp: String) -> Result<Vec<Vec<u8>>, SpoolError> {
+    Ok(vec![
+        arg(event.id),
+        encode(event)?,
+        arg(id_ms(event.id).unwrap_or(event.received_ms)),
+        arg(event.next_attempt_ms),
+        arg(ordp),
+        arg(event.order_key().map_or(String::new(), hex)),
+    ])
 }
 
 /// An ordering key as the scripts name it: 32 hex digits.
